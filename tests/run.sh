@@ -1,0 +1,52 @@
+#!/bin/sh
+# Runs every test: the Criterion unit binaries, then the pytest end-to-end
+# suite against the real binaries in $LMCD_BUILD. Prints one summary line
+# "N passed, N failed" last and exits non-zero when anything failed.
+BUILD=${LMCD_BUILD:-build}
+passed=0
+failed=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    # --jobs 1: tests share nothing, but a 2-core machine gains little from more.
+    if "$t" --jobs 2 --short-filename >"$tmp/$name.log" 2>&1; then rc=0; else rc=$?; fi
+    line=$(grep -E 'Synthesis: Tested:' "$tmp/$name.log" | tail -1)
+    p=$(echo "$line" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
+    f=$(echo "$line" | sed -n 's/.*Failing: \([0-9]*\).*/\1/p')
+    c=$(echo "$line" | sed -n 's/.*Crashing: \([0-9]*\).*/\1/p')
+    p=${p:-0}; f=${f:-0}; c=${c:-0}
+    if [ -z "$line" ] || { [ "$rc" -ne 0 ] && [ $((f + c)) -eq 0 ]; }; then
+        f=$((f + 1))   # the binary died before reporting: count it as a failure
+    fi
+    passed=$((passed + p)); failed=$((failed + f + c))
+    if [ $((f + c)) -ne 0 ]; then
+        cat "$tmp/$name.log"
+    fi
+    echo "unit $name: $p passed, $((f + c)) failed"
+done
+
+if ls tests/e2e/test_*.py >/dev/null 2>&1; then
+    LMCD_BUILD="$BUILD" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+        --junitxml="$tmp/e2e.xml" tests/e2e ${PYTEST_ARGS:-} 2>&1 | tee "$tmp/e2e.log"
+    if [ -s "$tmp/e2e.xml" ]; then
+        counts=$(/usr/bin/python3 - "$tmp/e2e.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else list(root)
+t = sum(int(s.get("tests", 0)) for s in suites)
+f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+sk = sum(int(s.get("skipped", 0)) for s in suites)
+print(t - f - sk, f)
+PY
+)
+        passed=$((passed + ${counts% *})); failed=$((failed + ${counts#* }))
+    else
+        failed=$((failed + 1))
+    fi
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
