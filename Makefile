@@ -73,7 +73,8 @@ $(BUILD)/liblmcd.a: $(sort $(CLIENT_OBJS))
 $(BUILD)/lmcd: $(BUILD)/obj/src/server/main.o $(BUILD)/libserver.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/lmcd-cli: $(BUILD)/obj/src/client/cli.o $(BUILD)/liblmcd.a
+CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/client/cli*.c))
+$(BUILD)/lmcd-cli: $(CLI_OBJS) $(BUILD)/liblmcd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libserver.a $(BUILD)/liblmcd.a

@@ -1,0 +1,126 @@
+"""Shared fixtures for lmcd's end-to-end tests.
+
+Every test talks to the real build/lmcd (or $LMCD_BUILD/lmcd) over real
+sockets on 127.0.0.1. `lmcd_factory` starts servers on free ports, captures
+their stderr log, waits for the ready line, and stops them (SIGTERM, then
+SIGKILL after a bound) when the test ends.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, os.environ.get("LMCD_BUILD", "build"))
+LMCD = os.path.join(BUILD, "lmcd")
+LMCD_CLI = os.path.join(BUILD, "lmcd-cli")
+READY_LINE = "LMCache cache server is running..."
+
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    """Polls pred() until it returns a truthy value or the bound expires."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Lmcd:
+    """One running lmcd process and its captured log."""
+
+    def __init__(self, args, env, tmp_path, cwd=None):
+        self.port = free_port()
+        self.http_port = free_port()
+        self.log_path = os.path.join(str(tmp_path), f"lmcd-{self.port}.log")
+        self.args = [LMCD, "--host", "127.0.0.1", "--port", str(self.port),
+                     "--http-host", "127.0.0.1", "--http-port", str(self.http_port)] + list(args)
+        full_env = dict(os.environ)
+        full_env.setdefault("LMCACHE_LOG_LEVEL", "INFO")
+        full_env.update(env or {})
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT)
+
+    @property
+    def url(self):
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def http(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, text, timeout=10.0):
+        return wait_for(lambda: text in self.log(), timeout, what=f"log line {text!r}\n--- log ---\n{self.log()}")
+
+    def wait_ready(self, timeout=10.0):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lmcd exited with {self.proc.returncode}:\n{self.log()}")
+            return READY_LINE in self.log()
+        wait_for(ready, timeout, what="lmcd ready")
+        return self
+
+    def signal(self, sig):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout=15.0):
+        """SIGTERM and wait; returns the exit code. SIGKILL if it overstays."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"lmcd did not stop within {timeout}s:\n{self.log()}")
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def lmcd_factory(tmp_path):
+    """Starts lmcd servers: lmcd_factory(args=[...], env={...}, ready=True)."""
+    started = []
+
+    def start(args=(), env=None, ready=True, cwd=None):
+        s = Lmcd(args, env, tmp_path, cwd=cwd)
+        started.append(s)
+        if ready:
+            s.wait_ready()
+        return s
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(5)
+        if not s._log.closed:
+            s._log.close()
+
+
+@pytest.fixture
+def lmcd(lmcd_factory):
+    """One lmcd on its defaults (no plugins), ready."""
+    return lmcd_factory()
