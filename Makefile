@@ -33,7 +33,7 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
 
 OPT ?= -O2
-CFLAGS := -std=gnu11 $(OPT) -g -fno-omit-frame-pointer -Wall -Wextra -Werror \
+CFLAGS := -std=gnu11 -D_GNU_SOURCE $(OPT) -g -fno-omit-frame-pointer -Wall -Wextra -Werror \
 	-Wshadow -Wstrict-prototypes -Wmissing-prototypes -pthread \
 	-Isrc -Iinclude $(PKG_CFLAGS) $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := -pthread $(SANFLAGS) $(EXTRA_LDFLAGS)
