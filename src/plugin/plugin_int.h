@@ -1,0 +1,182 @@
+/*
+ * plugin_int: the pieces of the plugin module, shared between its files and
+ * its unit tests. Nothing here is for other modules: use plugin.h.
+ *
+ * Every function here is pure or touches only the file system (discovery,
+ * interpreter lookup), so each can be tested without spawning anything.
+ * None keeps global state; all are thread-safe.
+ */
+#ifndef LMCD_PLUGIN_PLUGIN_INT_H
+#define LMCD_PLUGIN_PLUGIN_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plugin/plugin.h"
+
+/* ---- discovery (plugin_discover.c) ---- */
+
+/* Python pathlib normalisation of a location: "//" collapsed, "." parts and
+ * a trailing "/" dropped, "" -> ".", a leading "//" kept (POSIX). Returns a
+ * malloc'd string or NULL. */
+char *plugin_path_normalize(const char *loc);
+
+struct plugin_found {
+    char *path;     /* as the logs show it: normalised location [+ "/" + relative part] */
+    char *realpath; /* canonical, for de-duplication */
+    bool explicit_file; /* named directly: any extension, runs by its shebang */
+};
+
+struct plugin_found_list {
+    struct plugin_found *v;
+    size_t n, cap;
+};
+
+/* Appends the plugins found at each location, in order: an existing file as
+ * is; a directory recursively, every *.py (sorted by path), then every *.sh
+ * (sorted). Dotfiles and dot-directories are skipped, symlinked directories
+ * are not followed, only regular files match (so a directory "x.py" does
+ * not). A missing location logs the LMCache WARNING and is skipped. The same
+ * real file reached twice is kept once (logged). 0 or -ENOMEM. */
+int plugin_discover(const char *const *locations, size_t n, struct plugin_found_list *out);
+void plugin_found_list_free(struct plugin_found_list *l);
+
+/* Case-insensitive suffix test: plugin_has_ext("a.PY", ".py") is true. */
+bool plugin_has_ext(const char *path, const char *ext);
+
+/* ---- interpreter (plugin_interp.c) ---- */
+
+#define PLUGIN_SHEBANG_MAX 256 /* the kernel's BINPRM_BUF_SIZE */
+
+/* Parses a shebang the way the kernel does: "#!", optional blanks, the
+ * interpreter up to the next blank, then the rest of the line (blanks
+ * trimmed) as ONE optional argument. A trailing "\r" is dropped (CRLF
+ * scripts). buf holds the file's first bytes (len of them).
+ * Returns 1 with *interp (and *arg, NULL when absent) malloc'd; 0 when buf
+ * has no shebang; -ENAMETOOLONG when the line does not end within
+ * PLUGIN_SHEBANG_MAX bytes; -ENOEXEC when "#!" names nothing; -ENOMEM. */
+int plugin_shebang_parse(const char *buf, size_t len, char **interp, char **arg);
+
+/* `which`: a name with a '/' is checked as is, a bare name is searched in
+ * search_path (a PATH value; NULL = "/usr/local/bin:/usr/bin:/bin"). Only an
+ * executable regular file matches. Returns a malloc'd path or NULL. */
+char *plugin_which(const char *name, const char *search_path);
+
+/* How a plugin is run: argv = [interp, args..., path]. */
+struct plugin_cmd {
+    char *interp;    /* resolved interpreter (absolute or as found on PATH) */
+    char **args;     /* NULL-terminated extra arguments before the path */
+    size_t n_args;
+};
+void plugin_cmd_free(struct plugin_cmd *c);
+
+/* Picks the interpreter for path:
+ *   1. its shebang, parsed as above; "#!/usr/bin/env NAME [ARGS]" (and
+ *      "env -S ...") resolves NAME on the PATH, like env would, and runs it
+ *      directly; a bare interpreter name is searched on the PATH too;
+ *   2. when there is no shebang, or it names nothing runnable: .py tries
+ *      python3 then python, .sh tries bash (case-insensitive suffixes).
+ * Returns 0 with *out filled; or -ENOENT / -ENOEXEC with *why (malloc'd)
+ * saying why nothing can run it; -ENOMEM. Non-fatal surprises (unreadable
+ * file, a shebang naming a missing interpreter) are logged here. */
+int plugin_resolve(const char *path, const char *search_path, struct plugin_cmd *out, char **why);
+
+/* ---- output lines (plugin_lines.c) ---- */
+
+#define PLUGIN_LINE_MAX 4096 /* bytes of one relayed piece, after sanitising */
+
+enum plugin_line_flags {
+    PLUGIN_LINE_CUT = 1,  /* the line went on: more pieces follow */
+    PLUGIN_LINE_CONT = 2, /* this piece continues a cut line */
+};
+
+typedef void (*plugin_line_fn)(void *ctx, const char *line, size_t len, unsigned flags);
+
+/* Splits a byte stream into sanitised lines. "\n", "\r\n" and a lone "\r"
+ * end a line (Python's universal newlines). Each line is stripped of
+ * leading and trailing blanks (as LMCache does). Valid UTF-8 passes through;
+ * an invalid byte becomes "\xNN", a control character "\xNN" (C0, DEL) or
+ * "\u00NN" (C1); TAB stays, VT and FF count as blanks. A line longer than
+ * PLUGIN_LINE_MAX is delivered in pieces cut on character boundaries. */
+struct plugin_lines {
+    char out[PLUGIN_LINE_MAX + 8];
+    size_t len;
+    size_t seen;             /* input bytes of the current line (blanks included) */
+    unsigned char pend[4];   /* an incomplete UTF-8 sequence */
+    unsigned npend, need;
+    bool after_cr;           /* last byte was '\r': a following '\n' is part of it */
+    bool cont;               /* the current piece continues a cut line */
+};
+
+void plugin_lines_init(struct plugin_lines *lb);
+void plugin_lines_feed(struct plugin_lines *lb, const char *p, size_t n, plugin_line_fn fn,
+                       void *ctx);
+/* At EOF: delivers a last unterminated line (if any bytes are pending). */
+void plugin_lines_flush(struct plugin_lines *lb, plugin_line_fn fn, void *ctx);
+
+/* ---- restart policy (plugin_policy.c) ---- */
+
+#define PLUGIN_BACKOFF_MIN_MS 1000
+#define PLUGIN_BACKOFF_MAX_MS 60000
+#define PLUGIN_STABLE_MS 10000 /* up this long: the next failure starts again at 1 s */
+
+/* Exit code as LMCache reports it: status, or -signal for a signal death. */
+bool plugin_exit_is_failure(int code);
+/* Whether a plugin that ended with code (spawn_failed: never started) is
+ * restarted under policy r. */
+bool plugin_wants_restart(enum plugin_restart r, int code, bool spawn_failed);
+/* Delay before restart number `attempt` (0-based) of a streak: 1 s doubling,
+ * capped at 60 s. */
+uint64_t plugin_backoff_ms(unsigned attempt);
+
+/* Start-limit accounting: the times (ms) of the restarts inside the window. */
+struct plugin_throttle {
+    uint64_t *t;       /* ring of max timestamps */
+    unsigned max;      /* max restarts per window */
+    unsigned n, head;  /* entries held, next slot */
+    uint64_t window_ms;
+    unsigned streak;   /* restarts since the plugin last stayed up PLUGIN_STABLE_MS */
+};
+int plugin_throttle_init(struct plugin_throttle *t, unsigned max, uint64_t window_ms);
+void plugin_throttle_free(struct plugin_throttle *t);
+void plugin_throttle_reset(struct plugin_throttle *t);
+/* Restarts recorded within (now - window, now]. */
+unsigned plugin_throttle_count(const struct plugin_throttle *t, uint64_t now_ms);
+/* Decides after an exit: returns the delay in ms before the next start, or
+ * -1 when the start limit is reached (the plugin is then "failed").
+ * ran_ms: how long the instance ran (resets the streak when stable). */
+int64_t plugin_throttle_next(struct plugin_throttle *t, uint64_t now_ms, uint64_t ran_ms);
+/* Records a restart at now. */
+void plugin_throttle_record(struct plugin_throttle *t, uint64_t now_ms);
+
+/* ---- spawning (plugin_spawn.c) ---- */
+
+#define PLUGIN_ENV_CONFIG_MAX (100 * 1024) /* above it the JSON travels only as a file */
+
+/* The environment every plugin gets: the server's (names we set removed)
+ * plus the LMCache variables, PYTHONUNBUFFERED=1, and
+ * LMCACHE_RUNTIME_PLUGIN_CONFIG_FILE when config_file is set. The config
+ * JSON is left out when longer than PLUGIN_ENV_CONFIG_MAX (*json_omitted).
+ * Returns a malloc'd NULL-terminated vector (free with plugin_envp_free). */
+char **plugin_envp_build(char *const *base, const char *config_json, const char *config_file,
+                         bool *json_omitted);
+void plugin_envp_free(char **envp);
+
+/* Writes json to a fresh 0600 file in $TMPDIR (or /tmp). Returns the
+ * malloc'd path, or NULL with errno set. */
+char *plugin_config_file_write(const char *json);
+
+struct plugin_proc {
+    int pid;
+    int pidfd;   /* readable when the child exits; O_CLOEXEC */
+    int out_fd;  /* read end of the merged stdout+stderr pipe; O_NONBLOCK|O_CLOEXEC */
+};
+
+/* fork + exec of argv[0] with envp: new session (setsid), stdin /dev/null,
+ * stdout and stderr one pipe, every other fd closed, signals unblocked and
+ * at their defaults, PR_SET_PDEATHSIG SIGKILL. Waits until the exec
+ * happened. 0, or -errno (the exec's own errno when it failed, e.g. -E2BIG). */
+int plugin_proc_spawn(char *const argv[], char *const envp[], struct plugin_proc *out);
+
+#endif
