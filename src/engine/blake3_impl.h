@@ -26,7 +26,7 @@ extern const uint8_t blake3_schedule[7][16];
  * words or SIMD vectors): a column step then a diagonal step per round. */
 #define BLAKE3_ROUNDS(G, v, m)                                                 \
     do {                                                                       \
-        for (int r_ = 0; r_ < 7; r_++) {                                       \
+        _Pragma("GCC unroll 7") for (int r_ = 0; r_ < 7; r_++) {               \
             const uint8_t *s_ = blake3_schedule[r_];                           \
             G(v, 0, 4, 8, 12, m[s_[0]], m[s_[1]]);                             \
             G(v, 1, 5, 9, 13, m[s_[2]], m[s_[3]]);                             \
