@@ -22,13 +22,14 @@
 
 static const struct {
     const char *name;
+    enum hasher_algo algo;
     const char *why; /* NULL: accepted */
 } algo_names[] = {
-    { "blake3", NULL },
-    { "xxh3_128", NULL },
-    { "builtin", "`builtin` hashes through vLLM's Python helpers, which lmcd cannot call; use blake3" },
-    { "sha256_cbor", "`sha256_cbor` hashes through vLLM's Python helpers (CBOR of Python objects), which lmcd cannot call; use blake3" },
-    { "sha256", "`sha256` hashes through vLLM's Python helpers (pickled Python objects), which lmcd cannot call; use blake3" },
+    { "blake3", HASHER_BLAKE3, NULL },
+    { "xxh3_128", HASHER_XXH3_128, NULL },
+    { "builtin", HASHER_BLAKE3, "`builtin` hashes through vLLM's Python helpers, which lmcd cannot call; use blake3" },
+    { "sha256_cbor", HASHER_BLAKE3, "`sha256_cbor` hashes through vLLM's Python helpers (CBOR of Python objects), which lmcd cannot call; use blake3" },
+    { "sha256", HASHER_BLAKE3, "`sha256` hashes through vLLM's Python helpers (pickled Python objects), which lmcd cannot call; use blake3" },
 };
 
 int hasher_algo_parse(const char *name, enum hasher_algo *out, const char **why)
@@ -41,7 +42,7 @@ int hasher_algo_parse(const char *name, enum hasher_algo *out, const char **why)
                 *why = algo_names[i].why;
             return -EINVAL;
         }
-        *out = (enum hasher_algo)i;
+        *out = algo_names[i].algo;
         return 0;
     }
     if (why)

@@ -3,10 +3,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "engine/blake3.h"
 #include "engine/hasher.h"
+#include "util/log.h"
 
 static void unhex32(const char *hex, uint8_t out[32])
 {
@@ -328,4 +330,28 @@ Test(hasher, none_hash_repr_matches_python)
     char mine[HASHER_REPR_MAX];
     hasher_bytes_repr(h.none_hash, 32, mine, sizeof(mine));
     cr_assert(!strncmp(mine, "b\"~>\\xff\\x9e", 12), "seed log prefix: %s", mine);
+}
+
+Test(hasher, logs_lmcache_startup_lines)
+{
+    char path[] = "/tmp/lmcd-hasherlog-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    struct hasher h;
+    cr_assert_eq(hasher_init(&h, HASHER_BLAKE3, 256), 0);
+    log_set_color(0);
+    cr_assert_eq(log_set_file(path), 0);
+    log_set_level(LOG_INFO);
+    hasher_log_init(&h);
+    log_set_file(NULL);
+    FILE *f = fopen(path, "r");
+    char text[4096] = { 0 };
+    cr_assert_gt(fread(text, 1, sizeof(text) - 1, f), 0);
+    fclose(f);
+    unlink(path);
+    cr_assert(strstr(text, "Using blake3 hash function"), "%s", text);
+    cr_assert(strstr(text, "Computed NONE_HASH=b\"~>\\xff\\x9e"), "%s", text);
+    cr_assert(strstr(text, "\\xd5mG;\" using hash function"), "%s", text);
+    cr_assert(strstr(text, "TokenHasher initialized: chunk_size=256, hash_algorithm=blake3"), "%s", text);
 }
