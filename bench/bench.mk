@@ -1,0 +1,34 @@
+# Benchmarks: every bench/bench_*.c is one program, linked against
+# $(BUILD)/libserver.a and run in turn. Called by the top Makefile's
+# `make bench` as: $(MAKE) -s -f bench/bench.mk BUILD=$(BUILD)
+# Benchmarks print ratios against a baseline measured in the same run and
+# never fail on speed; a non-zero exit means the program itself broke.
+
+BUILD ?= build
+CC ?= cc
+PKGS := libzmq jansson libmicrohttpd hiredis libxxhash msgpack
+
+# The sanitizer builds' libraries need the same runtime at link time.
+ifeq ($(BUILD),build-asan)
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+else ifeq ($(BUILD),build-tsan)
+SANFLAGS := -fsanitize=thread
+else
+SANFLAGS :=
+endif
+
+BENCH_CFLAGS := -std=gnu11 -O2 -g -fno-omit-frame-pointer -Wall -Wextra -Werror -Wshadow \
+	-Wstrict-prototypes -Wmissing-prototypes -pthread -Isrc -Iinclude \
+	$(shell pkg-config --cflags $(PKGS)) $(SANFLAGS) $(EXTRA_CFLAGS)
+BENCH_LDLIBS := $(shell pkg-config --libs $(PKGS)) -lm
+
+BENCH_SRCS := $(wildcard bench/bench_*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: bench
+bench: $(BENCH_BINS)
+	@for b in $(BENCH_BINS); do echo "== $$b"; ./$$b $(BENCH_ARGS) || exit 1; done
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libserver.a
+	@mkdir -p $(dir $@)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BUILD)/libserver.a -pthread $(SANFLAGS) $(BENCH_LDLIBS)
