@@ -558,31 +558,26 @@ int l1_reserve_write(struct l1 *l1, const struct l1_key *keys, const uint64_t *s
     return done;
 }
 
-/* The live reservation (key, id) of writer, or NULL; frees it when expired
- * (and says so in *expired). */
-static struct l1_obj *live_reservation(struct l1 *l1, const struct l1_key *k, uint64_t id,
-                                       uint64_t writer, uint64_t now, bool *expired)
+/* The live reservation (key, id) of `writer`, or NULL with *why set: an
+ * expired one is freed (L1_EXPIRED); one removed by clear(true) is released,
+ * since its writer is done with it (L1_NOTFOUND). */
+static struct l1_obj *take_reservation(struct l1 *l1, const struct l1_key *k, uint64_t id,
+                                       uint64_t writer, uint64_t now, enum l1_status *why)
 {
-    *expired = false;
     struct l1_obj *o = index_find(l1, k);
-    if (!o || o->state != L1_OBJ_RESERVED || o->id != id || o->writer != writer)
-        return NULL;
-    if (o->expiry_ns <= now) {
+    *why = L1_NOTFOUND;
+    if (o && o->state == L1_OBJ_RESERVED && o->id == id && o->writer == writer) {
+        if (o->expiry_ns > now)
+            return o;
         l1->st.expired_reservations++;
         obj_free(l1, o);
-        *expired = true;
+        *why = L1_EXPIRED;
         return NULL;
     }
-    return o;
-}
-
-/* A reservation removed by clear(true): its writer finished or gave up. */
-static void release_pending_reservation(struct l1 *l1, const struct l1_key *k, uint64_t id,
-                                        uint64_t writer)
-{
     struct l1_obj *p = pending_find(l1, k, id, true, true);
     if (p && p->writer == writer)
         obj_free(l1, p);
+    return NULL;
 }
 
 int l1_publish(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n,
@@ -594,9 +589,8 @@ int l1_publish(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, si
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        bool expired;
-        struct l1_obj *o = live_reservation(l1, &keys[i], ids[i], writer, now, &expired);
-        enum l1_status s = expired ? L1_EXPIRED : L1_NOTFOUND;
+        enum l1_status s;
+        struct l1_obj *o = take_reservation(l1, &keys[i], ids[i], writer, now, &s);
         if (o) {
             list_del(&o->q);
             l1->n_resv--;
@@ -607,8 +601,6 @@ int l1_publish(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, si
             table_write(l1, o, L1_SEG_READY);
             s = L1_OK;
             done++;
-        } else if (!expired) {
-            release_pending_reservation(l1, &keys[i], ids[i], writer);
         }
         if (st)
             st[i] = s;
@@ -626,13 +618,11 @@ int l1_abort(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        bool expired;
-        struct l1_obj *o = live_reservation(l1, &keys[i], ids[i], writer, now, &expired);
+        enum l1_status why;
+        struct l1_obj *o = take_reservation(l1, &keys[i], ids[i], writer, now, &why);
         if (o) {
             obj_free(l1, o);
             done++;
-        } else if (!expired) {
-            release_pending_reservation(l1, &keys[i], ids[i], writer);
         }
     }
     pthread_mutex_unlock(&l1->mu);

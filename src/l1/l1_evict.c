@@ -103,17 +103,17 @@ static void *evict_main(void *arg)
 int l1_evict_start(struct l1 *l1)
 {
     int rc = 0;
+    bool started_now = false;
     pthread_mutex_lock(&l1->evict_mu);
     if (!l1->evict_started) {
         l1->evict_stop = false;
         rc = -pthread_create(&l1->evict_thread, NULL, evict_main, l1);
-        if (rc == 0)
-            l1->evict_started = true;
-        else
-            log_error("Cannot start the L1 eviction thread: %s", strerror(-rc));
+        started_now = l1->evict_started = rc == 0;
     }
     pthread_mutex_unlock(&l1->evict_mu);
-    if (rc == 0)
+    if (rc < 0)
+        log_error("Cannot start the L1 eviction thread: %s", strerror(-rc));
+    if (started_now)
         log_info("L1 eviction controller started (policy %s, every 1 s)",
                  l1->opts.policy == L1_POLICY_LRU ? "LRU" : "noop");
     return rc;
