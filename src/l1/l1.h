@@ -83,7 +83,7 @@ struct l1_opts {
     double eviction_ratio;   /* default 0.2 */
     uint32_t chunk_size;     /* recorded in the segment header (default 256) */
     const char *hash_name;   /* recorded in the segment header (default "blake3") */
-    uint64_t max_objects;    /* object table entries; 0 = data bytes / 64 KiB, at least 256 */
+    uint64_t max_objects;    /* object table entries; 0 = size_bytes / 64 KiB, at least 256 */
     const struct clock_src *clock; /* NULL = clock_monotonic; must outlive the l1 */
 };
 
