@@ -1,0 +1,648 @@
+/* L1: segment, states, read locks, eviction. Time comes from a fake clock. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "l1/l1.h"
+#include "l1/l1_shm.h"
+
+#define SEC 1000000000ull
+#define UNIT 4096ull
+
+struct fake_clock {
+    uint64_t now; /* atomic: stress threads read it */
+};
+static uint64_t fake_now(void *ctx)
+{
+    return __atomic_load_n(&((struct fake_clock *)ctx)->now, __ATOMIC_RELAXED);
+}
+static struct fake_clock fclk = { 1000 * SEC };
+static const struct clock_src test_clock = { fake_now, &fclk };
+static void advance(uint64_t ns) { __atomic_add_fetch(&fclk.now, ns, __ATOMIC_RELAXED); }
+
+static char seg_name[64];
+
+/* Default options on this test's segment name and the fake clock. */
+static void test_opts(struct l1_opts *o, uint64_t size_bytes)
+{
+    l1_opts_init(o);
+    snprintf(seg_name, sizeof(seg_name), "lmcd_test_l1_%ld", (long)getpid());
+    o->shm_name = seg_name;
+    o->size_bytes = size_bytes;
+    o->clock = &test_clock;
+}
+
+/* An L1 whose data area holds exactly `units` 4 KiB units. */
+static struct l1 *make_l1_policy(uint64_t units, enum l1_policy policy)
+{
+    struct l1_opts o;
+    /* header 4096 + table 256*80 = 20480 (5 units) */
+    test_opts(&o, 4096 + 5 * UNIT + units * UNIT);
+    o.max_objects = 256;
+    o.policy = policy;
+    struct l1 *l1;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    struct l1_stats st;
+    l1_stats_get(l1, &st);
+    cr_assert_eq(st.memory_total_bytes, units * UNIT);
+    return l1;
+}
+static struct l1 *make_l1(uint64_t units) { return make_l1_policy(units, L1_POLICY_LRU); }
+
+static struct l1_key key(int i)
+{
+    struct l1_key k;
+    memset(&k, 0, sizeof(k));
+    memcpy(k.chunk_hash, &i, sizeof(i));
+    k.ns = 7;
+    return k;
+}
+
+/* Reserves `bytes` for key i; returns the outcome and fills *r. */
+static enum l1_status reserve1(struct l1 *l1, int i, uint64_t bytes, uint64_t writer,
+                               struct l1_ref *r)
+{
+    struct l1_key k = key(i);
+    enum l1_status st;
+    l1_reserve_write(l1, &k, &bytes, 1, writer, &st, r);
+    return st;
+}
+
+/* Reserves and publishes key i with `units` units; returns its ref. */
+static struct l1_ref put(struct l1 *l1, int i, uint64_t units)
+{
+    struct l1_key k = key(i);
+    struct l1_ref r;
+    enum l1_status st = reserve1(l1, i, units * UNIT, 1, &r);
+    cr_assert_eq(st, L1_OK, "key %d: %s", i, l1_status_name(st));
+    cr_assert_eq(l1_publish(l1, &k, &r.id, 1, 1, NULL), 1);
+    return r;
+}
+
+/* An L1 of `units` units holding keys 0..n-1 of `each` units, oldest first. */
+static struct l1 *make_filled(uint64_t units, enum l1_policy policy, int n, uint64_t each)
+{
+    struct l1 *l1 = make_l1_policy(units, policy);
+    for (int i = 0; i < n; i++)
+        put(l1, i, each);
+    return l1;
+}
+
+static bool present(struct l1 *l1, int i)
+{
+    struct l1_key k = key(i);
+    struct l1_ref r;
+    return l1_get(l1, &k, &r) == 0;
+}
+
+static struct l1_stats stats(struct l1 *l1)
+{
+    struct l1_stats st;
+    l1_stats_get(l1, &st);
+    return st;
+}
+
+/* ---- segment -------------------------------------------------------------- */
+
+Test(l1, segment_is_0600_and_unlinked_at_destroy)
+{
+    struct l1 *l1 = make_l1(16);
+    char path[80];
+    snprintf(path, sizeof(path), "/dev/shm/%s", l1_shm_name(l1));
+    cr_assert_str_eq(l1_shm_name(l1), seg_name, "the name has no leading slash");
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    cr_assert_eq((uint64_t)st.st_size, l1_pool_size(l1));
+    l1_destroy(l1);
+    cr_assert_eq(stat(path, &st), -1);
+    cr_assert_eq(errno, ENOENT);
+}
+
+Test(l1, segment_header_describes_layout_and_offsets_fall_in_data_area)
+{
+    struct l1 *l1 = make_l1(16);
+    const struct l1_seg_header *h = l1_base(l1);
+    cr_assert_eq(memcmp(h->magic, L1_SEG_MAGIC, 8), 0);
+    cr_assert_eq(h->layout_version, L1_SEG_LAYOUT_VERSION);
+    cr_assert_eq(h->owner_pid, (uint64_t)getpid());
+    cr_assert_eq(h->chunk_size, 256);
+    cr_assert_str_eq(h->hash_name, "blake3");
+    cr_assert_eq(h->align_bytes, UNIT);
+    cr_assert_eq(h->table_entries, 256);
+    struct l1_ref r = put(l1, 1, 2);
+    cr_assert(r.offset >= h->data_offset && r.offset + r.length <= l1_pool_size(l1));
+    cr_assert_eq(r.offset % UNIT, 0);
+    /* The object table in the segment lists it as READY. */
+    const struct l1_seg_entry *t = (const void *)((const char *)l1_base(l1) + h->table_offset);
+    int ready = 0;
+    for (uint64_t i = 0; i < h->table_entries; i++)
+        if (t[i].state == L1_SEG_READY && t[i].offset == r.offset && t[i].length == 2 * UNIT)
+            ready++;
+    cr_assert_eq(ready, 1);
+    l1_destroy(l1);
+}
+
+static void make_foreign_segment(const char *name, uint64_t owner_pid)
+{
+    char path[80];
+    snprintf(path, sizeof(path), "/%s", name);
+    int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    cr_assert(fd >= 0);
+    cr_assert_eq(ftruncate(fd, 8192), 0);
+    if (owner_pid) {
+        struct l1_seg_header h = { .owner_pid = owner_pid };
+        memcpy(h.magic, L1_SEG_MAGIC, 8);
+        cr_assert_eq(pwrite(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+    }
+    close(fd);
+}
+
+Test(l1, stale_segment_is_removed_at_start)
+{
+    snprintf(seg_name, sizeof(seg_name), "lmcd_test_l1_%ld", (long)getpid());
+    /* A dead owner: a child that exited and was reaped. */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    cr_assert(child > 0);
+    waitpid(child, NULL, 0);
+    make_foreign_segment(seg_name, (uint64_t)child);
+    struct l1 *l1 = make_l1(16);
+    const struct l1_seg_header *h = l1_base(l1);
+    cr_assert_eq(h->owner_pid, (uint64_t)getpid(), "a fresh segment replaced the stale one");
+    l1_destroy(l1);
+    /* No header at all. */
+    make_foreign_segment(seg_name, 0);
+    l1 = make_l1(16);
+    l1_destroy(l1);
+}
+
+Test(l1, segment_of_a_live_lmcd_is_refused)
+{
+    struct l1_opts o;
+    struct l1 *l1 = NULL;
+    test_opts(&o, 1 << 20);
+    make_foreign_segment(seg_name, (uint64_t)getppid());
+    cr_assert_eq(l1_create(&o, &l1), -EBUSY);
+    cr_assert_null(l1);
+    char path[80];
+    snprintf(path, sizeof(path), "/%s", seg_name);
+    cr_assert_eq(shm_unlink(path), 0, "the live segment was left alone");
+}
+
+Test(l1, shm_group_gives_0660_and_unknown_group_is_an_error)
+{
+    struct l1_opts o;
+    struct l1 *l1 = NULL;
+    test_opts(&o, 1 << 20);
+    o.shm_group = "lmcd-no-such-group-xyz";
+    cr_assert_eq(l1_create(&o, &l1), -ENOENT);
+    struct group *g = getgrgid(getegid());
+    cr_assert_not_null(g);
+    o.shm_group = g->gr_name;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    char path[80];
+    struct stat st;
+    snprintf(path, sizeof(path), "/dev/shm/%s", seg_name);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0660);
+    cr_assert_eq(st.st_gid, getegid());
+    l1_destroy(l1);
+}
+
+Test(l1, create_rejects_bad_options)
+{
+    struct l1_opts o;
+    struct l1 *l1 = NULL;
+    test_opts(&o, 1 << 20);
+    o.align_bytes = 3000;
+    cr_assert_eq(l1_create(&o, &l1), -EINVAL);
+    o.align_bytes = 4096;
+    o.trigger_watermark = 1.5;
+    cr_assert_eq(l1_create(&o, &l1), -EINVAL);
+    o.trigger_watermark = 0.8;
+    o.size_bytes = 8192; /* header + table leave nothing */
+    cr_assert_eq(l1_create(&o, &l1), -EINVAL);
+    cr_assert_null(l1);
+}
+
+Test(l1, non_lazy_segment_is_prefaulted_and_usable)
+{
+    struct l1_opts o;
+    struct l1 *l1 = NULL;
+    test_opts(&o, 1 << 20);
+    o.use_lazy = false;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    struct l1_ref r = put(l1, 1, 1);
+    memset((char *)l1_base(l1) + r.offset, 0xab, r.length);
+    l1_destroy(l1);
+}
+
+/* ---- reservations -------------------------------------------------------- */
+
+Test(l1, reservation_is_invisible_until_published)
+{
+    struct l1 *l1 = make_l1(16);
+    struct l1_key k = key(1);
+    uint64_t sz = 5000;
+    enum l1_status st;
+    struct l1_ref r, g;
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 42, &st, &r), 1);
+    cr_assert_eq(st, L1_OK);
+    cr_assert_eq(r.length, 5000);
+    cr_assert_eq(l1_get(l1, &k, &g), -ENOENT);
+    cr_assert_eq(l1_lock_prefix(l1, &k, 1, 1, NULL), 0);
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, NULL), -ENOENT);
+    cr_assert_eq(stats(l1).write_locked_count, 1);
+    cr_assert_eq(stats(l1).memory_used_bytes, 2 * UNIT, "accounted by allocation size");
+    /* Another writer, or the same one again, is told to skip. */
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 43, &st, &g), 0);
+    cr_assert_eq(st, L1_BUSY);
+    /* Publishing needs the right writer and id. */
+    enum l1_status ps;
+    cr_assert_eq(l1_publish(l1, &k, &r.id, 1, 43, &ps), 0);
+    cr_assert_eq(ps, L1_NOTFOUND);
+    uint64_t wrong = r.id + 100;
+    cr_assert_eq(l1_publish(l1, &k, &wrong, 1, 42, &ps), 0);
+    cr_assert_eq(l1_publish(l1, &k, &r.id, 1, 42, &ps), 1);
+    cr_assert_eq(ps, L1_OK);
+    cr_assert_eq(l1_get(l1, &k, &g), 0);
+    cr_assert_eq(g.offset, r.offset);
+    cr_assert_eq(g.length, 5000);
+    /* Now it exists: a new writer skips it. */
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 44, &st, &g), 0);
+    cr_assert_eq(st, L1_EXISTS);
+    cr_assert_eq(l1_publish(l1, &k, &r.id, 1, 42, &ps), 0, "a second publish is refused");
+    l1_destroy(l1);
+}
+
+Test(l1, reserve_rejects_zero_and_oversized)
+{
+    struct l1 *l1 = make_l1(4);
+    struct l1_key k[2] = { key(1), key(2) };
+    uint64_t sz[2] = { 0, 5 * UNIT };
+    enum l1_status st[2];
+    struct l1_ref r[2];
+    cr_assert_eq(l1_reserve_write(l1, k, sz, 2, 1, st, r), 0);
+    cr_assert_eq(st[0], L1_INVALID);
+    cr_assert_eq(st[1], L1_INVALID);
+    l1_destroy(l1);
+}
+
+Test(l1, expired_reservation_is_never_readable_and_is_freed)
+{
+    struct l1 *l1 = make_l1(16);
+    struct l1_key k = key(1);
+    uint64_t sz = UNIT;
+    enum l1_status st;
+    struct l1_ref r, r2;
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 1, &st, &r), 1);
+    advance(600 * SEC);
+    cr_assert_eq(l1_get(l1, &k, &r2), -ENOENT);
+    cr_assert_eq(l1_lock_prefix(l1, &k, 1, 1, NULL), 0);
+    enum l1_status ps;
+    cr_assert_eq(l1_publish(l1, &k, &r.id, 1, 1, &ps), 0);
+    cr_assert_eq(ps, L1_EXPIRED);
+    cr_assert_eq(l1_get(l1, &k, &r2), -ENOENT);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.memory_used_bytes, 0);
+    cr_assert_eq(s.total_object_count, 0);
+    cr_assert_eq(s.expired_reservations, 1);
+    /* The key can be reserved afresh; an expired reservation found by a
+     * new writer is replaced too. */
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 2, &st, &r2), 1);
+    advance(601 * SEC);
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 3, &st, &r), 1);
+    cr_assert_neq(r.id, r2.id);
+    cr_assert_eq(l1_publish(l1, &k, &r2.id, 1, 2, NULL), 0, "the old reservation is gone");
+    cr_assert_eq(stats(l1).memory_used_bytes, UNIT);
+    l1_destroy(l1);
+}
+
+Test(l1, abort_and_abort_all_drop_only_that_writers_reservations)
+{
+    struct l1 *l1 = make_l1(16);
+    struct l1_key k[4] = { key(1), key(2), key(3), key(4) };
+    uint64_t sz[4] = { UNIT, UNIT, UNIT, UNIT };
+    enum l1_status st[4];
+    struct l1_ref r[4];
+    cr_assert_eq(l1_reserve_write(l1, k, sz, 3, 7, st, r), 3);
+    cr_assert_eq(l1_reserve_write(l1, &k[3], &sz[3], 1, 8, &st[3], &r[3]), 1);
+    cr_assert_eq(l1_abort(l1, &k[0], &r[0].id, 1, 8), 0, "not writer 8's");
+    cr_assert_eq(l1_abort(l1, &k[0], &r[0].id, 1, 7), 1);
+    cr_assert_eq(l1_abort_all(l1, 7), 2);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.write_locked_count, 1);
+    cr_assert_eq(s.memory_used_bytes, UNIT);
+    cr_assert_eq(l1_publish(l1, &k[1], &r[1].id, 1, 7, NULL), 0);
+    cr_assert_eq(l1_publish(l1, &k[3], &r[3].id, 1, 8, NULL), 1);
+    cr_assert(present(l1, 4));
+    l1_destroy(l1);
+}
+
+/* ---- read locks ------------------------------------------------------------ */
+
+Test(l1, lock_counts_and_ttl_from_latest_lock)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 1, 1);
+    struct l1_key k = key(1);
+    cr_assert_eq(l1_lock(l1, &k, 1, 2, NULL), 0);
+    cr_assert_eq(stats(l1).read_locked_count, 1);
+    cr_assert_eq(l1_unlock(l1, &k, NULL, 1, 1), 1);
+    cr_assert_eq(stats(l1).read_locked_count, 1, "one holder left");
+    cr_assert_eq(l1_unlock(l1, &k, NULL, 1, 5), 1, "drops to 0, never below");
+    cr_assert_eq(stats(l1).read_locked_count, 0);
+    cr_assert_eq(l1_unlock(l1, &k, NULL, 1, 1), 0, "nothing left to drop");
+    /* TTL counts from the latest lock. */
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, NULL), 0);
+    advance(200 * SEC);
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, NULL), 0);
+    advance(200 * SEC);
+    cr_assert_eq(stats(l1).read_locked_count, 1, "400 s after the first, 200 after the latest");
+    advance(100 * SEC);
+    cr_assert_eq(stats(l1).read_locked_count, 0, "expired 300 s after the latest lock");
+    cr_assert_eq(l1_unlock(l1, &k, NULL, 1, 1), 0, "unlock after expiry is a no-op");
+    /* An expired lock restarts from zero. */
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, NULL), 0);
+    cr_assert_eq(l1_unlock(l1, &k, NULL, 1, 1), 1);
+    cr_assert_eq(stats(l1).read_locked_count, 0);
+    cr_assert_eq(l1_lock(l1, &k, 1, 0, NULL), -EINVAL);
+    l1_destroy(l1);
+}
+
+Test(l1, lock_prefix_locks_longest_ready_prefix)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 0, 1);
+    put(l1, 1, 1);
+    put(l1, 3, 1);
+    struct l1_key k[4] = { key(0), key(1), key(2), key(3) };
+    struct l1_ref r[4];
+    cr_assert_eq(l1_lock_prefix(l1, k, 4, 2, r), 2);
+    cr_assert_eq(stats(l1).read_locked_count, 2, "key 3 after the gap is not locked");
+    cr_assert_neq(r[0].offset, r[1].offset);
+    cr_assert_eq(l1_unlock(l1, k, NULL, 4, 2), 2);
+    cr_assert_eq(stats(l1).read_locked_count, 0);
+    cr_assert_eq(l1_lock_prefix(l1, &k[2], 2, 1, NULL), 0);
+    cr_assert_eq(l1_lock_prefix(l1, k, 0, 1, NULL), 0);
+    l1_destroy(l1);
+}
+
+Test(l1, lock_is_all_or_nothing)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 0, 1);
+    put(l1, 1, 1);
+    struct l1_key k[3] = { key(0), key(1), key(2) };
+    cr_assert_eq(l1_lock(l1, k, 3, 1, NULL), -ENOENT);
+    cr_assert_eq(stats(l1).read_locked_count, 0);
+    cr_assert_eq(l1_lock(l1, k, 2, 1, NULL), 0);
+    cr_assert_eq(stats(l1).read_locked_count, 2);
+    l1_destroy(l1);
+}
+
+Test(l1, unlock_with_ids_ignores_a_replaced_object)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 1, 1);
+    struct l1_key k = key(1);
+    struct l1_ref old;
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, &old), 0);
+    advance(301 * SEC); /* the lock expires; eviction may now take it */
+    cr_assert_eq(l1_clear(l1, false), 1);
+    put(l1, 1, 1);
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, NULL), 0);
+    cr_assert_eq(l1_unlock(l1, &k, &old.id, 1, 1), 0, "stale id: new holder kept");
+    cr_assert_eq(stats(l1).read_locked_count, 1);
+    l1_destroy(l1);
+}
+
+/* ---- eviction ------------------------------------------------------------- */
+
+Test(l1, evict_round_below_watermark_does_nothing)
+{
+    struct l1 *l1 = make_filled(10, L1_POLICY_LRU, 7, 1);
+    cr_assert_eq(l1_evict_round(l1), 0);
+    cr_assert_eq(stats(l1).total_object_count, 7);
+    cr_assert_eq(stats(l1).eviction_rounds_triggered, 0);
+    l1_destroy(l1);
+}
+
+Test(l1, evict_round_frees_ratio_of_used_bytes_in_lru_order)
+{
+    struct l1 *l1 = make_l1(20);
+    /* 4 objects of 4 units = 16 of 20 units: usage 0.8 >= watermark. */
+    for (int i = 0; i < 4; i++)
+        put(l1, i, 4);
+    struct l1_key k0 = key(0), k1 = key(1);
+    cr_assert_eq(l1_touch(l1, &k0, 1), 1); /* order now 1,2,3,0 */
+    cr_assert_eq(l1_lock(l1, &k1, 1, 1, NULL), 0); /* 1 is skipped */
+    /* target = 0.2 x 16 units = 3.2 units: one 4-unit object suffices. */
+    cr_assert_eq(l1_evict_round(l1), 1);
+    cr_assert(present(l1, 0));
+    cr_assert(present(l1, 1), "locked objects survive");
+    cr_assert_not(present(l1, 2), "least recent unlocked goes first");
+    cr_assert(present(l1, 3));
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.evicted_count, 1);
+    cr_assert_eq(s.evicted_bytes, 4 * UNIT);
+    cr_assert_eq(s.eviction_rounds_triggered, 1);
+    cr_assert_eq(s.memory_used_bytes, 12 * UNIT);
+    /* 12/20 = 0.6: the next round skips. */
+    cr_assert_eq(l1_evict_round(l1), 0);
+    l1_destroy(l1);
+}
+
+Test(l1, evict_round_counts_bytes_not_objects)
+{
+    struct l1 *l1 = make_l1(20);
+    /* Oldest first: four 1-unit objects, then a 12-unit one: 16 units used. */
+    for (int i = 0; i < 4; i++)
+        put(l1, i, 1);
+    put(l1, 4, 12);
+    /* target 3.2 units: four 1-unit objects (4 units), not one object. */
+    cr_assert_eq(l1_evict_round(l1), 4);
+    cr_assert(present(l1, 4));
+    l1_destroy(l1);
+}
+
+Test(l1, demand_eviction_makes_room_in_lru_order)
+{
+    struct l1 *l1 = make_filled(8, L1_POLICY_LRU, 8, 1);
+    struct l1_key t = key(0);
+    cr_assert_eq(l1_touch(l1, &t, 1), 1); /* LRU: 1..7, 0 */
+    /* Usage 1.0 but no round has run: a 2-unit reservation evicts on demand. */
+    struct l1_ref r;
+    cr_assert_eq(reserve1(l1, 100, 2 * UNIT, 1, &r), L1_OK);
+    cr_assert_not(present(l1, 1));
+    cr_assert_not(present(l1, 2));
+    cr_assert(present(l1, 0));
+    cr_assert(present(l1, 3));
+    cr_assert_eq(stats(l1).demand_evicted_count, 2);
+    l1_destroy(l1);
+}
+
+Test(l1, demand_eviction_coalesces_non_adjacent_victims)
+{
+    struct l1 *l1 = make_filled(8, L1_POLICY_LRU, 8, 1);
+    /* LRU order 0,2,4,6 then 1,3,5,7: the first victims are not neighbours,
+     * so room for 2 units appears only once an odd neighbour goes too. */
+    struct l1_key odd[4] = { key(1), key(3), key(5), key(7) };
+    cr_assert_eq(l1_touch(l1, odd, 4), 4);
+    struct l1_key k = key(100);
+    uint64_t sz = 2 * UNIT;
+    enum l1_status st;
+    struct l1_ref r;
+    cr_assert_eq(l1_reserve_write(l1, &k, &sz, 1, 1, &st, &r), 1);
+    /* 0,2,4,6 leave four 1-unit holes; evicting 1 joins 0..2. */
+    cr_assert_eq(stats(l1).demand_evicted_count, 5);
+    cr_assert(present(l1, 3) && present(l1, 5) && present(l1, 7));
+    cr_assert_eq(stats(l1).memory_used_bytes, 5 * UNIT);
+    l1_destroy(l1);
+}
+
+Test(l1, everything_locked_fails_only_that_key)
+{
+    struct l1 *l1 = make_filled(4, L1_POLICY_LRU, 3, 1);
+    struct l1_key lk[3] = { key(0), key(1), key(2) };
+    cr_assert_eq(l1_lock(l1, lk, 3, 1, NULL), 0);
+    /* One unit is free: a 2-unit key fails, a 1-unit key in the same batch fits. */
+    struct l1_key k[2] = { key(10), key(11) };
+    uint64_t sz[2] = { 2 * UNIT, UNIT };
+    enum l1_status st[2];
+    struct l1_ref r[2];
+    cr_assert_eq(l1_reserve_write(l1, k, sz, 2, 1, st, r), 1);
+    cr_assert_eq(st[0], L1_NOMEM);
+    cr_assert_eq(st[1], L1_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert(present(l1, i), "locked object %d survived", i);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.alloc_failures, 1);
+    cr_assert_eq(s.evicted_count, 0);
+    /* Reservations are never evicted either. */
+    struct l1_key k3 = key(12);
+    cr_assert_eq(l1_reserve_write(l1, &k3, &sz[1], 1, 1, &st[0], &r[0]), 0);
+    cr_assert_eq(st[0], L1_NOMEM);
+    cr_assert_eq(l1_publish(l1, &k[1], &r[1].id, 1, 1, NULL), 1);
+    l1_destroy(l1);
+}
+
+Test(l1, noop_policy_never_evicts)
+{
+    struct l1 *l1 = make_filled(4, L1_POLICY_NOOP, 4, 1);
+    cr_assert_eq(l1_evict_round(l1), 0);
+    struct l1_ref r;
+    cr_assert_eq(reserve1(l1, 9, UNIT, 1, &r), L1_NOMEM);
+    cr_assert_eq(stats(l1).total_object_count, 4);
+    l1_destroy(l1);
+}
+
+Test(l1, full_object_table_evicts_or_fails_cleanly)
+{
+    struct l1_opts o;
+    struct l1 *l1;
+    test_opts(&o, 64 * UNIT);
+    o.max_objects = 2;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    put(l1, 0, 1);
+    put(l1, 1, 1);
+    put(l1, 2, 1); /* evicts 0 for its table slot */
+    cr_assert_not(present(l1, 0));
+    struct l1_key lk[2] = { key(1), key(2) };
+    cr_assert_eq(l1_lock(l1, lk, 2, 1, NULL), 0);
+    struct l1_ref r;
+    cr_assert_eq(reserve1(l1, 3, UNIT, 1, &r), L1_NOMEM);
+    l1_destroy(l1);
+}
+
+/* ---- clear ---------------------------------------------------------------- */
+
+Test(l1, clear_without_force_keeps_locked_and_reserved)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 0, 1);
+    put(l1, 1, 1);
+    struct l1_key k1 = key(1), k2 = key(2);
+    cr_assert_eq(l1_lock(l1, &k1, 1, 1, NULL), 0);
+    struct l1_ref r;
+    cr_assert_eq(reserve1(l1, 2, UNIT, 1, &r), L1_OK);
+    cr_assert_eq(l1_clear(l1, false), 1);
+    cr_assert_not(present(l1, 0));
+    cr_assert(present(l1, 1));
+    cr_assert_eq(l1_publish(l1, &k2, &r.id, 1, 1, NULL), 1);
+    l1_destroy(l1);
+}
+
+Test(l1, clear_with_force_hides_all_and_frees_when_holders_leave)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 0, 1);
+    struct l1_ref lr = put(l1, 1, 1);
+    struct l1_key k1 = key(1), k2 = key(2);
+    cr_assert_eq(l1_lock(l1, &k1, 1, 2, NULL), 0);
+    struct l1_ref r;
+    cr_assert_eq(reserve1(l1, 2, UNIT, 1, &r), L1_OK);
+    cr_assert_eq(l1_clear(l1, true), 3);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.total_object_count, 0);
+    cr_assert_eq(s.pending_free_count, 2);
+    cr_assert_eq(s.memory_used_bytes, 2 * UNIT, "in-use memory is not handed out yet");
+    cr_assert_not(present(l1, 1));
+    /* A new object under key 1 cannot land on the held bytes. */
+    struct l1_ref nr = put(l1, 1, 1);
+    cr_assert_neq(nr.offset, lr.offset);
+    cr_assert_neq(nr.offset, r.offset);
+    /* The late publish fails and releases the reservation; the late unlock
+     * (by id) releases the old holder without touching the new object. */
+    enum l1_status ps;
+    cr_assert_eq(l1_publish(l1, &k2, &r.id, 1, 1, &ps), 0);
+    cr_assert_eq(ps, L1_NOTFOUND);
+    cr_assert_not(present(l1, 2));
+    cr_assert_eq(l1_unlock(l1, &k1, &lr.id, 1, 2), 1);
+    s = stats(l1);
+    cr_assert_eq(s.pending_free_count, 0);
+    cr_assert_eq(s.memory_used_bytes, UNIT, "only the new object remains");
+    cr_assert(present(l1, 1));
+    l1_destroy(l1);
+}
+
+Test(l1, forced_clear_memory_returns_after_ttl)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 1, 1);
+    struct l1_key k1 = key(1);
+    cr_assert_eq(l1_lock(l1, &k1, 1, 1, NULL), 0);
+    struct l1_ref r;
+    cr_assert_eq(reserve1(l1, 2, UNIT, 1, &r), L1_OK);
+    cr_assert_eq(l1_clear(l1, true), 2);
+    advance(301 * SEC);
+    cr_assert_eq(stats(l1).pending_free_count, 1, "the reservation has 600 s");
+    advance(300 * SEC);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.pending_free_count, 0);
+    cr_assert_eq(s.memory_used_bytes, 0);
+    l1_destroy(l1);
+}
+
+/* ---- thread --------------------------------------------------------------- */
+
+Test(l1, eviction_thread_starts_and_destroy_stops_it_at_once)
+{
+    struct l1 *l1 = make_l1(16);
+    cr_assert_eq(l1_evict_start(l1), 0);
+    cr_assert_eq(l1_evict_start(l1), 0, "second start is a no-op");
+    uint64_t t0 = clock_mono_ns();
+    l1_destroy(l1);
+    cr_assert(clock_mono_ns() - t0 < 900000000ull, "destroy waited for the tick");
+}
