@@ -1,0 +1,311 @@
+/*
+ * lmcd-cli plugins: list and restart runtime plugins over the HTTP API.
+ *
+ * A deliberately small HTTP/1.0 client (one request per connection, the
+ * body read to EOF), so the CLI needs no HTTP library and works against any
+ * lmcd that serves GET /plugins and POST /plugins/restart.
+ */
+#include "client/cli_plugins.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define HTTP_TIMEOUT_S 10
+#define HTTP_MAX_REPLY (16u << 20)
+
+struct reply {
+    int status;
+    char *raw;        /* whole response, NUL-terminated */
+    const char *body; /* into raw */
+};
+
+static int connect_to(const char *host, const char *port, char *err, size_t errlen)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *ai;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        struct timeval tv = { .tv_sec = HTTP_TIMEOUT_S };
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        snprintf(err, errlen, "%s", strerror(errno));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static int send_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* One request; 0 with *r filled, or -1 with a message in err. */
+static int http_do(const char *host, const char *port, const char *method, const char *target,
+                   struct reply *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof(*r));
+    int fd = connect_to(host, port, err, errlen);
+    if (fd < 0)
+        return -1;
+    char *req;
+    int n = asprintf(&req, "%s %s HTTP/1.0\r\nHost: %s:%s\r\nContent-Length: 0\r\n"
+                           "Connection: close\r\n\r\n", method, target, host, port);
+    if (n < 0 || send_all(fd, req, (size_t)n) < 0) {
+        snprintf(err, errlen, "sending the request failed: %s", strerror(errno));
+        if (n >= 0)
+            free(req);
+        close(fd);
+        return -1;
+    }
+    free(req);
+    size_t cap = 8192, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            snprintf(err, errlen, "out of memory");
+            close(fd);
+            return -1;
+        }
+        if (len + 1 >= cap) {
+            if (cap >= HTTP_MAX_REPLY) {
+                snprintf(err, errlen, "reply larger than %u bytes", HTTP_MAX_REPLY);
+                free(buf);
+                close(fd);
+                return -1;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb)
+                free(buf);
+            buf = nb;
+            cap *= 2;
+            continue;
+        }
+        ssize_t got = recv(fd, buf + len, cap - len - 1, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            snprintf(err, errlen, "reading the reply failed: %s", strerror(errno));
+            free(buf);
+            close(fd);
+            return -1;
+        }
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    close(fd);
+    buf[len] = '\0';
+    const char *sep = strstr(buf, "\r\n\r\n");
+    if (strncmp(buf, "HTTP/1.", 7) != 0 || !sep || sscanf(buf + 8, " %d", &r->status) != 1) {
+        snprintf(err, errlen, "not an HTTP reply");
+        free(buf);
+        return -1;
+    }
+    r->raw = buf;
+    r->body = sep + 4;
+    return 0;
+}
+
+/* Percent-encodes everything but RFC 3986 unreserved characters and '/'. */
+static char *urlencode(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *out = malloc(strlen(s) * 3 + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~/", *p)) {
+            *o++ = (char)*p;
+        } else {
+            *o++ = '%';
+            *o++ = hex[*p >> 4];
+            *o++ = hex[*p & 15];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static void print_table(json_t *list)
+{
+    printf("%-9s %-8s %-8s %-5s %-9s %s\n", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "PATH");
+    size_t i;
+    json_t *p;
+    json_array_foreach(list, i, p) {
+        json_t *pid = json_object_get(p, "pid"), *ex = json_object_get(p, "last_exit_code");
+        json_t *up = json_object_get(p, "uptime_s");
+        const char *reason = json_string_value(json_object_get(p, "reason"));
+        char spid[24] = "-", sex[24] = "-", sup[32] = "-";
+        if (json_is_integer(pid))
+            snprintf(spid, sizeof(spid), "%lld", (long long)json_integer_value(pid));
+        if (json_is_integer(ex))
+            snprintf(sex, sizeof(sex), "%lld", (long long)json_integer_value(ex));
+        if (json_is_number(up))
+            snprintf(sup, sizeof(sup), "%.1fs", json_number_value(up));
+        printf("%-9s %-8s %-8lld %-5s %-9s %s\n",
+               json_string_value(json_object_get(p, "state")) ?: "?", spid,
+               (long long)json_integer_value(json_object_get(p, "restarts")), sex, sup,
+               json_string_value(json_object_get(p, "path")) ?: "?");
+        if (reason)
+            printf("          %s\n", reason);
+    }
+    if (json_array_size(list) == 0)
+        printf("(no runtime plugins)\n");
+}
+
+static int cmd_list(const char *host, const char *port, int as_json)
+{
+    struct reply r;
+    char err[256];
+    if (http_do(host, port, "GET", "/plugins", &r, err, sizeof(err)) < 0) {
+        fprintf(stderr, "lmcd-cli: cannot get http://%s:%s/plugins: %s\n", host, port, err);
+        return 1;
+    }
+    int rc = 1;
+    if (r.status != 200) {
+        fprintf(stderr, "lmcd-cli: GET /plugins answered HTTP %d: %s\n", r.status, r.body);
+    } else if (as_json) {
+        fputs(r.body, stdout);
+        if (!*r.body || r.body[strlen(r.body) - 1] != '\n')
+            putchar('\n');
+        rc = 0;
+    } else {
+        json_error_t je;
+        json_t *j = json_loads(r.body, 0, &je);
+        json_t *list = json_is_object(j) ? json_object_get(j, "plugins") : j;
+        if (!json_is_array(list)) {
+            fprintf(stderr, "lmcd-cli: GET /plugins did not return a JSON array: %s\n", je.text);
+        } else {
+            print_table(list);
+            rc = 0;
+        }
+        json_decref(j);
+    }
+    free(r.raw);
+    return rc;
+}
+
+static int cmd_restart(const char *host, const char *port, int as_json, char **paths, int n)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        char *enc = urlencode(paths[i]), *target = NULL, err[256];
+        if (!enc || asprintf(&target, "/plugins/restart?path=%s", enc) < 0) {
+            free(enc);
+            fprintf(stderr, "lmcd-cli: out of memory\n");
+            return 1;
+        }
+        free(enc);
+        struct reply r;
+        if (http_do(host, port, "POST", target, &r, err, sizeof(err)) < 0) {
+            fprintf(stderr, "lmcd-cli: cannot reach http://%s:%s: %s\n", host, port, err);
+            free(target);
+            return 1;
+        }
+        free(target);
+        if (as_json)
+            printf("%s\n", r.body);
+        if (r.status == 200) {
+            if (!as_json)
+                printf("restarting %s\n", paths[i]);
+        } else if (r.status == 404) {
+            fprintf(stderr, "lmcd-cli: no runtime plugin with path %s (see lmcd-cli plugins)\n",
+                    paths[i]);
+            rc = 1;
+        } else {
+            fprintf(stderr, "lmcd-cli: restart of %s answered HTTP %d: %s\n", paths[i], r.status,
+                    r.body);
+            rc = 1;
+        }
+        free(r.raw);
+    }
+    return rc;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: lmcd-cli plugins [--http-host H] [--http-port P] [--json]\n"
+               "       lmcd-cli plugins restart PATH... [--http-host H] [--http-port P] [--json]\n"
+               "Lists the runtime plugins of a running lmcd (GET /plugins) or restarts some\n"
+               "(POST /plugins/restart). Defaults: --http-host 127.0.0.1 --http-port 8080.\n");
+}
+
+int cli_plugins_main(int argc, char **argv)
+{
+    const char *host = "127.0.0.1", *port = "8080";
+    int as_json = 0, npos = 0, only_pos = 0;
+    char **pos = calloc((size_t)argc + 1, sizeof(*pos));
+    if (!pos)
+        return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_pos) {
+            pos[npos++] = argv[i];
+        } else if (!strcmp(a, "--")) {
+            only_pos = 1; /* what follows are paths, even "--x" */
+        } else if (!strcmp(a, "--http-host") || !strcmp(a, "--http-port")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "lmcd-cli: %s needs a value\n", a);
+                free(pos);
+                return 2;
+            }
+            *(a[7] == 'h' ? &host : &port) = argv[++i];
+        } else if (!strncmp(a, "--http-host=", 12)) {
+            host = a + 12;
+        } else if (!strncmp(a, "--http-port=", 12)) {
+            port = a + 12;
+        } else if (!strcmp(a, "--json")) {
+            as_json = 1;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            free(pos);
+            return 0;
+        } else if (a[0] == '-' && a[1] == '-') {
+            fprintf(stderr, "lmcd-cli: unknown option %s\n", a);
+            usage(stderr);
+            free(pos);
+            return 2;
+        } else {
+            pos[npos++] = argv[i];
+        }
+    }
+    int rc;
+    if (npos == 0 || (npos == 1 && !strcmp(pos[0], "list"))) {
+        rc = cmd_list(host, port, as_json);
+    } else if (!strcmp(pos[0], "restart") && npos >= 2) {
+        rc = cmd_restart(host, port, as_json, pos + 1, npos - 1);
+    } else {
+        usage(stderr);
+        rc = 2;
+    }
+    free(pos);
+    return rc;
+}
