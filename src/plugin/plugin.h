@@ -46,7 +46,7 @@ struct plugin_opts {
     enum plugin_restart restart; /* default NEVER (as LMCache) */
     unsigned max_restarts;     /* default 5 ... */
     unsigned restart_window_s; /* ... per 600 s, then state "failed"; 0 = default */
-    unsigned stop_timeout_ms;  /* SIGTERM -> SIGKILL grace; 0 = default 5000 */
+    unsigned stop_timeout_ms;  /* SIGTERM -> SIGKILL grace, default 5000; 0 = no grace */
 };
 
 /* Fills o with the defaults above (no locations, NEVER). */

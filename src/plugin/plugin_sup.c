@@ -767,7 +767,7 @@ int plugin_sup_start(const struct plugin_opts *o, struct plugin_sup **out)
     s->max_restarts = o->max_restarts;
     s->window_ms = (uint64_t)(o->restart_window_s ? o->restart_window_s
                                                    : PLUGIN_DEFAULT_RESTART_WINDOW_S) * 1000;
-    s->stop_timeout_ms = o->stop_timeout_ms ? o->stop_timeout_ms : PLUGIN_DEFAULT_STOP_TIMEOUT_MS;
+    s->stop_timeout_ms = o->stop_timeout_ms; /* 0: SIGKILL right after SIGTERM */
     if (o->n_locations && !(s->locations = calloc(o->n_locations, sizeof(char *))))
         goto fail;
     for (size_t i = 0; i < o->n_locations; i++, s->n_locations++)
