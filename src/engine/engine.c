@@ -1,0 +1,969 @@
+/*
+ * engine.c: the requests. Each function works in at most two short steps,
+ * never holding a session and an instance together (engine_int.h):
+ *   1. under the session: replace the token list, extend the hashes, derive
+ *      the object keys of the range (and touch the session's lookup locks);
+ *   2. under the instance (engine-driven ops): reserve, publish, lock.
+ * L1 calls happen under those locks; L1 never calls back.
+ */
+#define LOG_MODULE "lmcd.engine"
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_int.h"
+#include "util/log.h"
+
+static_assert(sizeof(struct obj_key) == sizeof(struct l1_key), "keys.h and l1.h keys must match");
+static_assert(offsetof(struct obj_key, ns) == offsetof(struct l1_key, ns), "key layout");
+static_assert(offsetof(struct obj_key, kv_rank) == offsetof(struct l1_key, kv_rank), "key layout");
+
+#define INLINE_WRITER_BASE (1ull << 63)
+#define MAX_READERS 128
+
+/* Failures a client can repeat at will are logged at most 5 times a minute. */
+static struct log_ratelimit key_rl = LOG_RATELIMIT_INIT(60000, 5);
+
+/* ------------------------------------------------------------ dtypes */
+
+static const struct dtype {
+    const char *name;
+    uint32_t size;
+} dtypes[] = {
+    { "bfloat16", 2 }, { "float16", 2 }, { "float32", 4 }, { "float64", 8 }, { "float8_e4m3fn", 1 },
+    { "float8_e5m2", 1 }, { "float8_e4m3fnuz", 1 }, { "float8_e5m2fnuz", 1 }, { "uint8", 1 }, { "int8", 1 },
+    { "int16", 2 }, { "int32", 4 }, { "int64", 8 },
+};
+
+static const struct dtype *dtype_find(const char *s, size_t len)
+{
+    for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
+        if (strlen(dtypes[i].name) == len && !memcmp(dtypes[i].name, s, len))
+            return &dtypes[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------ keys */
+
+/* Checks the parts of a key that give objects their identity. */
+static int check_key(const struct engine_key *k, bool need_worker)
+{
+    if (keys_check_model(k->model_name, k->model_name_len) || keys_check_salt(k->cache_salt, k->cache_salt_len))
+        return -EINVAL;
+    if (k->world_size < 1 || k->world_size > KEYS_WORLD_MAX)
+        return -EINVAL;
+    if (k->has_worker_id && (k->worker_id < 0 || k->worker_id >= k->world_size))
+        return -EINVAL;
+    if (need_worker && !k->has_worker_id)
+        return -EINVAL;
+    if (k->start < 0 || k->end < k->start)
+        return -EINVAL;
+    return 0;
+}
+
+static void log_bad_key(const char *op, const struct engine_key *k)
+{
+    log_rl(&key_rl, LOG_WARNING,
+           "%s for request %.*s: invalid key (model '%.*s', world_size %lld, worker_id %lld, salt %zu bytes, "
+           "range %lld..%lld): treated as a miss",
+           op, (int)k->request_id_len, k->request_id, (int)k->model_name_len, k->model_name,
+           (long long)k->world_size, k->has_worker_id ? (long long)k->worker_id : -1LL, k->cache_salt_len,
+           (long long)k->start, (long long)k->end);
+}
+
+/*
+ * Object keys of chunks [c0, c1) of the session's hashes (c1 clamped to the
+ * hashes there are). worker = KEYS_WORKER_ALL expands every shard,
+ * chunk-major. Under s->mu. *out is malloc'd (NULL when *n == 0).
+ */
+static int chain_keys(struct session *s, const struct engine_key *k, size_t c0, size_t c1, int worker,
+                      struct l1_key **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (c1 > s->chain.len)
+        c1 = s->chain.len;
+    if (c0 >= c1)
+        return 0;
+    size_t shards = worker == KEYS_WORKER_ALL ? (size_t)k->world_size : 1;
+    size_t cap = (c1 - c0) * shards;
+    struct obj_key *ok = malloc(cap * sizeof(*ok));
+    if (!ok)
+        return -ENOMEM;
+    uint64_t ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
+    long got = keys_expand((const uint8_t(*)[32])s->chain.hashes[c0], c1 - c0, (uint32_t)k->world_size, worker,
+                           ns, 0, ok, cap);
+    if (got < 0) {
+        free(ok);
+        return (int)got;
+    }
+    /* Same layout (asserted above); copy rather than alias two struct types. */
+    struct l1_key *lk = malloc(cap * sizeof(*lk));
+    if (!lk) {
+        free(ok);
+        return -ENOMEM;
+    }
+    memcpy(lk, ok, (size_t)got * sizeof(*lk));
+    free(ok);
+    *out = lk;
+    *n = (size_t)got;
+    return 0;
+}
+
+static size_t chunk_of(const struct engine *e, int64_t tok) { return (size_t)tok / (size_t)e->o.chunk_size; }
+
+/*
+ * Step 1 for the worker ops: pins the session, updates its tokens and
+ * returns this shard's keys of [start, end) with the index of the first.
+ * If lookup_release > 0, also drops that many holders of the session's
+ * lookup locks on those keys (COMMIT_RETRIEVE).
+ */
+static int range_keys(struct engine *e, const struct engine_key *k, bool create, uint32_t lookup_release,
+                      struct l1_key **keys, size_t *n)
+{
+    *keys = NULL;
+    *n = 0;
+    struct session *s = session_get(e, k->request_id, k->request_id_len, create);
+    if (!s)
+        return create ? -ENOMEM : -ENOENT;
+    int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
+    if (rc == 0)
+        rc = chain_keys(s, k, chunk_of(e, k->start), chunk_of(e, k->end), (int)k->worker_id, keys, n);
+    for (size_t i = 0; rc == 0 && lookup_release && i < *n; i++) {
+        for (size_t j = 0; j < s->locks.n; j++) {
+            struct lockrec *r = &s->locks.v[j];
+            if (r->holders && !memcmp(&r->key, &(*keys)[i], sizeof(r->key))) {
+                uint32_t m = r->holders < lookup_release ? r->holders : lookup_release;
+                l1_unlock(e->l1, &r->key, &r->id, 1, m);
+                r->holders -= m;
+                break;
+            }
+        }
+    }
+    session_put(e, s);
+    return rc;
+}
+
+/* check_key + range_keys for the worker ops; an invalid key is logged. */
+static int worker_keys(struct engine *e, const struct engine_key *k, const char *op, struct l1_key **keys,
+                       size_t *n)
+{
+    *keys = NULL;
+    *n = 0;
+    if (check_key(k, true)) {
+        log_bad_key(op, k);
+        return -EINVAL;
+    }
+    return range_keys(e, k, true, 0, keys, n);
+}
+
+/* Readers per object a LOOKUP locks for (spec mp_protocol.md 6.2). */
+static uint32_t readers_of(const struct engine_key *k, int64_t tp_size)
+{
+    int64_t r;
+    if (k->num_kv_readers >= 1) {
+        r = k->num_kv_readers;
+    } else {
+        int64_t tp = tp_size > 1 ? tp_size : k->world_size;
+        r = 1 + (tp > k->world_size ? tp - 1 : 0);
+    }
+    return (uint32_t)(r < 1 ? 1 : r > MAX_READERS ? MAX_READERS : r);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static char *dup_or(const char *s, const char *dflt)
+{
+    return strdup(s && *s ? s : dflt);
+}
+
+int engine_create(const struct engine_opts *o, struct engine **out)
+{
+    int rc = -ENOMEM;
+    struct engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->o = *o;
+    e->clock = o->clock ? o->clock : &clock_monotonic;
+    e->hash_name = dup_or(o->hash_algorithm, "blake3");
+    e->policy_name = dup_or(o->eviction_policy, "LRU");
+    e->shm_name_opt = strdup(o->shm_name ? o->shm_name : "");
+    e->shm_group_opt = strdup(o->shm_group ? o->shm_group : "");
+    pthread_mutex_init(&e->mu, NULL);
+    htab_init(&e->sessions);
+    htab_init(&e->instances);
+    atomic_init(&e->inline_writer, 0);
+    if (!e->hash_name || !e->policy_name || !e->shm_name_opt || !e->shm_group_opt)
+        goto fail;
+    e->o.hash_algorithm = e->hash_name;
+    e->o.eviction_policy = e->policy_name;
+    e->o.shm_name = e->shm_name_opt;
+    e->o.shm_group = e->shm_group_opt;
+
+    enum hasher_algo algo;
+    const char *why = NULL;
+    if ((rc = hasher_algo_parse(e->hash_name, &algo, &why))) {
+        log_error("hash algorithm %s: %s", e->hash_name, why ? why : "unknown");
+        goto fail;
+    }
+    if ((rc = hasher_init(&e->hasher, algo, (uint32_t)o->chunk_size))) {
+        log_error("chunk size %d is not usable (1..%d)", o->chunk_size, HASHER_MAX_CHUNK);
+        goto fail;
+    }
+
+    struct l1_opts lo;
+    l1_opts_init(&lo);
+    lo.size_bytes = o->l1_size_bytes;
+    lo.align_bytes = o->l1_align_bytes ? o->l1_align_bytes : 4096;
+    lo.shm_name = e->shm_name_opt;
+    lo.shm_group = *e->shm_group_opt ? e->shm_group_opt : NULL;
+    lo.use_lazy = o->l1_use_lazy;
+    lo.read_ttl_s = (uint32_t)(o->l1_read_ttl_s > 0 ? o->l1_read_ttl_s : 300);
+    lo.write_ttl_s = (uint32_t)(o->l1_write_ttl_s > 0 ? o->l1_write_ttl_s : 600);
+    lo.policy = strcmp(e->policy_name, "noop") ? L1_POLICY_LRU : L1_POLICY_NOOP;
+    lo.trigger_watermark = o->eviction_trigger_watermark;
+    lo.eviction_ratio = o->eviction_ratio;
+    lo.chunk_size = (uint32_t)o->chunk_size;
+    lo.hash_name = e->hash_name;
+    lo.clock = e->clock;
+    if ((rc = l1_create(&lo, &e->l1))) {
+        log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
+                  strerror(-rc));
+        goto fail;
+    }
+    log_info("L1: %.2f GiB in shared-memory segment /%s (%s, align %llu, read TTL %u s, write TTL %u s)",
+             (double)l1_pool_size(e->l1) / (1 << 30), l1_shm_name(e->l1), o->l1_use_lazy ? "lazy" : "pre-faulted",
+             (unsigned long long)lo.align_bytes, lo.read_ttl_s, lo.write_ttl_s);
+    log_info("Starting L1EvictionController...");
+    if ((rc = l1_evict_start(e->l1))) {
+        log_error("cannot start the L1 eviction thread: %s", strerror(-rc));
+        goto fail;
+    }
+    hasher_log_init(&e->hasher);
+    if ((rc = engine_sweeper_start(e))) {
+        log_error("cannot start the session sweeper: %s", strerror(-rc));
+        goto fail;
+    }
+    *out = e;
+    return 0;
+fail:
+    engine_destroy(e);
+    return rc;
+}
+
+void engine_destroy(struct engine *e)
+{
+    if (!e)
+        return;
+    engine_sweeper_stop(e);
+    struct htab_node *n, *tmp;
+    HTAB_FOREACH_SAFE(&e->sessions, n, tmp) {
+        htab_remove(&e->sessions, n);
+        session_free(e, htab_entry(n, struct session, node));
+    }
+    HTAB_FOREACH_SAFE(&e->instances, n, tmp) {
+        struct instance *in = htab_entry(n, struct instance, node);
+        htab_remove(&e->instances, n);
+        if (e->l1)
+            instance_release(e, in);
+        instance_free(in);
+    }
+    htab_free(&e->sessions);
+    htab_free(&e->instances);
+    l1_destroy(e->l1);
+    pthread_mutex_destroy(&e->mu);
+    free(e->hash_name);
+    free(e->policy_name);
+    free(e->shm_name_opt);
+    free(e->shm_group_opt);
+    free(e);
+}
+
+int engine_chunk_size(const struct engine *e) { return e->o.chunk_size; }
+const char *engine_shm_name(const struct engine *e) { return l1_shm_name(e->l1); }
+
+/* ------------------------------------------------------------ lookups */
+
+int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
+{
+    int rc = check_key(k, false);
+    struct session *s = session_get(e, k->request_id, k->request_id_len, true);
+    if (!s)
+        return -ENOMEM;
+    lockvec_release_all(e, &s->locks); /* a new LOOKUP replaces the old job and its locks */
+    int64_t chunks = 0;
+    if (rc) {
+        log_bad_key("LOOKUP", k);
+    } else if ((rc = session_set_tokens(e, s, k->token_ids, k->n_tokens)) == 0) {
+        struct l1_key *keys;
+        size_t n;
+        rc = chain_keys(s, k, 0, s->chain.len, KEYS_WORKER_ALL, &keys, &n);
+        struct l1_ref *refs = n ? malloc(n * sizeof(*refs)) : NULL;
+        if (rc == 0 && n && !refs)
+            rc = -ENOMEM;
+        if (rc == 0 && n) {
+            uint32_t readers = readers_of(k, tp_size);
+            int locked = l1_lock_prefix(e->l1, keys, n, readers, refs);
+            size_t world = (size_t)k->world_size;
+            size_t full = locked > 0 ? (size_t)locked / world : 0;
+            /* shards of a chunk not present for every shard are no hit */
+            for (size_t i = full * world; locked > 0 && i < (size_t)locked; i++)
+                l1_unlock(e->l1, &keys[i], &refs[i].id, 1, readers);
+            for (size_t i = 0; i < full * world; i++) {
+                if (lockvec_push(&s->locks, &keys[i], refs[i].id, readers)) {
+                    /* cannot track the rest: do not keep their locks */
+                    for (size_t j = i; j < full * world; j++)
+                        l1_unlock(e->l1, &keys[j], &refs[j].id, 1, readers);
+                    full = i / world;
+                    break;
+                }
+            }
+            chunks = (int64_t)full;
+            s->has_lookup = true;
+            s->lookup_world = (uint32_t)k->world_size;
+            s->lookup_ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
+            atomic_fetch_add(&e->lookup_chunks, n / world);
+        }
+        free(refs);
+        free(keys);
+    }
+    if (!s->job_active)
+        atomic_fetch_add(&e->active_jobs, 1);
+    s->job_active = true; /* a failed lookup still answers: 0 hits */
+    s->job_chunks = chunks;
+    session_put(e, s);
+    atomic_fetch_add(&e->lookups, 1);
+    atomic_fetch_add(&e->lookup_hit_chunks, (uint64_t)chunks);
+    if (e->o.on_job_done)
+        e->o.on_job_done(e->o.on_job_done_ctx, k->request_id, k->request_id_len);
+    return rc;
+}
+
+static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chunks, bool consume)
+{
+    *chunks = 0;
+    struct session *s = session_get(e, rid, len, false);
+    if (!s)
+        return 0; /* unknown id: 0, a miss */
+    if (s->job_active) {
+        *chunks = s->job_chunks;
+        if (consume) {
+            s->job_active = false;
+            atomic_fetch_sub(&e->active_jobs, 1);
+        }
+    }
+    session_put(e, s);
+    return 0;
+}
+
+int engine_query_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
+{
+    return query_job(e, rid, len, chunks, true);
+}
+
+int engine_query_lookup_hits(struct engine *e, const char *rid, size_t len, int64_t *chunks)
+{
+    return query_job(e, rid, len, chunks, false);
+}
+
+int engine_free_lookup_locks(struct engine *e, const struct engine_key *k, int64_t tp_size)
+{
+    (void)tp_size; /* releases exactly what LOOKUP recorded, whatever it was */
+    if (check_key(k, false)) {
+        log_bad_key("FREE_LOOKUP_LOCKS", k);
+        return -EINVAL;
+    }
+    struct session *s = session_get(e, k->request_id, k->request_id_len, false);
+    if (!s)
+        return 0;
+    struct l1_key *keys = NULL;
+    size_t n = 0;
+    int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
+    if (rc == 0)
+        rc = chain_keys(s, k, chunk_of(e, k->start), chunk_of(e, k->end), KEYS_WORKER_ALL, &keys, &n);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < s->locks.n; j++) {
+            struct lockrec *r = &s->locks.v[j];
+            if (r->holders && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
+                l1_unlock(e->l1, &r->key, &r->id, 1, r->holders);
+                r->holders = 0;
+                break;
+            }
+        }
+    }
+    size_t w = 0; /* compact: drop fully released records */
+    for (size_t j = 0; j < s->locks.n; j++)
+        if (s->locks.v[j].holders)
+            s->locks.v[w++] = s->locks.v[j];
+    s->locks.n = w;
+    free(keys);
+    session_put(e, s);
+    return rc;
+}
+
+int engine_end_session(struct engine *e, const char *rid, size_t len)
+{
+    struct session *s = session_take(e, rid, len);
+    if (!s) {
+        log_debug("END_SESSION for unknown request %.*s", (int)len, rid);
+        return -ENOENT;
+    }
+    if (s->has_lookup && s->chain.len) {
+        /* Touch every full-chunk object once, oldest chunk first (#3020). */
+        size_t n = s->chain.len * s->lookup_world;
+        struct obj_key *ok = malloc(n * sizeof(*ok));
+        struct l1_key *lk = malloc(n * sizeof(*lk));
+        long got = ok && lk ? keys_expand((const uint8_t(*)[32])s->chain.hashes[0], s->chain.len, s->lookup_world,
+                                          KEYS_WORKER_ALL, s->lookup_ns, 0, ok, n)
+                            : -ENOMEM;
+        if (got > 0) {
+            memcpy(lk, ok, (size_t)got * sizeof(*lk));
+            l1_touch(e->l1, lk, (size_t)got);
+        }
+        free(ok);
+        free(lk);
+    }
+    /* Its lookup locks go now: a retrieve that still comes locks for itself. */
+    lockvec_release_all(e, &s->locks);
+    session_put(e, s);
+    return 0;
+}
+
+int engine_clear(struct engine *e, bool force)
+{
+    int removed = l1_clear(e->l1, force);
+    log_info("CLEAR%s: %d objects removed from L1", force ? " (force)" : "", removed);
+    if (!force)
+        return 0;
+    /* The jobs' counts describe objects that are gone: drop them. */
+    pthread_mutex_lock(&e->mu);
+    size_t n = e->sessions.count, k = 0;
+    struct session **pinned = n ? malloc(n * sizeof(*pinned)) : NULL;
+    struct htab_node *node, *tmp;
+    if (pinned)
+        HTAB_FOREACH_SAFE(&e->sessions, node, tmp) {
+            struct session *s = htab_entry(node, struct session, node);
+            s->refs++;
+            pinned[k++] = s;
+        }
+    pthread_mutex_unlock(&e->mu);
+    for (size_t i = 0; i < k; i++) {
+        pthread_mutex_lock(&pinned[i]->mu);
+        if (pinned[i]->job_active)
+            atomic_fetch_sub(&e->active_jobs, 1);
+        pinned[i]->job_active = false;
+        session_put(e, pinned[i]);
+    }
+    free(pinned);
+    return 0;
+}
+
+void engine_ping(struct engine *e, bool has_instance, int64_t instance_id)
+{
+    if (!has_instance)
+        return;
+    struct instance *in = instance_get(e, instance_id);
+    if (!in)
+        return;
+    __atomic_store_n(&in->active, true, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&in->reaped, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&in->reaped, false, __ATOMIC_RELAXED);
+        log_info("worker instance %lld is back after being reaped", (long long)instance_id);
+    }
+    instance_put(e, in);
+}
+
+void engine_report_block_allocation(struct engine *e, size_t n_records)
+{
+    atomic_fetch_add(&e->block_alloc_records, n_records);
+}
+
+/* ------------------------------------------------------------ registration */
+
+static int refuse(struct engine *e, struct engine_ed_reply *out, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int refuse(struct engine *e, struct engine_ed_reply *out, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    out->error = strdup(buf);
+    out->shm_name = strdup(l1_shm_name(e->l1));
+    out->pool_size = l1_pool_size(e->l1);
+    return out->error && out->shm_name ? 0 : -ENOMEM;
+}
+
+int engine_register_ed(struct engine *e, const struct engine_ed_register *r, struct engine_ed_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    const struct dtype *dt = dtype_find(r->dtype, r->dtype_len);
+    int64_t C = e->o.chunk_size;
+    if (!dt)
+        return refuse(e, out, "unsupported dtype_str '%.*s'", (int)(r->dtype_len > 32 ? 32 : r->dtype_len), r->dtype);
+    if (r->multi_group)
+        return refuse(e, out, "multi-group (hybrid attention) layouts are not supported by lmcd");
+    if (keys_check_model(r->model_name, r->model_name_len))
+        return refuse(e, out, "invalid model_name (empty, or contains '@')");
+    if (r->world_size < 1 || r->world_size > KEYS_WORLD_MAX)
+        return refuse(e, out, "world_size %lld outside 1..%d", (long long)r->world_size, KEYS_WORLD_MAX);
+    if (r->block_size < 1 || C % r->block_size)
+        return refuse(e, out, "block_size %lld does not divide the server chunk size %lld", (long long)r->block_size,
+                      (long long)C);
+    if (r->num_layers < 1 || r->hidden_dim_size < 1 || r->num_layers > (1 << 16) || r->hidden_dim_size > (1 << 24))
+        return refuse(e, out, "num_layers %lld / hidden_dim_size %lld out of range", (long long)r->num_layers,
+                      (long long)r->hidden_dim_size);
+    if (r->has_num_physical_slots && r->num_physical_slots != C)
+        return refuse(e, out, "num_physical_slots %lld differs from the server chunk size %lld",
+                      (long long)r->num_physical_slots, (long long)C);
+    struct instance *in = calloc(1, sizeof(*in));
+    if (!in || !(in->model = strndup(r->model_name, r->model_name_len))) {
+        free(in);
+        return -ENOMEM;
+    }
+    in->id = r->instance_id;
+    in->world_size = r->world_size;
+    in->block_size = r->block_size;
+    in->num_layers = r->num_layers;
+    in->hidden = r->hidden_dim_size;
+    in->use_mla = r->use_mla;
+    in->dtype = dt->name;
+    in->itemsize = dt->size;
+    in->ndim = 0;
+    if (!r->use_mla)
+        in->shape[in->ndim++] = 2;
+    in->shape[in->ndim++] = r->num_layers;
+    in->shape[in->ndim++] = C;
+    in->shape[in->ndim++] = r->hidden_dim_size;
+    in->object_bytes = (r->use_mla ? 1u : 2u) * (uint64_t)r->num_layers * (uint64_t)C *
+                       (uint64_t)r->hidden_dim_size * dt->size;
+    in->registered_ns = engine_now(e);
+    atomic_init(&in->last_seen_ns, in->registered_ns);
+    uint64_t bytes = in->object_bytes;
+    struct instance *old = NULL;
+    int rc = instance_add(e, in, &old);
+    if (rc == -EEXIST) { /* re-registration refreshes liveness, same answer */
+        __atomic_store_n(&old->reaped, false, __ATOMIC_RELAXED);
+        instance_put(e, old);
+    } else if (rc) {
+        return rc;
+    } else {
+        log_info("registered engine-driven worker instance %lld: model %.*s, world_size %lld, %s%s, %lld layers, "
+                 "hidden %lld, %llu bytes per chunk object",
+                 (long long)r->instance_id, (int)r->model_name_len, r->model_name, (long long)r->world_size,
+                 dt->name, r->use_mla ? " MLA" : "", (long long)r->num_layers, (long long)r->hidden_dim_size,
+                 (unsigned long long)bytes);
+    }
+    out->shm_name = strdup(l1_shm_name(e->l1));
+    out->pool_size = l1_pool_size(e->l1);
+    return out->shm_name ? 0 : -ENOMEM;
+}
+
+void engine_ed_reply_free(struct engine_ed_reply *r)
+{
+    free(r->shm_name);
+    free(r->error);
+    r->shm_name = r->error = NULL;
+}
+
+int engine_unregister(struct engine *e, int64_t instance_id)
+{
+    struct instance *in = instance_take(e, instance_id);
+    if (!in)
+        return 0;
+    size_t np = in->pending.n, nt = in->transfers.n;
+    instance_release(e, in);
+    log_info("unregistered worker instance %lld (dropped %zu unpublished reservations, %zu transfer locks)",
+             (long long)instance_id, np, nt);
+    instance_put(e, in);
+    return 0;
+}
+
+/* ------------------------------------------------------------ engine-driven transfers */
+
+void engine_slots_free(struct engine_slots *s)
+{
+    free(s->slots);
+    free(s->chunk_indices);
+    memset(s, 0, sizeof(*s));
+}
+
+static void fill_slot(const struct instance *in, const struct l1_ref *ref, struct engine_slot *slot)
+{
+    slot->offset = ref->offset;
+    slot->length = ref->length;
+    slot->ndim = in->ndim;
+    memcpy(slot->shape, in->shape, sizeof(slot->shape));
+    slot->dtype = in->dtype;
+}
+
+static struct instance *worker_instance(struct engine *e, int64_t id)
+{
+    struct instance *in = instance_get(e, id);
+    if (in)
+        __atomic_store_n(&in->active, true, __ATOMIC_RELAXED);
+    return in;
+}
+
+int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t instance_id, struct engine_slots *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct l1_key *keys;
+    size_t n;
+    int rc = worker_keys(e, k, "PREPARE_STORE", &keys, &n);
+    if (rc || !n) {
+        free(keys);
+        return rc;
+    }
+    struct instance *in = worker_instance(e, instance_id);
+    if (!in) {
+        free(keys);
+        return -ENOENT;
+    }
+    uint64_t *sizes = malloc(n * sizeof(*sizes));
+    enum l1_status *st = malloc(n * sizeof(*st));
+    struct l1_ref *refs = malloc(n * sizeof(*refs));
+    out->slots = malloc(n * sizeof(*out->slots));
+    out->chunk_indices = malloc(n * sizeof(*out->chunk_indices));
+    rc = -ENOMEM;
+    if (!sizes || !st || !refs || !out->slots || !out->chunk_indices)
+        goto done;
+    for (size_t i = 0; i < n; i++)
+        sizes[i] = in->object_bytes;
+    l1_reserve_write(e->l1, keys, sizes, n, (uint64_t)instance_id, st, refs);
+    rc = 0;
+    size_t skipped = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (st[i] != L1_OK) {
+            skipped += st[i] != L1_EXISTS;
+            continue;
+        }
+        if (lockvec_push(&in->pending, &keys[i], refs[i].id, 0)) {
+            l1_abort(e->l1, &keys[i], &refs[i].id, 1, (uint64_t)instance_id);
+            skipped++;
+            continue;
+        }
+        fill_slot(in, &refs[i], &out->slots[out->n]);
+        out->chunk_indices[out->n++] = (int64_t)i;
+    }
+    atomic_fetch_add(&e->store_skipped_chunks, skipped);
+done:
+    instance_put(e, in);
+    free(sizes);
+    free(st);
+    free(refs);
+    free(keys);
+    if (rc || !out->n)
+        engine_slots_free(out);
+    return rc;
+}
+
+/* Removes and returns the pending records of `keys` (matched by key). */
+static size_t take_pending(struct instance *in, const struct l1_key *keys, size_t n, struct l1_key *ok,
+                           uint64_t *ids)
+{
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < in->pending.n; j++) {
+            if (!memcmp(&in->pending.v[j].key, &keys[i], sizeof(keys[i]))) {
+                ok[got] = keys[i];
+                ids[got++] = in->pending.v[j].id;
+                in->pending.v[j] = in->pending.v[--in->pending.n];
+                break;
+            }
+        }
+    }
+    return got;
+}
+
+int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t data_len)
+{
+    if (check_key(k, true))
+        return -EINVAL;
+    struct l1_key *keys;
+    size_t n;
+    int rc = range_keys(e, k, true, 0, &keys, &n);
+    if (rc)
+        return rc;
+    struct instance *in = worker_instance(e, instance_id);
+    if (!in) {
+        free(keys);
+        return -ENOENT;
+    }
+    struct l1_key *pk = malloc((n ? n : 1) * sizeof(*pk));
+    uint64_t *ids = malloc((n ? n : 1) * sizeof(*ids));
+    rc = -ENOMEM;
+    if (pk && ids) {
+        size_t got = take_pending(in, keys, n, pk, ids);
+        if (data_len > 0) { /* pickle mode: never publish what was not written in place */
+            l1_abort(e->l1, pk, ids, got, (uint64_t)instance_id);
+            rc = -ENOTSUP;
+        } else {
+            int pub = got ? l1_publish(e->l1, pk, ids, got, (uint64_t)instance_id, NULL) : 0;
+            atomic_fetch_add(&e->stored_chunks, (uint64_t)(pub > 0 ? pub : 0));
+            rc = pub > 0 ? 0 : -ENOENT;
+        }
+    }
+    instance_put(e, in);
+    free(pk);
+    free(ids);
+    free(keys);
+    return rc;
+}
+
+int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id,
+                            struct engine_slots *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct l1_key *keys;
+    size_t n;
+    int rc = worker_keys(e, k, "PREPARE_RETRIEVE", &keys, &n);
+    if (rc)
+        return rc;
+    if ((size_t)(chunk_of(e, k->end) - chunk_of(e, k->start)) != n) { /* tokens do not cover the range */
+        free(keys);
+        return -ENOENT;
+    }
+    struct instance *in = worker_instance(e, instance_id);
+    if (!in) {
+        free(keys);
+        return -ENOENT;
+    }
+    struct l1_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+    out->slots = malloc((n ? n : 1) * sizeof(*out->slots));
+    rc = -ENOMEM;
+    if (!refs || !out->slots)
+        goto done;
+    if ((rc = n ? l1_lock(e->l1, keys, n, 1, refs) : 0))
+        goto done;
+    for (size_t i = 0; i < n; i++) {
+        if (refs[i].length != in->object_bytes) { /* stored under another layout: not ours to read */
+            l1_unlock(e->l1, keys, NULL, n, 1);
+            rc = -ENOENT;
+            goto done;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (lockvec_push(&in->transfers, &keys[i], refs[i].id, 1)) {
+            for (size_t j = i; j < n; j++)
+                l1_unlock(e->l1, &keys[j], &refs[j].id, 1, 1);
+            rc = -ENOMEM;
+            goto done;
+        }
+        fill_slot(in, &refs[i], &out->slots[i]);
+    }
+    out->n = n;
+    atomic_fetch_add(&e->retrieved_chunks, n);
+done:
+    instance_put(e, in);
+    free(refs);
+    free(keys);
+    if (rc)
+        engine_slots_free(out);
+    return rc;
+}
+
+int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id)
+{
+    if (check_key(k, true))
+        return 0;
+    struct l1_key *keys;
+    size_t n;
+    /* Step 1 also gives back one holder of this request's LOOKUP lock per
+     * object: this reader is done with it. */
+    if (range_keys(e, k, false, 1, &keys, &n) || !n) {
+        free(keys);
+        return 0;
+    }
+    struct instance *in = worker_instance(e, instance_id);
+    if (in) {
+        for (size_t i = 0; i < n; i++) {
+            for (size_t j = 0; j < in->transfers.n; j++) {
+                struct lockrec *r = &in->transfers.v[j];
+                if (!memcmp(&r->key, &keys[i], sizeof(r->key))) {
+                    l1_unlock(e->l1, &r->key, &r->id, 1, r->holders);
+                    in->transfers.v[j] = in->transfers.v[--in->transfers.n];
+                    break;
+                }
+            }
+        }
+        instance_put(e, in);
+    }
+    free(keys);
+    return 0;
+}
+
+/* ------------------------------------------------------------ inline */
+
+int engine_store_inline(struct engine *e, const struct engine_key *k, const struct iovec *chunks, size_t n,
+                        int64_t *present)
+{
+    *present = 0;
+    struct l1_key *keys;
+    size_t nk;
+    int rc = worker_keys(e, k, "lmcd.store_inline", &keys, &nk);
+    if (rc)
+        return rc;
+    if (nk > n)
+        nk = n; /* fewer chunk frames than chunks: store what came */
+    uint64_t writer = INLINE_WRITER_BASE | atomic_fetch_add(&e->inline_writer, 1);
+    uint64_t *sizes = malloc((nk ? nk : 1) * sizeof(*sizes));
+    enum l1_status *st = malloc((nk ? nk : 1) * sizeof(*st));
+    struct l1_ref *refs = malloc((nk ? nk : 1) * sizeof(*refs));
+    rc = -ENOMEM;
+    if (sizes && st && refs) {
+        for (size_t i = 0; i < nk; i++)
+            sizes[i] = chunks[i].iov_len;
+        l1_reserve_write(e->l1, keys, sizes, nk, writer, st, refs);
+        uint8_t *base = l1_base(e->l1);
+        int64_t stored = 0;
+        for (size_t i = 0; i < nk; i++) {
+            if (st[i] == L1_EXISTS) {
+                (*present)++;
+            } else if (st[i] == L1_OK) {
+                memcpy(base + refs[i].offset, chunks[i].iov_base, chunks[i].iov_len);
+                enum l1_status ps;
+                if (l1_publish(e->l1, &keys[i], &refs[i].id, 1, writer, &ps) == 1) {
+                    (*present)++;
+                    stored++;
+                }
+            }
+        }
+        atomic_fetch_add(&e->stored_chunks, (uint64_t)stored);
+        rc = 0;
+    }
+    free(sizes);
+    free(st);
+    free(refs);
+    free(keys);
+    return rc;
+}
+
+struct inline_handle {
+    struct l1_key *keys;
+    uint64_t *ids;
+    size_t n;
+};
+
+int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct engine_inline_read *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct l1_key *keys;
+    size_t n;
+    int rc = worker_keys(e, k, "lmcd.retrieve_inline", &keys, &n);
+    if (rc || !n) {
+        free(keys);
+        return rc;
+    }
+    struct l1_ref *refs = malloc(n * sizeof(*refs));
+    struct inline_handle *h = calloc(1, sizeof(*h));
+    uint64_t *ids = malloc(n * sizeof(*ids));
+    out->chunks = malloc(n * sizeof(*out->chunks));
+    if (!refs || !h || !ids || !out->chunks) {
+        free(refs);
+        free(h);
+        free(ids);
+        free(out->chunks);
+        free(keys);
+        out->chunks = NULL;
+        return -ENOMEM;
+    }
+    int m = l1_lock_prefix(e->l1, keys, n, 1, refs);
+    uint8_t *base = l1_base(e->l1);
+    for (int i = 0; i < m; i++) {
+        out->chunks[i] = (struct iovec){ base + refs[i].offset, refs[i].length };
+        ids[i] = refs[i].id;
+    }
+    h->keys = keys;
+    h->ids = ids;
+    h->n = m > 0 ? (size_t)m : 0;
+    out->n = h->n;
+    out->handle_ = h;
+    atomic_fetch_add(&e->retrieved_chunks, out->n);
+    free(refs);
+    return 0;
+}
+
+void engine_inline_release(struct engine *e, struct engine_inline_read *r)
+{
+    struct inline_handle *h = r->handle_;
+    if (h) {
+        if (h->n)
+            l1_unlock(e->l1, h->keys, h->ids, h->n, 1);
+        free(h->keys);
+        free(h->ids);
+        free(h);
+    }
+    free(r->chunks);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ------------------------------------------------------------ status */
+
+static json_t *instances_json(struct engine *e)
+{
+    json_t *arr = json_array();
+    uint64_t now = engine_now(e);
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n, *tmp;
+    HTAB_FOREACH_SAFE(&e->instances, n, tmp) {
+        struct instance *in = htab_entry(n, struct instance, node);
+        json_t *shape = json_array();
+        for (uint32_t d = 0; d < in->ndim; d++)
+            json_array_append_new(shape, json_integer(in->shape[d]));
+        json_array_append_new(
+            arr, json_pack("{s:I, s:s, s:I, s:s, s:b, s:o, s:I, s:f, s:b}", "instance_id", (json_int_t)in->id,
+                           "model_name", in->model, "world_size", (json_int_t)in->world_size, "dtype", in->dtype,
+                           "use_mla", in->use_mla, "chunk_shape", shape, "object_bytes",
+                           (json_int_t)in->object_bytes, "seconds_since_seen",
+                           (double)(now - atomic_load(&in->last_seen_ns)) / 1e9, "reaped",
+                           __atomic_load_n(&in->reaped, __ATOMIC_RELAXED)));
+    }
+    pthread_mutex_unlock(&e->mu);
+    return arr;
+}
+
+json_t *engine_status_json(struct engine *e)
+{
+    if (!e)
+        return NULL;
+    struct l1_stats st;
+    l1_stats_get(e->l1, &st);
+    pthread_mutex_lock(&e->mu);
+    size_t sessions = e->sessions.count;
+    pthread_mutex_unlock(&e->mu);
+    json_t *l1 = json_pack(
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
+        "total_object_count", (json_int_t)st.total_object_count, "write_locked_count",
+        (json_int_t)st.write_locked_count, "read_locked_count", (json_int_t)st.read_locked_count, "temporary_count",
+        (json_int_t)st.temporary_count, "memory_used_bytes", (json_int_t)st.memory_used_bytes, "memory_total_bytes",
+        (json_int_t)st.memory_total_bytes, "memory_usage_ratio", st.memory_usage_ratio, "write_ttl_seconds",
+        (int)st.write_ttl_s, "read_ttl_seconds", (int)st.read_ttl_s, "shm_name", l1_shm_name(e->l1), "pool_size",
+        (json_int_t)l1_pool_size(e->l1), "evicted_count", (json_int_t)st.evicted_count, "demand_evicted_count",
+        (json_int_t)st.demand_evicted_count, "allocation_failures", (json_int_t)st.alloc_failures,
+        "expired_reservations", (json_int_t)st.expired_reservations, "pending_free_count",
+        (json_int_t)st.pending_free_count);
+    json_t *evict = json_pack("{s:b, s:b, s:s, s:f, s:f, s:I, s:I}", "is_healthy", 1, "thread_alive", 1,
+                              "eviction_policy", e->policy_name, "trigger_watermark", e->o.eviction_trigger_watermark,
+                              "eviction_ratio", e->o.eviction_ratio, "rounds", (json_int_t)st.eviction_rounds,
+                              "rounds_triggered", (json_int_t)st.eviction_rounds_triggered);
+    json_t *sm = json_pack("{s:b, s:o, s:o, s:[], s:i}", "is_healthy", 1, "l1_manager", l1,
+                           "l1_eviction_controller", evict, "l2_adapters", "num_l2_adapters", 0);
+    json_t *counters = json_pack(
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "lookups", (json_int_t)atomic_load(&e->lookups),
+        "lookup_chunks", (json_int_t)atomic_load(&e->lookup_chunks), "lookup_hit_chunks",
+        (json_int_t)atomic_load(&e->lookup_hit_chunks), "stored_chunks", (json_int_t)atomic_load(&e->stored_chunks),
+        "store_skipped_chunks", (json_int_t)atomic_load(&e->store_skipped_chunks), "retrieved_chunks",
+        (json_int_t)atomic_load(&e->retrieved_chunks), "reaped_workers", (json_int_t)atomic_load(&e->reaped_workers),
+        "expired_sessions", (json_int_t)atomic_load(&e->expired_sessions), "block_allocation_records",
+        (json_int_t)atomic_load(&e->block_alloc_records));
+    return json_pack("{s:b, s:s, s:i, s:s, s:[], s:{}, s:I, s:I, s:o, s:o, s:o}", "is_healthy", 1, "engine_type",
+                     "lmcd", "chunk_size", e->o.chunk_size, "hash_algorithm", e->hash_name, "registered_gpu_ids",
+                     "gpu_context_meta", "active_sessions", (json_int_t)sessions, "active_prefetch_jobs",
+                     (json_int_t)atomic_load(&e->active_jobs), "engine_driven_instances", instances_json(e),
+                     "storage_manager", sm, "counters", counters);
+}

@@ -1,0 +1,205 @@
+/*
+ * engine: the cache behind the protocol, one function per canonical request.
+ *
+ * The server decodes a request (src/wire), converts it to the plain structs
+ * below and calls one engine_* function; the engine never sees a profile or
+ * a msgpack byte, and wire never sees the engine (style.md section 2).
+ *
+ * What it does: hashes token ids into chunk keys (BLAKE3 rolling hash, or
+ * xxh3_128), keeps per-request sessions (token list, cached hashes, lookup
+ * key, lookup job, the locks that request took), runs lookup jobs keyed by
+ * request id, and moves chunk objects in and out of L1 (src/l1) for the
+ * engine-driven shared-memory path and the inline path.
+ *
+ * Ownership:
+ *   - Every pointer in an input struct is borrowed for the call only; the
+ *     engine copies what it keeps (token ids into the session, ids, names).
+ *   - Output structs (engine_slots, engine_inline_read, engine_ed_reply) are
+ *     filled by the engine and released by the caller with their *_free().
+ *   - Slot offsets are offsets into the L1 shared-memory segment the
+ *     engine-driven workers map; the bytes behind a slot belong to the
+ *     worker between PREPARE_* and COMMIT_*.
+ *
+ * Threads: every function may be called from any thread concurrently (the
+ * server calls from its pools; engine-internal state is locked inside).
+ * The engine owns two threads of its own: L1's eviction controller and a
+ * sweeper for session TTLs, lock expiry and silent-worker reaping.
+ *
+ * Errors: 0 or -errno. What the protocol turns a failure into (a miss, an
+ * empty slot list, false) is the server's business (spec 9.3); the engine
+ * says precisely what happened.
+ */
+#ifndef LMCD_ENGINE_ENGINE_H
+#define LMCD_ENGINE_ENGINE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "util/clock.h"
+
+struct engine;
+
+struct engine_opts {
+    /* keying */
+    int chunk_size;             /* tokens per chunk (256) */
+    const char *hash_algorithm; /* "blake3" | "xxh3_128" */
+    /* L1 */
+    uint64_t l1_size_bytes;
+    uint64_t l1_align_bytes;
+    bool l1_use_lazy;
+    const char *shm_name;  /* "" = lmcache_l1_pool_<pid> */
+    const char *shm_group; /* "" = none (segment mode 0600) */
+    int l1_read_ttl_s;
+    int l1_write_ttl_s;
+    const char *eviction_policy; /* "LRU" | "noop" */
+    double eviction_trigger_watermark;
+    double eviction_ratio;
+    /* sessions and workers */
+    int session_ttl_s;           /* 600, as LMCache */
+    int worker_reap_timeout_s;   /* 120; 0 disables */
+    /* Called (from any engine thread) when a lookup job completes, so the
+     * server can answer parked WAIT_PREFETCH_STATUS requests. May be NULL. */
+    void (*on_job_done)(void *ctx, const char *request_id, size_t len);
+    void *on_job_done_ctx;
+    const struct clock_src *clock; /* NULL = monotonic */
+};
+
+/* Creates L1 (the shared segment), the hasher and the engine threads, and
+ * logs the LMCache start-up lines that belong to them. */
+int engine_create(const struct engine_opts *o, struct engine **out);
+/* Stops the threads, releases every lock and reservation, unmaps and
+ * unlinks the segment. NULL-safe. */
+void engine_destroy(struct engine *e);
+
+/* A request's cache key (spec mp_protocol.md 5.1), borrowed. */
+struct engine_key {
+    const char *model_name;
+    size_t model_name_len;
+    int64_t world_size;
+    bool has_worker_id; /* false = scheduler (all shards) */
+    int64_t worker_id;
+    const uint32_t *token_ids;
+    size_t n_tokens;
+    int64_t start;
+    int64_t end;
+    const char *request_id;
+    size_t request_id_len;
+    const char *cache_salt;
+    size_t cache_salt_len;
+    int64_t num_kv_readers; /* 0 = derive from tp_size (spec 6.2) */
+};
+
+int engine_chunk_size(const struct engine *e);
+/* The L1 segment's name, without a leading slash (valid until destroy). */
+const char *engine_shm_name(const struct engine *e);
+
+/* LOOKUP: starts (or replaces) the lookup job of key->request_id. */
+int engine_lookup(struct engine *e, const struct engine_key *key, int64_t tp_size);
+/* QUERY_PREFETCH_STATUS: the job's prefix chunk count and removes the job
+ * (exactly once). -EAGAIN while it runs; an unknown id gives 0. */
+int engine_query_prefetch_status(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
+/* QUERY_PREFETCH_LOOKUP_HITS: hits known after the lookup phase; keeps the
+ * job. -EAGAIN while that phase runs; unknown id gives 0. */
+int engine_query_lookup_hits(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
+/* FREE_LOOKUP_LOCKS: releases, for the chunks of [start,end), only the
+ * locks this request's LOOKUP took. */
+int engine_free_lookup_locks(struct engine *e, const struct engine_key *key, int64_t tp_size);
+/* END_SESSION: touches the session's objects once (LRU) and drops it. */
+int engine_end_session(struct engine *e, const char *request_id, size_t len);
+/* CLEAR: force drops everything, locked or mid-write; otherwise only
+ * objects that are neither locked nor being written. Jobs are dropped. */
+int engine_clear(struct engine *e, bool force);
+/* PING from a worker (has_instance) refreshes its liveness. */
+void engine_ping(struct engine *e, bool has_instance, int64_t instance_id);
+
+/* REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT (spec 7.1). */
+struct engine_ed_register {
+    int64_t instance_id;
+    const char *model_name;
+    size_t model_name_len;
+    int64_t world_size;
+    int64_t block_size;
+    int64_t num_layers;
+    int64_t hidden_dim_size;
+    const char *dtype;
+    size_t dtype_len;
+    bool use_mla;
+    bool has_num_physical_slots;
+    int64_t num_physical_slots;
+    bool multi_group;
+};
+struct engine_ed_reply {
+    char *shm_name;  /* malloc'd; never empty on success */
+    uint64_t pool_size;
+    char *error;     /* malloc'd reason the registration was refused, or NULL */
+};
+int engine_register_ed(struct engine *e, const struct engine_ed_register *r, struct engine_ed_reply *out);
+void engine_ed_reply_free(struct engine_ed_reply *r);
+/* UNREGISTER_* (both paths): forgets the instance, drops its unpublished
+ * reservations and releases its read locks. Unknown ids are fine. */
+int engine_unregister(struct engine *e, int64_t instance_id);
+
+/* Slot descriptors (spec 7.3): offset/length into the segment, shape, dtype. */
+#define ENGINE_SLOT_MAX_DIMS 4
+struct engine_slot {
+    uint64_t offset;
+    uint64_t length;
+    uint32_t ndim;
+    int64_t shape[ENGINE_SLOT_MAX_DIMS];
+    const char *dtype; /* static string owned by the engine */
+};
+struct engine_slots {
+    struct engine_slot *slots;
+    int64_t *chunk_indices; /* PREPARE_STORE only */
+    size_t n;
+};
+void engine_slots_free(struct engine_slots *s);
+
+/* PREPARE_STORE: reserves L1 objects for this worker's not-yet-cached
+ * chunks of [start,end). n == 0 means "all cached / nothing to write".
+ * -ENOENT for an unregistered instance (the server answers n == 0 too). */
+int engine_prepare_store(struct engine *e, const struct engine_key *key, int64_t instance_id,
+                         struct engine_slots *out);
+/* COMMIT_STORE: publishes the reservations PREPARE_STORE made for this
+ * (instance, key). data_len > 0 (pickle mode) drops them instead.
+ * 0 = published; -ENOENT = nothing pending; -ENOTSUP = pickle data. */
+int engine_commit_store(struct engine *e, const struct engine_key *key, int64_t instance_id, size_t data_len);
+/* PREPARE_RETRIEVE: every chunk of [start,end) for this shard present ->
+ * read-locked for the transfer, slots in chunk order; else -ENOENT and
+ * nothing stays locked. */
+int engine_prepare_retrieve(struct engine *e, const struct engine_key *key, int64_t instance_id,
+                            struct engine_slots *out);
+/* COMMIT_RETRIEVE: releases the transfer's locks and the LOOKUP locks they
+ * stand for. Always 0 (true on the wire), even when nothing was pending. */
+int engine_commit_retrieve(struct engine *e, const struct engine_key *key, int64_t instance_id);
+
+/* lmcd.store_inline: chunk i of [start,end) is chunks[i]; each is copied
+ * once into a new L1 object and published. *present = chunks now cached
+ * (written or already there), counted from start. */
+int engine_store_inline(struct engine *e, const struct engine_key *key, const struct iovec *chunks, size_t n,
+                        int64_t *present);
+
+/* lmcd.retrieve_inline: the contiguous present prefix of [start,end) for
+ * this shard, read-locked. The iovecs point into L1 and stay valid until
+ * engine_inline_release(); the server hands them to ZeroMQ zero-copy and
+ * releases from the frames' free callback (any thread). */
+struct engine_inline_read {
+    struct iovec *chunks;
+    size_t n;
+    void *handle_; /* private: what release unlocks */
+};
+int engine_retrieve_inline(struct engine *e, const struct engine_key *key, struct engine_inline_read *out);
+void engine_inline_release(struct engine *e, struct engine_inline_read *r);
+
+/* Counts REPORT_BLOCK_ALLOCATION records (observability only). */
+void engine_report_block_allocation(struct engine *e, size_t n_records);
+
+/* GET /status "engine" part: chunk_size, hash_algorithm, active_sessions,
+ * active_prefetch_jobs, registered instances, storage_manager.l1_manager
+ * (mp_server.md 3.2 fields) and the eviction controller. New reference. */
+json_t *engine_status_json(struct engine *e);
+
+#endif

@@ -1,0 +1,147 @@
+/*
+ * engine_int.h: the engine's private state, shared by engine.c (requests)
+ * and engine_state.c (sessions, instances, sweeper).
+ *
+ * Locks (outer first; never take an outer one while holding an inner one):
+ *   1. engine.mu        the session and instance tables, their refcounts,
+ *                       counters of jobs and sessions
+ *   2. session.mu /     one request's tokens, hashes, lookup job and locks;
+ *      instance.mu      one worker's layout, reservations and transfer locks
+ *                       (a session and an instance are never held together)
+ *   3. l1.mu            inside src/l1, taken by l1_* calls
+ * Sessions and instances are refcounted under engine.mu: a handler pins one
+ * (session_get/instance_get), drops engine.mu, works under the entry's own
+ * mutex, and unpins; removal from the table (END_SESSION, TTL, UNREGISTER)
+ * frees the entry when the last pin goes.
+ */
+#ifndef LMCD_ENGINE_ENGINE_INT_H
+#define LMCD_ENGINE_ENGINE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "engine/hasher.h"
+#include "engine/keys.h"
+#include "l1/l1.h"
+#include "util/htab.h"
+
+/* A group of read holders one request took on one object. */
+struct lockrec {
+    struct l1_key key;
+    uint64_t id;       /* L1 object id: unlock never hits a newer object */
+    uint32_t holders;  /* still held */
+};
+
+struct lockvec {
+    struct lockrec *v;
+    size_t n, cap;
+};
+
+struct session {
+    struct htab_node node; /* key = rid */
+    char *rid;
+    size_t rid_len;
+    pthread_mutex_t mu;
+    int refs;      /* guarded by engine.mu */
+    bool removed;  /* guarded by engine.mu: out of the table, free at refs 0 */
+    /* guarded by mu: */
+    uint32_t *tokens;
+    size_t n_tokens, cap_tokens;
+    struct hasher_chain chain;
+    bool job_active; /* a lookup result waits to be queried */
+    int64_t job_chunks;
+    bool has_lookup; /* the lookup key, for END_SESSION's touch */
+    uint64_t lookup_ns;
+    uint32_t lookup_world;
+    struct lockvec locks; /* what this request's LOOKUP locked */
+    uint64_t last_used_ns; /* atomic (__atomic builtins): the sweeper reads it */
+};
+
+struct instance {
+    struct htab_node node; /* key = &id */
+    int64_t id;
+    pthread_mutex_t mu;
+    int refs;     /* guarded by engine.mu */
+    bool removed; /* guarded by engine.mu */
+    /* set once at registration, then read-only: */
+    char *model;
+    int64_t world_size;
+    int64_t block_size, num_layers, hidden;
+    bool use_mla;
+    const char *dtype; /* static */
+    uint32_t itemsize;
+    uint64_t object_bytes;
+    uint32_t ndim;
+    int64_t shape[ENGINE_SLOT_MAX_DIMS];
+    /* guarded by mu: */
+    struct lockvec pending;   /* reservations made by PREPARE_STORE: key + id */
+    struct lockvec transfers; /* read locks held by PREPARE_RETRIEVE */
+    uint64_t registered_ns;
+    atomic_uint_fast64_t last_seen_ns; /* any request from it */
+    bool active;  /* atomic (__atomic): has sent a request since registering */
+    bool reaped;  /* atomic (__atomic): resources reaped; registration kept */
+};
+
+struct engine {
+    struct engine_opts o;
+    char *hash_name, *policy_name, *shm_name_opt, *shm_group_opt;
+    struct hasher hasher;
+    struct l1 *l1;
+    const struct clock_src *clock;
+    pthread_mutex_t mu;
+    struct htab sessions;  /* guarded by mu */
+    struct htab instances; /* guarded by mu */
+    atomic_size_t active_jobs; /* sessions whose job_active is set */
+    atomic_uint_fast64_t inline_writer; /* next writer tag for inline stores */
+    /* sweeper */
+    pthread_t sweeper;
+    bool sweeper_started;
+    pthread_mutex_t sweep_mu;
+    pthread_cond_t sweep_cv;
+    bool stopping; /* guarded by sweep_mu */
+    /* counters (atomic, for /status and /metrics) */
+    atomic_uint_fast64_t lookups, lookup_hit_chunks, lookup_chunks;
+    atomic_uint_fast64_t stored_chunks, retrieved_chunks, store_skipped_chunks;
+    atomic_uint_fast64_t reaped_workers, expired_sessions, block_alloc_records;
+};
+
+/* engine_state.c */
+int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint32_t holders);
+void lockvec_free(struct lockvec *lv);
+/* Releases every holder recorded in lv and empties it. */
+void lockvec_release_all(struct engine *e, struct lockvec *lv);
+
+/* Pins the session of rid, creating it when create is set; returns it with
+ * its mu held, or NULL (absent, or out of memory). */
+struct session *session_get(struct engine *e, const char *rid, size_t len, bool create);
+/* Unlocks and unpins. */
+void session_put(struct engine *e, struct session *s);
+/* Removes rid's session from the table; returns it pinned and locked (the
+ * caller finishes with session_put, which frees it) or NULL. */
+struct session *session_take(struct engine *e, const char *rid, size_t len);
+/* Frees a session out of the table (releasing its locks). */
+void session_free(struct engine *e, struct session *s);
+void instance_free(struct instance *in);
+/* Replaces the token list and extends the hashes (only new chunks hashed). */
+int session_set_tokens(struct engine *e, struct session *s, const uint32_t *tokens, size_t n);
+
+struct instance *instance_get(struct engine *e, int64_t id);
+void instance_put(struct engine *e, struct instance *in);
+/* Inserts a new registration; -EEXIST (and *out = the existing one, pinned
+ * and locked) when the id is registered already. */
+int instance_add(struct engine *e, struct instance *fresh, struct instance **out);
+struct instance *instance_take(struct engine *e, int64_t id);
+/* Drops the instance's reservations and transfer locks (UNREGISTER, reaping). */
+void instance_release(struct engine *e, struct instance *in);
+
+int engine_sweeper_start(struct engine *e);
+void engine_sweeper_stop(struct engine *e);
+/* One sweep at the clock's current time (sessions TTL, silent workers). */
+void engine_sweep(struct engine *e);
+
+static inline uint64_t engine_now(const struct engine *e) { return clock_now_ns(e->clock); }
+
+#endif

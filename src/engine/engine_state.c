@@ -1,0 +1,346 @@
+/*
+ * engine_state.c: sessions, worker instances, and the sweeper thread that
+ * expires sessions (600 s, as LMCache) and reaps silent workers.
+ */
+#define LOG_MODULE "lmcd.engine"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_int.h"
+#include "util/log.h"
+
+#define SEC 1000000000ull
+/* A registered worker that never sent anything else is reaped only after
+ * this long (LMCache's --worker-registration-grace-seconds default): vLLM
+ * starts heartbeats lazily, so an idle new worker is silent, not dead. */
+#define REGISTRATION_GRACE_S 3600
+
+/* ------------------------------------------------------------ lock records */
+
+int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint32_t holders)
+{
+    if (lv->n == lv->cap) {
+        size_t cap = lv->cap ? lv->cap * 2 : 16;
+        struct lockrec *v = realloc(lv->v, cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        lv->v = v;
+        lv->cap = cap;
+    }
+    lv->v[lv->n++] = (struct lockrec){ *k, id, holders };
+    return 0;
+}
+
+void lockvec_free(struct lockvec *lv)
+{
+    free(lv->v);
+    memset(lv, 0, sizeof(*lv));
+}
+
+void lockvec_release_all(struct engine *e, struct lockvec *lv)
+{
+    for (size_t i = 0; i < lv->n; i++)
+        if (lv->v[i].holders)
+            l1_unlock(e->l1, &lv->v[i].key, &lv->v[i].id, 1, lv->v[i].holders);
+    lv->n = 0;
+}
+
+/* ------------------------------------------------------------ sessions */
+
+void session_free(struct engine *e, struct session *s)
+{
+    lockvec_release_all(e, &s->locks);
+    lockvec_free(&s->locks);
+    hasher_chain_free(&s->chain);
+    free(s->tokens);
+    free(s->rid);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static struct session *session_new(const char *rid, size_t len)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->rid = malloc(len + 1);
+    if (!s->rid) {
+        free(s);
+        return NULL;
+    }
+    memcpy(s->rid, rid, len);
+    s->rid[len] = 0;
+    s->rid_len = len;
+    s->node.key = s->rid;
+    s->node.key_len = len;
+    pthread_mutex_init(&s->mu, NULL);
+    hasher_chain_init(&s->chain);
+    return s;
+}
+
+struct session *session_get(struct engine *e, const char *rid, size_t len, bool create)
+{
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n = htab_find(&e->sessions, rid, len);
+    struct session *s = n ? htab_entry(n, struct session, node) : NULL;
+    if (!s && create && (s = session_new(rid, len))) {
+        if (htab_insert(&e->sessions, &s->node)) {
+            session_free(e, s);
+            s = NULL;
+        }
+    }
+    if (s)
+        s->refs++;
+    pthread_mutex_unlock(&e->mu);
+    if (s) {
+        pthread_mutex_lock(&s->mu);
+        __atomic_store_n(&s->last_used_ns, engine_now(e), __ATOMIC_RELAXED);
+    }
+    return s;
+}
+
+void session_put(struct engine *e, struct session *s)
+{
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&e->mu);
+    bool last = --s->refs == 0 && s->removed;
+    pthread_mutex_unlock(&e->mu);
+    if (last)
+        session_free(e, s);
+}
+
+struct session *session_take(struct engine *e, const char *rid, size_t len)
+{
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n = htab_find(&e->sessions, rid, len);
+    struct session *s = n ? htab_entry(n, struct session, node) : NULL;
+    if (s) {
+        htab_remove(&e->sessions, &s->node);
+        s->removed = true;
+        s->refs++;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (s) {
+        pthread_mutex_lock(&s->mu);
+        if (s->job_active)
+            atomic_fetch_sub(&e->active_jobs, 1);
+        s->job_active = false;
+    }
+    return s;
+}
+
+int session_set_tokens(struct engine *e, struct session *s, const uint32_t *tokens, size_t n)
+{
+    size_t keep = hasher_common_chunks(&e->hasher, s->tokens, s->n_tokens, tokens, n);
+    if (n > s->cap_tokens) {
+        size_t cap = n + n / 4 + 64;
+        uint32_t *t = realloc(s->tokens, cap * sizeof(*t));
+        if (!t)
+            return -ENOMEM;
+        s->tokens = t;
+        s->cap_tokens = cap;
+    }
+    memcpy(s->tokens, tokens, n * sizeof(*tokens));
+    s->n_tokens = n;
+    return hasher_chain_update(&e->hasher, &s->chain, s->tokens, n, keep);
+}
+
+/* ------------------------------------------------------------ instances */
+
+void instance_free(struct instance *in)
+{
+    lockvec_free(&in->pending);
+    lockvec_free(&in->transfers);
+    free(in->model);
+    pthread_mutex_destroy(&in->mu);
+    free(in);
+}
+
+struct instance *instance_get(struct engine *e, int64_t id)
+{
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n = htab_find(&e->instances, &id, sizeof(id));
+    struct instance *in = n ? htab_entry(n, struct instance, node) : NULL;
+    if (in)
+        in->refs++;
+    pthread_mutex_unlock(&e->mu);
+    if (in) {
+        pthread_mutex_lock(&in->mu);
+        atomic_store(&in->last_seen_ns, engine_now(e));
+    }
+    return in;
+}
+
+void instance_put(struct engine *e, struct instance *in)
+{
+    pthread_mutex_unlock(&in->mu);
+    pthread_mutex_lock(&e->mu);
+    bool last = --in->refs == 0 && in->removed;
+    pthread_mutex_unlock(&e->mu);
+    if (last)
+        instance_free(in);
+}
+
+int instance_add(struct engine *e, struct instance *fresh, struct instance **out)
+{
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n = htab_find(&e->instances, &fresh->id, sizeof(fresh->id));
+    if (n) {
+        struct instance *in = htab_entry(n, struct instance, node);
+        in->refs++;
+        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_lock(&in->mu);
+        atomic_store(&in->last_seen_ns, engine_now(e));
+        *out = in;
+        instance_free(fresh);
+        return -EEXIST;
+    }
+    fresh->node.key = &fresh->id;
+    fresh->node.key_len = sizeof(fresh->id);
+    pthread_mutex_init(&fresh->mu, NULL);
+    int rc = htab_insert(&e->instances, &fresh->node);
+    pthread_mutex_unlock(&e->mu);
+    if (rc) {
+        instance_free(fresh);
+        return rc;
+    }
+    *out = NULL;
+    return 0;
+}
+
+struct instance *instance_take(struct engine *e, int64_t id)
+{
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n = htab_find(&e->instances, &id, sizeof(id));
+    struct instance *in = n ? htab_entry(n, struct instance, node) : NULL;
+    if (in) {
+        htab_remove(&e->instances, &in->node);
+        in->removed = true;
+        in->refs++;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (in)
+        pthread_mutex_lock(&in->mu);
+    return in;
+}
+
+void instance_release(struct engine *e, struct instance *in)
+{
+    l1_abort_all(e->l1, (uint64_t)in->id);
+    in->pending.n = 0;
+    lockvec_release_all(e, &in->transfers);
+}
+
+/* ------------------------------------------------------------ sweeper */
+
+void engine_sweep(struct engine *e)
+{
+    uint64_t now = engine_now(e);
+    uint64_t ttl = (uint64_t)(e->o.session_ttl_s > 0 ? e->o.session_ttl_s : 600) * SEC;
+    /* Sessions: collect the expired under e->mu, free them outside it. */
+    struct session *dead = NULL;
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n, *tmp;
+    HTAB_FOREACH_SAFE(&e->sessions, n, tmp) {
+        struct session *s = htab_entry(n, struct session, node);
+        /* last_used_ns is written under s->mu; a racy read only delays expiry by a sweep */
+        if (s->refs == 0 && now - __atomic_load_n(&s->last_used_ns, __ATOMIC_RELAXED) > ttl) {
+            htab_remove(&e->sessions, n);
+            /* refs == 0: nobody holds s->mu, so its fields are stable here */
+            if (s->job_active)
+                atomic_fetch_sub(&e->active_jobs, 1);
+            s->node.next = (struct htab_node *)dead;
+            dead = s;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    while (dead) {
+        struct session *next = (struct session *)dead->node.next;
+        atomic_fetch_add(&e->expired_sessions, 1);
+        log_debug("session %s expired after %d s without requests", dead->rid, e->o.session_ttl_s);
+        session_free(e, dead);
+        dead = next;
+    }
+    if (e->o.worker_reap_timeout_s <= 0)
+        return;
+    /* Silent workers: release what they pin, keep their registration. */
+    uint64_t timeout = (uint64_t)e->o.worker_reap_timeout_s * SEC;
+    uint64_t grace = (uint64_t)REGISTRATION_GRACE_S * SEC;
+    if (grace < timeout)
+        grace = timeout;
+    for (;;) {
+        struct instance *victim = NULL;
+        pthread_mutex_lock(&e->mu);
+        HTAB_FOREACH_SAFE(&e->instances, n, tmp) {
+            struct instance *in = htab_entry(n, struct instance, node);
+            uint64_t seen = atomic_load(&in->last_seen_ns);
+            bool active = __atomic_load_n(&in->active, __ATOMIC_RELAXED);
+            if (!__atomic_load_n(&in->reaped, __ATOMIC_RELAXED) && now > seen &&
+                now - seen > (active ? timeout : grace)) {
+                victim = in;
+                in->refs++;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (!victim)
+            return;
+        pthread_mutex_lock(&victim->mu);
+        size_t np = victim->pending.n, nt = victim->transfers.n;
+        instance_release(e, victim);
+        __atomic_store_n(&victim->reaped, true, __ATOMIC_RELAXED);
+        atomic_fetch_add(&e->reaped_workers, 1);
+        log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
+                 "locks (its registration stays; it resumes if it comes back)",
+                 (long long)victim->id, e->o.worker_reap_timeout_s, np, nt);
+        instance_put(e, victim);
+    }
+}
+
+static void *sweeper_main(void *arg)
+{
+    struct engine *e = arg;
+    pthread_setname_np(pthread_self(), "lmcd-sweeper");
+    pthread_mutex_lock(&e->sweep_mu);
+    while (!e->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&e->sweep_cv, &e->sweep_mu, &ts);
+        if (e->stopping)
+            break;
+        pthread_mutex_unlock(&e->sweep_mu);
+        engine_sweep(e);
+        pthread_mutex_lock(&e->sweep_mu);
+    }
+    pthread_mutex_unlock(&e->sweep_mu);
+    return NULL;
+}
+
+int engine_sweeper_start(struct engine *e)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->sweep_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&e->sweep_mu, NULL);
+    int rc = pthread_create(&e->sweeper, NULL, sweeper_main, e);
+    if (rc)
+        return -rc;
+    e->sweeper_started = true;
+    return 0;
+}
+
+void engine_sweeper_stop(struct engine *e)
+{
+    if (!e->sweeper_started)
+        return;
+    pthread_mutex_lock(&e->sweep_mu);
+    e->stopping = true;
+    pthread_cond_signal(&e->sweep_cv);
+    pthread_mutex_unlock(&e->sweep_mu);
+    pthread_join(e->sweeper, NULL);
+    e->sweeper_started = false;
+}

@@ -1,0 +1,265 @@
+/*
+ * http.c: a route table over libmicrohttpd. One handler per route; each
+ * builds a JSON body from a snapshot callback and answers.
+ */
+#define LOG_MODULE "lmcd.http"
+#include "http/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "util/log.h"
+#include "util/pyjson.h"
+
+struct http_server {
+    struct MHD_Daemon *d;
+    struct http_handlers h;
+    int port;
+};
+
+struct http_reply {
+    unsigned status;
+    char *body; /* malloc'd */
+    const char *ctype;
+};
+
+typedef void (*route_fn)(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out);
+
+static void reply_json(struct http_reply *out, unsigned status, json_t *j)
+{
+    out->status = status;
+    out->ctype = "application/json";
+    out->body = pyjson_dumps(j, -1);
+    json_decref(j);
+}
+
+static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)srv;
+    (void)c;
+    reply_json(out, 200, json_pack("{s:s, s:s}", "status", "ok", "service", "LMCache HTTP API"));
+}
+
+static void r_health(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    if (srv->h.healthy(srv->h.ctx))
+        reply_json(out, 200, json_pack("{s:s}", "status", "healthy"));
+    else
+        reply_json(out, 503, json_pack("{s:s, s:s}", "status", "unhealthy", "reason", "engine not healthy"));
+}
+
+static void r_status(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    reply_json(out, 200, srv->h.status(srv->h.ctx));
+}
+
+static void r_config(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    json_t *j = srv->h.config(srv->h.ctx);
+    out->status = 200;
+    out->ctype = "application/json";
+    out->body = pyjson_dumps(j, 2); /* LMCache serves the config indented */
+    json_decref(j);
+}
+
+static void r_conf(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    json_t *j = srv->h.conf(srv->h.ctx);
+    out->status = 200;
+    out->ctype = "application/json";
+    out->body = pyjson_dumps(j, 2);
+    json_decref(j);
+}
+
+static void r_version(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    reply_json(out, 200, srv->h.version(srv->h.ctx));
+}
+
+static void r_metrics(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    out->status = 200;
+    out->ctype = "text/plain; version=0.0.4; charset=utf-8";
+    out->body = srv->h.metrics(srv->h.ctx);
+}
+
+static void r_clear(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    int rc = srv->h.clear(srv->h.ctx);
+    if (rc == 0)
+        reply_json(out, 200, json_pack("{s:s}", "status", "ok"));
+    else
+        reply_json(out, 503, json_pack("{s:s, s:s}", "status", "error", "reason", strerror(-rc)));
+}
+
+static void r_plugins(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    json_t *j = srv->h.plugins ? srv->h.plugins(srv->h.ctx) : NULL;
+    reply_json(out, 200, j ? j : json_array());
+}
+
+static void r_plugin_restart(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    const char *path = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "path");
+    if (!path || !*path) {
+        reply_json(out, 400, json_pack("{s:s}", "error", "missing query parameter 'path'"));
+        return;
+    }
+    int rc = srv->h.plugin_restart ? srv->h.plugin_restart(srv->h.ctx, path) : -ENOENT;
+    if (rc == 0)
+        reply_json(out, 200, json_pack("{s:s, s:s}", "status", "ok", "path", path));
+    else if (rc == -ENOENT)
+        reply_json(out, 404, json_pack("{s:s, s:s}", "error", "no such plugin", "path", path));
+    else
+        reply_json(out, 500, json_pack("{s:s, s:s}", "error", strerror(-rc), "path", path));
+}
+
+static const struct route {
+    const char *method;
+    const char *path; /* also served under /api */
+    route_fn fn;
+} routes[] = {
+    { "GET", "/", r_root },
+    { "GET", "/healthcheck", r_health },
+    { "GET", "/status", r_status },
+    { "GET", "/config", r_config },
+    { "GET", "/conf", r_conf },
+    { "GET", "/version", r_version },
+    { "GET", "/metrics", r_metrics },
+    { "POST", "/clear-cache", r_clear },
+    { "GET", "/plugins", r_plugins },
+    { "POST", "/plugins/restart", r_plugin_restart },
+};
+
+static const struct route *find_route(const char *url, const char *method, int *path_known)
+{
+    if (!strncmp(url, "/api/", 5))
+        url += 4;
+    else if (!strcmp(url, "/api"))
+        url = "/";
+    *path_known = 0;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (strcmp(routes[i].path, url))
+            continue;
+        *path_known = 1;
+        if (!strcmp(routes[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET")))
+            return &routes[i];
+    }
+    return NULL;
+}
+
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r)
+{
+    const char *body = r->body ? r->body : "";
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(r->body);
+        return MHD_NO;
+    }
+    r->body = NULL; /* owned by the response now */
+    MHD_add_response_header(resp, "Content-Type", r->ctype ? r->ctype : "application/json");
+    enum MHD_Result rc = MHD_queue_response(c, r->status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static int marker; /* address used as "request seen" for POST bodies */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    struct http_server *srv = cls;
+    if (!*con_cls) { /* first call: headers only; bodies come next */
+        *con_cls = &marker;
+        if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+            return MHD_YES;
+    }
+    if (*upload_data_size) { /* lmcd's routes take no body: drain and ignore it */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    struct http_reply r = { 0 };
+    int known;
+    const struct route *rt = find_route(url, method, &known);
+    if (rt)
+        rt->fn(srv, c, &r);
+    else if (known)
+        reply_json(&r, 405, json_pack("{s:s, s:s, s:s}", "error", "method not allowed", "method", method, "path", url));
+    else
+        reply_json(&r, 404, json_pack("{s:s, s:s}", "error", "not found", "path", url));
+    log_debug("HTTP %s %s -> %u", method, url, r.status);
+    return send_reply(c, &r);
+}
+
+static void on_mhd_error(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = 0;
+    log_warn("libmicrohttpd: %s", msg);
+}
+
+int http_start(const char *host, int port, const struct http_handlers *h, struct http_server **out)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
+    struct addrinfo *ai = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int e = getaddrinfo(host, portstr, &hints, &ai);
+    if (e) {
+        log_error("cannot resolve --http-host %s: %s", host, gai_strerror(e));
+        return -EINVAL;
+    }
+    struct http_server *srv = calloc(1, sizeof(*srv));
+    if (!srv) {
+        freeaddrinfo(ai);
+        return -ENOMEM;
+    }
+    srv->h = *h;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_AUTO;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    srv->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
+                              on_mhd_error, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, 2u,
+                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!srv->d) {
+        free(srv);
+        log_error("cannot listen for HTTP on %s:%d (port in use or address not local?)", host, port);
+        return -EADDRINUSE;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->d, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = di ? di->port : port;
+    *out = srv;
+    return 0;
+}
+
+int http_port(const struct http_server *srv) { return srv->port; }
+
+void http_stop(struct http_server *srv)
+{
+    if (!srv)
+        return;
+    MHD_stop_daemon(srv->d);
+    free(srv);
+}

@@ -1,0 +1,53 @@
+/*
+ * http: LMCache's HTTP API on libmicrohttpd (spec mp_server.md 6), plus
+ * lmcd's /plugins routes.
+ *
+ * Routes (a table in http.c; each path also answers under /api/ because
+ * LMCache moved between the two styles, issue #3185):
+ *   GET  /                   {"status":"ok","service":"LMCache HTTP API"}
+ *   GET  /healthcheck        200 {"status":"healthy"} | 503 {"status":"unhealthy",...}
+ *   GET  /status             engine + server status
+ *   GET  /config             the aggregated config tree (as plugins get it)
+ *   GET  /conf               the same under LMCache's /conf names
+ *   GET  /version            {"version", "server", "protocol"}
+ *   GET  /metrics            Prometheus text
+ *   POST /clear-cache        force-clears L1 -> {"status":"ok"}
+ *   GET  /plugins            plugin states (JSON array)
+ *   POST /plugins/restart?path=P
+ * Unknown paths: 404 {"error":"not found","path":...}; a known path with
+ * the wrong method: 405.
+ *
+ * Threads: handlers run on libmicrohttpd's threads. They never touch state
+ * the ZeroMQ loop owns; they call the snapshot callbacks below, which must
+ * be thread-safe. http_start() returns once the socket listens, so a
+ * plugin started afterwards can call the API at once.
+ */
+#ifndef LMCD_HTTP_HTTP_H
+#define LMCD_HTTP_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+struct http_handlers {
+    void *ctx;
+    bool (*healthy)(void *ctx);
+    json_t *(*status)(void *ctx);                   /* new reference */
+    json_t *(*config)(void *ctx);                   /* new reference */
+    json_t *(*conf)(void *ctx);                     /* new reference */
+    json_t *(*version)(void *ctx);                  /* new reference */
+    char *(*metrics)(void *ctx);                    /* malloc'd text */
+    int (*clear)(void *ctx);                        /* 0 or -errno */
+    json_t *(*plugins)(void *ctx);                  /* new reference; NULL = [] */
+    int (*plugin_restart)(void *ctx, const char *path); /* 0, -ENOENT */
+};
+
+struct http_server;
+
+/* Listens on host:port (an IPv4/IPv6 literal or a name). 0 or -errno. */
+int http_start(const char *host, int port, const struct http_handlers *h, struct http_server **out);
+/* The port actually bound (useful with port 0). */
+int http_port(const struct http_server *srv);
+/* Stops listening, waits for handlers in flight, frees. NULL-safe. */
+void http_stop(struct http_server *srv);
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * dispatch: one handler per canonical operation, in a table indexed by
+ * enum wire_op (dispatch.c). A handler turns a decoded request into engine
+ * calls and a canonical response; it never sees a profile or a socket.
+ *
+ * A srv_req carries one request from the loop to a pool thread and back:
+ * its frames (which the decoded wire_req borrows), the response, and what
+ * the reply needs beyond the response frame (zero-copy inline chunks).
+ * Ownership moves with it: loop -> pool (handler) -> reply queue -> loop,
+ * which sends and frees it. Exactly one thread touches it at a time.
+ */
+#ifndef LMCD_SERVER_DISPATCH_H
+#define LMCD_SERVER_DISPATCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "engine/engine.h"
+#include "server/pool.h"
+#include "server/server.h"
+#include "wire/wire.h"
+
+struct srv_req {
+    struct pool_job job; /* first: the pool hands back &job */
+    struct server *s;
+    zmq_msg_t *frames; /* [0] identity, [1] uid, [2] type, [3..] payload */
+    size_t n_frames;
+    struct wire_req req;
+    struct wire_resp resp;
+    bool no_reply; /* the handler leaves the request unanswered (spec 9.3) */
+    bool error_frame; /* reply is an LMCACHE_RPC_ERROR_V1 frame (2609 opt-in) */
+    char error_type[32];
+    char error_msg[256];
+    /* storage behind resp views the handler made */
+    struct engine_slots slots;
+    struct wire_slot *wslots;
+    struct engine_ed_reply ed;
+    struct engine_inline_read inline_read;
+    bool has_inline;
+    /* the encoded reply (filled by whoever ran the handler) */
+    struct wire_buf out;
+    bool has_frame;
+    /* WAIT_PREFETCH_STATUS parking (loop only) */
+    uint64_t deadline_ns;
+    struct srv_req *next;
+    /* reply queue link */
+    struct srv_req *qnext;
+};
+
+typedef void (*srv_handler_fn)(struct server *s, struct srv_req *r);
+
+/* The handler of an op, or NULL for ops lmcd leaves unanswered. */
+srv_handler_fn dispatch_handler(enum wire_op op);
+
+/* For WAIT_PREFETCH_STATUS: answers r if its job is done (returns true),
+ * else leaves it for the loop to park (false). Loop thread only. */
+bool dispatch_wait_ready(struct server *s, struct srv_req *r);
+/* Fills the nil reply of a WAIT whose deadline passed. */
+void dispatch_wait_timeout(struct srv_req *r);
+
+/* Releases what a handler attached to r (slots, inline locks...). */
+void dispatch_req_cleanup(struct server *s, struct srv_req *r);
+
+#endif

@@ -1,0 +1,289 @@
+/*
+ * main.c: lmcd's start-up and shutdown, in a fixed order.
+ *
+ * Start (each step logged; ready within milliseconds of exec):
+ *   1. block SIGINT/SIGTERM/SIGQUIT/SIGHUP in every thread (they arrive on a
+ *      signalfd the loop polls), ignore SIGPIPE
+ *   2. flags + --config -> one read-only struct lmcd_config
+ *   3. HTTP listens (before plugins, unlike LMCache, so a plugin can call it)
+ *   4. engine: L1 segment, eviction controller, token hasher
+ *   5. ZeroMQ ROUTER bound, pools started -> "LMCache cache server is running..."
+ *   6. runtime plugins launched
+ * Stop (SIGINT or SIGTERM; bounded):
+ *   1. stop accepting requests: pools finish what they hold, replies go out
+ *   2. stop plugins (TERM to each group, KILL after the grace period)
+ *   3. close HTTP, then ZeroMQ
+ *   4. free memory: engine (locks, reservations), unmap and unlink L1
+ * A second SIGINT/SIGTERM during the stop exits at once (the L1 segment is
+ * still unlinked; plugins die with us through PR_SET_PDEATHSIG).
+ */
+#define LOG_MODULE "lmcd.main"
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "http/http.h"
+#include "plugin/plugin.h"
+#include "server/config.h"
+#include "server/server.h"
+#include "util/log.h"
+#include "util/pyjson.h"
+#include "version.h"
+
+/* Written once before the fast-exit handler is installed, read only by it. */
+static char fast_exit_shm[300];
+
+static void fast_exit(int sig)
+{
+    static const char msg[] = "lmcd: second signal during shutdown: exiting now\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    if (fast_exit_shm[0])
+        shm_unlink(fast_exit_shm);
+    _exit(128 + sig);
+}
+
+static void arm_fast_exit(const sigset_t *set)
+{
+    struct sigaction sa = { 0 };
+    sa.sa_handler = fast_exit;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGQUIT, &sa, NULL);
+    pthread_sigmask(SIG_UNBLOCK, set, NULL);
+}
+
+static void setup_logging(const struct lmcd_config *cfg)
+{
+    enum log_level lvl = LOG_INFO;
+    const char *env = getenv("LMCACHE_LOG_LEVEL");
+    int bad_env = 0;
+    if (cfg->log_level)
+        log_level_parse(cfg->log_level, &lvl);
+    else if (env && *env && log_level_parse(env, &lvl))
+        bad_env = 1;
+    log_set_level(lvl);
+    if (cfg->log_file) {
+        int rc = log_set_file(cfg->log_file);
+        if (rc)
+            log_error("cannot open --log-file %s: %s; logging to stderr only", cfg->log_file, strerror(-rc));
+    }
+    if (bad_env)
+        log_warn("LMCACHE_LOG_LEVEL=%s is not a level (DEBUG, INFO, WARNING, ERROR, CRITICAL); using INFO", env);
+}
+
+/* ------------------------------------------------------------ HTTP glue */
+
+struct app {
+    struct lmcd_config cfg;
+    struct server srv;
+    struct engine *engine;
+    struct plugin_sup *plugins;
+    struct http_server *http;
+};
+
+static bool app_healthy(void *ctx)
+{
+    struct app *a = ctx;
+    return atomic_load(&a->srv.healthy) && a->engine != NULL;
+}
+
+static json_t *app_status(void *ctx) { return server_status_json(&((struct app *)ctx)->srv); }
+static json_t *app_config(void *ctx) { return config_to_json(&((struct app *)ctx)->cfg); }
+
+static json_t *app_conf(void *ctx)
+{
+    json_t *t = config_to_json(&((struct app *)ctx)->cfg);
+    json_t *c = json_pack("{s:O, s:O, s:O, s:O}", "mp", json_object_get(t, "mp_config"), "storage_manager",
+                          json_object_get(t, "storage_manager_config"), "observability",
+                          json_object_get(t, "obs_config"), "http", json_object_get(t, "http_config"));
+    json_decref(t);
+    return c;
+}
+
+static json_t *app_version(void *ctx)
+{
+    struct app *a = ctx;
+    return json_pack("{s:s, s:s, s:s, s:[s,s]}", "version", LMCD_VERSION, "server", "lmcd", "protocol",
+                     wire_profile_name(a->srv.profile), "protocols", "lmcache-2604", "lmcache-2609");
+}
+
+static char *app_metrics(void *ctx) { return server_metrics_text(&((struct app *)ctx)->srv); }
+
+static int app_clear(void *ctx)
+{
+    struct app *a = ctx;
+    if (!a->engine)
+        return -EAGAIN;
+    return engine_clear(a->engine, true);
+}
+
+static json_t *app_plugins(void *ctx) { return plugin_sup_snapshot(((struct app *)ctx)->plugins); }
+
+static int app_plugin_restart(void *ctx, const char *path)
+{
+    struct app *a = ctx;
+    return a->plugins ? plugin_sup_restart(a->plugins, path) : -ENOENT;
+}
+
+/* ------------------------------------------------------------ steps */
+
+static int start_http(struct app *a)
+{
+    if (!a->cfg.http.enabled) {
+        log_info("HTTP disabled (--no-http)");
+        return 0;
+    }
+    log_info("Starting LMCache HTTP server on http://%s:%d", a->cfg.http.http_host, a->cfg.http.http_port);
+    static const struct http_handlers h0 = {
+        .healthy = app_healthy, .status = app_status, .config = app_config, .conf = app_conf,
+        .version = app_version, .metrics = app_metrics, .clear = app_clear, .plugins = app_plugins,
+        .plugin_restart = app_plugin_restart,
+    };
+    struct http_handlers h = h0;
+    h.ctx = a;
+    return http_start(a->cfg.http.http_host, a->cfg.http.http_port, &h, &a->http);
+}
+
+static int start_engine(struct app *a)
+{
+    const struct lmcd_config *c = &a->cfg;
+    struct engine_opts o = {
+        .chunk_size = c->mp.chunk_size,
+        .hash_algorithm = c->mp.hash_algorithm,
+        .l1_size_bytes = c->storage.l1_size_bytes,
+        .l1_align_bytes = (uint64_t)c->storage.l1_align_bytes,
+        .l1_use_lazy = c->storage.l1_use_lazy,
+        .shm_name = c->mp.shm_name,
+        .shm_group = c->mp.shm_group,
+        .l1_read_ttl_s = c->storage.l1_read_ttl_seconds,
+        .l1_write_ttl_s = c->storage.l1_write_ttl_seconds,
+        .eviction_policy = c->storage.eviction_policy,
+        .eviction_trigger_watermark = c->storage.eviction_trigger_watermark,
+        .eviction_ratio = c->storage.eviction_ratio,
+        .session_ttl_s = 600,
+        .worker_reap_timeout_s = c->mp.worker_reap_timeout_seconds,
+        .on_job_done = server_on_job_done,
+        .on_job_done_ctx = &a->srv,
+        .clock = NULL,
+    };
+    int rc = engine_create(&o, &a->engine);
+    if (rc)
+        log_error("cannot start the cache engine: %s", strerror(-rc));
+    return rc;
+}
+
+static void start_plugins(struct app *a)
+{
+    const struct lmcd_config *c = &a->cfg;
+    if (!c->mp.n_plugin_locations)
+        return;
+    struct plugin_opts o;
+    plugin_opts_init(&o);
+    o.locations = (const char *const *)c->mp.plugin_locations;
+    o.n_locations = c->mp.n_plugin_locations;
+    char *json = config_to_python_json(c);
+    o.config_json = json;
+    plugin_restart_parse(c->mp.plugin_restart, &o.restart);
+    o.max_restarts = (unsigned)c->mp.plugin_max_restarts;
+    o.stop_timeout_ms = (unsigned)(c->mp.plugin_stop_timeout_seconds * 1000.0);
+    if (o.stop_timeout_ms == 0)
+        o.stop_timeout_ms = 1; /* 0 would mean "default"; the operator asked for no grace */
+    int rc = plugin_sup_start(&o, &a->plugins);
+    if (rc)
+        log_error("cannot start the runtime plugin supervisor: %s; continuing without plugins", strerror(-rc));
+    free(json);
+}
+
+static void warn_unserved_config(const struct lmcd_config *c)
+{
+    if (json_array_size(c->storage.l2_adapters))
+        log_warn("%zu --l2-adapter given: validated, but this lmcd serves L1 only; L2 tiers come with a later "
+                 "release", json_array_size(c->storage.l2_adapters));
+    if (c->obs.tracing_enabled)
+        log_warn("--enable-tracing: validated, but this lmcd sends no OTLP spans yet");
+}
+
+int main(int argc, char **argv)
+{
+    static struct app a; /* static: too big for comfort on the stack, one per process */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    switch (config_load(&a.cfg, argc, argv, stdout, stderr)) {
+    case CONFIG_EXIT_OK: return 0;
+    case CONFIG_EXIT_USAGE: return 2;
+    case CONFIG_RUN: break;
+    }
+    if (!strcmp(a.cfg.mp.protocol, "help")) {
+        wire_protocol_help(stdout);
+        config_free(&a.cfg);
+        return 0;
+    }
+    if (a.cfg.print_config) {
+        json_t *j = config_to_json(&a.cfg);
+        char *s = pyjson_dumps(j, 2);
+        printf("%s\n", s);
+        free(s);
+        json_decref(j);
+        config_free(&a.cfg);
+        return 0;
+    }
+    setup_logging(&a.cfg);
+    enum wire_profile profile;
+    wire_profile_parse(a.cfg.mp.protocol, &profile);
+    int sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    int rc = 1;
+    if (sigfd < 0) {
+        log_error("cannot create a signalfd: %s", strerror(errno));
+        return 1;
+    }
+    log_info("lmcd %s starting (pid %d, protocol %s)", LMCD_VERSION, (int)getpid(), a.cfg.mp.protocol);
+    warn_unserved_config(&a.cfg);
+
+    if (start_http(&a))
+        goto out;
+    if (start_engine(&a))
+        goto out;
+    if (server_init(&a.srv, &a.cfg, profile, a.engine, sigfd))
+        goto out;
+    log_info("LMCache ZMQ cache server is running on %s", a.srv.endpoint);
+    log_info("LMCache cache server is running...");
+    start_plugins(&a);
+
+    int sig = server_run(&a.srv);
+    log_info("Received SIG%s: shutting down (send it again to exit at once)", sigabbrev_np(sig));
+    const char *seg = a.engine ? engine_shm_name(a.engine) : NULL;
+    if (seg && *seg)
+        snprintf(fast_exit_shm, sizeof(fast_exit_shm), "/%s", seg);
+    arm_fast_exit(&set);
+    server_stop(&a.srv, 500);
+    log_info("Stopping runtime plugins...");
+    plugin_sup_stop(a.plugins);
+    a.plugins = NULL;
+    http_stop(a.http);
+    a.http = NULL;
+    rc = 0;
+out:
+    server_destroy(&a.srv);
+    http_stop(a.http);
+    plugin_sup_stop(a.plugins);
+    engine_destroy(a.engine);
+    close(sigfd);
+    log_info("LMCache server stopped");
+    config_free(&a.cfg);
+    log_set_file(NULL);
+    return rc;
+}

@@ -1,0 +1,126 @@
+/*
+ * server: the ZeroMQ ROUTER loop, request dispatch, pools and replies.
+ *
+ * DESIGN (threads and who owns what)
+ *
+ *   loop thread (main)      owns the ROUTER socket and everything marked
+ *                           "loop only" below. zmq_poll()s the socket, the
+ *                           reply eventfd and the signalfd. Receives a
+ *                           request, decodes it (src/wire), answers SYNC ops
+ *                           inline, hands the rest to a pool as a srv_req.
+ *   affinity pool           data requests; FIFO per client identity.
+ *   normal pool             lookups, queries, sessions, clear, ping...
+ *   pool threads            run the handler, encode the reply, push it on
+ *                           the reply queue and write the eventfd; they
+ *                           never touch the socket (zmq sockets are not
+ *                           thread-safe, zmq_socket(3)).
+ *   libmicrohttpd threads   HTTP; they read snapshots through callbacks.
+ *   plugin supervisor       src/plugin, its own thread.
+ *
+ *   frames in --> loop: recv, size check, wire_decode_request
+ *                   |-- bad input: count, log (per peer+kind, once a minute), drop
+ *                   |-- SYNC: handler + encode + send, inline
+ *                   '-- pool_submit(srv_req) --> worker: handler, encode
+ *                                                   --> replyq + eventfd
+ *   loop <-- eventfd: pop replies, send [identity, uid, type, resp?, raw...]
+ *
+ * The request's frames (zmq_msg_t) live in its srv_req until the reply is
+ * sent, because the decoded wire_req borrows them; identity, uid and type
+ * frames are then sent back as they came (echoed verbatim).
+ */
+#ifndef LMCD_SERVER_SERVER_H
+#define LMCD_SERVER_SERVER_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "server/config.h"
+#include "server/pool.h"
+#include "wire/wire.h"
+
+struct engine;
+struct plugin_sup;
+struct http_server;
+
+/* Bad-input kinds the loop counts (metrics and logs). */
+#define SRV_BAD_KINDS(X)                                                   \
+    X(FEW_FRAMES, "few_frames", "fewer than 3 frames")                     \
+    X(OVERSIZE, "oversize", "message larger than --max-message-bytes")     \
+    X(DECODE, "decode", "undecodable request")                             \
+    X(UNSERVED, "unserved", "operation not served by lmcd")                \
+    X(NO_CUDA, "no_cuda", "CUDA request on a CPU-only lmcd")
+
+#define SRV_BAD_ENUM_(sym, name, text) SRV_BAD_##sym,
+enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
+#undef SRV_BAD_ENUM_
+
+/* Counters: atomics, bumped by any thread, summed by nobody (one copy). */
+struct srv_stats {
+    atomic_uint_fast64_t requests[WIRE_OP_COUNT]; /* decoded, by op */
+    atomic_uint_fast64_t replies;                 /* reply messages sent */
+    atomic_uint_fast64_t bad[SRV_BAD_COUNT];
+    atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
+    atomic_uint_fast64_t block_allocation_records;
+};
+
+
+/* Reply queue: pool threads push, the loop pops. Guarded by lock. */
+struct srv_replyq {
+    pthread_mutex_t lock;
+    struct srv_req *head, *tail; /* guarded by lock */
+    int efd;                        /* eventfd the loop polls */
+};
+
+struct srv_req;      /* dispatch.h: one request in flight */
+struct srv_peer_log; /* loop only: per (peer, kind) log limiter */
+
+
+struct srv_req;
+
+struct server {
+    const struct lmcd_config *cfg;
+    enum wire_profile profile;
+    void *zctx;
+    void *router;       /* loop only */
+    char endpoint[300];
+    int sigfd;          /* loop only */
+    struct srv_replyq replyq;
+    struct pool *aff_pool;
+    struct pool *norm_pool;
+    struct engine *engine;
+    struct plugin_sup *plugins;
+    struct http_server *http;
+    struct srv_stats stats;
+    struct srv_peer_log *peer_log; /* loop only */
+    struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
+    atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
+    atomic_bool healthy;
+    atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
+    uint64_t started_ns;
+};
+
+/* Creates the context, binds the ROUTER, starts the pools. 0 or -errno
+ * (the caller logs and exits 1). */
+int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profile profile,
+                struct engine *engine, int sigfd);
+/* Runs the loop until SIGINT/SIGTERM arrives on sigfd; returns the signal. */
+int server_run(struct server *s);
+/* Stops intake: the pools finish what they hold, their replies are sent
+ * (bounded by timeout_ms), then the socket is closed. */
+void server_stop(struct server *s, int timeout_ms);
+/* Frees what server_init made. */
+void server_destroy(struct server *s);
+
+/* Snapshots for HTTP (any thread). */
+json_t *server_status_json(struct server *s);
+/* Prometheus text, malloc'd. */
+char *server_metrics_text(struct server *s);
+
+/* Called by the engine (any thread) when a lookup job finished. */
+void server_on_job_done(void *ctx, const char *request_id, size_t len);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * status.c: what HTTP shows of the server: /status, /metrics, /config,
+ * /conf, /version. Every function here reads atomics, the read-only config
+ * or engine snapshots, so libmicrohttpd's threads may call them any time.
+ */
+#define LOG_MODULE "lmcd.server"
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "server/server.h"
+#include "util/clock.h"
+#include "version.h"
+
+static const char *const bad_names[] = {
+#define SRV_BAD_NAME_(sym, name, text) name,
+    SRV_BAD_KINDS(SRV_BAD_NAME_)
+#undef SRV_BAD_NAME_
+};
+
+json_t *server_status_json(struct server *s)
+{
+    json_t *st = engine_status_json(s->engine);
+    if (!st)
+        st = json_object();
+    json_t *req = json_object();
+    for (int op = 1; op < WIRE_OP_COUNT; op++) {
+        uint64_t n = atomic_load(&s->stats.requests[op]);
+        if (n)
+            json_object_set_new(req, wire_op_name((enum wire_op)op), json_integer((json_int_t)n));
+    }
+    json_t *bad = json_object();
+    for (int k = 0; k < SRV_BAD_COUNT; k++)
+        json_object_set_new(bad, bad_names[k], json_integer((json_int_t)atomic_load(&s->stats.bad[k])));
+    json_object_set_new(
+        st, "server",
+        json_pack("{s:s, s:s, s:s, s:f, s:o, s:I, s:o, s:{s:i, s:i}}", "name", "lmcd", "version", LMCD_VERSION,
+                  "protocol", wire_profile_name(s->profile), "uptime_seconds",
+                  (double)(clock_mono_ns() - s->started_ns) / 1e9, "requests", req, "replies",
+                  (json_int_t)atomic_load(&s->stats.replies), "bad_requests", bad, "pools", "max_gpu_workers",
+                  s->cfg->mp.max_gpu_workers, "max_cpu_workers", s->cfg->mp.max_cpu_workers));
+    json_t *healthy = json_object_get(st, "is_healthy");
+    bool ok = atomic_load(&s->healthy) && (!healthy || json_is_true(healthy));
+    json_object_set_new(st, "is_healthy", json_boolean(ok));
+    return st;
+}
+
+struct tbuf {
+    char *p;
+    size_t len, cap;
+};
+
+static void tput(struct tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tput(struct tbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (b->p && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np)
+            return;
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void family(struct tbuf *b, const char *name, const char *type, const char *help)
+{
+    tput(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Gauges from the L1 block of the engine status, under LMCache's names. */
+static void l1_gauges(struct tbuf *b, json_t *st)
+{
+    json_t *l1 = json_object_get(json_object_get(st, "storage_manager"), "l1_manager");
+    static const struct { const char *key, *name, *type, *help; } g[] = {
+        { "memory_used_bytes", "lmcache_mp_l1_memory_usage_bytes", "gauge", "L1 bytes in use" },
+        { "memory_total_bytes", "lmcd_l1_memory_total_bytes", "gauge", "L1 capacity in bytes" },
+        { "memory_usage_ratio", "lmcache_mp_l1_usage_ratio", "gauge", "L1 used / total" },
+        { "total_object_count", "lmcd_l1_objects", "gauge", "objects in L1" },
+        { "write_locked_count", "lmcache_mp_l1_staging_objects", "gauge", "reserved, unpublished objects" },
+        { "read_locked_count", "lmcd_l1_read_locked_objects", "gauge", "read-locked objects" },
+        { "evicted_count", "lmcache_mp_l1_evicted_total", "counter", "objects evicted from L1" },
+        { "demand_evicted_count", "lmcd_l1_demand_evicted_total", "counter", "objects evicted to make room on demand" },
+        { "allocation_failures", "lmcache_mp_l1_allocation_failure_total", "counter", "reservations that found no room" },
+    };
+    if (!l1)
+        return;
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
+        json_t *v = json_object_get(l1, g[i].key);
+        if (!json_is_number(v))
+            continue;
+        family(b, g[i].name, g[i].type, g[i].help);
+        tput(b, "%s %.17g\n", g[i].name, json_number_value(v));
+    }
+}
+
+char *server_metrics_text(struct server *s)
+{
+    struct tbuf b = { 0 };
+    family(&b, "lmcd_requests_total", "counter", "Requests decoded, by operation.");
+    for (int op = 1; op < WIRE_OP_COUNT; op++)
+        tput(&b, "lmcd_requests_total{op=\"%s\"} %llu\n", wire_op_name((enum wire_op)op),
+             (unsigned long long)atomic_load(&s->stats.requests[op]));
+    family(&b, "lmcd_replies_total", "counter", "Reply messages sent.");
+    tput(&b, "lmcd_replies_total %llu\n", (unsigned long long)atomic_load(&s->stats.replies));
+    family(&b, "lmcd_bad_requests_total", "counter", "Requests dropped as malformed or unserved, by kind.");
+    for (int k = 0; k < SRV_BAD_COUNT; k++)
+        tput(&b, "lmcd_bad_requests_total{kind=\"%s\"} %llu\n", bad_names[k],
+             (unsigned long long)atomic_load(&s->stats.bad[k]));
+    family(&b, "lmcd_block_allocation_records_total", "counter", "REPORT_BLOCK_ALLOCATION records received.");
+    tput(&b, "lmcd_block_allocation_records_total %llu\n",
+         (unsigned long long)atomic_load(&s->stats.block_allocation_records));
+    json_t *st = engine_status_json(s->engine);
+    if (st) {
+        family(&b, "lmcache_mp_active_prefetch_jobs", "gauge", "Lookup jobs in flight.");
+        tput(&b, "lmcache_mp_active_prefetch_jobs %lld\n",
+             (long long)json_integer_value(json_object_get(st, "active_prefetch_jobs")));
+        family(&b, "lmcd_active_sessions", "gauge", "Request sessions held.");
+        tput(&b, "lmcd_active_sessions %lld\n", (long long)json_integer_value(json_object_get(st, "active_sessions")));
+        l1_gauges(&b, st);
+        json_decref(st);
+    }
+    family(&b, "lmcd_uptime_seconds", "gauge", "Seconds since start.");
+    tput(&b, "lmcd_uptime_seconds %.3f\n", (double)(clock_mono_ns() - s->started_ns) / 1e9);
+    if (!b.p)
+        return strdup("");
+    return b.p;
+}
