@@ -291,8 +291,8 @@ def test_plugin_restart_on_failure_backs_off_then_fails(lmcd_factory, tmp_path):
     launches = log_times(log, f"Launched runtime plugin: {path}")
     assert len(launches) == 3, log
     gaps = [b - a for a, b in zip(launches, launches[1:])]
-    assert 0.9 < gaps[0] < 1.8, gaps
-    assert 1.9 < gaps[1] < 2.8, gaps
+    assert 0.9 < gaps[0] < 2.5, gaps
+    assert 1.9 < gaps[1] < 3.5, gaps
     assert "Restarting runtime plugin %s in 1.0 s" % path in log
     assert "Restarting runtime plugin %s in 2.0 s" % path in log
     assert re.search(r"ERROR: Runtime plugin .*crash\.sh restarted 2 times", log)
