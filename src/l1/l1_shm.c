@@ -203,6 +203,10 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
     fd = -1;
     s->base = p;
     s->size = size;
+    /* Plugins are fork()ed from lmcd: keep the (possibly huge) segment out
+     * of the child's address space, so a fork never copies its page tables. */
+    if (madvise(p, size, MADV_DONTFORK))
+        log_debug("madvise(MADV_DONTFORK) on the L1 segment: %s", strerror(errno));
     if (!lazy)
         lock_pages(s);
     log_info("L1 segment /%s: %" PRIu64 " bytes, mode %04o%s%s, %s%s", s->name, size,

@@ -5,14 +5,15 @@
  *   1. block SIGINT/SIGTERM/SIGQUIT/SIGHUP in every thread (they arrive on a
  *      signalfd the loop polls), ignore SIGPIPE
  *   2. flags + --config -> one read-only struct lmcd_config
- *   3. HTTP listens (before plugins, unlike LMCache, so a plugin can call it)
- *   4. engine: L1 segment, eviction controller, token hasher
- *   5. ZeroMQ ROUTER bound, pools started -> "LMCache cache server is running..."
- *   6. runtime plugins launched
+ *   3. engine: L1 segment, eviction controller, token hasher
+ *   4. ZeroMQ ROUTER bound, pools started
+ *   5. HTTP listens -> "LMCache cache server is running..."
+ *   6. runtime plugins launched (after HTTP listens, unlike LMCache, so a
+ *      plugin can call the API at once)
  * Stop (SIGINT or SIGTERM; bounded):
  *   1. stop accepting requests: pools finish what they hold, replies go out
  *   2. stop plugins (TERM to each group, KILL after the grace period)
- *   3. close HTTP, then ZeroMQ
+ *   3. close HTTP, then ZeroMQ (pending replies get 500 ms to leave)
  *   4. free memory: engine (locks, reservations), unmap and unlink L1
  * A second SIGINT/SIGTERM during the stop exits at once (the L1 segment is
  * still unlinked; plugins die with us through PR_SET_PDEATHSIG).
@@ -124,12 +125,14 @@ static int app_clear(void *ctx)
     return engine_clear(a->engine, true);
 }
 
-static json_t *app_plugins(void *ctx) { return plugin_sup_snapshot(((struct app *)ctx)->plugins); }
+static struct plugin_sup *app_sup(struct app *a) { return __atomic_load_n(&a->plugins, __ATOMIC_ACQUIRE); }
+
+static json_t *app_plugins(void *ctx) { return plugin_sup_snapshot(app_sup(ctx)); }
 
 static int app_plugin_restart(void *ctx, const char *path)
 {
-    struct app *a = ctx;
-    return a->plugins ? plugin_sup_restart(a->plugins, path) : -ENOENT;
+    struct plugin_sup *sup = app_sup(ctx);
+    return sup ? plugin_sup_restart(sup, path) : -ENOENT;
 }
 
 /* ------------------------------------------------------------ steps */
@@ -193,9 +196,10 @@ static void start_plugins(struct app *a)
     plugin_restart_parse(c->mp.plugin_restart, &o.restart);
     o.max_restarts = (unsigned)c->mp.plugin_max_restarts;
     o.stop_timeout_ms = (unsigned)(c->mp.plugin_stop_timeout_seconds * 1000.0);
-    if (o.stop_timeout_ms == 0)
-        o.stop_timeout_ms = 1; /* 0 would mean "default"; the operator asked for no grace */
-    int rc = plugin_sup_start(&o, &a->plugins);
+    struct plugin_sup *sup = NULL;
+    int rc = plugin_sup_start(&o, &sup);
+    /* HTTP threads read a->plugins: publish it with release ordering */
+    __atomic_store_n(&a->plugins, sup, __ATOMIC_RELEASE);
     if (rc)
         log_error("cannot start the runtime plugin supervisor: %s; continuing without plugins", strerror(-rc));
     free(json);
@@ -253,13 +257,16 @@ int main(int argc, char **argv)
     log_info("lmcd %s starting (pid %d, protocol %s)", LMCD_VERSION, (int)getpid(), a.cfg.mp.protocol);
     warn_unserved_config(&a.cfg);
 
-    if (start_http(&a))
-        goto out;
+    /* HTTP threads start last, once everything they read is in place (no
+     * field of `a` they read changes afterwards, but a.plugins, which is
+     * published atomically); plugins start after HTTP listens. */
     if (start_engine(&a))
         goto out;
     if (server_init(&a.srv, &a.cfg, profile, a.engine, sigfd))
         goto out;
     log_info("LMCache ZMQ cache server is running on %s", a.srv.endpoint);
+    if (start_http(&a))
+        goto out;
     log_info("LMCache cache server is running...");
     start_plugins(&a);
 
@@ -271,15 +278,14 @@ int main(int argc, char **argv)
     arm_fast_exit(&set);
     server_stop(&a.srv, 500);
     log_info("Stopping runtime plugins...");
-    plugin_sup_stop(a.plugins);
-    a.plugins = NULL;
-    http_stop(a.http);
-    a.http = NULL;
+    plugin_sup_stop(app_sup(&a));
+    __atomic_store_n(&a.plugins, NULL, __ATOMIC_RELEASE);
     rc = 0;
 out:
+    http_stop(a.http); /* before what its handlers read goes away */
+    a.http = NULL;
+    plugin_sup_stop(app_sup(&a));
     server_destroy(&a.srv);
-    http_stop(a.http);
-    plugin_sup_stop(a.plugins);
     engine_destroy(a.engine);
     close(sigfd);
     log_info("LMCache server stopped");
