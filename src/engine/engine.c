@@ -774,8 +774,9 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
     struct l1_key *keys;
     size_t n;
     /* Step 1 also gives back one holder of this request's LOOKUP lock per
-     * object: this reader is done with it. */
-    if (range_keys(e, k, false, 1, &keys, &n) || !n) {
+     * object: this reader is done with it. The session is (re)made if
+     * END_SESSION came first: the transfer locks must go regardless. */
+    if (range_keys(e, k, true, 1, &keys, &n) || !n) {
         free(keys);
         return 0;
     }
