@@ -291,9 +291,12 @@ static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct
             *(bool *)(base + f->off) = true;
         return mp_skip(r, 0);
     case MF_FLAG_NONEMPTY: {
-        if (mp_peek_type(r->p, mp_left(r)) != MP_ARRAY)
-            return -WIRE_EWRONGTYPE;
-        if (*r->p != 0x90)
+        struct mp_rd probe = *r;
+        uint32_t n;
+        int rc = rd_container(&probe, MP_ARRAY, &n);
+        if (rc < 0)
+            return rc;
+        if (n)
             *(bool *)(base + f->off) = true;
         return mp_skip(r, 0);
     }

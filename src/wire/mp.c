@@ -80,9 +80,8 @@ static int ext_fixed(struct mp_rd *r, struct mp_obj *o, uint64_t n)
         return rc;
     o->type = MP_EXT;
     o->ext = (int8_t)q[0];
-    if (n > mp_left(r))
-        return n == 1 || n == 2 || n == 4 || n == 8 || n == 16 ? -WIRE_ETRUNC : -WIRE_EOVERSIZE;
-    return payload(r, o, n);
+    /* fixext sizes are implied by the tag: a short payload is a truncation */
+    return payload(r, o, n) < 0 ? -WIRE_ETRUNC : 0;
 }
 
 static int ext_var(struct mp_rd *r, struct mp_obj *o, int width)

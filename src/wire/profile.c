@@ -127,13 +127,13 @@ enum wire_resp_kind wire_op_resp_kind(enum wire_op op)
     return WIRE_RESP_NONE;
 }
 
+/* "a:int, b:str, [c:map, d:[int]]": parameters from `min` on are optional. */
 static void help_params(FILE *out, const uint8_t *p, unsigned min)
 {
-    if (p[0] == P_END)
-        fputs("(none)", out);
-    for (unsigned k = 0; k < WIRE_MAX_PARAMS && p[k] != P_END; k++)
-        fprintf(out, "%s%s%s%s", k ? ", " : "", k == min && k ? "[" : "",
-                wire_param_info(p[k])->help, p[k + 1] == P_END && k >= min ? "]" : "");
+    unsigned k = 0;
+    for (; k < WIRE_MAX_PARAMS && p[k] != P_END; k++)
+        fprintf(out, "%s%s%s", k ? ", " : "", k == min ? "[" : "", wire_param_info(p[k])->help);
+    fputs(k == 0 ? "(none)" : k > min ? "]" : "", out);
 }
 
 void wire_protocol_help(FILE *out)

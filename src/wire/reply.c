@@ -121,7 +121,9 @@ int wire_encode_reply(const struct wire_req *req, const struct wire_resp *resp,
     if (!row || resp->kind != row->resp)
         return -WIRE_EREPLY;
     bool message = req->form == WIRE_FORM_MESSAGE;
-    if (resp->kind == WIRE_RESP_NONE && !message)
+    /* positional None (and a nil int|None) is no frame, as the reference sends */
+    if (!message && (resp->kind == WIRE_RESP_NONE ||
+                     (resp->kind == WIRE_RESP_INT_OR_NIL && resp->is_nil)))
         return 0;
     *has_frame = true;
     if (message && row->mresp) {

@@ -378,7 +378,8 @@ enum wire_resp_kind wire_op_resp_kind(enum wire_op op);
 
 /*
  * Server: encodes the reply for a decoded request into *out (reset first).
- * *has_frame = false means "send no response frame" (positional None);
+ * *has_frame = false means "send no response frame" (positional None, and
+ * a nil int|None, which the reference also sends as a missing frame);
  * otherwise out holds the one response frame. resp->kind must equal
  * wire_op_resp_kind(req->op), except that NONE ops accept only NONE.
  * For RETRIEVE_INLINE this encodes the count; the server appends the raw

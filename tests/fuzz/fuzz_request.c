@@ -4,9 +4,13 @@
  * encode a reply of the op's kind and decode it as a client would, and
  * re-encode the request as a client would and decode it again.
  *
- * Input format: byte 0 picks the profile (bit 0); the rest is a sequence of
- * frames, each a length byte L followed by L bytes (L = 255: the next two
- * bytes are a big-endian length); the last frame takes what is left.
+ * With bit 1 of byte 0 set, the frames are instead a reply that a client
+ * decodes (wire_decode_reply) for the op (byte 0 >> 3) in the form of bit 2:
+ * replies come from a server the client does not control.
+ *
+ * Input format: byte 0 picks the profile (bit 0) and the mode; the rest is a
+ * sequence of frames, each a length byte L followed by L bytes (L = 255: the
+ * next two bytes are a big-endian length); the last frame takes what is left.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -99,6 +103,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct wire_frame frames[MAX_FRAMES];
     enum wire_profile profile = (data[0] & 1) ? WIRE_PROFILE_2609 : WIRE_PROFILE_2604;
     size_t n = split(data + 1, size - 1, frames);
+    if (data[0] & 2) {
+        enum wire_op op = (enum wire_op)((data[0] >> 3) % WIRE_OP_COUNT);
+        enum wire_form form = (data[0] & 4) ? WIRE_FORM_MESSAGE : WIRE_FORM_POSITIONAL;
+        struct wire_resp resp;
+        int rc = wire_decode_reply(profile, form, op, frames, n, &resp);
+        if (rc == 0 && resp.n_slots && !resp.slots)
+            abort();
+        wire_resp_free(&resp);
+        return 0;
+    }
     struct wire_req req;
     int rc = wire_decode_request(profile, frames, n, &req);
     if (rc == 0)

@@ -71,6 +71,26 @@ seeds = {
 }
 
 
+# Replies a client decodes: (profile | 2 | form << 2 | op << 3, type, response frames).
+# op numbers are enum wire_op positions (wire.h).
+OP = {"store": 3, "query": 6, "chunk": 12, "ping": 13, "ed_register": 16, "prepare_store": 18,
+      "prepare_retrieve": 20, "experimental": 22, "retrieve_inline": 24}
+SLOT = {"offset": 0, "length": 4194304, "shape": [2, 4, 256, 1024], "dtype": "bfloat16"}
+replies = {
+    "reply_store": (0, OP["store"], 3, [[EV, True]]),
+    "reply_query_nil": (0, OP["query"], 6, []),
+    "reply_chunk_msg": (1 | 4, OP["chunk"], 21, [{"chunk_size": 256}]),
+    "reply_ping": (1, OP["ping"], 22, [True]),
+    "reply_pool": (1, OP["ed_register"], 14, [{"shm_name": "p", "pool_size": 1 << 30, "error": None}]),
+    "reply_prepare_store": (1, OP["prepare_store"], 16,
+                            [{"context": {"slots": [SLOT, SLOT], "chunk_indices": [0, 1]}}]),
+    "reply_prepare_retrieve": (1, OP["prepare_retrieve"], 18,
+                               [{"success": True, "data": b"", "context": {"slots": [SLOT]}}]),
+    "reply_experimental": (1, OP["experimental"], 32, [["a", "b"]]),
+    "reply_store_msg": (1 | 4, OP["store"], 6, [{"result": {"event_ipc_handle": EV, "success": True}}]),
+}
+
+
 def frame(b):
     if len(b) < 255:
         return bytes([len(b)]) + b
@@ -85,3 +105,11 @@ for name, (prof, typ, payload) in seeds.items():
         frames.append(v if raw else P(v, use_bin_type=True))
     with open(os.path.join(OUT, name), "wb") as f:
         f.write(bytes([prof]) + b"".join(frame(x) for x in frames))
+
+for name, (mode, op, typ, payload) in replies.items():
+    frames = [P(5), P(typ)] + [P(v, use_bin_type=True) for v in payload]
+    with open(os.path.join(OUT, name), "wb") as f:
+        f.write(bytes([mode | 2 | (op << 3)]) + b"".join(frame(x) for x in frames))
+retrieve_inline = [P(5), P("lmcd.retrieve_inline"), P(2), b"chunk0", b"chunk1"]
+with open(os.path.join(OUT, "reply_retrieve_inline"), "wb") as f:
+    f.write(bytes([1 | 2 | (OP["retrieve_inline"] << 3)]) + b"".join(frame(x) for x in retrieve_inline))

@@ -644,7 +644,8 @@ Test(wire, reply_bytes_simple_kinds_both_forms)
     wire_resp_init(&r);
     r.kind = WIRE_RESP_INT_OR_NIL;
     r.is_nil = true;
-    expect_reply(WIRE_PROFILE_2604, WIRE_OP_QUERY_PREFETCH_STATUS, WIRE_FORM_POSITIONAL, &r, "c0");
+    /* nil is "no response frame" positionally, like the reference's None */
+    expect_reply(WIRE_PROFILE_2604, WIRE_OP_QUERY_PREFETCH_STATUS, WIRE_FORM_POSITIONAL, &r, NULL);
     expect_reply(WIRE_PROFILE_2609, WIRE_OP_QUERY_PREFETCH_STATUS, WIRE_FORM_MESSAGE, &r,
                  "81 ab \"chunk_count\" c0");
     r.is_nil = false;
