@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "util/log.h"
+#include "wire/pickle.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -116,15 +117,50 @@ static void h_ping(struct server *s, struct srv_req *r)
     resp_bool(r, true);
 }
 
+/*
+ * Reads the CUDA IPC descriptors (pickles, spec 10) so the log says what the
+ * worker offered and a CUDA build needs only the CUDA calls: "n layers,
+ * dtype, shape of layer 0", or which layer failed to parse and why.
+ */
+static void describe_descriptors(const struct wire_register *reg, char *buf, size_t cap)
+{
+    struct pickle_ipc ipc;
+    size_t ok = 0;
+    int first_err = 0;
+    size_t bad_layer = 0;
+    for (size_t i = 0; i < reg->n_descs; i++) {
+        int rc = pickle_parse_ipc(reg->descs[i].ptr, reg->descs[i].len, &ipc);
+        if (rc == 0) {
+            ok++;
+        } else if (!first_err) {
+            first_err = rc;
+            bad_layer = i;
+        }
+    }
+    size_t o = (size_t)snprintf(buf, cap, "%zu of %zu layer descriptors readable", ok, reg->n_descs);
+    if (reg->n_descs && pickle_parse_ipc(reg->descs[0].ptr, reg->descs[0].len, &ipc) == 0 && o < cap) {
+        o += (size_t)snprintf(buf + o, cap - o, "; layer 0: %.*s.%.*s dtype %.*s, shape [", (int)ipc.module.len,
+                              ipc.module.ptr, (int)ipc.cls.len, ipc.cls.ptr, (int)ipc.dtype.len, ipc.dtype.ptr);
+        for (uint32_t d = 0; d < ipc.ndim && o < cap; d++)
+            o += (size_t)snprintf(buf + o, cap - o, "%s%lld", d ? ", " : "", (long long)ipc.shape[d]);
+        if (o < cap)
+            o += (size_t)snprintf(buf + o, cap - o, "], device %lld", (long long)ipc.device_index);
+    }
+    if (first_err && o < cap)
+        snprintf(buf + o, cap - o, "; layer %zu: %s", bad_layer, pickle_strerror(first_err));
+}
+
 static void h_register_kv_cache(struct server *s, struct srv_req *r)
 {
     atomic_fetch_add(&s->stats.bad[SRV_BAD_NO_CUDA], 1);
-    if (nocuda_first(r->req.instance_id))
-        log_error("REGISTER_KV_CACHE from instance %lld (model %.*s, %zu layers): this lmcd has no CUDA, so "
-                  "GPU registrations are not answered and the worker will time out; configure the vLLM "
-                  "connector with lmcache.mp.mp_transfer_mode=engine_driven",
-                  (long long)r->req.instance_id, (int)r->req.model_name.len, r->req.model_name.ptr,
-                  r->req.reg.n_descs);
+    if (nocuda_first(r->req.instance_id)) {
+        char what[512];
+        describe_descriptors(&r->req.reg, what, sizeof(what));
+        log_error("REGISTER_KV_CACHE from instance %lld (model %.*s, %s): this lmcd has no CUDA, so GPU "
+                  "registrations are not answered and the worker will time out; configure the vLLM connector "
+                  "with lmcache.mp.mp_transfer_mode=engine_driven",
+                  (long long)r->req.instance_id, (int)r->req.model_name.len, r->req.model_name.ptr, what);
+    }
     r->no_reply = true;
 }
 
