@@ -151,9 +151,9 @@ def test_server_sigint_is_graceful_too(lmcd_factory):
 
 def test_server_log_level_env_and_flag_and_log_file(lmcd_factory, tmp_path):
     path = tmp_path / "extra.log"
-    srv = lmcd_factory(["--log-file", str(path)], env={"LMCACHE_LOG_LEVEL": "WARNING"})
+    srv = lmcd_factory(["--log-file", str(path)], env={"LMCACHE_LOG_LEVEL": "WARNING"}, ready=False)
     # INFO lines are filtered, so the ready line never shows: wait for the socket instead
-    wait_for(lambda: zmq_call(srv.url, 21) == [256], what="GET_CHUNK_SIZE")
+    wait_for(lambda: srv.proc.poll() is None and zmq_call(srv.url, 21) == [256], what="GET_CHUNK_SIZE")
     srv.stop()
     assert "Using blake3 hash function" not in srv.log()
     srv2 = lmcd_factory(["--log-level", "DEBUG", "--log-file", str(path)], env={"LMCACHE_LOG_LEVEL": "ERROR"})
