@@ -330,9 +330,10 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
         free(refs);
         free(keys);
     }
-    if (!s->job_active)
+    if (s->job == JOB_NONE)
         atomic_fetch_add(&e->active_jobs, 1);
-    s->job_active = true; /* a failed lookup still answers: 0 hits */
+    s->job = JOB_DONE; /* a failed lookup still answers: 0 hits */
+    s->job_hits = chunks;
     s->job_chunks = chunks;
     session_put(e, s);
     atomic_fetch_add(&e->lookups, 1);
@@ -348,15 +349,23 @@ static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chu
     struct session *s = session_get(e, rid, len, false);
     if (!s)
         return 0; /* unknown id: 0, a miss */
-    if (s->job_active) {
-        *chunks = s->job_chunks;
-        if (consume) {
-            s->job_active = false;
+    int rc = 0;
+    if (consume) { /* QUERY_PREFETCH_STATUS: the final count, exactly once */
+        if (s->job == JOB_DONE) {
+            *chunks = s->job_chunks;
+            s->job = JOB_NONE;
             atomic_fetch_sub(&e->active_jobs, 1);
+        } else if (s->job != JOB_NONE) {
+            rc = -EAGAIN;
         }
+    } else { /* LOOKUP_HITS: known once the lookup phase is over; kept */
+        if (s->job == JOB_LOAD || s->job == JOB_DONE)
+            *chunks = s->job_hits;
+        else if (s->job == JOB_LOOKUP)
+            rc = -EAGAIN;
     }
     session_put(e, s);
-    return 0;
+    return rc;
 }
 
 int engine_query_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
@@ -452,9 +461,9 @@ int engine_clear(struct engine *e, bool force)
     pthread_mutex_unlock(&e->mu);
     for (size_t i = 0; i < k; i++) {
         pthread_mutex_lock(&pinned[i]->mu);
-        if (pinned[i]->job_active)
+        if (pinned[i]->job != JOB_NONE)
             atomic_fetch_sub(&e->active_jobs, 1);
-        pinned[i]->job_active = false;
+        pinned[i]->job = JOB_NONE;
         session_put(e, pinned[i]);
     }
     free(pinned);

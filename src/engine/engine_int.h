@@ -51,8 +51,14 @@ struct session {
     uint32_t *tokens;
     size_t n_tokens, cap_tokens;
     struct hasher_chain chain;
-    bool job_active; /* a lookup result waits to be queried */
-    int64_t job_chunks;
+    /* The lookup job. A job has two phases, as LMCache's: LOOKUP (which
+     * objects exist: gives the hit count QUERY_PREFETCH_LOOKUP_HITS reads)
+     * and LOAD (bringing missing ones into L1: gives the final count
+     * QUERY_PREFETCH_STATUS reads once). With L1 only both end inside
+     * LOOKUP; an L2 tier completes them later and calls on_job_done. */
+    enum job_state { JOB_NONE, JOB_LOOKUP, JOB_LOAD, JOB_DONE } job;
+    int64_t job_hits;   /* valid from JOB_LOAD on */
+    int64_t job_chunks; /* valid at JOB_DONE */
     bool has_lookup; /* the lookup key, for END_SESSION's touch */
     uint64_t lookup_ns;
     uint32_t lookup_world;
@@ -94,7 +100,7 @@ struct engine {
     pthread_mutex_t mu;
     struct htab sessions;  /* guarded by mu */
     struct htab instances; /* guarded by mu */
-    atomic_size_t active_jobs; /* sessions whose job_active is set */
+    atomic_size_t active_jobs; /* sessions whose job is not JOB_NONE */
     atomic_uint_fast64_t inline_writer; /* next writer tag for inline stores */
     /* sweeper */
     pthread_t sweeper;

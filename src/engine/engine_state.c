@@ -123,9 +123,9 @@ struct session *session_take(struct engine *e, const char *rid, size_t len)
     pthread_mutex_unlock(&e->mu);
     if (s) {
         pthread_mutex_lock(&s->mu);
-        if (s->job_active)
+        if (s->job != JOB_NONE)
             atomic_fetch_sub(&e->active_jobs, 1);
-        s->job_active = false;
+        s->job = JOB_NONE;
     }
     return s;
 }
@@ -248,7 +248,7 @@ void engine_sweep(struct engine *e)
         if (s->refs == 0 && now - __atomic_load_n(&s->last_used_ns, __ATOMIC_RELAXED) > ttl) {
             htab_remove(&e->sessions, n);
             /* refs == 0: nobody holds s->mu, so its fields are stable here */
-            if (s->job_active)
+            if (s->job != JOB_NONE)
                 atomic_fetch_sub(&e->active_jobs, 1);
             s->node.next = (struct htab_node *)dead;
             dead = s;
