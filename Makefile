@@ -19,6 +19,8 @@ SANFLAGS :=
 else ifeq ($(SAN),thread)
 BUILD := build-tsan
 SANFLAGS := -fsanitize=thread
+# Lets Criterion's sandbox find free addresses in TSan's memory layout.
+UNIT_SHIM := tests/tsan/criterion_arena.c
 else
 BUILD := build-asan
 SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -77,9 +79,9 @@ CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/client/cli*.c))
 $(BUILD)/lmcd-cli: $(CLI_OBJS) $(BUILD)/liblmcd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libserver.a $(BUILD)/liblmcd.a
+$(BUILD)/tests/%: tests/unit/%.c $(UNIT_SHIM) $(BUILD)/libserver.a $(BUILD)/liblmcd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libserver.a $(BUILD)/liblmcd.a \
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(UNIT_SHIM) $(BUILD)/libserver.a $(BUILD)/liblmcd.a \
 		$(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs criterion)
 
 run: all
