@@ -17,9 +17,11 @@ python3-msgpack are needed (run with /usr/bin/python3).
 
 A Client is not thread-safe: give each thread its own.
 """
+import json
 import mmap
 import os
 import time
+import urllib.request
 
 import msgpack
 import zmq
@@ -137,6 +139,17 @@ MESSAGE_RESULT = {
 }
 
 
+def http_json(base, path="/status", timeout=5.0):
+    """GET base+path from lmcd's HTTP server, decoded as JSON."""
+    with urllib.request.urlopen(base + path, timeout=timeout) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+def http_text(base, path="/metrics", timeout=5.0):
+    with urllib.request.urlopen(base + path, timeout=timeout) as r:
+        return r.read().decode("utf-8")
+
+
 class RpcError(Exception):
     """The server answered with an LMCACHE_RPC_ERROR_V1 error frame."""
 
@@ -225,6 +238,7 @@ class Client:
         self._pending = {}   # uid -> op name, for requests not yet answered
         self._replies = {}   # uid -> list of reply frames (after uid)
         self.stray = []      # replies whose uid matched nothing pending
+        self.arrivals = []   # uids in the order their replies arrived
 
     # ------------------------------------------------------------ plumbing
 
@@ -267,6 +281,12 @@ class Client:
             raise TimeoutError(f"no message from {self.url} within {t}s")
         return self.sock.recv_multipart()
 
+    def roundtrip_raw(self, frames, timeout=None):
+        """send_raw(frames), then the next message received, unmatched
+        (use on a client with nothing else in flight)."""
+        self.send_raw(frames)
+        return self.recv_raw(timeout)
+
     def _payload_frames(self, op, args):
         if self.form == "message" and op in MESSAGE_FIELDS and op != "register_kv_cache_engine_driven_context":
             names = MESSAGE_FIELDS[op]
@@ -307,6 +327,7 @@ class Client:
             uid = None
         if isinstance(uid, int) and uid in self._pending:
             self._replies[uid] = frames[1:]
+            self.arrivals.append(uid)
         else:
             self.stray.append(frames)
 
