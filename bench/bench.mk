@@ -1,5 +1,6 @@
-# Benchmarks: every bench/bench_*.c is one program, linked against
-# $(BUILD)/libserver.a and run in turn. Called by the top Makefile's
+# Benchmarks: every bench/bench_*.c is one program, linked with
+# bench/common.c against $(BUILD)/libserver.a and run in turn (with
+# LMCD_BUILD=$(BUILD), so the ones that start lmcd start that build's). Called by the top Makefile's
 # `make bench` as: $(MAKE) -s -f bench/bench.mk BUILD=$(BUILD)
 # Benchmarks print ratios against a baseline measured in the same run and
 # never fail on speed; a non-zero exit means the program itself broke.
@@ -17,7 +18,7 @@ else
 SANFLAGS :=
 endif
 
-BENCH_CFLAGS := -std=gnu11 -O2 -g -fno-omit-frame-pointer -Wall -Wextra -Werror -Wshadow \
+BENCH_CFLAGS := -std=gnu11 -D_GNU_SOURCE -O2 -g -fno-omit-frame-pointer -Wall -Wextra -Werror -Wshadow \
 	-Wstrict-prototypes -Wmissing-prototypes -pthread -Isrc -Iinclude \
 	$(shell pkg-config --cflags $(PKGS)) $(SANFLAGS) $(EXTRA_CFLAGS)
 BENCH_LDLIBS := $(shell pkg-config --libs $(PKGS)) -lm
@@ -27,8 +28,8 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: bench
 bench: $(BENCH_BINS)
-	@for b in $(BENCH_BINS); do echo "== $$b"; ./$$b $(BENCH_ARGS) || exit 1; done
+	@for b in $(BENCH_BINS); do echo "== $$b"; LMCD_BUILD=$(BUILD) ./$$b $(BENCH_ARGS) || exit 1; done
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libserver.a
+$(BUILD)/bench/%: bench/%.c bench/common.c bench/common.h $(BUILD)/libserver.a
 	@mkdir -p $(dir $@)
-	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BUILD)/libserver.a -pthread $(SANFLAGS) $(BENCH_LDLIBS)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< bench/common.c $(BUILD)/libserver.a -pthread $(SANFLAGS) $(BENCH_LDLIBS)
