@@ -75,7 +75,7 @@ $(BUILD)/liblmcd.a: $(sort $(CLIENT_OBJS))
 $(BUILD)/lmcd: $(BUILD)/obj/src/server/main.o $(BUILD)/libserver.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/client/cli*.c))
+CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/client/cli.c src/client/cli_*.c))
 $(BUILD)/lmcd-cli: $(CLI_OBJS) $(BUILD)/liblmcd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

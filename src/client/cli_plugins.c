@@ -1,137 +1,22 @@
 /*
  * lmcd-cli plugins: list and restart runtime plugins over the HTTP API.
  *
- * A deliberately small HTTP/1.0 client (one request per connection, the
- * body read to EOF), so the CLI needs no HTTP library and works against any
- * lmcd that serves GET /plugins and POST /plugins/restart.
+ * Uses client_http (one HTTP/1.0 request per connection, one deadline), so
+ * the CLI needs no HTTP library and works against any lmcd that serves
+ * GET /plugins and POST /plugins/restart.
  */
 #include "client/cli_plugins.h"
 
 #include <errno.h>
 #include <jansson.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-#define HTTP_TIMEOUT_S 10
-#define HTTP_MAX_REPLY (16u << 20)
+#include "client/client_http.h"
 
-struct reply {
-    int status;
-    char *raw;        /* whole response, NUL-terminated */
-    const char *body; /* into raw */
-};
-
-static int connect_to(const char *host, const char *port, char *err, size_t errlen)
-{
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *ai;
-    int rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "%s", gai_strerror(rc));
-        return -1;
-    }
-    int fd = -1;
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0)
-            continue;
-        struct timeval tv = { .tv_sec = HTTP_TIMEOUT_S };
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        snprintf(err, errlen, "%s", strerror(errno));
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-static int send_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* One request; 0 with *r filled, or -1 with a message in err. */
-static int http_do(const char *host, const char *port, const char *method, const char *target,
-                   struct reply *r, char *err, size_t errlen)
-{
-    memset(r, 0, sizeof(*r));
-    int fd = connect_to(host, port, err, errlen);
-    if (fd < 0)
-        return -1;
-    char *req;
-    int n = asprintf(&req, "%s %s HTTP/1.0\r\nHost: %s:%s\r\nContent-Length: 0\r\n"
-                           "Connection: close\r\n\r\n", method, target, host, port);
-    if (n < 0 || send_all(fd, req, (size_t)n) < 0) {
-        snprintf(err, errlen, "sending the request failed: %s", strerror(errno));
-        if (n >= 0)
-            free(req);
-        close(fd);
-        return -1;
-    }
-    free(req);
-    size_t cap = 8192, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            snprintf(err, errlen, "out of memory");
-            close(fd);
-            return -1;
-        }
-        if (len + 1 >= cap) {
-            if (cap >= HTTP_MAX_REPLY) {
-                snprintf(err, errlen, "reply larger than %u bytes", HTTP_MAX_REPLY);
-                free(buf);
-                close(fd);
-                return -1;
-            }
-            char *nb = realloc(buf, cap * 2);
-            if (!nb)
-                free(buf);
-            buf = nb;
-            cap *= 2;
-            continue;
-        }
-        ssize_t got = recv(fd, buf + len, cap - len - 1, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            snprintf(err, errlen, "reading the reply failed: %s", strerror(errno));
-            free(buf);
-            close(fd);
-            return -1;
-        }
-        if (got == 0)
-            break;
-        len += (size_t)got;
-    }
-    close(fd);
-    buf[len] = '\0';
-    const char *sep = strstr(buf, "\r\n\r\n");
-    if (strncmp(buf, "HTTP/1.", 7) != 0 || !sep || sscanf(buf + 8, " %d", &r->status) != 1) {
-        snprintf(err, errlen, "not an HTTP reply");
-        free(buf);
-        return -1;
-    }
-    r->raw = buf;
-    r->body = sep + 4;
-    return 0;
-}
+#define HTTP_TIMEOUT_MS 10000
 
 /* Percent-encodes everything but RFC 3986 unreserved characters and '/'. */
 static char *urlencode(const char *s)
@@ -183,9 +68,9 @@ static void print_table(json_t *list)
 
 static int cmd_list(const char *host, const char *port, int as_json)
 {
-    struct reply r;
+    struct client_http_reply r;
     char err[256];
-    if (http_do(host, port, "GET", "/plugins", &r, err, sizeof(err)) < 0) {
+    if (client_http_request(host, port, "GET", "/plugins", HTTP_TIMEOUT_MS, &r, err, sizeof(err)) < 0) {
         fprintf(stderr, "lmcd-cli: cannot get http://%s:%s/plugins: %s\n", host, port, err);
         return 1;
     }
@@ -209,7 +94,7 @@ static int cmd_list(const char *host, const char *port, int as_json)
         }
         json_decref(j);
     }
-    free(r.raw);
+    client_http_reply_free(&r);
     return rc;
 }
 
@@ -224,8 +109,8 @@ static int cmd_restart(const char *host, const char *port, int as_json, char **p
             return 1;
         }
         free(enc);
-        struct reply r;
-        if (http_do(host, port, "POST", target, &r, err, sizeof(err)) < 0) {
+        struct client_http_reply r;
+        if (client_http_request(host, port, "POST", target, HTTP_TIMEOUT_MS, &r, err, sizeof(err)) < 0) {
             fprintf(stderr, "lmcd-cli: cannot reach http://%s:%s: %s\n", host, port, err);
             free(target);
             return 1;
@@ -245,7 +130,7 @@ static int cmd_restart(const char *host, const char *port, int as_json, char **p
                     r.body);
             rc = 1;
         }
-        free(r.raw);
+        client_http_reply_free(&r);
     }
     return rc;
 }
