@@ -594,3 +594,26 @@ def test_segment_of_a_live_lmcd_is_not_taken(lmcd_factory):
     assert os.path.exists(f"/dev/shm/{name}")
     assert first.stop() == 0
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_unregistered_or_invalid_worker_requests_get_safe_replies(lmcd_factory, clients):
+    srv = lmcd_factory(server_args())
+    c = clients(srv.url)
+    toks = tokens(11, 4)
+    key = make_key(MODEL, toks, 0, 4 * CHUNK, "r", worker_id=0)
+    assert c.prepare_store(key, 5) == {"context": {"slots": [], "chunk_indices": []}}
+    assert c.commit_store(key, 5) is False
+    assert c.prepare_retrieve(key, 5) == {"success": False, "data": b"", "context": {}}
+    assert c.commit_retrieve(key, 5) is True
+    w = Worker(c, 1)
+    bad = make_key(MODEL, toks, 0, 4 * CHUNK, "r", world_size=2, worker_id=3)
+    assert c.prepare_store(bad, 1) == {"context": {"slots": [], "chunk_indices": []}}
+    short = make_key(MODEL, toks[:CHUNK + 3], 0, 4 * CHUNK, "r", worker_id=0)
+    assert len(c.prepare_store(short, 1)["context"]["slots"]) == 1, "only the chunks the tokens cover"
+    t0 = time.monotonic()
+    assert c.wait_prefetch_status("never", 3.0) == 0
+    assert time.monotonic() - t0 < 2.0, "an unknown id is answered at once"
+    assert l1(srv)["write_locked_count"] == 1
+    assert c.unregister_ed(1) is None
+    assert l1(srv)["write_locked_count"] == 0
+    w.close()
