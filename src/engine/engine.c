@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "engine/engine_int.h"
 #include "util/log.h"
 
@@ -126,7 +128,8 @@ static int range_keys(struct engine *e, const struct engine_key *k, bool create,
 {
     *keys = NULL;
     *n = 0;
-    struct session *s = session_get(e, k->request_id, k->request_id_len, create);
+    struct session *s =
+        session_get(e, k->request_id, k->request_id_len, create ? SESSION_CREATE_WORKER : SESSION_FIND);
     if (!s)
         return create ? -ENOMEM : -ENOENT;
     int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
@@ -136,9 +139,7 @@ static int range_keys(struct engine *e, const struct engine_key *k, bool create,
         for (size_t j = 0; j < s->locks.n; j++) {
             struct lockrec *r = &s->locks.v[j];
             if (r->holders && !memcmp(&r->key, &(*keys)[i], sizeof(r->key))) {
-                uint32_t m = r->holders < lookup_release ? r->holders : lookup_release;
-                l1_unlock(e->l1, &r->key, &r->id, 1, m);
-                r->holders -= m;
+                lockrec_unlock(e, r, r->holders < lookup_release ? r->holders : lookup_release);
                 break;
             }
         }
@@ -153,7 +154,9 @@ static int worker_keys(struct engine *e, const struct engine_key *k, const char 
 {
     *keys = NULL;
     *n = 0;
-    if (check_key(k, true)) {
+    /* a start inside a chunk would put the worker's tokens under the key of
+     * the chunk that holds it (spec 8.1: worker ranges are chunk aligned) */
+    if (check_key(k, true) || k->start % e->o.chunk_size) {
         log_bad_key(op, k);
         return -EINVAL;
     }
@@ -290,7 +293,7 @@ const char *engine_shm_name(const struct engine *e) { return l1_shm_name(e->l1);
 int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
 {
     int rc = check_key(k, false);
-    struct session *s = session_get(e, k->request_id, k->request_id_len, true);
+    struct session *s = session_get(e, k->request_id, k->request_id_len, SESSION_CREATE);
     if (!s)
         return -ENOMEM;
     lockvec_release_all(e, &s->locks); /* a new LOOKUP replaces the old job and its locks */
@@ -311,12 +314,12 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
             size_t full = locked > 0 ? (size_t)locked / world : 0;
             /* shards of a chunk not present for every shard are no hit */
             for (size_t i = full * world; locked > 0 && i < (size_t)locked; i++)
-                l1_unlock(e->l1, &keys[i], &refs[i].id, 1, readers);
+                l1_unlock_refs(e->l1, &keys[i], &refs[i], 1, readers);
             for (size_t i = 0; i < full * world; i++) {
-                if (lockvec_push(&s->locks, &keys[i], refs[i].id, readers)) {
+                if (lockvec_push(&s->locks, &keys[i], refs[i].id, refs[i].lock_epoch, readers)) {
                     /* cannot track the rest: do not keep their locks */
                     for (size_t j = i; j < full * world; j++)
-                        l1_unlock(e->l1, &keys[j], &refs[j].id, 1, readers);
+                        l1_unlock_refs(e->l1, &keys[j], &refs[j], 1, readers);
                     full = i / world;
                     break;
                 }
@@ -346,7 +349,7 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
 static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chunks, bool consume)
 {
     *chunks = 0;
-    struct session *s = session_get(e, rid, len, false);
+    struct session *s = session_get(e, rid, len, SESSION_FIND);
     if (!s)
         return 0; /* unknown id: 0, a miss */
     int rc = 0;
@@ -385,7 +388,7 @@ int engine_free_lookup_locks(struct engine *e, const struct engine_key *k, int64
         log_bad_key("FREE_LOOKUP_LOCKS", k);
         return -EINVAL;
     }
-    struct session *s = session_get(e, k->request_id, k->request_id_len, false);
+    struct session *s = session_get(e, k->request_id, k->request_id_len, SESSION_FIND);
     if (!s)
         return 0;
     struct l1_key *keys = NULL;
@@ -397,8 +400,7 @@ int engine_free_lookup_locks(struct engine *e, const struct engine_key *k, int64
         for (size_t j = 0; j < s->locks.n; j++) {
             struct lockrec *r = &s->locks.v[j];
             if (r->holders && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
-                l1_unlock(e->l1, &r->key, &r->id, 1, r->holders);
-                r->holders = 0;
+                lockrec_unlock(e, r, r->holders);
                 break;
             }
         }
@@ -421,7 +423,7 @@ int engine_end_session(struct engine *e, const char *rid, size_t len)
         return -ENOENT;
     }
     if (s->has_lookup && s->chain.len) {
-        /* Touch every full-chunk object once, oldest chunk first (#3020). */
+        /* Touch every full-chunk object once (#3020). */
         size_t n = s->chain.len * s->lookup_world;
         struct obj_key *ok = malloc(n * sizeof(*ok));
         struct l1_key *lk = malloc(n * sizeof(*lk));
@@ -429,7 +431,10 @@ int engine_end_session(struct engine *e, const char *rid, size_t len)
                                           KEYS_WORKER_ALL, s->lookup_ns, 0, ok, n)
                             : -ENOMEM;
         if (got > 0) {
-            memcpy(lk, ok, (size_t)got * sizeof(*lk));
+            /* last chunk first: the prefix head ends most recent, since
+             * evicting it would make every later chunk useless */
+            for (long i = 0; i < got; i++)
+                memcpy(&lk[got - 1 - i], &ok[i], sizeof(*lk));
             l1_touch(e->l1, lk, (size_t)got);
         }
         free(ok);
@@ -556,8 +561,15 @@ int engine_register_ed(struct engine *e, const struct engine_ed_register *r, str
     struct instance *old = NULL;
     int rc = instance_add(e, in, &old);
     if (rc == -EEXIST) { /* re-registration refreshes liveness, same answer */
+        bool same = old->world_size == r->world_size && old->block_size == r->block_size &&
+                    old->num_layers == r->num_layers && old->hidden == r->hidden_dim_size &&
+                    old->use_mla == r->use_mla && old->dtype == dt->name &&
+                    strlen(old->model) == r->model_name_len && !memcmp(old->model, r->model_name, r->model_name_len);
         __atomic_store_n(&old->reaped, false, __ATOMIC_RELAXED);
         instance_put(e, old);
+        if (!same) /* its slots would not fit the new layout: refuse rather than corrupt */
+            return refuse(e, out, "instance_id %lld is registered with another layout; unregister it first",
+                          (long long)r->instance_id);
     } else if (rc) {
         return rc;
     } else {
@@ -613,9 +625,30 @@ static void fill_slot(const struct instance *in, const struct l1_ref *ref, struc
 static struct instance *worker_instance(struct engine *e, int64_t id)
 {
     struct instance *in = instance_get(e, id);
-    if (in)
+    if (in && __atomic_load_n(&in->removed, __ATOMIC_RELAXED)) {
+        /* UNREGISTER took it while we waited for its lock: it has released
+         * everything; adding reservations now would leak them */
+        instance_put(e, in);
+        return NULL;
+    }
+    if (in) {
         __atomic_store_n(&in->active, true, __ATOMIC_RELAXED);
+        if (__atomic_exchange_n(&in->reaped, false, __ATOMIC_RELAXED))
+            log_info("worker instance %lld is back after being reaped", (long long)id);
+    }
     return in;
+}
+
+/* The identity of a store key apart from request_id (LMCache keys pending
+ * reservations by the whole IPC key): the range and the hash chain up to
+ * its last chunk, which stands for the model, salt, shard and tokens. */
+static uint64_t store_tag(const struct engine_key *k, const struct l1_key *keys, size_t n)
+{
+    struct {
+        struct l1_key last;
+        int64_t start, end;
+    } id = { keys[n - 1], k->start, k->end };
+    return XXH3_64bits(&id, sizeof(id));
 }
 
 int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t instance_id, struct engine_slots *out)
@@ -644,6 +677,7 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
     for (size_t i = 0; i < n; i++)
         sizes[i] = in->object_bytes;
     l1_reserve_write(e->l1, keys, sizes, n, (uint64_t)instance_id, st, refs);
+    uint64_t tag = store_tag(k, keys, n);
     rc = 0;
     size_t skipped = 0;
     for (size_t i = 0; i < n; i++) {
@@ -651,11 +685,12 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
             skipped += st[i] != L1_EXISTS;
             continue;
         }
-        if (lockvec_push(&in->pending, &keys[i], refs[i].id, 0)) {
+        if (lockvec_push(&in->pending, &keys[i], refs[i].id, 0, 0)) {
             l1_abort(e->l1, &keys[i], &refs[i].id, 1, (uint64_t)instance_id);
             skipped++;
             continue;
         }
+        in->pending.v[in->pending.n - 1].tag = tag;
         fill_slot(in, &refs[i], &out->slots[out->n]);
         out->chunk_indices[out->n++] = (int64_t)i;
     }
@@ -671,18 +706,24 @@ done:
     return rc;
 }
 
-/* Removes and returns the pending records of `keys` (matched by key). */
-static size_t take_pending(struct instance *in, const struct l1_key *keys, size_t n, struct l1_key *ok,
-                           uint64_t *ids)
+/* Removes and returns the pending records of `keys` that this store's
+ * PREPARE_STORE made (same tag), every one of them: an abandoned, expired
+ * record of the same key must not hide the live one. ok/ids need room for
+ * in->pending.n entries. Returned last chunk first, so that publishing them
+ * leaves the prefix head most recent in LRU. */
+static size_t take_pending(struct instance *in, const struct l1_key *keys, size_t n, uint64_t tag,
+                           struct l1_key *ok, uint64_t *ids)
 {
     size_t got = 0;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < in->pending.n; j++) {
-            if (!memcmp(&in->pending.v[j].key, &keys[i], sizeof(keys[i]))) {
+    for (size_t i = n; i-- > 0;) {
+        for (size_t j = 0; j < in->pending.n;) {
+            struct lockrec *r = &in->pending.v[j];
+            if (r->tag == tag && !memcmp(&r->key, &keys[i], sizeof(keys[i]))) {
                 ok[got] = keys[i];
-                ids[got++] = in->pending.v[j].id;
+                ids[got++] = r->id;
                 in->pending.v[j] = in->pending.v[--in->pending.n];
-                break;
+            } else {
+                j++;
             }
         }
     }
@@ -703,11 +744,12 @@ int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t in
         free(keys);
         return -ENOENT;
     }
-    struct l1_key *pk = malloc((n ? n : 1) * sizeof(*pk));
-    uint64_t *ids = malloc((n ? n : 1) * sizeof(*ids));
+    size_t room = in->pending.n ? in->pending.n : 1;
+    struct l1_key *pk = malloc(room * sizeof(*pk));
+    uint64_t *ids = malloc(room * sizeof(*ids));
     rc = -ENOMEM;
     if (pk && ids) {
-        size_t got = take_pending(in, keys, n, pk, ids);
+        size_t got = n ? take_pending(in, keys, n, store_tag(k, keys, n), pk, ids) : 0;
         if (data_len > 0) { /* pickle mode: never publish what was not written in place */
             l1_abort(e->l1, pk, ids, got, (uint64_t)instance_id);
             rc = -ENOTSUP;
@@ -751,15 +793,14 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
         goto done;
     for (size_t i = 0; i < n; i++) {
         if (refs[i].length != in->object_bytes) { /* stored under another layout: not ours to read */
-            l1_unlock(e->l1, keys, NULL, n, 1);
+            l1_unlock_refs(e->l1, keys, refs, n, 1);
             rc = -ENOENT;
             goto done;
         }
     }
     for (size_t i = 0; i < n; i++) {
-        if (lockvec_push(&in->transfers, &keys[i], refs[i].id, 1)) {
-            for (size_t j = i; j < n; j++)
-                l1_unlock(e->l1, &keys[j], &refs[j].id, 1, 1);
+        if (lockvec_push(&in->transfers, &keys[i], refs[i].id, refs[i].lock_epoch, 1)) {
+            l1_unlock_refs(e->l1, &keys[i], &refs[i], n - i, 1);
             rc = -ENOMEM;
             goto done;
         }
@@ -795,7 +836,7 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
             for (size_t j = 0; j < in->transfers.n; j++) {
                 struct lockrec *r = &in->transfers.v[j];
                 if (!memcmp(&r->key, &keys[i], sizeof(r->key))) {
-                    l1_unlock(e->l1, &r->key, &r->id, 1, r->holders);
+                    lockrec_unlock(e, r, r->holders);
                     in->transfers.v[j] = in->transfers.v[--in->transfers.n];
                     break;
                 }
@@ -855,7 +896,7 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
 
 struct inline_handle {
     struct l1_key *keys;
-    uint64_t *ids;
+    struct l1_ref *refs;
     size_t n;
 };
 
@@ -871,12 +912,10 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
     }
     struct l1_ref *refs = malloc(n * sizeof(*refs));
     struct inline_handle *h = calloc(1, sizeof(*h));
-    uint64_t *ids = malloc(n * sizeof(*ids));
     out->chunks = malloc(n * sizeof(*out->chunks));
-    if (!refs || !h || !ids || !out->chunks) {
+    if (!refs || !h || !out->chunks) {
         free(refs);
         free(h);
-        free(ids);
         free(out->chunks);
         free(keys);
         out->chunks = NULL;
@@ -884,17 +923,14 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
     }
     int m = l1_lock_prefix(e->l1, keys, n, 1, refs);
     uint8_t *base = l1_base(e->l1);
-    for (int i = 0; i < m; i++) {
+    for (int i = 0; i < m; i++)
         out->chunks[i] = (struct iovec){ base + refs[i].offset, refs[i].length };
-        ids[i] = refs[i].id;
-    }
     h->keys = keys;
-    h->ids = ids;
+    h->refs = refs;
     h->n = m > 0 ? (size_t)m : 0;
     out->n = h->n;
     out->handle_ = h;
     atomic_fetch_add(&e->retrieved_chunks, out->n);
-    free(refs);
     return 0;
 }
 
@@ -903,9 +939,9 @@ void engine_inline_release(struct engine *e, struct engine_inline_read *r)
     struct inline_handle *h = r->handle_;
     if (h) {
         if (h->n)
-            l1_unlock(e->l1, h->keys, h->ids, h->n, 1);
+            l1_unlock_refs(e->l1, h->keys, h->refs, h->n, 1);
         free(h->keys);
-        free(h->ids);
+        free(h->refs);
         free(h);
     }
     free(r->chunks);

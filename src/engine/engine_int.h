@@ -32,7 +32,9 @@
 struct lockrec {
     struct l1_key key;
     uint64_t id;       /* L1 object id: unlock never hits a newer object */
+    uint64_t epoch;    /* L1 lock epoch: nor a newer run of holders */
     uint32_t holders;  /* still held */
+    uint64_t tag;      /* pending reservations: the PREPARE_STORE key's identity */
 };
 
 struct lockvec {
@@ -64,6 +66,7 @@ struct session {
     uint32_t lookup_world;
     struct lockvec locks; /* what this request's LOOKUP locked */
     uint64_t last_used_ns; /* atomic (__atomic builtins): the sweeper reads it */
+    uint32_t ttl_s;        /* guarded by engine.mu: idle time before the sweeper drops it */
 };
 
 struct instance {
@@ -115,14 +118,22 @@ struct engine {
 };
 
 /* engine_state.c */
-int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint32_t holders);
+int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64_t epoch, uint32_t holders);
+/* Drops m of the record's holders in L1 (only if they are still the ones it took). */
+void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m);
 void lockvec_free(struct lockvec *lv);
 /* Releases every holder recorded in lv and empties it. */
 void lockvec_release_all(struct engine *e, struct lockvec *lv);
 
-/* Pins the session of rid, creating it when create is set; returns it with
- * its mu held, or NULL (absent, or out of memory). */
-struct session *session_get(struct engine *e, const char *rid, size_t len, bool create);
+/* How session_get treats an absent session. A LOOKUP makes a session that
+ * lives session_ttl_s idle; a worker request (which may come after
+ * END_SESSION) makes one that lives only WORKER_SESSION_TTL_S idle, so late
+ * requests of finished requests do not hold token lists for ten minutes. */
+enum session_mode { SESSION_FIND, SESSION_CREATE, SESSION_CREATE_WORKER };
+#define WORKER_SESSION_TTL_S 60
+/* Pins the session of rid; returns it with its mu held, or NULL (absent
+ * with SESSION_FIND, or out of memory). */
+struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode);
 /* Unlocks and unpins. */
 void session_put(struct engine *e, struct session *s);
 /* Removes rid's session from the table; returns it pinned and locked (the

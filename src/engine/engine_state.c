@@ -18,7 +18,7 @@
 
 /* ------------------------------------------------------------ lock records */
 
-int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint32_t holders)
+int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64_t epoch, uint32_t holders)
 {
     if (lv->n == lv->cap) {
         size_t cap = lv->cap ? lv->cap * 2 : 16;
@@ -28,7 +28,7 @@ int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint32
         lv->v = v;
         lv->cap = cap;
     }
-    lv->v[lv->n++] = (struct lockrec){ *k, id, holders };
+    lv->v[lv->n++] = (struct lockrec){ .key = *k, .id = id, .epoch = epoch, .holders = holders };
     return 0;
 }
 
@@ -38,11 +38,18 @@ void lockvec_free(struct lockvec *lv)
     memset(lv, 0, sizeof(*lv));
 }
 
+void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m)
+{
+    struct l1_ref ref = { .id = r->id, .lock_epoch = r->epoch };
+    if (m)
+        l1_unlock_refs(e->l1, &r->key, &ref, 1, m);
+    r->holders -= m < r->holders ? m : r->holders;
+}
+
 void lockvec_release_all(struct engine *e, struct lockvec *lv)
 {
     for (size_t i = 0; i < lv->n; i++)
-        if (lv->v[i].holders)
-            l1_unlock(e->l1, &lv->v[i].key, &lv->v[i].id, 1, lv->v[i].holders);
+        lockrec_unlock(e, &lv->v[i], lv->v[i].holders);
     lv->n = 0;
 }
 
@@ -79,19 +86,25 @@ static struct session *session_new(const char *rid, size_t len)
     return s;
 }
 
-struct session *session_get(struct engine *e, const char *rid, size_t len, bool create)
+struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode)
 {
+    uint32_t full_ttl = (uint32_t)(e->o.session_ttl_s > 0 ? e->o.session_ttl_s : 600);
     pthread_mutex_lock(&e->mu);
     struct htab_node *n = htab_find(&e->sessions, rid, len);
     struct session *s = n ? htab_entry(n, struct session, node) : NULL;
-    if (!s && create && (s = session_new(rid, len))) {
+    if (!s && mode != SESSION_FIND && (s = session_new(rid, len))) {
+        s->ttl_s = mode == SESSION_CREATE_WORKER && WORKER_SESSION_TTL_S < full_ttl ? WORKER_SESSION_TTL_S
+                                                                                     : full_ttl;
         if (htab_insert(&e->sessions, &s->node)) {
             session_free(e, s);
             s = NULL;
         }
     }
-    if (s)
+    if (s) {
+        if (mode == SESSION_CREATE)
+            s->ttl_s = full_ttl; /* a LOOKUP makes it a real session */
         s->refs++;
+    }
     pthread_mutex_unlock(&e->mu);
     if (s) {
         pthread_mutex_lock(&s->mu);
@@ -216,7 +229,7 @@ struct instance *instance_take(struct engine *e, int64_t id)
     struct instance *in = n ? htab_entry(n, struct instance, node) : NULL;
     if (in) {
         htab_remove(&e->instances, &in->node);
-        in->removed = true;
+        __atomic_store_n(&in->removed, true, __ATOMIC_RELAXED); /* read by worker ops under in->mu */
         in->refs++;
     }
     pthread_mutex_unlock(&e->mu);
@@ -237,7 +250,6 @@ void instance_release(struct engine *e, struct instance *in)
 void engine_sweep(struct engine *e)
 {
     uint64_t now = engine_now(e);
-    uint64_t ttl = (uint64_t)(e->o.session_ttl_s > 0 ? e->o.session_ttl_s : 600) * SEC;
     /* Sessions: collect the expired under e->mu, free them outside it. */
     struct session *dead = NULL;
     pthread_mutex_lock(&e->mu);
@@ -245,7 +257,7 @@ void engine_sweep(struct engine *e)
     HTAB_FOREACH_SAFE(&e->sessions, n, tmp) {
         struct session *s = htab_entry(n, struct session, node);
         /* last_used_ns is written under s->mu; a racy read only delays expiry by a sweep */
-        if (s->refs == 0 && now - __atomic_load_n(&s->last_used_ns, __ATOMIC_RELAXED) > ttl) {
+        if (s->refs == 0 && now - __atomic_load_n(&s->last_used_ns, __ATOMIC_RELAXED) > (uint64_t)s->ttl_s * SEC) {
             htab_remove(&e->sessions, n);
             /* refs == 0: nobody holds s->mu, so its fields are stable here */
             if (s->job != JOB_NONE)
@@ -258,7 +270,7 @@ void engine_sweep(struct engine *e)
     while (dead) {
         struct session *next = (struct session *)dead->node.next;
         atomic_fetch_add(&e->expired_sessions, 1);
-        log_debug("session %s expired after %d s without requests", dead->rid, e->o.session_ttl_s);
+        log_debug("session %s expired after %u s without requests", dead->rid, dead->ttl_s);
         session_free(e, dead);
         dead = next;
     }

@@ -451,6 +451,7 @@ static void ref_of(const struct l1_obj *o, struct l1_ref *r)
     r->id = o->id;
     r->offset = o->ext->off;
     r->length = o->length;
+    r->lock_epoch = o->lock_epoch;
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -657,6 +658,8 @@ static void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t
 {
     if (o->holders && o->expiry_ns <= now)
         drop_holders(l1, o); /* an expired lock restarts from zero */
+    if (o->holders == 0)
+        o->lock_epoch++; /* a new run of holders: late releases of the old run are ignored */
     uint64_t h = (uint64_t)o->holders + readers;
     o->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
     o->expiry_ns = now + l1->read_ttl_ns;
@@ -730,6 +733,18 @@ static bool unlock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64
     return true;
 }
 
+/* The object a release names: READY under the key, or removed by a forced
+ * clear and still held; NULL when it is another (newer) object. */
+static struct l1_obj *held_find(struct l1 *l1, const struct l1_key *k, const uint64_t *id)
+{
+    struct l1_obj *o = ready_find(l1, k);
+    if (o && id && o->id != *id)
+        o = NULL;
+    if (!o)
+        o = pending_find(l1, k, id ? *id : 0, id != NULL, false);
+    return o;
+}
+
 int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n,
               uint32_t readers)
 {
@@ -739,12 +754,25 @@ int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, siz
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        struct l1_obj *o = ready_find(l1, &keys[i]);
-        if (o && ids && o->id != ids[i])
-            o = NULL;
-        if (!o)
-            o = pending_find(l1, &keys[i], ids ? ids[i] : 0, ids != NULL, false);
+        struct l1_obj *o = held_find(l1, &keys[i], ids ? &ids[i] : NULL);
         if (o && unlock_obj(l1, o, readers, now))
+            done++;
+    }
+    pthread_mutex_unlock(&l1->mu);
+    return done;
+}
+
+int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n,
+                   uint32_t readers)
+{
+    if (readers == 0 || (n && (!keys || !refs)))
+        return -EINVAL;
+    int done = 0;
+    pthread_mutex_lock(&l1->mu);
+    uint64_t now = clock_now_ns(l1->clock);
+    for (size_t i = 0; i < n; i++) {
+        struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
+        if (o && o->lock_epoch == refs[i].lock_epoch && unlock_obj(l1, o, readers, now))
             done++;
     }
     pthread_mutex_unlock(&l1->mu);

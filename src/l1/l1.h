@@ -123,6 +123,7 @@ struct l1_ref {
     uint64_t id;
     uint64_t offset; /* from l1_base() */
     uint64_t length;
+    uint64_t lock_epoch; /* lock calls: which run of holders this lock joined */
 };
 
 /* Reserves n objects of sizes[i] bytes for `writer` (the worker instance id).
@@ -165,6 +166,13 @@ int l1_lock(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t readers
  * holder leaves. Returns the number of keys whose count was decremented. */
 int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n,
               uint32_t readers);
+
+/* Like l1_unlock with ids, but also skips an object whose holders restarted
+ * from zero since refs[i] was locked (its lock expired and someone else
+ * locked it anew): a late release never drops another reader's holders.
+ * refs[i] is what l1_lock/l1_lock_prefix returned. */
+int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n,
+                   uint32_t readers);
 
 /* A READY object's place. 0 or -ENOENT. The bytes stay valid only while the
  * caller holds a read lock on it. */

@@ -48,6 +48,7 @@ struct l1_obj {
     struct l1_node lru;   /* READY: recency order, least recent first */
     struct l1_node q;     /* RESERVED: resv; READY with holders: locked; PENDING: pending */
     uint32_t holders;
+    uint64_t lock_epoch;  /* +1 each time holders restart from zero */
     uint32_t slot;        /* object table index */
     uint8_t state;
     bool was_reserved;    /* PENDING: it was a reservation (its writer may publish/abort) */
