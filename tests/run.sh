@@ -12,10 +12,11 @@ trap 'rm -rf "$tmp"' EXIT
 # Criterion reports that test failed with the race in its log. Servers and
 # tools the e2e tests start keep running and write each report to
 # $tmp/tsan/report.<pid>; every report counts as one failure below.
-# Criterion starts under TSan thanks to tests/tsan/criterion_arena.c.
+# Criterion starts under TSan thanks to tests/tsan/criterion_arena.c;
+# tests/tsan/tsan.supp says what is suppressed (libzmq's internals) and why.
 if [ "${SAN:-}" = thread ]; then
     mkdir -p "$tmp/tsan"
-    TSAN_BASE="second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
+    TSAN_BASE="second_deadlock_stack=1 suppressions=$(pwd)/tests/tsan/tsan.supp ${TSAN_OPTIONS:-}"
     export TSAN_OPTIONS="halt_on_error=1 $TSAN_BASE"
 fi
 
