@@ -142,6 +142,31 @@ int wire_encode_reply(const struct wire_req *req, const struct wire_resp *resp,
     return out->err;
 }
 
+int wire_resp_safe(enum wire_op op, struct wire_resp *out)
+{
+    wire_resp_init(out);
+    if (op == WIRE_OP_NONE || (unsigned)op >= WIRE_OP_COUNT || wire_op_unserved(op))
+        return -ENOTSUP; /* never answered */
+    out->kind = wire_op_resp_kind(op);
+    switch (out->kind) {
+    case WIRE_RESP_NONE:
+    case WIRE_RESP_INT_OR_NIL: /* i = 0: a miss */
+    case WIRE_RESP_STR_LIST:   /* [] */
+    case WIRE_RESP_ED_CONTEXT: /* no slots: store skipped */
+    case WIRE_RESP_ED_RETRIEVE: /* success false */
+    case WIRE_RESP_INLINE:     /* 0 chunks */
+        return 0;
+    case WIRE_RESP_BOOL:
+        out->b = op != WIRE_OP_COMMIT_STORE;
+        return 0;
+    case WIRE_RESP_STR:
+        out->s = (struct wire_str){ "OK", 2 };
+        return 0;
+    default:
+        return -ENOTSUP;
+    }
+}
+
 /* Cuts s to at most max bytes without splitting a UTF-8 sequence. */
 static size_t utf8_cut(const char *s, size_t n, size_t max)
 {

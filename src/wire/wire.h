@@ -377,6 +377,17 @@ void wire_resp_free(struct wire_resp *resp);
 enum wire_resp_kind wire_op_resp_kind(enum wire_op op);
 
 /*
+ * Fills the spec 9.3 "safe reply" for an op whose handler failed: None for
+ * None ops, 0 (a miss, never nil) for the prefetch queries, true for PING
+ * and COMMIT_RETRIEVE, false for COMMIT_STORE, the empty PREPARE_STORE
+ * context, the PREPARE_RETRIEVE miss, [] for GET_EXPERIMENTAL, "OK" for NOOP,
+ * 0 chunks for the inline ops. -ENOTSUP where no reply is safe without
+ * server data (GET_CHUNK_SIZE, the pool of op 14, STORE/RETRIEVE events):
+ * the server then leaves the request unanswered and logs it.
+ */
+int wire_resp_safe(enum wire_op op, struct wire_resp *out);
+
+/*
  * Server: encodes the reply for a decoded request into *out (reset first).
  * *has_frame = false means "send no response frame" (positional None, and
  * a nil int|None, which the reference also sends as a missing frame);

@@ -828,3 +828,30 @@ Test(wire, help_lists_profiles_and_operations)
     cr_assert_eq(wire_profile_parse("lmcache", &p), -EINVAL);
     cr_assert_str_eq(wire_profile_name(WIRE_PROFILE_2609), "lmcache-2609");
 }
+
+Test(wire, safe_replies_follow_spec_9_3)
+{
+    struct wire_resp r;
+    cr_assert_eq(wire_resp_safe(WIRE_OP_QUERY_PREFETCH_STATUS, &r), 0);
+    expect_reply(WIRE_PROFILE_2604, WIRE_OP_QUERY_PREFETCH_STATUS, WIRE_FORM_POSITIONAL, &r, "00");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_PING, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_PING, WIRE_FORM_POSITIONAL, &r, "c3");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_COMMIT_STORE, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_COMMIT_STORE, WIRE_FORM_POSITIONAL, &r, "c2");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_COMMIT_RETRIEVE, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_COMMIT_RETRIEVE, WIRE_FORM_POSITIONAL, &r, "c3");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_PREPARE_STORE, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_PREPARE_STORE, WIRE_FORM_POSITIONAL, &r,
+                 "81 a7 \"context\" 82 a5 \"slots\" 90 ad \"chunk_indices\" 90");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_PREPARE_RETRIEVE, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_PREPARE_RETRIEVE, WIRE_FORM_POSITIONAL, &r,
+                 "83 a7 \"success\" c2 a4 \"data\" c4 00 a7 \"context\" 80");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_LOOKUP, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_LOOKUP, WIRE_FORM_MESSAGE, &r, "80");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_NOOP, &r), 0);
+    expect_reply(WIRE_PROFILE_2609, WIRE_OP_NOOP, WIRE_FORM_POSITIONAL, &r, "a2 4f 4b");
+    cr_assert_eq(wire_resp_safe(WIRE_OP_GET_CHUNK_SIZE, &r), -ENOTSUP);
+    cr_assert_eq(wire_resp_safe(WIRE_OP_STORE, &r), -ENOTSUP);
+    cr_assert_eq(wire_resp_safe(WIRE_OP_REGISTER_ED_CONTEXT, &r), -ENOTSUP);
+    cr_assert_eq(wire_resp_safe(WIRE_OP_UNSERVED_P2P, &r), -ENOTSUP);
+}
