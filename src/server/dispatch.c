@@ -305,7 +305,7 @@ static void h_prepare_store(struct server *s, struct srv_req *r)
     if (rc || fill_slots(r)) {
         /* "cannot reserve" = store skipped, not an error (9.3): empty lists */
         engine_slots_free(&r->slots);
-        r->resp.n_slots = 0;
+        wire_resp_safe(r->req.op, &r->resp);
         return;
     }
     r->resp.chunk_indices = r->slots.chunk_indices;
@@ -330,8 +330,7 @@ static void h_prepare_retrieve(struct server *s, struct srv_req *r)
     if (rc == 0) /* out of memory building the reply: give the locks back */
         engine_commit_retrieve(s->engine, &k, r->req.instance_id);
     engine_slots_free(&r->slots);
-    r->resp.success = false;
-    r->resp.n_slots = 0;
+    wire_resp_safe(r->req.op, &r->resp); /* the miss reply (9.3) */
 }
 
 static void h_commit_retrieve(struct server *s, struct srv_req *r)
@@ -365,8 +364,7 @@ static void h_store_inline(struct server *s, struct srv_req *r)
 static void h_retrieve_inline(struct server *s, struct srv_req *r)
 {
     KEY_OF(r, k);
-    r->resp.kind = WIRE_RESP_INLINE;
-    r->resp.i = 0;
+    wire_resp_safe(r->req.op, &r->resp); /* 0 chunks unless the engine finds some */
     if (engine_retrieve_inline(s->engine, &k, &r->inline_read) == 0) {
         r->has_inline = true;
         r->resp.i = (int64_t)r->inline_read.n;
