@@ -239,3 +239,38 @@ def test_server_answers_zmq_while_plugins_flood(lmcd_factory, tmp_path):
         n += 1
     assert n > 3
     assert srv.stop() == 0
+
+
+def test_server_second_signal_exits_at_once(lmcd_factory, tmp_path):
+    """A plugin that ignores SIGTERM holds the graceful stop for its grace
+    period; a second SIGTERM ends lmcd at once, still unlinking L1, and the
+    plugin dies with it (parent-death signal)."""
+    name = f"lmcd_test_fast_{os.getpid()}"
+    pidfile = tmp_path / "plugin.pid"
+    stubborn = tmp_path / "stubborn.py"
+    stubborn.write_text("#!/usr/bin/python3\nimport os, signal, time\n"
+                        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                        f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                        "print('holding on', flush=True)\ntime.sleep(120)\n")
+    srv = lmcd_factory(["--shm-name", name, "--runtime-plugin-locations", str(stubborn),
+                        "--runtime-plugin-stop-timeout", "60"])
+    srv.wait_log("holding on")
+    plugin_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="plugin pid"))
+    srv.signal(signal.SIGTERM)
+    srv.wait_log("Stopping runtime plugins")
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    rc = srv.proc.wait(10)
+    assert time.monotonic() - t0 < 5
+    assert rc == 128 + signal.SIGTERM
+    assert "second signal during shutdown" in srv.log()
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+    def plugin_gone():
+        try:
+            os.kill(plugin_pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{plugin_pid}/stat") as f:  # a zombie until its reaper runs counts as gone
+            return f.read().split(") ")[1].startswith("Z")
+    wait_for(plugin_gone, timeout=10, what="plugin killed by the parent-death signal")
