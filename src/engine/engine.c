@@ -28,6 +28,29 @@ static_assert(offsetof(struct obj_key, kv_rank) == offsetof(struct l1_key, kv_ra
 
 /* Failures a client can repeat at will are logged at most 5 times a minute. */
 static struct log_ratelimit key_rl = LOG_RATELIMIT_INIT(60000, 5);
+static struct log_ratelimit back_rl = LOG_RATELIMIT_INIT(60000, 5);
+
+/*
+ * Backs each fresh reservation with real pages (l1_back); one that cannot
+ * be backed is aborted and marked L1_NOMEM, so nobody writes into a page
+ * /dev/shm has no room for (that would be SIGBUS, in lmcd or a worker).
+ */
+static void back_reservations(struct engine *e, const struct l1_key *keys, size_t n, uint64_t writer,
+                              enum l1_status *st, const struct l1_ref *refs)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (st[i] != L1_OK)
+            continue;
+        int rc = l1_back(e->l1, &refs[i]);
+        if (rc == 0)
+            continue;
+        l1_abort(e->l1, &keys[i], &refs[i].id, 1, writer);
+        st[i] = L1_NOMEM;
+        log_rl(&back_rl, LOG_ERROR,
+               "cannot commit %llu bytes of L1 shared memory: %s (/dev/shm is full?); the chunk is skipped",
+               (unsigned long long)refs[i].length, strerror(-rc));
+    }
+}
 
 /* ------------------------------------------------------------ dtypes */
 
@@ -677,6 +700,7 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
     for (size_t i = 0; i < n; i++)
         sizes[i] = in->object_bytes;
     l1_reserve_write(e->l1, keys, sizes, n, (uint64_t)instance_id, st, refs);
+    back_reservations(e, keys, n, (uint64_t)instance_id, st, refs);
     uint64_t tag = store_tag(k, keys, n);
     rc = 0;
     size_t skipped = 0;
@@ -870,6 +894,7 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
         for (size_t i = 0; i < nk; i++)
             sizes[i] = chunks[i].iov_len;
         l1_reserve_write(e->l1, keys, sizes, nk, writer, st, refs);
+        back_reservations(e, keys, nk, writer, st, refs);
         uint8_t *base = l1_base(e->l1);
         int64_t stored = 0;
         for (size_t i = 0; i < nk; i++) {

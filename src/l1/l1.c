@@ -779,6 +779,11 @@ int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref
     return done;
 }
 
+int l1_back(struct l1 *l1, const struct l1_ref *ref)
+{
+    return l1_shm_back(&l1->shm, ref->offset, ref->length); /* offsets are from the segment base */
+}
+
 int l1_get(struct l1 *l1, const struct l1_key *key, struct l1_ref *ref)
 {
     int rc = -ENOENT;

@@ -136,6 +136,13 @@ struct l1_ref {
 int l1_reserve_write(struct l1 *l1, const struct l1_key *keys, const uint64_t *sizes,
                      size_t n, uint64_t writer, enum l1_status *st, struct l1_ref *refs);
 
+/* Lazy mode: commits the shared-memory pages behind a reservation before
+ * anyone writes it, so a full /dev/shm is a clean failure (-ENOSPC: abort
+ * the reservation and skip the key) instead of SIGBUS in lmcd or in a
+ * worker writing its slot. A no-op for a pre-faulted segment. Takes no
+ * lock; call it outside any hot lock (it may allocate many pages). */
+int l1_back(struct l1 *l1, const struct l1_ref *ref);
+
 /* Makes reservations READY (most recent in LRU). ids[i] is refs[i].id from
  * reserve_write. Only a live reservation of `writer` with that id is published.
  * st may be NULL. Returns the number published. */

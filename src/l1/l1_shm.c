@@ -143,6 +143,7 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
                   bool lazy)
 {
     memset(s, 0, sizeof(*s));
+    s->fd = -1;
     int fd = -1, rc;
     char path[sizeof(s->name) + 1];
     gid_t gid = 0;
@@ -199,7 +200,12 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
                    fd, 0);
     if (p == MAP_FAILED)
         goto fail_errno;
-    close(fd);
+    if (lazy) {
+        s->fd = fd; /* kept: l1_shm_back() commits pages on demand */
+    } else {
+        close(fd);
+        s->fd = -1;
+    }
     fd = -1;
     s->base = p;
     s->size = size;
@@ -222,11 +228,22 @@ fail:
         close(fd);
     shm_unlink(path);
     memset(s, 0, sizeof(*s));
+    s->fd = -1;
     return rc;
+}
+
+int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len)
+{
+    if (s->fd < 0 || len == 0)
+        return 0;
+    int e = posix_fallocate(s->fd, (off_t)off, (off_t)len);
+    return e ? -e : 0;
 }
 
 void l1_shm_destroy(struct l1_shm *s)
 {
+    if (s->fd > 0) /* 0 only in a never-created, zeroed struct */
+        close(s->fd);
     if (s->base) {
         if (s->mlocked)
             munlock(s->base, s->size);

@@ -63,6 +63,7 @@ struct l1_shm {
     char name[256]; /* without leading '/' */
     uint8_t *base;
     uint64_t size;
+    int fd;         /* lazy mode: kept open to back ranges with fallocate; else -1 */
     bool mlocked;
     bool unlink_at_destroy;
 };
@@ -75,6 +76,11 @@ struct l1_shm {
  * allows. 0 or -errno; logs what failed. */
 int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_t size,
                   bool lazy);
+/* Lazy mode: allocates the tmpfs pages behind [off, off+len) now, so that a
+ * write into them can never raise SIGBUS because /dev/shm filled up.
+ * 0, or -ENOSPC (no room), -errno. A no-op when not lazy (all pages were
+ * allocated at create). Thread-safe; takes no lock. */
+int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len);
 /* Unmaps and unlinks. Safe on a zeroed struct. */
 void l1_shm_destroy(struct l1_shm *s);
 
