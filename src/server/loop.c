@@ -28,6 +28,14 @@
 #include "util/log.h"
 
 #define RECV_BATCH 256        /* messages per wakeup before polling again */
+/*
+ * Requests handed to the pools and not yet answered. Past this the loop stops
+ * reading the socket, so a client that sends faster than lmcd serves fills
+ * ZeroMQ's queues (its high-water mark pushes back on the sender) instead of
+ * lmcd's memory. Loop thread only.
+ */
+#define MAX_IN_FLIGHT 8192
+#define REPLY_HWM 65536 /* replies queued per peer before ZeroMQ drops one */
 #define MAX_FRAMES (1u << 16) /* frames per message; more is oversize */
 #define PEER_LOG_SLOTS 512
 
@@ -283,6 +291,7 @@ static void drain_replies(struct server *s)
     struct srv_req *r = replyq_take(s);
     while (r) {
         struct srv_req *next = r->qnext;
+        s->in_flight--;
         send_reply(s, r);
         r = next;
     }
@@ -420,7 +429,9 @@ static void dispatch(struct server *s, struct srv_req *r)
     r->job.fn = run_job;
     struct pool *p = r->req.cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
     uint64_t key = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
+    s->in_flight++;
     if (pool_submit(p, key, &r->job)) {
+        s->in_flight--;
         log_warn("%s arrived while stopping: dropped", r->req.op_name);
         req_free(s, r);
     }
@@ -586,6 +597,13 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     }
     int64_t maxmsg = cfg->mp.max_message_bytes;
     int linger = 500;
+    /* ZeroMQ drops a ROUTER's reply when the peer's outgoing queue holds
+     * SNDHWM messages (1000 by default). lmcd answers small requests far
+     * faster than its I/O thread flushes them in a burst, so the default
+     * would drop replies to a client that reads them as fast as it can;
+     * the in-flight cap (MAX_IN_FLIGHT) bounds what queues up here. */
+    int sndhwm = REPLY_HWM;
+    zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm));
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
     build_endpoint(s);
@@ -607,6 +625,7 @@ int server_run(struct server *s)
         { NULL, s->sigfd, ZMQ_POLLIN, 0 },
     };
     for (;;) {
+        items[0].events = s->in_flight < MAX_IN_FLIGHT ? ZMQ_POLLIN : 0;
         int rc = zmq_poll(items, 3, parked_timeout_ms(s));
         if (rc < 0) {
             if (zmq_errno() == EINTR)
@@ -628,7 +647,7 @@ int server_run(struct server *s)
                 check_parked(s, true);
         }
         if (items[0].revents & ZMQ_POLLIN)
-            for (int i = 0; i < RECV_BATCH && recv_one(s); i++)
+            for (int i = 0; i < RECV_BATCH && s->in_flight < MAX_IN_FLIGHT && recv_one(s); i++)
                 ;
         if (s->parked)
             check_parked(s, false);

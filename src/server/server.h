@@ -97,6 +97,7 @@ struct server {
     struct srv_stats stats;
     struct srv_peer_log *peer_log; /* loop only */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
+    atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */

@@ -36,11 +36,11 @@ json_t *server_status_json(struct server *s)
         json_object_set_new(bad, bad_names[k], json_integer((json_int_t)atomic_load(&s->stats.bad[k])));
     json_object_set_new(
         st, "server",
-        json_pack("{s:s, s:s, s:s, s:f, s:o, s:I, s:o, s:{s:i, s:i}}", "name", "lmcd", "version", LMCD_VERSION,
+        json_pack("{s:s, s:s, s:s, s:f, s:o, s:I, s:o, s:{s:i, s:i, s:I}}", "name", "lmcd", "version", LMCD_VERSION,
                   "protocol", wire_profile_name(s->profile), "uptime_seconds",
                   (double)(clock_mono_ns() - s->started_ns) / 1e9, "requests", req, "replies",
                   (json_int_t)atomic_load(&s->stats.replies), "bad_requests", bad, "pools", "max_gpu_workers",
-                  s->cfg->mp.max_gpu_workers, "max_cpu_workers", s->cfg->mp.max_cpu_workers));
+                  s->cfg->mp.max_gpu_workers, "max_cpu_workers", s->cfg->mp.max_cpu_workers, "in_flight", (json_int_t)atomic_load(&s->in_flight)));
     json_t *healthy = json_object_get(st, "is_healthy");
     bool ok = atomic_load(&s->healthy) && (!healthy || json_is_true(healthy));
     json_object_set_new(st, "is_healthy", json_boolean(ok));

@@ -274,3 +274,43 @@ def test_server_second_signal_exits_at_once(lmcd_factory, tmp_path):
         with open(f"/proc/{plugin_pid}/stat") as f:  # a zombie until its reaper runs counts as gone
             return f.read().split(") ")[1].startswith("Z")
     wait_for(plugin_gone, timeout=10, what="plugin killed by the parent-death signal")
+
+
+def test_server_flooding_client_is_held_back_and_others_served(lmcd):
+    """A client that sends far faster than it reads: lmcd keeps at most a
+    bounded number of requests in its pools (ZeroMQ's high-water mark holds
+    the rest back), answers every one of them in the end, and serves
+    another client meanwhile."""
+    ctx = zmq.Context.instance()
+    flood = ctx.socket(zmq.DEALER)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.setsockopt(zmq.SNDHWM, 100000)
+    flood.setsockopt(zmq.RCVHWM, 100000)
+    flood.connect(lmcd.url)
+    ping = msgpack.packb(22)
+    nil = msgpack.packb(None)
+    sent = 0
+    deadline = time.monotonic() + 10
+    try:
+        while sent < 30000 and time.monotonic() < deadline:
+            try:
+                flood.send_multipart([msgpack.packb(sent), ping, nil], zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                break
+        peak = 0
+        for _ in range(5):
+            _, body = http_get(lmcd, "/status")
+            peak = max(peak, json.loads(body)["server"]["pools"]["in_flight"])
+            assert zmq_call(lmcd.url, 22, None, timeout_ms=3000) == [True], "another client is served"
+        assert peak <= 8192
+        got = 0
+        end = time.monotonic() + 60
+        while got < sent and time.monotonic() < end:
+            if flood.poll(1000):
+                frames = flood.recv_multipart()
+                assert msgpack.unpackb(frames[2]) is True
+                got += 1
+        assert got == sent, f"{got} of {sent} answered"
+    finally:
+        flood.close()
