@@ -394,6 +394,25 @@ static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chu
     return rc;
 }
 
+int engine_poll_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
+{
+    *chunks = 0;
+    bool busy;
+    struct session *s = session_tryget(e, rid, len, &busy);
+    if (!s)
+        return busy ? -EAGAIN : 0; /* a LOOKUP is at work on it / unknown id */
+    int rc = 0;
+    if (s->job == JOB_DONE) {
+        *chunks = s->job_chunks;
+        s->job = JOB_NONE;
+        atomic_fetch_sub(&e->active_jobs, 1);
+    } else if (s->job != JOB_NONE) {
+        rc = -EAGAIN;
+    }
+    session_put(e, s);
+    return rc;
+}
+
 int engine_query_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
 {
     return query_job(e, rid, len, chunks, true);
@@ -670,7 +689,8 @@ static uint64_t store_tag(const struct engine_key *k, const struct l1_key *keys,
     struct {
         struct l1_key last;
         int64_t start, end;
-    } id = { keys[n - 1], k->start, k->end };
+        uint64_t rid;
+    } id = { keys[n - 1], k->start, k->end, XXH3_64bits(k->request_id, k->request_id_len) };
     return XXH3_64bits(&id, sizeof(id));
 }
 
@@ -822,12 +842,14 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
             goto done;
         }
     }
+    uint64_t tag = n ? store_tag(k, keys, n) : 0;
     for (size_t i = 0; i < n; i++) {
         if (lockvec_push(&in->transfers, &keys[i], refs[i].id, refs[i].lock_epoch, 1)) {
             l1_unlock_refs(e->l1, &keys[i], &refs[i], n - i, 1);
             rc = -ENOMEM;
             goto done;
         }
+        in->transfers.v[in->transfers.n - 1].tag = tag;
         fill_slot(in, &refs[i], &out->slots[i]);
     }
     out->n = n;
@@ -856,10 +878,11 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
     }
     struct instance *in = worker_instance(e, instance_id);
     if (in) {
+        uint64_t tag = store_tag(k, keys, n);
         for (size_t i = 0; i < n; i++) {
             for (size_t j = 0; j < in->transfers.n; j++) {
                 struct lockrec *r = &in->transfers.v[j];
-                if (!memcmp(&r->key, &keys[i], sizeof(r->key))) {
+                if (r->tag == tag && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
                     lockrec_unlock(e, r, r->holders);
                     in->transfers.v[j] = in->transfers.v[--in->transfers.n];
                     break;

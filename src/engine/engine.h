@@ -101,6 +101,10 @@ int engine_lookup(struct engine *e, const struct engine_key *key, int64_t tp_siz
 /* QUERY_PREFETCH_STATUS: the job's prefix chunk count and removes the job
  * (exactly once). -EAGAIN while it runs; an unknown id gives 0. */
 int engine_query_prefetch_status(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
+/* WAIT_PREFETCH_STATUS's probe, for the loop thread: as QUERY, but never
+ * waits: -EAGAIN also while another thread works on the session (a LOOKUP
+ * still hashing); the loop parks the WAIT and retries on on_job_done. */
+int engine_poll_prefetch_status(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
 /* QUERY_PREFETCH_LOOKUP_HITS: hits known after the lookup phase; keeps the
  * job. -EAGAIN while that phase runs; unknown id gives 0. */
 int engine_query_lookup_hits(struct engine *e, const char *request_id, size_t len, int64_t *chunks);

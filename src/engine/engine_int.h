@@ -134,6 +134,9 @@ enum session_mode { SESSION_FIND, SESSION_CREATE, SESSION_CREATE_WORKER };
 /* Pins the session of rid; returns it with its mu held, or NULL (absent
  * with SESSION_FIND, or out of memory). */
 struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode);
+/* Like SESSION_FIND, but never waits for the session's mutex: *busy is set
+ * (and NULL returned) when another thread holds it. For the loop thread. */
+struct session *session_tryget(struct engine *e, const char *rid, size_t len, bool *busy);
 /* Unlocks and unpins. */
 void session_put(struct engine *e, struct session *s);
 /* Removes rid's session from the table; returns it pinned and locked (the

@@ -57,6 +57,10 @@ void lockvec_release_all(struct engine *e, struct lockvec *lv)
 
 void session_free(struct engine *e, struct session *s)
 {
+    /* a job set after the session left the table (a LOOKUP that pinned it
+     * before END_SESSION) is still counted in the gauge */
+    if (s->job != JOB_NONE)
+        atomic_fetch_sub(&e->active_jobs, 1);
     lockvec_release_all(e, &s->locks);
     lockvec_free(&s->locks);
     hasher_chain_free(&s->chain);
@@ -111,6 +115,26 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
         __atomic_store_n(&s->last_used_ns, engine_now(e), __ATOMIC_RELAXED);
     }
     return s;
+}
+
+struct session *session_tryget(struct engine *e, const char *rid, size_t len, bool *busy)
+{
+    *busy = false;
+    pthread_mutex_lock(&e->mu);
+    struct htab_node *n = htab_find(&e->sessions, rid, len);
+    struct session *s = n ? htab_entry(n, struct session, node) : NULL;
+    if (s)
+        s->refs++;
+    pthread_mutex_unlock(&e->mu);
+    if (!s || pthread_mutex_trylock(&s->mu) == 0)
+        return s;
+    *busy = true; /* someone works on it (a LOOKUP hashing): unpin, say "not yet" */
+    pthread_mutex_lock(&e->mu);
+    bool last = --s->refs == 0 && s->removed;
+    pthread_mutex_unlock(&e->mu);
+    if (last)
+        session_free(e, s);
+    return NULL;
 }
 
 void session_put(struct engine *e, struct session *s)
@@ -257,11 +281,10 @@ void engine_sweep(struct engine *e)
     HTAB_FOREACH_SAFE(&e->sessions, n, tmp) {
         struct session *s = htab_entry(n, struct session, node);
         /* last_used_ns is written under s->mu; a racy read only delays expiry by a sweep */
-        if (s->refs == 0 && now - __atomic_load_n(&s->last_used_ns, __ATOMIC_RELAXED) > (uint64_t)s->ttl_s * SEC) {
+        uint64_t used = __atomic_load_n(&s->last_used_ns, __ATOMIC_RELAXED);
+        if (s->refs == 0 && now > used && now - used > (uint64_t)s->ttl_s * SEC) {
             htab_remove(&e->sessions, n);
-            /* refs == 0: nobody holds s->mu, so its fields are stable here */
-            if (s->job != JOB_NONE)
-                atomic_fetch_sub(&e->active_jobs, 1);
+            /* refs == 0: nobody holds s->mu; session_free settles its job */
             s->node.next = (struct htab_node *)dead;
             dead = s;
         }
@@ -299,6 +322,13 @@ void engine_sweep(struct engine *e)
         if (!victim)
             return;
         pthread_mutex_lock(&victim->mu);
+        /* It may have spoken while we waited for its lock: check again. */
+        uint64_t seen = atomic_load(&victim->last_seen_ns);
+        bool active = __atomic_load_n(&victim->active, __ATOMIC_RELAXED);
+        if (!(now > seen && now - seen > (active ? timeout : grace))) {
+            instance_put(e, victim);
+            continue;
+        }
         size_t np = victim->pending.n, nt = victim->transfers.n;
         instance_release(e, victim);
         __atomic_store_n(&victim->reaped, true, __ATOMIC_RELAXED);

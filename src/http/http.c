@@ -32,11 +32,18 @@ typedef void (*route_fn)(struct http_server *srv, struct MHD_Connection *c, stru
 
 static void reply_json(struct http_reply *out, unsigned status, json_t *j)
 {
-    out->status = status;
     out->ctype = "application/json";
-    out->body = pyjson_dumps(j, -1);
+    out->body = j ? pyjson_dumps(j, -1) : NULL;
+    out->status = out->body ? status : 500;
+    if (!out->body)
+        out->body = strdup("{\"error\": \"internal error building the reply\"}");
     json_decref(j);
 }
+
+/* Text from the request (URL, query) as a JSON string. libmicrohttpd has
+ * percent-decoded it, so it may be any bytes; jansson's json_string() would
+ * refuse non-UTF-8, and pyjson writes invalid bytes as U+FFFD. */
+static json_t *req_text(const char *s) { return json_string_nocheck(s ? s : ""); }
 
 static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
@@ -51,7 +58,7 @@ static void r_health(struct http_server *srv, struct MHD_Connection *c, struct h
     if (srv->h.healthy(srv->h.ctx))
         reply_json(out, 200, json_pack("{s:s}", "status", "healthy"));
     else
-        reply_json(out, 503, json_pack("{s:s, s:s}", "status", "unhealthy", "reason", "engine not healthy"));
+        reply_json(out, 503, json_pack("{s:s, s:s}", "status", "unhealthy", "reason", "stopping, or the engine is down"));
 }
 
 static void r_status(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
@@ -120,11 +127,11 @@ static void r_plugin_restart(struct http_server *srv, struct MHD_Connection *c, 
     }
     int rc = srv->h.plugin_restart ? srv->h.plugin_restart(srv->h.ctx, path) : -ENOENT;
     if (rc == 0)
-        reply_json(out, 200, json_pack("{s:s, s:s}", "status", "ok", "path", path));
+        reply_json(out, 200, json_pack("{s:s, s:o}", "status", "ok", "path", req_text(path)));
     else if (rc == -ENOENT)
-        reply_json(out, 404, json_pack("{s:s, s:s}", "error", "no such plugin", "path", path));
+        reply_json(out, 404, json_pack("{s:s, s:o}", "error", "no such plugin", "path", req_text(path)));
     else
-        reply_json(out, 500, json_pack("{s:s, s:s}", "error", strerror(-rc), "path", path));
+        reply_json(out, 500, json_pack("{s:s, s:o}", "error", strerror(-rc), "path", req_text(path)));
 }
 
 static const struct route {
@@ -163,9 +170,9 @@ static const struct route *find_route(const char *url, const char *method, int *
 
 static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r)
 {
-    const char *body = r->body ? r->body : "";
     struct MHD_Response *resp =
-        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_FREE);
+        r->body ? MHD_create_response_from_buffer(strlen(r->body), r->body, MHD_RESPMEM_MUST_FREE)
+                : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(r->body);
         return MHD_NO;
@@ -201,9 +208,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (rt)
         rt->fn(srv, c, &r);
     else if (known)
-        reply_json(&r, 405, json_pack("{s:s, s:s, s:s}", "error", "method not allowed", "method", method, "path", url));
+        reply_json(&r, 405, json_pack("{s:s, s:o, s:o}", "error", "method not allowed", "method", req_text(method),
+                                      "path", req_text(url)));
     else
-        reply_json(&r, 404, json_pack("{s:s, s:s}", "error", "not found", "path", url));
+        reply_json(&r, 404, json_pack("{s:s, s:o}", "error", "not found", "path", req_text(url)));
     log_debug("HTTP %s %s -> %u", method, url, r.status);
     return send_reply(c, &r);
 }

@@ -77,11 +77,11 @@ void l1_alloc_fini(struct l1_alloc *a)
 }
 
 /* Smallest extent >= len among the first BIN_SCAN_MAX of bin b, or NULL. */
-static struct l1_extent *scan_bin(struct l1_alloc *a, unsigned b, uint64_t len)
+static struct l1_extent *scan_bin(struct l1_alloc *a, unsigned b, uint64_t len, uint64_t max)
 {
     struct l1_extent *best = NULL;
-    int seen = 0;
-    for (struct l1_extent *e = a->bins[b]; e && seen < BIN_SCAN_MAX; e = e->fnext, seen++) {
+    uint64_t seen = 0;
+    for (struct l1_extent *e = a->bins[b]; e && seen < max; e = e->fnext, seen++) {
         if (e->len >= len && (!best || e->len < best->len)) {
             best = e;
             if (e->len == len)
@@ -94,15 +94,15 @@ static struct l1_extent *scan_bin(struct l1_alloc *a, unsigned b, uint64_t len)
 static struct l1_extent *find_fit(struct l1_alloc *a, uint64_t len)
 {
     unsigned b = bin_of(a, len);
-    struct l1_extent *e = scan_bin(a, b, len);
+    struct l1_extent *e = scan_bin(a, b, len, BIN_SCAN_MAX);
     if (e)
         return e;
     /* Every extent of a higher bin is >= 2^(b+1) units > len. Take the
      * smallest bin above; within it, the best of the first few. */
     uint64_t higher = b + 1 < L1_ALLOC_BINS ? a->bitmap & ~((2ull << b) - 1) : 0;
-    if (!higher)
-        return NULL;
-    return scan_bin(a, (unsigned)__builtin_ctzll(higher), len);
+    if (!higher) /* last resort: a fit may sit past the bounded scan */
+        return scan_bin(a, b, len, UINT64_MAX);
+    return scan_bin(a, (unsigned)__builtin_ctzll(higher), len, BIN_SCAN_MAX);
 }
 
 int l1_alloc_get(struct l1_alloc *a, uint64_t bytes, struct l1_extent **out)

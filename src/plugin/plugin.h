@@ -67,6 +67,11 @@ int plugin_sup_start(const struct plugin_opts *o, struct plugin_sup **out);
  * the config file and frees. NULL-safe. Called from main()'s shutdown. */
 void plugin_sup_stop(struct plugin_sup *s);
 
+/* The 0600 file holding the config JSON (LMCACHE_RUNTIME_PLUGIN_CONFIG_FILE),
+ * or NULL; valid until plugin_sup_stop(), which removes it. main() keeps a
+ * copy so that a fast exit (no plugin_sup_stop) can still remove it. */
+const char *plugin_sup_config_file(const struct plugin_sup *s);
+
 /* Thread-safe snapshot for GET /plugins: a JSON array with one object per
  * plugin (path, interpreter, argv, pid, state, reason, started_at, uptime_s,
  * restarts, last_exit_code, lines_dropped, output_tail, ...). New reference;

@@ -286,8 +286,9 @@ int plugin_resolve(const char *path, const char *search_path, struct plugin_cmd 
             return 0;
         }
     }
-    rc = asprintf(why, "%s%sNo valid interpreter found for %s from [%s%s%s]", note ? note : "",
-                  note ? "; " : "", path, fb[0], fb[1] ? ", " : "", fb[1] ? fb[1] : "");
+    /* the candidate list as Python's list repr, as LMCache words it */
+    rc = asprintf(why, "%s%sNo valid interpreter found for %s from ['%s'%s%s%s]", note ? note : "",
+                  note ? "; " : "", path, fb[0], fb[1] ? ", '" : "", fb[1] ? fb[1] : "", fb[1] ? "'" : "");
     free(note);
     return rc < 0 ? -ENOMEM : -ENOENT;
 }

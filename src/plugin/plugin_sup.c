@@ -309,7 +309,7 @@ static int spawn(struct plugin *p, bool counts)
         argv[1 + i] = p->cmd.args[i];
     argv[1 + na] = p->path;
     for (size_t i = 0; i < na + 2; i++)
-        json_array_append_new(aj, json_string(argv[i]));
+        json_array_append_new(aj, json_string_nocheck(argv[i])); /* paths may not be UTF-8; see snapshot */
 
     pthread_mutex_lock(&s->lock);
     json_decref(p->argv_json);
@@ -860,7 +860,9 @@ static json_t *plugin_json_locked(const struct plugin *p, uint64_t mono, uint64_
     }
     bool live = p->state == PS_RUNNING || p->state == PS_STOPPING;
     json_t *argv = p->argv_json ? json_deep_copy(p->argv_json) : json_array();
-    json_object_set_new(o, "path", json_string(p->path));
+    /* A file name need not be UTF-8; json_string() would drop it. The HTTP
+     * serialiser (pyjson) writes invalid bytes as U+FFFD. */
+    json_object_set_new(o, "path", json_string_nocheck(p->path));
     json_object_set_new(o, "interpreter",
                         argv && json_array_size(argv) ? json_deep_copy(json_array_get(argv, 0))
                                                       : json_null());
@@ -910,3 +912,5 @@ json_t *plugin_sup_snapshot(struct plugin_sup *s)
     pthread_mutex_unlock(&s->lock);
     return a;
 }
+
+const char *plugin_sup_config_file(const struct plugin_sup *s) { return s ? s->config_file : NULL; }

@@ -347,6 +347,19 @@ static void choices_text(const char *const *choices, char *buf, size_t cap)
         o += (size_t)snprintf(buf + o, cap - o, "%s'%s'", p == choices ? "" : ", ", *p);
 }
 
+/* The configuration tree is JSON (plugins, /config): every string in it
+ * must be UTF-8, or jansson would refuse it and the value would vanish. */
+static int check_utf8(struct perr *pe, const char *src, const char *v)
+{
+    json_t *probe = json_string(v);
+    if (probe) {
+        json_decref(probe);
+        return 0;
+    }
+    fail(pe, "%s: value is not valid UTF-8", src);
+    return -EINVAL;
+}
+
 static void set_str(char **dst, const char *v)
 {
     free(*dst);
@@ -391,6 +404,8 @@ static int apply_str(struct perr *pe, struct lmcd_config *c, const struct flag *
     switch (f->type) {
     case F_STR:
     case F_STR_NULL:
+        if (f->json_path && check_utf8(pe, src, v)) /* --config/--log-file paths are not in the tree */
+            return -EINVAL;
         set_str((char **)p, v);
         return 0;
     case F_CHOICE:
@@ -537,6 +552,12 @@ static int parse_argv(struct perr *pe, struct lmcd_config *c, int argc, char **a
                 list[n++] = xstrdup(eq + 1);
             while (!eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2))
                 list[n++] = xstrdup(argv[++i]);
+            for (size_t k = 0; k < n; k++) {
+                if (!only_config && check_utf8(pe, src, list[k])) {
+                    free_list(list);
+                    return -EINVAL;
+                }
+            }
             if (only_config) {
                 free_list(list);
                 continue;

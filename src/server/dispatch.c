@@ -408,7 +408,8 @@ srv_handler_fn dispatch_handler(enum wire_op op)
 bool dispatch_wait_ready(struct server *s, struct srv_req *r)
 {
     int64_t v = 0;
-    int rc = engine_query_prefetch_status(s->engine, r->req.request_id.ptr, r->req.request_id.len, &v);
+    /* the loop thread must never wait on a session a LOOKUP holds */
+    int rc = engine_poll_prefetch_status(s->engine, r->req.request_id.ptr, r->req.request_id.len, &v);
     if (rc == -EAGAIN)
         return false;
     resp_int_or_nil(r, rc, v);

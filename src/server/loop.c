@@ -333,6 +333,13 @@ static void check_parked(struct server *s, bool recheck_jobs)
     }
 }
 
+/*
+ * How long the loop may sleep with WAITs parked: until the nearest deadline,
+ * but at most PARKED_RECHECK_MS, because a WAIT is also parked when its
+ * session was merely busy (another request of the same id held it), which
+ * no job-done event announces.
+ */
+#define PARKED_RECHECK_MS 5
 static int parked_timeout_ms(struct server *s)
 {
     if (!s->parked)
@@ -341,7 +348,8 @@ static int parked_timeout_ms(struct server *s)
     for (struct srv_req *r = s->parked; r; r = r->next)
         if (r->deadline_ns < min)
             min = r->deadline_ns;
-    return min <= now ? 0 : (int)((min - now) / 1000000 + 1);
+    int ms = min <= now ? 0 : (int)((min - now) / 1000000 + 1);
+    return ms < PARKED_RECHECK_MS ? ms : PARKED_RECHECK_MS;
 }
 
 void server_on_job_done(void *ctx, const char *request_id, size_t len)
@@ -631,7 +639,7 @@ int server_run(struct server *s)
             if (zmq_errno() == EINTR)
                 continue;
             log_error("zmq_poll failed: %s", zmq_strerror(zmq_errno()));
-            return SIGTERM;
+            return 0; /* no signal: main() says the loop failed */
         }
         if (items[2].revents & ZMQ_POLLIN) {
             struct signalfd_siginfo si;
@@ -650,7 +658,7 @@ int server_run(struct server *s)
             for (int i = 0; i < RECV_BATCH && s->in_flight < MAX_IN_FLIGHT && recv_one(s); i++)
                 ;
         if (s->parked)
-            check_parked(s, false);
+            check_parked(s, true);
     }
 }
 

@@ -15,11 +15,14 @@
  *   2. stop plugins (TERM to each group, KILL after the grace period)
  *   3. close HTTP, then ZeroMQ (pending replies get 500 ms to leave)
  *   4. free memory: engine (locks, reservations), unmap and unlink L1
- * A second SIGINT/SIGTERM during the stop exits at once (the L1 segment is
- * still unlinked; plugins die with us through PR_SET_PDEATHSIG).
+ * A second SIGINT/SIGTERM during the stop, or SIGQUIT at any time, exits at
+ * once (the L1 segment and the plugins' config file are still removed;
+ * plugins die with us through PR_SET_PDEATHSIG).
  */
 #define LOG_MODULE "lmcd.main"
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,16 +40,22 @@
 #include "util/pyjson.h"
 #include "version.h"
 
-/* Written once before the fast-exit handler is installed, read only by it. */
+/* What a fast exit must not leave behind: the L1 segment and the plugins'
+ * config file. Written by main() before the fast-exit handler is installed
+ * (or SIGQUIT handled), read only by fast_exit(). */
 static char fast_exit_shm[300];
+static char fast_exit_cfg[PATH_MAX];
 
+/* Async-signal-safe: unlink and _exit. Plugins die with us (PDEATHSIG). */
 static void fast_exit(int sig)
 {
-    static const char msg[] = "lmcd: second signal during shutdown: exiting now\n";
+    static const char msg[] = "lmcd: exiting at once (second signal during shutdown, or SIGQUIT)\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
     (void)w;
     if (fast_exit_shm[0])
         shm_unlink(fast_exit_shm);
+    if (fast_exit_cfg[0])
+        unlink(fast_exit_cfg);
     _exit(128 + sig);
 }
 
@@ -125,14 +134,42 @@ static int app_clear(void *ctx)
     return engine_clear(a->engine, true);
 }
 
-static struct plugin_sup *app_sup(struct app *a) { return __atomic_load_n(&a->plugins, __ATOMIC_ACQUIRE); }
+/*
+ * a->plugins is read by HTTP threads (GET /plugins, POST /plugins/restart)
+ * while main() publishes it after start-up and takes it away at shutdown.
+ * A reader holds the lock for its whole call, so plugin_sup_stop() never
+ * frees the supervisor under a snapshot in progress. Process-wide because
+ * struct app is; taken only on those two routes and twice by main().
+ */
+static pthread_rwlock_t plugins_lock = PTHREAD_RWLOCK_INITIALIZER;
 
-static json_t *app_plugins(void *ctx) { return plugin_sup_snapshot(app_sup(ctx)); }
+static json_t *app_plugins(void *ctx)
+{
+    struct app *a = ctx;
+    pthread_rwlock_rdlock(&plugins_lock);
+    json_t *j = plugin_sup_snapshot(a->plugins);
+    pthread_rwlock_unlock(&plugins_lock);
+    return j;
+}
 
 static int app_plugin_restart(void *ctx, const char *path)
 {
-    struct plugin_sup *sup = app_sup(ctx);
-    return sup ? plugin_sup_restart(sup, path) : -ENOENT;
+    struct app *a = ctx;
+    pthread_rwlock_rdlock(&plugins_lock);
+    int rc = a->plugins ? plugin_sup_restart(a->plugins, path) : -ENOENT;
+    pthread_rwlock_unlock(&plugins_lock);
+    return rc;
+}
+
+/* Unpublishes the supervisor, then stops it (outside the lock: the stop
+ * waits for plugins, and HTTP keeps answering meanwhile, with []). */
+static void stop_plugins(struct app *a)
+{
+    pthread_rwlock_wrlock(&plugins_lock);
+    struct plugin_sup *sup = a->plugins;
+    a->plugins = NULL;
+    pthread_rwlock_unlock(&plugins_lock);
+    plugin_sup_stop(sup);
 }
 
 /* ------------------------------------------------------------ steps */
@@ -198,8 +235,9 @@ static void start_plugins(struct app *a)
     o.stop_timeout_ms = (unsigned)(c->mp.plugin_stop_timeout_seconds * 1000.0);
     struct plugin_sup *sup = NULL;
     int rc = plugin_sup_start(&o, &sup);
-    /* HTTP threads read a->plugins: publish it with release ordering */
-    __atomic_store_n(&a->plugins, sup, __ATOMIC_RELEASE);
+    pthread_rwlock_wrlock(&plugins_lock); /* HTTP threads read it */
+    a->plugins = sup;
+    pthread_rwlock_unlock(&plugins_lock);
     if (rc)
         log_error("cannot start the runtime plugin supervisor: %s; continuing without plugins", strerror(-rc));
     free(json);
@@ -258,8 +296,8 @@ int main(int argc, char **argv)
     warn_unserved_config(&a.cfg);
 
     /* HTTP threads start last, once everything they read is in place (no
-     * field of `a` they read changes afterwards, but a.plugins, which is
-     * published atomically); plugins start after HTTP listens. */
+     * field of `a` they read changes afterwards, but a.plugins, which
+     * plugins_lock guards); plugins start after HTTP listens. */
     if (start_engine(&a))
         goto out;
     if (server_init(&a.srv, &a.cfg, profile, a.engine, sigfd))
@@ -271,20 +309,32 @@ int main(int argc, char **argv)
     start_plugins(&a);
 
     int sig = server_run(&a.srv);
-    log_info("Received SIG%s: shutting down (send it again to exit at once)", sigabbrev_np(sig));
+    atomic_store(&a.srv.healthy, false); /* probes see 503 while we stop */
     const char *seg = a.engine ? engine_shm_name(a.engine) : NULL;
     if (seg && *seg)
         snprintf(fast_exit_shm, sizeof(fast_exit_shm), "/%s", seg);
+    pthread_rwlock_rdlock(&plugins_lock);
+    const char *cfgf = plugin_sup_config_file(a.plugins);
+    if (cfgf)
+        snprintf(fast_exit_cfg, sizeof(fast_exit_cfg), "%s", cfgf);
+    pthread_rwlock_unlock(&plugins_lock);
+    if (sig == SIGQUIT) { /* mp_server.md 1.4: SIGQUIT is the fast stop */
+        log_info("Received SIGQUIT: exiting at once");
+        fast_exit(sig);
+    }
+    if (sig)
+        log_info("Received SIG%s: shutting down (send it again to exit at once)", sigabbrev_np(sig));
+    else
+        log_error("the ZeroMQ loop failed (see above): shutting down");
     arm_fast_exit(&set);
     server_stop(&a.srv, 500);
     log_info("Stopping runtime plugins...");
-    plugin_sup_stop(app_sup(&a));
-    __atomic_store_n(&a.plugins, NULL, __ATOMIC_RELEASE);
+    stop_plugins(&a);
     rc = 0;
 out:
     http_stop(a.http); /* before what its handlers read goes away */
     a.http = NULL;
-    plugin_sup_stop(app_sup(&a));
+    stop_plugins(&a);
     server_destroy(&a.srv);
     engine_destroy(a.engine);
     close(sigfd);

@@ -108,7 +108,8 @@ struct server {
  * (the caller logs and exits 1). */
 int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profile profile,
                 struct engine *engine, int sigfd);
-/* Runs the loop until SIGINT/SIGTERM arrives on sigfd; returns the signal. */
+/* Runs the loop until SIGINT/SIGTERM/SIGQUIT arrives on sigfd; returns the
+ * signal, or 0 when the loop itself failed (logged). */
 int server_run(struct server *s);
 /* Stops intake: the pools finish what they hold, their replies are sent
  * (bounded by timeout_ms), then the socket is closed. */

@@ -232,6 +232,8 @@ static void dump(struct sbuf *b, const json_t *v, int indent, int depth)
 
 char *pyjson_dumps(const json_t *v, int indent)
 {
+    if (!v)
+        return NULL;
     struct sbuf b = { 0 };
     dump(&b, v, indent, 0);
     if (b.oom) {

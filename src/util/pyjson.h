@@ -15,7 +15,9 @@
 #include <stddef.h>
 
 /* indent < 0: one line; indent >= 0: Python's json.dumps(indent=N).
- * Returns a malloc'd NUL-terminated string, or NULL on allocation failure. */
+ * Returns a malloc'd NUL-terminated string, or NULL for a NULL tree or on
+ * allocation failure. Strings need not be valid UTF-8 (json_string_nocheck):
+ * invalid bytes are written as \ufffd. */
 char *pyjson_dumps(const json_t *v, int indent);
 
 /* Writes Python's repr(float(d)) into buf (at least 32 bytes). Returns length. */

@@ -314,3 +314,67 @@ def test_server_flooding_client_is_held_back_and_others_served(lmcd):
         assert got == sent, f"{got} of {sent} answered"
     finally:
         flood.close()
+
+
+def test_server_http_survives_non_utf8_paths(lmcd):
+    for path in ("/%ff", "/api/%c3%28", "/plugins/restart?path=%ff%fe"):
+        req = urllib.request.Request(lmcd.http + path, data=b"" if "restart" in path else None,
+                                     method="POST" if "restart" in path else "GET")
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            raise AssertionError("expected an HTTP error")
+        except urllib.error.HTTPError as e:
+            assert e.code in (404, 405)
+            json.loads(e.read().decode())
+    assert http_get(lmcd, "/healthcheck")[0] == 200, "still serving"
+
+
+def test_server_rejects_non_utf8_flag_values():
+    r = subprocess.run([LMCD, "--host", b"\xff"], capture_output=True, timeout=10)
+    assert r.returncode == 2 and b"argument --host: value is not valid UTF-8" in r.stderr
+
+
+def test_server_sigquit_exits_at_once(lmcd_factory):
+    name = f"lmcd_test_quit_{os.getpid()}"
+    srv = lmcd_factory(["--shm-name", name])
+    srv.signal(signal.SIGQUIT)
+    assert srv.proc.wait(5) == 128 + signal.SIGQUIT
+    assert "Received SIGQUIT: exiting at once" in srv.log()
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_server_unhealthy_while_stopping_and_plugins_view_safe(lmcd_factory, tmp_path):
+    """During a stop held by a plugin's grace period, /healthcheck answers 503,
+    and /plugins hammered by several threads never touches a freed supervisor
+    (under SAN=1 a use-after-free would fail this test)."""
+    import threading
+    stubborn = tmp_path / "stubborn.sh"
+    stubborn.write_text("#!/bin/bash\ntrap '' TERM\necho up\nwhile :; do sleep 0.1; done\n")
+    srv = lmcd_factory(["--runtime-plugin-locations", str(stubborn), "--runtime-plugin-stop-timeout", "1"])
+    srv.wait_log("] up")
+    stop = threading.Event()
+    errors = []
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                http_get(srv, "/plugins", timeout=2)
+                http_post(srv, "/plugins/restart?path=/nope", timeout=2)
+            except OSError:
+                pass  # the server closing HTTP is fine
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        srv.signal(signal.SIGTERM)
+        srv.wait_log("Stopping runtime plugins")
+        code, body = http_get(srv, "/healthcheck")
+        assert code == 503 and json.loads(body)["status"] == "unhealthy"
+        assert srv.proc.wait(15) == 0, srv.log()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert not errors, errors
