@@ -1,4 +1,5 @@
-/* engine: reproductions of engine bugs (each test fails on the unfixed tree). */
+/* engine regression tests: each reproduces a bug found by the engine tests
+ * and failed before its fix. */
 #include "test_engine_util.h"
 
 #define MIB (1ull << 20)

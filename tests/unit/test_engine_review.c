@@ -1,4 +1,6 @@
-/* Review reproductions (each should fail on the current tree). */
+/* engine and L1 regression tests from a code review: each failed before its
+ * fix (sweeper clock race, transfer and pending records matched by request,
+ * allocator fit deep in a bin). */
 #include "test_engine_util.h"
 #include "l1/l1_alloc.h"
 
