@@ -74,6 +74,21 @@ static void tsan_child_suppressions(void)
 #endif
 }
 
+/* The server a test started: a failed assertion ends the test before
+ * server_stop(), so the suite's fini kills what is left (no orphaned lmcd). */
+static pid_t live_pid = -1;
+
+static void kill_leftover(void)
+{
+    if (live_pid > 0) {
+        kill(live_pid, SIGKILL);
+        waitpid(live_pid, NULL, 0);
+        live_pid = -1;
+    }
+}
+
+TestSuite(client_e2e, .fini = kill_leftover);
+
 /* Starts lmcd and waits (bounded) until it answers PING. */
 static struct server server_start(const char *protocol)
 {
@@ -91,6 +106,7 @@ static struct server server_start(const char *protocol)
     posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
     cr_assert_eq(posix_spawn(&s.pid, bin, &fa, NULL, argv, environ), 0, "cannot start %s", bin);
     posix_spawn_file_actions_destroy(&fa);
+    live_pid = s.pid;
 
     enum lmcd_profile p;
     cr_assert_eq(lmcd_profile_parse(protocol, &p), 0);
@@ -116,6 +132,7 @@ static void server_stop(struct server *s)
     int st = 0;
     kill(s->pid, SIGTERM);
     cr_assert_eq(waitpid(s->pid, &st, 0), s->pid);
+    live_pid = -1;
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "lmcd stopped with status %d", st);
 }
 
