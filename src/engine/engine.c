@@ -158,15 +158,8 @@ static int range_keys(struct engine *e, const struct engine_key *k, bool create,
     int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
     if (rc == 0)
         rc = chain_keys(s, k, chunk_of(e, k->start), chunk_of(e, k->end), (int)k->worker_id, keys, n);
-    for (size_t i = 0; rc == 0 && lookup_release && i < *n; i++) {
-        for (size_t j = 0; j < s->locks.n; j++) {
-            struct lockrec *r = &s->locks.v[j];
-            if (r->holders && !memcmp(&r->key, &(*keys)[i], sizeof(r->key))) {
-                lockrec_unlock(e, r, r->holders < lookup_release ? r->holders : lookup_release);
-                break;
-            }
-        }
-    }
+    if (rc == 0 && lookup_release)
+        lockvec_release_keys(e, &s->locks, *keys, *n, lookup_release);
     session_put(e, s);
     return rc;
 }
@@ -369,6 +362,19 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
     return rc;
 }
 
+/* QUERY_PREFETCH_STATUS's answer from a pinned, locked session: the final
+ * count, exactly once (the job is gone afterwards); -EAGAIN while it runs. */
+static int job_take_result(struct engine *e, struct session *s, int64_t *chunks)
+{
+    if (s->job == JOB_DONE) {
+        *chunks = s->job_chunks;
+        s->job = JOB_NONE;
+        atomic_fetch_sub(&e->active_jobs, 1);
+        return 0;
+    }
+    return s->job != JOB_NONE ? -EAGAIN : 0;
+}
+
 static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chunks, bool consume)
 {
     *chunks = 0;
@@ -376,14 +382,8 @@ static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chu
     if (!s)
         return 0; /* unknown id: 0, a miss */
     int rc = 0;
-    if (consume) { /* QUERY_PREFETCH_STATUS: the final count, exactly once */
-        if (s->job == JOB_DONE) {
-            *chunks = s->job_chunks;
-            s->job = JOB_NONE;
-            atomic_fetch_sub(&e->active_jobs, 1);
-        } else if (s->job != JOB_NONE) {
-            rc = -EAGAIN;
-        }
+    if (consume) {
+        rc = job_take_result(e, s, chunks);
     } else { /* LOOKUP_HITS: known once the lookup phase is over; kept */
         if (s->job == JOB_LOAD || s->job == JOB_DONE)
             *chunks = s->job_hits;
@@ -401,14 +401,7 @@ int engine_poll_prefetch_status(struct engine *e, const char *rid, size_t len, i
     struct session *s = session_tryget(e, rid, len, &busy);
     if (!s)
         return busy ? -EAGAIN : 0; /* a LOOKUP is at work on it / unknown id */
-    int rc = 0;
-    if (s->job == JOB_DONE) {
-        *chunks = s->job_chunks;
-        s->job = JOB_NONE;
-        atomic_fetch_sub(&e->active_jobs, 1);
-    } else if (s->job != JOB_NONE) {
-        rc = -EAGAIN;
-    }
+    int rc = job_take_result(e, s, chunks);
     session_put(e, s);
     return rc;
 }
@@ -438,20 +431,7 @@ int engine_free_lookup_locks(struct engine *e, const struct engine_key *k, int64
     int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
     if (rc == 0)
         rc = chain_keys(s, k, chunk_of(e, k->start), chunk_of(e, k->end), KEYS_WORKER_ALL, &keys, &n);
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < s->locks.n; j++) {
-            struct lockrec *r = &s->locks.v[j];
-            if (r->holders && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
-                lockrec_unlock(e, r, r->holders);
-                break;
-            }
-        }
-    }
-    size_t w = 0; /* compact: drop fully released records */
-    for (size_t j = 0; j < s->locks.n; j++)
-        if (s->locks.v[j].holders)
-            s->locks.v[w++] = s->locks.v[j];
-    s->locks.n = w;
+    lockvec_release_keys(e, &s->locks, keys, n, UINT32_MAX); /* all this request's holders */
     free(keys);
     session_put(e, s);
     return rc;

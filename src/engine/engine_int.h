@@ -122,6 +122,9 @@ int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64
 /* Drops m of the record's holders in L1 (only if they are still the ones it took). */
 void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m);
 void lockvec_free(struct lockvec *lv);
+/* For each key, drops up to max holders of its first held record in lv,
+ * then removes the records left with none. */
+void lockvec_release_keys(struct engine *e, struct lockvec *lv, const struct l1_key *keys, size_t n, uint32_t max);
 /* Releases every holder recorded in lv and empties it. */
 void lockvec_release_all(struct engine *e, struct lockvec *lv);
 

@@ -46,6 +46,24 @@ void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m)
     r->holders -= m < r->holders ? m : r->holders;
 }
 
+void lockvec_release_keys(struct engine *e, struct lockvec *lv, const struct l1_key *keys, size_t n, uint32_t max)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < lv->n; j++) {
+            struct lockrec *r = &lv->v[j];
+            if (r->holders && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
+                lockrec_unlock(e, r, r->holders < max ? r->holders : max);
+                break;
+            }
+        }
+    }
+    size_t w = 0; /* compact: drop fully released records */
+    for (size_t j = 0; j < lv->n; j++)
+        if (lv->v[j].holders)
+            lv->v[w++] = lv->v[j];
+    lv->n = w;
+}
+
 void lockvec_release_all(struct engine *e, struct lockvec *lv)
 {
     for (size_t i = 0; i < lv->n; i++)
@@ -117,6 +135,8 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
     return s;
 }
 
+static void session_unpin(struct engine *e, struct session *s);
+
 struct session *session_tryget(struct engine *e, const char *rid, size_t len, bool *busy)
 {
     *busy = false;
@@ -129,22 +149,24 @@ struct session *session_tryget(struct engine *e, const char *rid, size_t len, bo
     if (!s || pthread_mutex_trylock(&s->mu) == 0)
         return s;
     *busy = true; /* someone works on it (a LOOKUP hashing): unpin, say "not yet" */
+    session_unpin(e, s);
+    return NULL;
+}
+
+/* Drops a pin; frees a session already out of the table with the last one. */
+static void session_unpin(struct engine *e, struct session *s)
+{
     pthread_mutex_lock(&e->mu);
     bool last = --s->refs == 0 && s->removed;
     pthread_mutex_unlock(&e->mu);
     if (last)
         session_free(e, s);
-    return NULL;
 }
 
 void session_put(struct engine *e, struct session *s)
 {
     pthread_mutex_unlock(&s->mu);
-    pthread_mutex_lock(&e->mu);
-    bool last = --s->refs == 0 && s->removed;
-    pthread_mutex_unlock(&e->mu);
-    if (last)
-        session_free(e, s);
+    session_unpin(e, s);
 }
 
 struct session *session_take(struct engine *e, const char *rid, size_t len)

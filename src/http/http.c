@@ -67,24 +67,25 @@ static void r_status(struct http_server *srv, struct MHD_Connection *c, struct h
     reply_json(out, 200, srv->h.status(srv->h.ctx));
 }
 
+/* LMCache serves the config indented. */
+static void reply_json_indented(struct http_reply *out, json_t *j)
+{
+    out->ctype = "application/json";
+    out->body = j ? pyjson_dumps(j, 2) : NULL;
+    out->status = out->body ? 200 : 500;
+    json_decref(j);
+}
+
 static void r_config(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)c;
-    json_t *j = srv->h.config(srv->h.ctx);
-    out->status = 200;
-    out->ctype = "application/json";
-    out->body = pyjson_dumps(j, 2); /* LMCache serves the config indented */
-    json_decref(j);
+    reply_json_indented(out, srv->h.config(srv->h.ctx));
 }
 
 static void r_conf(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)c;
-    json_t *j = srv->h.conf(srv->h.ctx);
-    out->status = 200;
-    out->ctype = "application/json";
-    out->body = pyjson_dumps(j, 2);
-    json_decref(j);
+    reply_json_indented(out, srv->h.conf(srv->h.ctx));
 }
 
 static void r_version(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)

@@ -61,7 +61,8 @@ static const char *const hash_choices[] = { "blake3", "xxh3_128", NULL };
 static const char *const engine_choices[] = { "default", NULL };
 static const char *const store_policy_choices[] = { "default", "skip_l1", NULL };
 static const char *const prefetch_policy_choices[] = { "default", "retain", NULL };
-static const char *const protocol_choices[] = { "lmcache-2609", "lmcache-2604", NULL };
+/* "help": main() prints the profile list and exits (it owns the wire tables) */
+static const char *const protocol_choices[] = { "lmcache-2609", "lmcache-2604", "help", NULL };
 static const char *const restart_choices[] = { "never", "on-failure", "always", NULL };
 static const char *const level_choices[] = { "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", NULL };
 
@@ -839,13 +840,6 @@ enum config_action config_load(struct lmcd_config *c, int argc, char **argv, FIL
             fprintf(out, "lmcd %s\n", LMCD_VERSION);
             config_free(c);
             return CONFIG_EXIT_OK;
-        }
-        if (!strncmp(argv[i], "--", 2) && strchr(argv[i], '=') == NULL && i + 1 < argc &&
-            !strcmp(argv[i + 1], "help") && !strncmp(argv[i] + 2, "protocol", strlen(argv[i] + 2)) && argv[i][2]) {
-            c->print_config = false;
-            free(c->mp.protocol);
-            c->mp.protocol = xstrdup("help");
-            return CONFIG_RUN; /* main() prints the profile list: it owns the wire tables */
         }
     }
     /* Pass 1: --config only, so that the file sits under the command line. */

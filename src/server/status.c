@@ -4,7 +4,6 @@
  * or engine snapshots, so libmicrohttpd's threads may call them any time.
  */
 #define LOG_MODULE "lmcd.server"
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,43 +46,13 @@ json_t *server_status_json(struct server *s)
     return st;
 }
 
-struct tbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static void tput(struct tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tput(struct tbuf *b, const char *fmt, ...)
+static void family(FILE *b, const char *name, const char *type, const char *help)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (b->p && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->len + (size_t)n + 1)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np)
-            return;
-        b->p = np;
-        b->cap = cap;
-    }
-}
-
-static void family(struct tbuf *b, const char *name, const char *type, const char *help)
-{
-    tput(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* Gauges from the L1 block of the engine status, under LMCache's names. */
-static void l1_gauges(struct tbuf *b, json_t *st)
+static void l1_gauges(FILE *b, json_t *st)
 {
     json_t *l1 = json_object_get(json_object_get(st, "storage_manager"), "l1_manager");
     static const struct { const char *key, *name, *type, *help; } g[] = {
@@ -104,39 +73,42 @@ static void l1_gauges(struct tbuf *b, json_t *st)
         if (!json_is_number(v))
             continue;
         family(b, g[i].name, g[i].type, g[i].help);
-        tput(b, "%s %.17g\n", g[i].name, json_number_value(v));
+        fprintf(b, "%s %.17g\n", g[i].name, json_number_value(v));
     }
 }
 
 char *server_metrics_text(struct server *s)
 {
-    struct tbuf b = { 0 };
-    family(&b, "lmcd_requests_total", "counter", "Requests decoded, by operation.");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *b = open_memstream(&text, &len);
+    if (!b)
+        return NULL;
+    family(b, "lmcd_requests_total", "counter", "Requests decoded, by operation.");
     for (int op = 1; op < WIRE_OP_COUNT; op++)
-        tput(&b, "lmcd_requests_total{op=\"%s\"} %llu\n", wire_op_name((enum wire_op)op),
+        fprintf(b, "lmcd_requests_total{op=\"%s\"} %llu\n", wire_op_name((enum wire_op)op),
              (unsigned long long)atomic_load(&s->stats.requests[op]));
-    family(&b, "lmcd_replies_total", "counter", "Reply messages sent.");
-    tput(&b, "lmcd_replies_total %llu\n", (unsigned long long)atomic_load(&s->stats.replies));
-    family(&b, "lmcd_bad_requests_total", "counter", "Requests dropped as malformed or unserved, by kind.");
+    family(b, "lmcd_replies_total", "counter", "Reply messages sent.");
+    fprintf(b, "lmcd_replies_total %llu\n", (unsigned long long)atomic_load(&s->stats.replies));
+    family(b, "lmcd_bad_requests_total", "counter", "Requests dropped as malformed or unserved, by kind.");
     for (int k = 0; k < SRV_BAD_COUNT; k++)
-        tput(&b, "lmcd_bad_requests_total{kind=\"%s\"} %llu\n", bad_names[k],
+        fprintf(b, "lmcd_bad_requests_total{kind=\"%s\"} %llu\n", bad_names[k],
              (unsigned long long)atomic_load(&s->stats.bad[k]));
-    family(&b, "lmcd_block_allocation_records_total", "counter", "REPORT_BLOCK_ALLOCATION records received.");
-    tput(&b, "lmcd_block_allocation_records_total %llu\n",
+    family(b, "lmcd_block_allocation_records_total", "counter", "REPORT_BLOCK_ALLOCATION records received.");
+    fprintf(b, "lmcd_block_allocation_records_total %llu\n",
          (unsigned long long)atomic_load(&s->stats.block_allocation_records));
     json_t *st = engine_status_json(s->engine);
     if (st) {
-        family(&b, "lmcache_mp_active_prefetch_jobs", "gauge", "Lookup jobs in flight.");
-        tput(&b, "lmcache_mp_active_prefetch_jobs %lld\n",
+        family(b, "lmcache_mp_active_prefetch_jobs", "gauge", "Lookup jobs in flight.");
+        fprintf(b, "lmcache_mp_active_prefetch_jobs %lld\n",
              (long long)json_integer_value(json_object_get(st, "active_prefetch_jobs")));
-        family(&b, "lmcd_active_sessions", "gauge", "Request sessions held.");
-        tput(&b, "lmcd_active_sessions %lld\n", (long long)json_integer_value(json_object_get(st, "active_sessions")));
-        l1_gauges(&b, st);
+        family(b, "lmcd_active_sessions", "gauge", "Request sessions held.");
+        fprintf(b, "lmcd_active_sessions %lld\n", (long long)json_integer_value(json_object_get(st, "active_sessions")));
+        l1_gauges(b, st);
         json_decref(st);
     }
-    family(&b, "lmcd_uptime_seconds", "gauge", "Seconds since start.");
-    tput(&b, "lmcd_uptime_seconds %.3f\n", (double)(clock_mono_ns() - s->started_ns) / 1e9);
-    if (!b.p)
-        return strdup("");
-    return b.p;
+    family(b, "lmcd_uptime_seconds", "gauge", "Seconds since start.");
+    fprintf(b, "lmcd_uptime_seconds %.3f\n", (double)(clock_mono_ns() - s->started_ns) / 1e9);
+    fclose(b); /* sets text and len */
+    return text ? text : strdup("");
 }
