@@ -315,6 +315,7 @@ void engine_sweep(struct engine *e)
     while (dead) {
         struct session *next = (struct session *)dead->node.next;
         atomic_fetch_add(&e->expired_sessions, 1);
+        metrics_add(MET_SESSIONS_EXPIRED, 1);
         log_debug("session %s expired after %u s without requests", dead->rid, dead->ttl_s);
         session_free(e, dead);
         dead = next;
@@ -355,6 +356,7 @@ void engine_sweep(struct engine *e)
         instance_release(e, victim);
         __atomic_store_n(&victim->reaped, true, __ATOMIC_RELAXED);
         atomic_fetch_add(&e->reaped_workers, 1);
+        metrics_add(MET_WORKERS_REAPED, 1);
         log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
                  "locks (its registration stays; it resumes if it comes back)",
                  (long long)victim->id, e->o.worker_reap_timeout_s, np, nt);

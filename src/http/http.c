@@ -45,10 +45,37 @@ static void reply_json(struct http_reply *out, unsigned status, json_t *j)
  * refuse non-UTF-8, and pyjson writes invalid bytes as U+FFFD. */
 static json_t *req_text(const char *s) { return json_string_nocheck(s ? s : ""); }
 
-static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+/* The dashboard page (src/http/dashboard.html, embedded at build time). */
+extern const char lmcd_dashboard_html[];
+
+static void r_dashboard(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)srv;
     (void)c;
+    out->status = 200;
+    out->ctype = "text/html; charset=utf-8";
+    out->body = strdup(lmcd_dashboard_html);
+    if (!out->body)
+        reply_json(out, 500, json_pack("{s:s}", "error", "out of memory"));
+}
+
+/* True when the client's Accept lists text/html before any JSON type (a
+ * browser), so GET / shows the dashboard; probes and scripts keep JSON. */
+static bool wants_html(struct MHD_Connection *c)
+{
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
+    if (!a)
+        return false;
+    const char *h = strstr(a, "text/html"), *j = strstr(a, "json");
+    return h && (!j || h < j);
+}
+
+static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    if (wants_html(c)) {
+        r_dashboard(srv, c, out);
+        return;
+    }
     reply_json(out, 200, json_pack("{s:s, s:s}", "status", "ok", "service", "LMCache HTTP API"));
 }
 
@@ -97,9 +124,13 @@ static void r_version(struct http_server *srv, struct MHD_Connection *c, struct 
 static void r_metrics(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)c;
+    out->body = srv->h.metrics ? srv->h.metrics(srv->h.ctx) : NULL;
+    if (!out->body) { /* --disable-metrics / --disable-observability */
+        reply_json(out, 404, json_pack("{s:s}", "error", "metrics are disabled"));
+        return;
+    }
     out->status = 200;
     out->ctype = "text/plain; version=0.0.4; charset=utf-8";
-    out->body = srv->h.metrics(srv->h.ctx);
 }
 
 static void r_clear(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
@@ -147,6 +178,7 @@ static const struct route {
     { "GET", "/conf", r_conf },
     { "GET", "/version", r_version },
     { "GET", "/metrics", r_metrics },
+    { "GET", "/dashboard", r_dashboard },
     { "POST", "/clear-cache", r_clear },
     { "GET", "/plugins", r_plugins },
     { "POST", "/plugins/restart", r_plugin_restart },
@@ -205,7 +237,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     struct http_reply r = { 0 };
     int known;
+    static const struct route metrics_route = { "GET", "/metrics", r_metrics };
     const struct route *rt = find_route(url, method, &known);
+    if (srv->h.metrics_only) {
+        known = 1;
+        rt = (!strcmp(method, "GET") || !strcmp(method, "HEAD")) ? &metrics_route : NULL;
+    }
     if (rt)
         rt->fn(srv, c, &r);
     else if (known)

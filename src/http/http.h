@@ -10,7 +10,10 @@
  *   GET  /config             the aggregated config tree (as plugins get it)
  *   GET  /conf               the same under LMCache's /conf names
  *   GET  /version            {"version", "server", "protocol"}
- *   GET  /metrics            Prometheus text
+ *   GET  /metrics            Prometheus text (404 when metrics are disabled)
+ *   GET  /dashboard          the live dashboard (one HTML page built into
+ *                            the binary); also GET / when Accept asks for
+ *                            text/html before JSON
  *   POST /clear-cache        force-clears L1 -> {"status":"ok"}
  *   GET  /plugins            plugin states (JSON array)
  *   POST /plugins/restart?path=P
@@ -39,6 +42,10 @@ struct http_handlers {
     int (*clear)(void *ctx);                        /* 0 or -errno */
     json_t *(*plugins)(void *ctx);                  /* new reference; NULL = [] */
     int (*plugin_restart)(void *ctx, const char *path); /* 0, -ENOENT */
+    /* A metrics-only listener (--prometheus-port): every path answers the
+     * Prometheus text, as prometheus_client's server does; only
+     * `metrics` is called. */
+    bool metrics_only;
 };
 
 struct http_server;

@@ -38,6 +38,7 @@
 #include <stdint.h>
 #include <zmq.h>
 
+#include "metrics/metrics.h"
 #include "server/config.h"
 #include "server/pool.h"
 #include "wire/wire.h"
@@ -58,14 +59,10 @@ struct http_server;
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
 
-/* Counters: atomics, bumped by any thread, summed by nobody (one copy). */
-struct srv_stats {
-    atomic_uint_fast64_t requests[WIRE_OP_COUNT]; /* decoded, by op */
-    atomic_uint_fast64_t replies;                 /* reply messages sent */
-    atomic_uint_fast64_t bad[SRV_BAD_COUNT];
-    atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
-    atomic_uint_fast64_t block_allocation_records;
-};
+/* Counters live in src/metrics (per thread, summed at scrape): requests by
+ * op, replies, bad input by kind, decode errors, latency by op. */
+_Static_assert(WIRE_OP_COUNT <= MET_MAX_OPS, "metrics: raise MET_MAX_OPS");
+_Static_assert(SRV_BAD_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
 
 
 /* Reply queue: pool threads push, the loop pops. Guarded by lock. */
@@ -94,7 +91,6 @@ struct server {
     struct engine *engine;
     struct plugin_sup *plugins;
     struct http_server *http;
-    struct srv_stats stats;
     struct srv_peer_log *peer_log; /* loop only */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
@@ -102,6 +98,8 @@ struct server {
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
     uint64_t started_ns;
+    uint64_t watchdog_ns;      /* loop only: systemd WATCHDOG=1 every this/2; 0 = off */
+    uint64_t watchdog_next_ns; /* loop only */
 };
 
 /* Creates the context, binds the ROUTER, starts the pools. 0 or -errno
@@ -119,8 +117,12 @@ void server_destroy(struct server *s);
 
 /* Snapshots for HTTP (any thread). */
 json_t *server_status_json(struct server *s);
-/* Prometheus text, malloc'd. */
-char *server_metrics_text(struct server *s);
+/* Prometheus text, malloc'd; plugins: GET /plugins' array, or NULL. */
+char *server_metrics_text(struct server *s, json_t *plugins);
+
+/* Loop only (notify.c): sends systemd's WATCHDOG=1 when due and returns
+ * the poll timeout (ms, -1 = none) shortened to the next ping. */
+int server_watchdog(struct server *s, int timeout_ms);
 
 /* Called by the engine (any thread) when a lookup job finished. */
 void server_on_job_done(void *ctx, const char *request_id, size_t len);
