@@ -2,7 +2,7 @@
 #
 #   make            build/lmcd, build/lmcd-cli, build/liblmcd.a
 #   make run        build and start lmcd on its embedded default
-#   make test       build and run every test; last line "N passed, N failed"
+#   make test       build and run every test; last line "N passed, N failed, N skipped"
 #   make test SAN=1       the same under AddressSanitizer + UBSan (build-asan/)
 #   make test SAN=thread  the same under ThreadSanitizer (build-tsan/)
 #   make fuzz       libFuzzer targets (clang), FUZZ_SECONDS each (default 600)
