@@ -1,6 +1,7 @@
 """`lmcd-cli top`: the dashboard in a terminal. It runs on a real
 pseudo-terminal here (Python's pty), redraws with what /status says,
 quits on `q`, and gives the terminal back as it found it."""
+import contextlib
 import os
 import pty
 import re
@@ -33,15 +34,29 @@ def read_until(fd, pattern, timeout):
     raise AssertionError(f"no {pattern!r} within {timeout}s; got:\n{buf.decode('utf-8', 'replace')[-3000:]}")
 
 
+@contextlib.contextmanager
+def top_on_pty(port):
+    """lmcd-cli top on a fresh pseudo-terminal: yields (proc, master, slave);
+    kills it if the test did not make it quit, and closes the terminal."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([LMCD_CLI, "top", "--http-port", str(port), "--interval", "0.2"],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    try:
+        yield proc, master, slave
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+        os.close(slave)
+
+
 def test_top_on_a_pty_shows_status_and_quits_on_q(lmcd_factory):
     srv = lmcd_factory(server_args())
     done = run_load(srv.url, rounds=12)
     st = http_json(srv.http)
-    master, slave = pty.openpty()
-    before = termios.tcgetattr(slave)
-    proc = subprocess.Popen([LMCD_CLI, "top", "--http-port", str(srv.http_port), "--interval", "0.2"],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    try:
+    with top_on_pty(srv.http_port) as (proc, master, slave):
+        before = termios.tcgetattr(slave)
         screen = read_until(master, r"lookup\s+12\s", 15)
         l1 = st["storage_manager"]["l1_manager"]
         assert f"objects {l1['total_object_count']} " in screen
@@ -54,33 +69,17 @@ def test_top_on_a_pty_shows_status_and_quits_on_q(lmcd_factory):
         read_until(master, r"lookup\s+14\s", 15)
         os.write(master, b"q")
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
         after = termios.tcgetattr(slave)
-        os.close(master)
-        os.close(slave)
     assert after[3] == before[3], "terminal modes restored"
     srv.stop()
 
 
 def test_top_keeps_trying_when_the_server_is_away():
-    port = free_port()
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([LMCD_CLI, "top", "--http-port", str(port), "--interval", "0.2"],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    try:
+    with top_on_pty(free_port()) as (proc, master, _):
         read_until(master, r"server unreachable", 10)
         read_until(master, r"server unreachable", 10)  # and again: retried, not fatal
         os.write(master, b"q")
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        os.close(master)
-        os.close(slave)
 
 
 def test_top_iterations_without_a_terminal(lmcd):
