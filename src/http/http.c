@@ -212,6 +212,14 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r
     }
     r->body = NULL; /* owned by the response now */
     MHD_add_response_header(resp, "Content-Type", r->ctype ? r->ctype : "application/json");
+    if (r->ctype && !strncmp(r->ctype, "text/html", 9)) {
+        /* the dashboard: its own inline script and style, fetches to this origin, nothing else */
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
+        MHD_add_response_header(resp, "Cache-Control", "no-store");
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    }
     enum MHD_Result rc = MHD_queue_response(c, r->status, resp);
     MHD_destroy_response(resp);
     return rc;

@@ -287,6 +287,8 @@ void metrics_label_value(FILE *out, const char *s)
             fputc('\\', out), fputc(*s, out);
         else if (*s == '\n')
             fputs("\\n", out);
+        else if ((unsigned char)*s < 0x20 || *s == 0x7f) /* other control bytes: never in a label */
+            fputc('?', out);
         else
             fputc(*s, out);
     }

@@ -17,15 +17,21 @@ from lmcd_client import Client, ed_payload, http_json
 from obs_load import run_load, server_args
 
 
-def get(url, accept=None):
+def get(url, accept=None, headers=None):
     req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     with urllib.request.urlopen(req, timeout=5) as r:
+        if headers is not None:
+            headers.update(r.headers)
         return r.status, r.headers.get("Content-Type"), r.read().decode()
 
 
 def test_dashboard_is_served_self_contained(lmcd):
-    code, ctype, page = get(lmcd.http + "/dashboard")
+    hdrs = {}
+    code, ctype, page = get(lmcd.http + "/dashboard", headers=hdrs)
     assert code == 200 and ctype.startswith("text/html")
+    # the browser enforces it in the Chromium test below: the page works under it
+    assert "default-src 'none'" in hdrs["Content-Security-Policy"] and "connect-src 'self'" in hdrs[
+        "Content-Security-Policy"]
     assert "<canvas" in page and "fetch(\"/status\"" in page
     # nothing from another origin: no CDN, no external font or script
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page), "external resource"
