@@ -382,8 +382,10 @@ static void render_rows(FILE *out)
     size_t total = 0;
     for (struct met_shard *sh = reg_head; sh; sh = sh->next)
         total += __atomic_load_n(&sh->n_rows, __ATOMIC_ACQUIRE);
-    struct row_sum *rs = total ? malloc(total * sizeof(*rs)) : NULL;
-    if (total && !rs)
+    if (!total) /* no labelled event yet: these families are lazy, as LMCache's */
+        return;
+    struct row_sum *rs = malloc(total * sizeof(*rs));
+    if (!rs)
         return;
     for (size_t f = 0; f < MET_ROW_COUNT; f++) {
         if (is_l2_family(fam[f].name) && !l2_any)

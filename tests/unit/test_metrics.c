@@ -142,3 +142,12 @@ Test(metrics, render_families_and_l2_gating)
     cr_assert(strstr(t, "lmcache_mp_l2_store_throughput_GB_per_second_bucket{l2_name=\"fs\",le=\"4\"} 1\n"), "%s", t);
     free(t);
 }
+
+Test(metrics, render_before_any_event)
+{
+    /* a fresh process: no shard, no row; lazy families are absent, the rest valid */
+    char *t = render();
+    cr_assert_null(strstr(t, "lmcache_mp_lookup"), "%s", t);
+    cr_assert(strstr(t, "# TYPE lmcd_requests_total counter\n"), "%s", t);
+    free(t);
+}
