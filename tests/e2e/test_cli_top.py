@@ -57,7 +57,7 @@ def test_top_on_a_pty_shows_status_and_quits_on_q(lmcd_factory):
     st = http_json(srv.http)
     with top_on_pty(srv.http_port) as (proc, master, slave):
         before = termios.tcgetattr(slave)
-        screen = read_until(master, r"lookup\s+12\s", 15)
+        screen = read_until(master, r"lookup\s+12\s", 30)
         l1 = st["storage_manager"]["l1_manager"]
         assert f"objects {l1['total_object_count']} " in screen
         assert f"hit {done['hit_chunks']} of {done['requested_chunks']} chunks" in screen
@@ -66,7 +66,7 @@ def test_top_on_a_pty_shows_status_and_quits_on_q(lmcd_factory):
         assert not termios.tcgetattr(slave)[3] & termios.ICANON, "non-canonical while it runs"
         # a second screen after more traffic: numbers move
         run_load(srv.url, rounds=2, seed=2)
-        read_until(master, r"lookup\s+14\s", 15)
+        read_until(master, r"lookup\s+14\s", 30)
         os.write(master, b"q")
         assert proc.wait(10) == 0
         after = termios.tcgetattr(slave)
