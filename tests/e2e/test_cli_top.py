@@ -27,10 +27,13 @@ def read_until(fd, pattern, timeout):
             if not chunk:
                 break
             buf += chunk
-            # judge the last full screen only (each starts with home + clear)
-            screen = buf.rsplit(b"\x1b[H\x1b[2J", 1)[-1].decode("utf-8", "replace")
-            if re.search(pattern, screen):
-                return screen
+            # judge whole screens only: each starts with home + clear, and one is
+            # whole once the next has begun (a pty hands a screen over in pieces)
+            screens = buf.split(b"\x1b[H\x1b[2J")[1:-1]
+            if screens:
+                screen = screens[-1].decode("utf-8", "replace")
+                if re.search(pattern, screen):
+                    return screen
     raise AssertionError(f"no {pattern!r} within {timeout}s; got:\n{buf.decode('utf-8', 'replace')[-3000:]}")
 
 
