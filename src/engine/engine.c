@@ -1046,7 +1046,7 @@ json_t *engine_status_json(struct engine *e)
     size_t sessions = e->sessions.count;
     pthread_mutex_unlock(&e->mu);
     json_t *l1 = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
         "total_object_count", (json_int_t)st.total_object_count, "write_locked_count",
         (json_int_t)st.write_locked_count, "read_locked_count", (json_int_t)st.read_locked_count, "temporary_count",
         (json_int_t)st.temporary_count, "memory_used_bytes", (json_int_t)st.memory_used_bytes, "memory_total_bytes",
@@ -1054,7 +1054,8 @@ json_t *engine_status_json(struct engine *e)
         (int)st.write_ttl_s, "read_ttl_seconds", (int)st.read_ttl_s, "shm_name", l1_shm_name(e->l1), "pool_size",
         (json_int_t)l1_pool_size(e->l1), "evicted_count", (json_int_t)st.evicted_count, "demand_evicted_count",
         (json_int_t)st.demand_evicted_count, "allocation_failures", (json_int_t)st.alloc_failures,
-        "expired_reservations", (json_int_t)st.expired_reservations, "pending_free_count",
+        "expired_reservations", (json_int_t)st.expired_reservations, "expired_read_locks",
+        (json_int_t)st.expired_read_locks, "pending_free_count",
         (json_int_t)st.pending_free_count);
     json_t *evict = json_pack("{s:b, s:b, s:s, s:f, s:f, s:I, s:I}", "is_healthy", 1, "thread_alive", 1,
                               "eviction_policy", e->policy_name, "trigger_watermark", e->o.eviction_trigger_watermark,

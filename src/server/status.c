@@ -140,6 +140,8 @@ static void engine_gauges(FILE *b, json_t *st)
           "Objects evicted on demand to make room for a store." },
         { 0, "expired_reservations", "lmcd_l1_expired_reservations_total", "counter",
           "Write reservations dropped by their TTL (never committed)." },
+        { 0, "expired_read_locks", "lmcd_l1_expired_read_locks_total", "counter",
+          "Read locks that outlived --l1-read-ttl-seconds without being released." },
     };
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
         json_t *v = json_object_get(g[i].from_ev ? ev : l1, g[i].key);

@@ -171,3 +171,22 @@ def test_prometheus_port_taken_is_not_fatal(lmcd_factory):
     assert "cannot listen on --prometheus-port" in b.log()
     assert _get(b.http + "/metrics") == 200
     assert b.stop() == 0 and a.stop() == 0
+
+
+def test_lock_gauges_and_ttl_expiries(lmcd_factory):
+    """Read locks a LOOKUP took and nobody released expire after the TTL and
+    are counted; the lock gauges follow."""
+    from lmcd_client import Client, make_key
+    srv = lmcd_factory(server_args(["--l1-read-ttl-seconds", "1"]))
+    run_load(srv.url, rounds=2)
+    with Client(srv.url, timeout=10.0) as c:
+        from obs_load import tokens
+        c.lookup(make_key("obs/model-a", tokens(1000, 4), 0, 4 * CHUNK, "held"))  # 3 chunks present, locked
+        s, _ = parse(http_text(srv.http))
+        assert total(s, "lmcd_l1_read_locked_objects") == 3
+        wait_for(lambda: total(parse(http_text(srv.http))[0], "lmcd_l1_expired_read_locks_total") >= 3, 10,
+                 what="read locks to expire")
+        s, _ = parse(http_text(srv.http))
+        assert total(s, "lmcd_l1_read_locked_objects") == 0
+        assert http_json(srv.http)["storage_manager"]["l1_manager"]["expired_read_locks"] >= 3
+    srv.stop()
