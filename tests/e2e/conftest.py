@@ -51,6 +51,8 @@ class Lmcd:
         self.log_path = os.path.join(str(tmp_path), f"lmcd-{self.port}.log")
         self.args = [LMCD, "--host", "127.0.0.1", "--port", str(self.port),
                      "--http-host", "127.0.0.1", "--http-port", str(self.http_port)] + list(args)
+        if "--prometheus-port" not in self.args:  # never the shared default 9090 in tests
+            self.args += ["--prometheus-port", "0"]
         full_env = dict(os.environ)
         full_env.setdefault("LMCACHE_LOG_LEVEL", "INFO")
         full_env.update(env or {})
