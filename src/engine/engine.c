@@ -240,6 +240,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     lo.shm_name = e->shm_name_opt;
     lo.shm_group = *e->shm_group_opt ? e->shm_group_opt : NULL;
     lo.use_lazy = o->l1_use_lazy;
+    lo.init_bytes = o->l1_init_bytes;
     lo.read_ttl_s = (uint32_t)(o->l1_read_ttl_s > 0 ? o->l1_read_ttl_s : 300);
     lo.write_ttl_s = (uint32_t)(o->l1_write_ttl_s > 0 ? o->l1_write_ttl_s : 600);
     lo.policy = strcmp(e->policy_name, "noop") ? L1_POLICY_LRU : L1_POLICY_NOOP;
@@ -249,8 +250,9 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     lo.hash_name = e->hash_name;
     lo.clock = e->clock;
     if ((rc = l1_create(&lo, &e->l1))) {
-        log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
-                  strerror(-rc));
+        if (rc == -ENOMEM) /* every other failure has its own line from L1 already */
+            log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
+                      strerror(-rc));
         goto fail;
     }
     log_info("L1: %.2f GiB in shared-memory segment /%s (%s, align %llu, read TTL %u s, write TTL %u s)",
@@ -923,11 +925,16 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
 }
 
 struct inline_handle {
-    struct l1_key *keys;
-    struct l1_ref *refs;
-    size_t n;
+    uint8_t *copy; /* every chunk's bytes, back to back */
 };
 
+/*
+ * The chunks are copied out of L1 rather than sent from it: a worker may
+ * truncate the segment at any moment (l1_check), and a frame ZeroMQ sends
+ * later from zero pages would be a wrong answer nobody could take back.
+ * The copy is checked after it is made: when the segment was lost before
+ * or during the copy, the generation moved and the reply is a miss.
+ */
 int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct engine_inline_read *out)
 {
     memset(out, 0, sizeof(*out));
@@ -941,35 +948,52 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
     struct l1_ref *refs = malloc(n * sizeof(*refs));
     struct inline_handle *h = calloc(1, sizeof(*h));
     out->chunks = malloc(n * sizeof(*out->chunks));
-    if (!refs || !h || !out->chunks) {
-        free(refs);
-        free(h);
-        free(out->chunks);
-        free(keys);
-        out->chunks = NULL;
-        return -ENOMEM;
-    }
+    rc = -ENOMEM;
+    if (!refs || !h || !out->chunks)
+        goto fail;
+    uint64_t gen = l1_check(e->l1);
     int m = l1_lock_prefix(e->l1, keys, n, 1, refs);
-    uint8_t *base = l1_base(e->l1);
+    size_t total = 0;
     for (int i = 0; i < m; i++)
-        out->chunks[i] = (struct iovec){ base + refs[i].offset, refs[i].length };
-    h->keys = keys;
-    h->refs = refs;
-    h->n = m > 0 ? (size_t)m : 0;
-    out->n = h->n;
+        total += refs[i].length;
+    if (m > 0 && !(h->copy = malloc(total))) {
+        l1_unlock_refs(e->l1, keys, refs, (size_t)m, 1);
+        goto fail;
+    }
+    uint8_t *base = l1_base(e->l1), *dst = h->copy;
+    for (int i = 0; i < m; i++) {
+        memcpy(dst, base + refs[i].offset, refs[i].length);
+        out->chunks[i] = (struct iovec){ dst, refs[i].length };
+        dst += refs[i].length;
+    }
+    if (m > 0)
+        l1_unlock_refs(e->l1, keys, refs, (size_t)m, 1);
+    if (m > 0 && l1_check(e->l1) != gen) {
+        log_rl(&back_rl, LOG_WARNING, "lmcd.retrieve_inline for request %.*s: the L1 segment was lost "
+               "during the copy; answered as a miss", (int)k->request_id_len, k->request_id);
+        m = 0;
+    }
+    out->n = m > 0 ? (size_t)m : 0;
     out->handle_ = h;
     atomic_fetch_add(&e->retrieved_chunks, out->n);
+    free(keys);
+    free(refs);
     return 0;
+fail:
+    free(h);
+    free(refs);
+    free(out->chunks);
+    free(keys);
+    out->chunks = NULL;
+    return rc;
 }
 
 void engine_inline_release(struct engine *e, struct engine_inline_read *r)
 {
+    (void)e;
     struct inline_handle *h = r->handle_;
     if (h) {
-        if (h->n)
-            l1_unlock_refs(e->l1, h->keys, h->refs, h->n, 1);
-        free(h->keys);
-        free(h->refs);
+        free(h->copy);
         free(h);
     }
     free(r->chunks);

@@ -50,6 +50,7 @@ struct engine_opts {
     uint64_t l1_size_bytes;
     uint64_t l1_align_bytes;
     bool l1_use_lazy;
+    uint64_t l1_init_bytes; /* lazy: committed at start (--l1-init-size-gb); 0 = none */
     const char *shm_name;  /* "" = lmcache_l1_pool_<pid> */
     const char *shm_group; /* "" = none (segment mode 0600) */
     int l1_read_ttl_s;
@@ -187,13 +188,15 @@ int engine_store_inline(struct engine *e, const struct engine_key *key, const st
                         int64_t *present);
 
 /* lmcd.retrieve_inline: the contiguous present prefix of [start,end) for
- * this shard, read-locked. The iovecs point into L1 and stay valid until
- * engine_inline_release(); the server hands them to ZeroMQ zero-copy and
- * releases from the frames' free callback (any thread). */
+ * this shard, copied out of L1 under a read lock and checked against a
+ * segment loss after the copy (a loss makes it a miss). The iovecs point
+ * into a private copy that stays valid until engine_inline_release(); the
+ * server hands them to ZeroMQ zero-copy and releases from the frames' free
+ * callback (any thread). No L1 lock is held after this returns. */
 struct engine_inline_read {
     struct iovec *chunks;
     size_t n;
-    void *handle_; /* private: what release unlocks */
+    void *handle_; /* private: what release frees */
 };
 int engine_retrieve_inline(struct engine *e, const struct engine_key *key, struct engine_inline_read *out);
 void engine_inline_release(struct engine *e, struct engine_inline_read *r);

@@ -83,4 +83,9 @@ json_t *plugin_sup_snapshot(struct plugin_sup *s);
  * restart tally. 0, -ENOENT (no such path), -ESHUTDOWN (stopping). */
 int plugin_sup_restart(struct plugin_sup *s, const char *path);
 
+/* Removes the plugin config files of lmcd runs that are gone (in $TMPDIR or
+ * /tmp: their owner lock is free), logging each. Called once at start,
+ * with or without plugins. Returns the number removed. */
+int plugin_reclaim_stale_files(void);
+
 #endif

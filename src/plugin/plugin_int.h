@@ -163,9 +163,11 @@ char **plugin_envp_build(char *const *base, const char *config_json, const char 
                          bool *json_omitted);
 void plugin_envp_free(char **envp);
 
-/* Writes json to a fresh 0600 file in $TMPDIR (or /tmp). Returns the
- * malloc'd path, or NULL with errno set. */
-char *plugin_config_file_write(const char *json);
+#define PLUGIN_CONFIG_FILE_PREFIX "lmcd-plugin-config."
+/* Writes json to a fresh 0600 file in $TMPDIR (or /tmp). *fd_out gets the open fd
+ * that holds the file's owner lock: keep it open until the file is
+ * unlinked. Returns the malloc'd path, or NULL with errno set. */
+char *plugin_config_file_write(const char *json, int *fd_out);
 
 struct plugin_proc {
     int pid;

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "plugin/plugin_int.h"
+#include "util/runfile.h"
 
 /* The variables lmcd sets; inherited values of the same names are dropped. */
 static const char *const managed[] = {
@@ -104,17 +105,32 @@ fail:
     return NULL;
 }
 
-char *plugin_config_file_write(const char *json)
+static const char *config_dir(void)
 {
     const char *dir = getenv("TMPDIR");
-    if (!dir || !*dir)
-        dir = "/tmp";
+    return dir && *dir ? dir : "/tmp";
+}
+
+int plugin_reclaim_stale_files(void)
+{
+    /* Files of lmcd runs that died without removing theirs (kill -9, OOM):
+     * their lock is free. The '.' in the prefix tells them from files of
+     * lmcd versions that held no lock, which are left alone. */
+    return runfile_reclaim(config_dir(), PLUGIN_CONFIG_FILE_PREFIX, "runtime plugin config file");
+}
+
+char *plugin_config_file_write(const char *json, int *fd_out)
+{
+    const char *dir = config_dir();
+    *fd_out = -1;
     char *path;
-    if (asprintf(&path, "%s/lmcd-plugin-config-XXXXXX", dir) < 0)
+    if (asprintf(&path, "%s/" PLUGIN_CONFIG_FILE_PREFIX "XXXXXX", dir) < 0)
         return NULL;
-    int fd = mkostemp(path, O_CLOEXEC); /* mode 0600 */
-    if (fd < 0)
+    int fd = runfile_create(path); /* mode 0600, locked while lmcd lives */
+    if (fd < 0) {
+        errno = -fd;
         goto fail;
+    }
     size_t len = strlen(json), off = 0;
     while (off < len) {
         ssize_t w = write(fd, json + off, len - off);
@@ -122,19 +138,14 @@ char *plugin_config_file_write(const char *json)
             continue;
         if (w < 0) {
             int e = errno;
-            close(fd);
             unlink(path);
+            close(fd);
             errno = e;
             goto fail;
         }
         off += (size_t)w;
     }
-    if (close(fd) < 0) {
-        int e = errno;
-        unlink(path);
-        errno = e;
-        goto fail;
-    }
+    *fd_out = fd;
     return path;
 fail:
     free(path);

@@ -116,6 +116,7 @@ struct plugin_sup {
     uint64_t window_ms;
     uint64_t stop_timeout_ms;
     char *config_file;
+    int config_fd;            /* holds config_file's owner lock (util/runfile.h) */
     char **envp;
     const char *search_path;    /* PATH of envp, for interpreter lookup */
     int epfd, evfd;
@@ -720,6 +721,8 @@ static void sup_free(struct plugin_sup *s)
         unlink(s->config_file);
         free(s->config_file);
     }
+    if (s->config_fd >= 0)
+        close(s->config_fd); /* after the unlink: the lock guards the name */
     plugin_envp_free(s->envp);
     if (s->epfd >= 0)
         close(s->epfd);
@@ -732,7 +735,7 @@ static void sup_free(struct plugin_sup *s)
 
 static int sup_prepare_env(struct plugin_sup *s, const char *json)
 {
-    s->config_file = plugin_config_file_write(json);
+    s->config_file = plugin_config_file_write(json, &s->config_fd);
     if (!s->config_file)
         log_warn("Cannot write the runtime plugin config file in %s: %s; plugins get the config "
                  "only through LMCACHE_RUNTIME_PLUGIN_CONFIG",
@@ -759,7 +762,7 @@ int plugin_sup_start(const struct plugin_opts *o, struct plugin_sup **out)
     struct plugin_sup *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    s->epfd = s->evfd = -1;
+    s->epfd = s->evfd = s->config_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     int rc = -ENOMEM;

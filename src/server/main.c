@@ -200,6 +200,7 @@ static int start_engine(struct app *a)
         .l1_size_bytes = c->storage.l1_size_bytes,
         .l1_align_bytes = (uint64_t)c->storage.l1_align_bytes,
         .l1_use_lazy = c->storage.l1_use_lazy,
+        .l1_init_bytes = c->storage.l1_init_size_bytes,
         .shm_name = c->mp.shm_name,
         .shm_group = c->mp.shm_group,
         .l1_read_ttl_s = c->storage.l1_read_ttl_seconds,
@@ -222,6 +223,7 @@ static int start_engine(struct app *a)
 static void start_plugins(struct app *a)
 {
     const struct lmcd_config *c = &a->cfg;
+    plugin_reclaim_stale_files(); /* a crashed run's config file (secrets) */
     if (!c->mp.n_plugin_locations)
         return;
     struct plugin_opts o;
