@@ -19,8 +19,8 @@
  *                                   points at that inode.
  *   stop     unlink only while the name still points at our inode.
  * A segment of layout 1 (older lmcd, no lock) found by the start-up scan of
- * other names is reclaimed only when its owner pid is gone, so an older
- * lmcd still running beside us keeps its segment.
+ * other names is never reclaimed: nothing proves its owner gone (a pid in
+ * another PID namespace looks dead from here).
  */
 #define LOG_MODULE "lmcd.l1"
 #include "l1/l1_shm.h"
@@ -48,13 +48,6 @@
 
 #define SHM_DIR "/dev/shm"
 #define LAZY_INIT_ROUND (64ull << 20) /* LMCache rounds the init slice up to 64 MiB */
-
-static bool pid_alive(uint64_t pid)
-{
-    if (pid == 0 || pid > INT32_MAX)
-        return false;
-    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
-}
 
 static int fallocate_keep(int fd, uint64_t off, uint64_t len)
 {
@@ -99,7 +92,10 @@ static enum probe probe(int dfd, const char *name, bool scan)
         pread(fd, &h, sizeof(h), 0) < (ssize_t)offsetof(struct l1_seg_header, instance_id) ||
         memcmp(h.magic, L1_SEG_MAGIC, sizeof(h.magic)) != 0)
         goto out;
-    if (scan && h.layout_version < 2 && h.owner_pid != (uint64_t)getpid() && pid_alive(h.owner_pid)) {
+    if (scan && h.layout_version < 2) {
+        /* An older lmcd held no lock, and its pid proves nothing (another PID
+         * namespace, reuse): only its own name, reused by configuration, is
+         * taken back. */
         r = PROBE_HELD;
         goto out;
     }

@@ -41,7 +41,7 @@
 
 #define L1_SEG_MAGIC "LMCDL1\0\0"
 /* 2: ownership by flock + instance id. Version 1 segments (no lock) are
- * reclaimed by a scan only when their owner pid is gone. */
+ * reclaimed only under their own (configured) name, never by the scan. */
 #define L1_SEG_LAYOUT_VERSION 2u
 #define L1_SHM_DEFAULT_PREFIX "lmcache_l1_pool_"
 

@@ -251,26 +251,32 @@ Test(l1, default_name_held_by_a_live_owner_falls_back_to_a_unique_name)
     close(fd);
 }
 
-/* A layout-1 segment (an older lmcd, no lock) of the default pattern found
- * by the start-up scan is reclaimed only when its owner pid is gone. */
-Test(l1, scan_reclaims_dead_default_segments_keeps_live_layout1)
+/* The start-up scan of the default pattern reclaims a dead lmcd's segment
+ * (lock free) and never one whose owner holds its lock, nor a layout-1
+ * segment (an older lmcd, no lock: a pid proves nothing across PID
+ * namespaces). */
+Test(l1, scan_reclaims_dead_default_segments_only)
 {
-    char dead[64], live[64], path[80];
-    pid_t child = fork();
-    if (child == 0)
-        _exit(0);
-    waitpid(child, NULL, 0);
+    char dead[64], live[64], old[64], path[80];
     snprintf(dead, sizeof(dead), "lmcache_l1_pool_%ld_test_dead", (long)getpid());
     snprintf(live, sizeof(live), "lmcache_l1_pool_%ld_test_live", (long)getpid());
-    close(make_foreign_segment_fd(dead, (uint64_t)child, 1));
-    close(make_foreign_segment_fd(live, (uint64_t)getppid(), 1));
+    snprintf(old, sizeof(old), "lmcache_l1_pool_%ld_test_v1", (long)getpid());
+    close(make_foreign_segment_fd(dead, 999999, L1_SEG_LAYOUT_VERSION));
+    int lfd = make_foreign_segment_fd(live, 999999, L1_SEG_LAYOUT_VERSION);
+    cr_assert_eq(flock(lfd, LOCK_EX | LOCK_NB), 0);
+    close(make_foreign_segment_fd(old, 999999, 1));
     struct l1 *l1 = make_l1(16);
     snprintf(path, sizeof(path), "/dev/shm/%s", dead);
     cr_assert_eq(access(path, F_OK), -1, "the dead owner's segment was reclaimed");
     snprintf(path, sizeof(path), "/dev/shm/%s", live);
-    cr_assert_eq(access(path, F_OK), 0, "a live older lmcd keeps its segment");
+    cr_assert_eq(access(path, F_OK), 0, "a live owner keeps its segment");
+    snprintf(path, sizeof(path), "/dev/shm/%s", old);
+    cr_assert_eq(access(path, F_OK), 0, "a layout-1 segment is not the scan's to judge");
     l1_destroy(l1);
     snprintf(path, sizeof(path), "/%s", live);
+    shm_unlink(path);
+    close(lfd);
+    snprintf(path, sizeof(path), "/%s", old);
     shm_unlink(path);
 }
 
