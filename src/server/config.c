@@ -367,12 +367,29 @@ static void set_str(char **dst, const char *v)
     *dst = xstrdup(v);
 }
 
+/* Python's name of a JSON value's type, as LMCache's messages print it. */
+static const char *py_type_name(const json_t *v)
+{
+    static const char *const names[] = { "dict", "list", "str", "int", "float", "bool", "bool", "NoneType" };
+    return names[json_typeof(v)];
+}
+
+/* The extra plugin config is LMCache's RuntimePluginConfig.extra_config, a
+ * dict that plugins read with .get(): anything else would reach them as a
+ * value they cannot use. Worded as LMCache words --l2-adapter's object check. */
+static int check_extra_config(struct perr *pe, const json_t *v, const char *src)
+{
+    if (json_is_object(v))
+        return 0;
+    fail(pe, "%s: expected a JSON object, got %s", src, py_type_name(v));
+    return -EINVAL;
+}
+
 /* Validates one --l2-adapter object the way LMCache's parser words it. */
 static int check_adapter(struct perr *pe, json_t *v, size_t index)
 {
     if (!json_is_object(v)) {
-        static const char *const names[] = { "dict", "list", "str", "int", "float", "bool", "bool", "NoneType" };
-        fail(pe, "--l2-adapter #%zu: expected a JSON object, got %s", index, names[json_typeof(v)]);
+        fail(pe, "--l2-adapter #%zu: expected a JSON object, got %s", index, py_type_name(v));
         return -EINVAL;
     }
     json_t *t = json_object_get(v, "type");
@@ -462,6 +479,10 @@ static int apply_str(struct perr *pe, struct lmcd_config *c, const struct flag *
         json_t *j = *v ? json_loads(v, JSON_DECODE_ANY, &jerr) : json_object();
         if (!j) {
             fail(pe, "--%s is not valid JSON: %s (line %d column %d)", f->name, jerr.text, jerr.line, jerr.column);
+            return -EINVAL;
+        }
+        if (check_extra_config(pe, j, src)) {
+            json_decref(j);
             return -EINVAL;
         }
         json_decref(*(json_t **)p);
@@ -646,6 +667,8 @@ static int apply_json_value(struct perr *pe, struct lmcd_config *c, const struct
         return 0;
     }
     case F_JSON:
+        if (check_extra_config(pe, v, src))
+            return -EINVAL;
         json_decref(*(json_t **)p);
         *(json_t **)p = json_deep_copy(v);
         return 0;
@@ -919,9 +942,13 @@ json_t *config_to_json(const struct lmcd_config *c)
                             c->obs.max_queue_size, "metrics_enabled", c->obs.metrics_enabled, "logging_enabled",
                             c->obs.logging_enabled, "tracing_enabled", c->obs.tracing_enabled, "otlp_endpoint",
                             str_or_null(c->obs.otlp_endpoint), "prometheus_port", c->obs.prometheus_port);
-    json_t *http = json_pack("{s:s, s:i}", "http_host", c->http.http_host, "http_port", c->http.http_port);
-    json_t *root = json_pack("{s:o, s:o, s:o, s:o}", "mp_config", mp, "storage_manager_config", sm, "obs_config",
-                             obs, "http_config", http);
+    json_t *root = json_pack("{s:o, s:o, s:o}", "mp_config", mp, "storage_manager_config", sm, "obs_config", obs);
+    /* Without HTTP there is no http_config, as LMCache's ZMQ-only server
+     * (`python -m lmcache.v1.multiprocess.server`) hands plugins none: a
+     * plugin must not be told of an address nobody listens on. */
+    if (c->http.enabled)
+        json_object_set_new(root, "http_config", json_pack("{s:s, s:i}", "http_host", c->http.http_host,
+                                                           "http_port", c->http.http_port));
     if (json_truthy(m->plugin_extra_config))
         json_object_set(root, "runtime_plugin_extra_config", m->plugin_extra_config);
     return root;
