@@ -170,6 +170,10 @@ static const struct flag flags[] = {
     { "runtime-plugin-stop-timeout", F_FLOAT, OFF(mp.plugin_stop_timeout_seconds), G_LMCD,
       "mp_config.runtime_plugin_stop_timeout", 0, 3600, NULL, "S",
       "grace between SIGTERM and SIGKILL for plugins (default 5)" },
+    /* issue 11 (misc): zero-copy inline replies pin L1 memory until ZeroMQ sends them */
+    { "inline-max-pinned-ratio", F_FLOAT, OFF(mp.inline_max_pinned_ratio), G_LMCD,
+      "mp_config.inline_max_pinned_ratio", 0.01, 1, NULL, "R",
+      "most of L1 that unsent lmcd.retrieve_inline replies may pin; past it replies are cut short (default 0.5)" },
     { "log-level", F_CHOICE, OFF(log_level), G_LMCD, NULL, 0, 0, level_choices, "LEVEL",
       "log threshold (default: $LMCACHE_LOG_LEVEL, else INFO)" },
     { "log-file", F_STR_NULL, OFF(log_file), G_LMCD, NULL, 0, 0, NULL, "PATH", "also append the log to this file" },
@@ -236,6 +240,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.plugin_restart = xstrdup("never");
     c->mp.plugin_max_restarts = 5;
     c->mp.plugin_stop_timeout_seconds = 5.0;
+    c->mp.inline_max_pinned_ratio = 0.5;
     c->storage.l1_size_bytes = 1ull << 30;
     c->storage.l1_use_lazy = true;
     c->storage.l1_init_size_gb = 20;
@@ -927,6 +932,7 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "runtime_plugin_restart", json_string(m->plugin_restart));
     json_object_set_new(mp, "runtime_plugin_max_restarts", json_integer(m->plugin_max_restarts));
     json_object_set_new(mp, "runtime_plugin_stop_timeout", json_real(m->plugin_stop_timeout_seconds));
+    json_object_set_new(mp, "inline_max_pinned_ratio", json_real(m->inline_max_pinned_ratio));
 
     json_t *mem = json_pack("{s:I, s:b, s:I, s:I}", "size_in_bytes", (json_int_t)s->l1_size_bytes, "use_lazy",
                             s->l1_use_lazy, "init_size_in_bytes", (json_int_t)s->l1_init_size_bytes, "align_bytes",

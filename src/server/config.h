@@ -48,6 +48,7 @@ struct cfg_mp {
     char *plugin_restart;
     int plugin_max_restarts;
     double plugin_stop_timeout_seconds;
+    double inline_max_pinned_ratio; /* share of L1 unsent retrieve_inline replies may pin */
 };
 
 struct cfg_storage {
