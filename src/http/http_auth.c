@@ -195,9 +195,10 @@ static void redact_walk(json_t *v, bool all)
         void *tmp;
         json_object_foreach_safe(v, tmp, k, x) {
             bool sub = all || !strcmp(k, "extra_config") || !strcmp(k, "runtime_plugin_extra_config");
-            if (!json_is_null(x) && !json_is_object(x) && !json_is_array(x) && (sub || secret_name(k)))
-                json_object_set_new(v, k, redacted());
-            else if (!json_is_null(x) && secret_name(k) && !sub)
+            bool scalar = !json_is_object(x) && !json_is_array(x);
+            if (json_is_null(x))
+                continue;
+            if ((sub && scalar) || (!sub && secret_name(k)))
                 json_object_set_new(v, k, redacted());
             else
                 redact_walk(x, sub);
