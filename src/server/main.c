@@ -188,12 +188,14 @@ static void raise_nofile(void)
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl))
         return;
-    if (rl.rlim_cur < rl.rlim_max) {
+    /* An unlimited hard limit is still bounded by fs.nr_open (1M by default). */
+    rlim_t target = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+    if (rl.rlim_cur < target) {
         rlim_t was = rl.rlim_cur;
-        rl.rlim_cur = rl.rlim_max;
+        rl.rlim_cur = target;
         if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
             log_info("raised the open-file limit from %llu to %llu", (unsigned long long)was,
-                     (unsigned long long)rl.rlim_max);
+                     (unsigned long long)target);
         else
             getrlimit(RLIMIT_NOFILE, &rl);
     }
