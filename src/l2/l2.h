@@ -21,7 +21,7 @@
  * l2_key.h. Backends turn keys into their own names at submit time; a key's
  * strings are borrowed for the submit call only.
  *
- * Completion: callbacks. Every submit_* that returns 0 calls cb->fn exactly
+ * Completion: callbacks. Every submit_* (n >= 1 keys; n == 0 is -EINVAL) that returns 0 calls cb->fn exactly
  * once, later, from one of the backend's own threads (never from inside the
  * submit call, never with a caller's lock held), with a struct l2_result
  * that lives for the call only. A submit that returns -errno never calls it.
@@ -65,6 +65,7 @@
  *            list_l2_keys(model_name, page_size, cursor)); cursor NULL or ""
  *            = first page; page->next_cursor NULL = last page. -ENOTSUP if
  *            the backend cannot enumerate.
+ *   replay   (optional) tells a new listener what the adapter already holds.
  *   status   backend-specific fields for /status (new reference; may be
  *            NULL). The base adds the common ones.
  * Submits do not block on I/O: they queue and return. A backend whose queue
@@ -117,6 +118,13 @@ struct l2_key_page {
     char *next_cursor; /* NULL: no more pages */
 };
 void l2_key_page_free(struct l2_key_page *p);
+/* For backends' list_keys: builds a page from n key strings (borrowed, any
+ * order): those of `model`, in byte order, after `cursor`, at most
+ * page_size; next_cursor is the last key returned when more follow. */
+int l2_key_page_build(char *const *names, size_t n, const char *model, size_t page_size, const char *cursor,
+                      struct l2_key_page *out);
+
+struct l2_listener;
 
 /* Given to create: where the adapter sits and how to name its threads. */
 struct l2_create_ctx {
@@ -144,6 +152,10 @@ struct l2_ops {
     int (*list_keys)(struct l2_adapter *a, const char *model, size_t page_size, const char *cursor,
                      struct l2_key_page *out);
     json_t *(*status)(struct l2_adapter *a);
+    /* Optional: calls l->stored for every object the adapter holds now
+     * (e.g. files recovered at start), so a listener attached after create
+     * (the eviction policy) learns about them. Called by l2_add_listener. */
+    void (*replay)(struct l2_adapter *a, const struct l2_listener *l);
 };
 
 /* Key events, from backends to listeners (the eviction policy). Sizes are
