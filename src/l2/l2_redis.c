@@ -391,6 +391,8 @@ static void *worker_main(void *arg)
 static int submit(struct l2_redis *r, enum rop op, uint64_t id, const struct l2_key *keys, const struct iovec *iov,
                   size_t n, const struct l2_cb *cb)
 {
+    if (!n)
+        return -EINVAL;
     if (atomic_load(&r->down)) {
         if (op == OP_STORE)
             atomic_fetch_add_explicit(&r->stores_dropped, 1, RELAXED);
