@@ -205,7 +205,7 @@ static const struct flag flags[] = {
 
 #define N_FLAGS (sizeof(flags) / sizeof(flags[0]))
 
-static const char *const l2_types[] = { "mock", "fs", "resp", NULL };
+static const char *const l2_types[] = { "mock", "fs", "resp", "valkey", NULL };
 
 /* ---------------------------------------------------------------- errors */
 
