@@ -4,7 +4,7 @@
 set -e
 PKGS="build-essential pkg-config libzmq3-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev
 libhiredis-dev libxxhash-dev libcriterion-dev python3-pytest python3-zmq python3-msgpack
-redis-server b3sum clang libclang-rt-14-dev"
+redis-server b3sum clang libclang-rt-14-dev gnuplot-nox"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
