@@ -91,11 +91,14 @@ static void *drain(void *arg)
                 continue;
             }
             line[ll] = '\0';
-            ll = 0;
             if (!p->ready_ns && strstr(line, p->ready_text)) {
                 p->ready_ns = now;
+                size_t keep = ll < sizeof(p->ready_line) - 1 ? ll : sizeof(p->ready_line) - 1;
+                memcpy(p->ready_line, line, keep);
+                p->ready_line[keep] = '\0';
                 pthread_cond_broadcast(&p->cv);
             }
+            ll = 0;
         }
         pthread_mutex_unlock(&p->mu);
     }

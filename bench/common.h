@@ -38,6 +38,7 @@ struct bench_proc {
     const char *ready_text; /* guarded by mu */
     uint64_t spawn_ns;      /* clock_mono_ns() just before posix_spawn */
     uint64_t ready_ns;      /* guarded by mu: when the ready line was read; 0 = not yet */
+    char ready_line[512];   /* guarded by mu: the ready line itself (with the server's timestamp) */
     bool eof;               /* guarded by mu: the child closed its output */
     char tail[4096];        /* guarded by mu: last output, for error messages */
     size_t tail_len;        /* guarded by mu */
