@@ -171,6 +171,10 @@ static const struct flag flags[] = {
     { "runtime-plugin-stop-timeout", F_FLOAT, OFF(mp.plugin_stop_timeout_seconds), G_LMCD,
       "mp_config.runtime_plugin_stop_timeout", 0, 3600, NULL, "S",
       "grace between SIGTERM and SIGKILL for plugins (default 5)" },
+    /* issue 11 (misc): zero-copy inline replies pin L1 memory until ZeroMQ sends them */
+    { "inline-max-pinned-ratio", F_FLOAT, OFF(mp.inline_max_pinned_ratio), G_LMCD,
+      "mp_config.inline_max_pinned_ratio", 0.01, 1, NULL, "R",
+      "most of L1 that unsent lmcd.retrieve_inline replies may pin; past it replies are cut short (default 0.5)" },
     /* Who may use the cache, and HTTP limits (issue 11 items 6-8; docs/security.md). One block. */
     { "ipc-mode", F_STR, OFF(access.ipc_mode), G_LMCD, "mp_config.ipc_mode", 0, 0, NULL, "MODE",
       "octal mode of an ipc:// socket file (default 0600; 0660 with --shm-group, which also becomes its group)" },
@@ -201,7 +205,7 @@ static const struct flag flags[] = {
 
 #define N_FLAGS (sizeof(flags) / sizeof(flags[0]))
 
-static const char *const l2_types[] = { "mock", "fs", "resp", NULL };
+static const char *const l2_types[] = { "mock", "fs", "resp", "valkey", NULL };
 
 /* ---------------------------------------------------------------- errors */
 
@@ -256,6 +260,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.plugin_restart = xstrdup("never");
     c->mp.plugin_max_restarts = 5;
     c->mp.plugin_stop_timeout_seconds = 5.0;
+    c->mp.inline_max_pinned_ratio = 0.5;
     c->storage.l1_size_bytes = 1ull << 30;
     c->storage.l1_use_lazy = true;
     c->storage.l1_init_size_gb = 20;
@@ -399,12 +404,29 @@ static void set_str(char **dst, const char *v)
     *dst = xstrdup(v);
 }
 
+/* Python's name of a JSON value's type, as LMCache's messages print it. */
+static const char *py_type_name(const json_t *v)
+{
+    static const char *const names[] = { "dict", "list", "str", "int", "float", "bool", "bool", "NoneType" };
+    return names[json_typeof(v)];
+}
+
+/* The extra plugin config is LMCache's RuntimePluginConfig.extra_config, a
+ * dict that plugins read with .get(): anything else would reach them as a
+ * value they cannot use. Worded as LMCache words --l2-adapter's object check. */
+static int check_extra_config(struct perr *pe, const json_t *v, const char *src)
+{
+    if (json_is_object(v))
+        return 0;
+    fail(pe, "%s: expected a JSON object, got %s", src, py_type_name(v));
+    return -EINVAL;
+}
+
 /* Validates one --l2-adapter object the way LMCache's parser words it. */
 static int check_adapter(struct perr *pe, json_t *v, size_t index)
 {
     if (!json_is_object(v)) {
-        static const char *const names[] = { "dict", "list", "str", "int", "float", "bool", "bool", "NoneType" };
-        fail(pe, "--l2-adapter #%zu: expected a JSON object, got %s", index, names[json_typeof(v)]);
+        fail(pe, "--l2-adapter #%zu: expected a JSON object, got %s", index, py_type_name(v));
         return -EINVAL;
     }
     json_t *t = json_object_get(v, "type");
@@ -494,6 +516,10 @@ static int apply_str(struct perr *pe, struct lmcd_config *c, const struct flag *
         json_t *j = *v ? json_loads(v, JSON_DECODE_ANY, &jerr) : json_object();
         if (!j) {
             fail(pe, "--%s is not valid JSON: %s (line %d column %d)", f->name, jerr.text, jerr.line, jerr.column);
+            return -EINVAL;
+        }
+        if (check_extra_config(pe, j, src)) {
+            json_decref(j);
             return -EINVAL;
         }
         json_decref(*(json_t **)p);
@@ -678,6 +704,8 @@ static int apply_json_value(struct perr *pe, struct lmcd_config *c, const struct
         return 0;
     }
     case F_JSON:
+        if (check_extra_config(pe, v, src))
+            return -EINVAL;
         json_decref(*(json_t **)p);
         *(json_t **)p = json_deep_copy(v);
         return 0;
@@ -1002,6 +1030,7 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "runtime_plugin_restart", json_string(m->plugin_restart));
     json_object_set_new(mp, "runtime_plugin_max_restarts", json_integer(m->plugin_max_restarts));
     json_object_set_new(mp, "runtime_plugin_stop_timeout", json_real(m->plugin_stop_timeout_seconds));
+    json_object_set_new(mp, "inline_max_pinned_ratio", json_real(m->inline_max_pinned_ratio));
     json_object_set_new(mp, "ipc_mode", json_string(c->access.ipc_mode));
     json_object_set_new(mp, "allowed_uids", json_string(c->access.allowed_uids));
     json_object_set_new(mp, "allowed_gids", json_string(c->access.allowed_gids));
@@ -1021,13 +1050,18 @@ json_t *config_to_json(const struct lmcd_config *c)
                             c->obs.max_queue_size, "metrics_enabled", c->obs.metrics_enabled, "logging_enabled",
                             c->obs.logging_enabled, "tracing_enabled", c->obs.tracing_enabled, "otlp_endpoint",
                             str_or_null(c->obs.otlp_endpoint), "prometheus_port", c->obs.prometheus_port);
-    /* The token is never printed: this tree reaches plugins' environment and GET /config. */
-    json_t *http = json_pack("{s:s, s:i, s:b, s:s, s:i, s:i}", "http_host", c->http.http_host, "http_port",
-                             c->http.http_port, "http_allow_insecure", c->access.http_allow_insecure,
-                             "http_allowed_hosts", c->access.http_allowed_hosts, "http_max_connections",
-                             c->access.http_max_connections, "http_timeout_seconds", c->access.http_timeout_seconds);
-    json_t *root = json_pack("{s:o, s:o, s:o, s:o}", "mp_config", mp, "storage_manager_config", sm, "obs_config",
-                             obs, "http_config", http);
+    json_t *root = json_pack("{s:o, s:o, s:o}", "mp_config", mp, "storage_manager_config", sm, "obs_config", obs);
+    /* Without HTTP there is no http_config, as LMCache's ZMQ-only server
+     * (`python -m lmcache.v1.multiprocess.server`) hands plugins none: a
+     * plugin must not be told of an address nobody listens on.
+     * The token is never printed: this tree reaches plugins' environment and GET /config. */
+    if (c->http.enabled)
+        json_object_set_new(root, "http_config",
+                            json_pack("{s:s, s:i, s:b, s:s, s:i, s:i}", "http_host", c->http.http_host, "http_port",
+                                      c->http.http_port, "http_allow_insecure", c->access.http_allow_insecure,
+                                      "http_allowed_hosts", c->access.http_allowed_hosts, "http_max_connections",
+                                      c->access.http_max_connections, "http_timeout_seconds",
+                                      c->access.http_timeout_seconds));
     if (json_truthy(m->plugin_extra_config))
         json_object_set(root, "runtime_plugin_extra_config", m->plugin_extra_config);
     return root;

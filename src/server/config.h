@@ -48,6 +48,7 @@ struct cfg_mp {
     char *plugin_restart;
     int plugin_max_restarts;
     double plugin_stop_timeout_seconds;
+    double inline_max_pinned_ratio; /* share of L1 unsent retrieve_inline replies may pin */
 };
 
 struct cfg_storage {
@@ -130,8 +131,9 @@ void config_free(struct lmcd_config *c);
 
 /*
  * The aggregated config tree (new reference), key order as LMCache's:
- * mp_config, storage_manager_config, obs_config, http_config, then
- * runtime_plugin_extra_config only when the extra config is truthy.
+ * mp_config, storage_manager_config, obs_config, http_config (absent with
+ * --no-http), then runtime_plugin_extra_config only when the extra config
+ * is truthy.
  */
 json_t *config_to_json(const struct lmcd_config *c);
 

@@ -25,6 +25,7 @@
 #include "engine/engine.h"
 #include "server/access.h"
 #include "server/dispatch.h"
+#include "server/profile_hint.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -406,6 +407,8 @@ static void dispatch(struct server *s, struct srv_req *r)
     for (size_t i = 0; i < n; i++)
         wf[i] = (struct wire_frame){ zmq_msg_data(&r->frames[i + 1]), zmq_msg_size(&r->frames[i + 1]) };
     int rc = wire_decode_request(s->profile, wf, n, &r->req);
+    if (rc) /* a client of the other --protocol? (logged once per peer) */
+        profile_hint_note(s->profile_hint, s->profile, &r->frames[0], wf, n, &r->req, rc);
     if (wf != stackf)
         free(wf);
     if (rc) {
@@ -593,7 +596,7 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     atomic_init(&s->healthy, true);
     pthread_mutex_init(&s->replyq.lock, NULL);
     s->peer_log = calloc(1, sizeof(*s->peer_log));
-    if (!s->peer_log)
+    if (!s->peer_log || profile_hint_new(&s->profile_hint))
         return -ENOMEM;
     s->replyq.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s->replyq.efd < 0) {
@@ -727,4 +730,6 @@ void server_destroy(struct server *s)
     pthread_mutex_destroy(&s->replyq.lock);
     free(s->peer_log);
     s->peer_log = NULL;
+    profile_hint_free(s->profile_hint);
+    s->profile_hint = NULL;
 }

@@ -256,6 +256,7 @@ static int start_engine(struct app *a)
         .eviction_trigger_watermark = c->storage.eviction_trigger_watermark,
         .eviction_ratio = c->storage.eviction_ratio,
         .session_ttl_s = 600,
+        .inline_max_pinned_ratio = c->mp.inline_max_pinned_ratio,
         .worker_reap_timeout_s = c->mp.worker_reap_timeout_seconds,
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,

@@ -88,6 +88,7 @@ struct srv_replyq {
 
 struct srv_req;      /* dispatch.h: one request in flight */
 struct srv_peer_log; /* loop only: per (peer, kind) log limiter */
+struct profile_hint; /* profile_hint.h */
 
 
 struct srv_req;
@@ -108,6 +109,7 @@ struct server {
     struct http_server *http;
     struct srv_stats stats;
     struct srv_peer_log *peer_log; /* loop only */
+    struct profile_hint *profile_hint; /* loop only: clients of the other --protocol */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
