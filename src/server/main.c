@@ -178,7 +178,8 @@ static void stop_plugins(struct app *a)
 /*
  * Descriptors: the soft RLIMIT_NOFILE is raised to the hard limit at start
  * (systemd and shells often leave 1024 of a much larger hard limit), and
- * HTTP may hold at most a quarter of it, so an HTTP flood can never take
+ * HTTP may keep at most a quarter of it open (plus a fifth more while the
+ * governor's evictions close, http_start), so an HTTP flood can never take
  * the descriptors ZeroMQ clients, plugins and L1 need (issue 11 item 8).
  */
 static rlim_t nofile_soft = 1024;
