@@ -237,6 +237,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     l1_opts_init(&lo);
     lo.size_bytes = o->l1_size_bytes;
     lo.align_bytes = o->l1_align_bytes ? o->l1_align_bytes : 4096;
+    lo.max_objects = o->l1_max_objects;
     lo.shm_name = e->shm_name_opt;
     lo.shm_group = *e->shm_group_opt ? e->shm_group_opt : NULL;
     lo.use_lazy = o->l1_use_lazy;

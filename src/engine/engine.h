@@ -49,6 +49,7 @@ struct engine_opts {
     /* L1 */
     uint64_t l1_size_bytes;
     uint64_t l1_align_bytes;
+    uint64_t l1_max_objects; /* object table entries; 0 = L1's default (size / 64 KiB) */
     bool l1_use_lazy;
     const char *shm_name;  /* "" = lmcache_l1_pool_<pid> */
     const char *shm_group; /* "" = none (segment mode 0600) */

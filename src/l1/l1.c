@@ -923,3 +923,46 @@ void l1_stats_get(struct l1 *l1, struct l1_stats *out)
         out->memory_total_bytes ? (double)out->memory_used_bytes / (double)out->memory_total_bytes
                                 : 0.0;
 }
+
+/* ---- for the L2 tier ------------------------------------------------------ */
+
+int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, uint64_t writer)
+{
+    if (n && (!keys || !ids))
+        return -EINVAL;
+    int done = 0;
+    pthread_mutex_lock(&l1->mu);
+    uint64_t now = clock_now_ns(l1->clock);
+    for (size_t i = 0; i < n; i++) {
+        struct l1_obj *o = index_find(l1, &keys[i]);
+        if (!(o && o->state == L1_OBJ_RESERVED && o->id == ids[i] && o->writer == writer))
+            o = pending_find(l1, &keys[i], ids[i], true, true);
+        if (!o || o->writer != writer || o->expiry_ns <= now)
+            continue;
+        o->expiry_ns = now + l1->write_ttl_ns;
+        /* the lists are kept in expiry order: move to the tail */
+        list_del(&o->q);
+        list_append(o->state == L1_OBJ_RESERVED ? &l1->resv : &l1->pending, &o->q);
+        done++;
+    }
+    pthread_mutex_unlock(&l1->mu);
+    return done;
+}
+
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n)
+{
+    if (n && !keys)
+        return -EINVAL;
+    int done = 0;
+    pthread_mutex_lock(&l1->mu);
+    uint64_t now = clock_now_ns(l1->clock);
+    for (size_t i = 0; i < n; i++) {
+        struct l1_obj *o = ready_find(l1, &keys[i]);
+        if (o && (!ids || o->id == ids[i]) && l1_evictable_locked(o, now)) {
+            obj_free(l1, o);
+            done++;
+        }
+    }
+    pthread_mutex_unlock(&l1->mu);
+    return done;
+}

@@ -213,6 +213,16 @@ int l1_touch(struct l1 *l1, const struct l1_key *keys, size_t n);
  * Returns the number of objects removed from the index. */
 int l1_clear(struct l1 *l1, bool force);
 
+/* Pushes the write deadline of live reservations of `writer` (ids from
+ * reserve_write) to now + write_ttl_s, so memory an L2 adapter is still
+ * loading into is never freed by expiry. Expired or unknown ones are
+ * skipped. Returns the number renewed. */
+int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, uint64_t writer);
+/* Frees READY objects that nobody holds (skip_l1 after an L2 store, DELETE
+ * /cache/objects). ids may be NULL (any object under the key); with ids a
+ * newer object under the key is left alone. Returns the number freed. */
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n);
+
 struct l1_stats {
     uint64_t total_object_count;  /* READY + live reservations */
     uint64_t write_locked_count;  /* live reservations */

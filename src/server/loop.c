@@ -23,6 +23,7 @@
 #include <xxhash.h>
 
 #include "engine/engine.h"
+#include "server/access.h"
 #include "server/dispatch.h"
 #include "server/profile_hint.h"
 #include "util/clock.h"
@@ -431,6 +432,11 @@ static void dispatch(struct server *s, struct srv_req *r)
         req_free(s, r);
         return;
     }
+    if (srv_access_refuse_op(s, r)) {
+        encode_reply(r);
+        send_reply(s, r);
+        return;
+    }
     if (r->req.cls == WIRE_CLASS_SYNC) {
         fn(s, r);
         encode_reply(r);
@@ -526,6 +532,8 @@ static void build_endpoint(struct server *s)
 
 static int bind_one(struct server *s, const char *ep, bool ipv6)
 {
+    if (!strncmp(ep, "ipc://", 6))
+        return srv_access_bind_ipc(s, ep);
     int v6 = ipv6;
     zmq_setsockopt(s->router, ZMQ_IPV6, &v6, sizeof(v6));
     if (zmq_bind(s->router, ep) < 0) {
@@ -618,8 +626,9 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
     build_endpoint(s);
-    if ((rc = bind_router(s)))
+    if ((rc = srv_access_prepare(s)) || (rc = bind_router(s)))
         return rc;
+    srv_access_check_bound(s);
     if ((rc = pool_create("gpu", (unsigned)cfg->mp.max_gpu_workers, true, &s->aff_pool)) ||
         (rc = pool_create("cpu", (unsigned)cfg->mp.max_cpu_workers, false, &s->norm_pool))) {
         log_error("cannot start the worker pools: %s", strerror(-rc));
@@ -630,14 +639,16 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
 
 int server_run(struct server *s)
 {
-    zmq_pollitem_t items[3] = {
+    zmq_pollitem_t items[4] = {
         { s->router, 0, ZMQ_POLLIN, 0 },
         { NULL, s->replyq.efd, ZMQ_POLLIN, 0 },
         { NULL, s->sigfd, ZMQ_POLLIN, 0 },
+        { srv_access_monitor(s), 0, ZMQ_POLLIN, 0 },
     };
+    int n_items = srv_access_monitor(s) ? 4 : 3;
     for (;;) {
         items[0].events = s->in_flight < MAX_IN_FLIGHT ? ZMQ_POLLIN : 0;
-        int rc = zmq_poll(items, 3, parked_timeout_ms(s));
+        int rc = zmq_poll(items, n_items, parked_timeout_ms(s));
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -652,6 +663,8 @@ int server_run(struct server *s)
                 log_info("ignoring signal %u (%s)", si.ssi_signo, strsignal((int)si.ssi_signo));
             }
         }
+        if (n_items > 3 && (items[3].revents & ZMQ_POLLIN))
+            srv_access_on_monitor(s);
         if (items[1].revents & ZMQ_POLLIN) {
             drain_replies(s);
             if (atomic_exchange(&s->job_done_pending, false))
@@ -704,8 +717,10 @@ void server_destroy(struct server *s)
         req_free(s, r);
         r = next;
     }
-    if (s->router)
+    if (s->router) {
+        srv_access_close(s);
         zmq_close(s->router);
+    }
     if (s->zctx)
         zmq_ctx_term(s->zctx);
     s->router = s->zctx = NULL;

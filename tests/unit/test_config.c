@@ -59,7 +59,8 @@ Test(config, seed_json_shape_and_key_order)
     cr_assert(strstr(s, "\"obs_config\": {\"enabled\": true, \"max_queue_size\": 10000, \"metrics_enabled\": true, "
                         "\"logging_enabled\": true, \"tracing_enabled\": false, \"otlp_endpoint\": null, "
                         "\"prometheus_port\": 9090}, \"http_config\": {\"http_host\": \"127.0.0.1\", "
-                        "\"http_port\": 8080}}"),
+                        "\"http_port\": 8080, \"http_allow_insecure\": false, \"http_allowed_hosts\": \"\", "
+                        "\"http_max_connections\": 256, \"http_timeout_seconds\": 10}}"),
               "%s", s);
     cr_assert_null(strstr(s, "runtime_plugin_extra_config"));
     free(s);
