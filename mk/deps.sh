@@ -29,6 +29,7 @@ python3-zmq
 python3-msgpack
 redis-server
 b3sum
+gnuplot-nox
 prometheus
 chromium
 "

@@ -115,6 +115,8 @@ struct engine {
     /* per-engine counters off the request path (sweeper); the request
      * path counts in src/metrics, per thread */
     atomic_uint_fast64_t reaped_workers, expired_sessions;
+    uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
+    atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
 
 /* engine_state.c */

@@ -54,7 +54,7 @@
 /* Label kinds of slotted counters and histograms. MET_L_NONE has one
  * slot; MET_L_L2 and MET_L_L2_INDEX are rendered here from the registered
  * adapter names; the others by the caller's label callback. */
-enum met_label { MET_L_NONE, MET_L_OP, MET_L_KIND, MET_L_ERROR, MET_L_L2, MET_L_L2_INDEX, MET_L_REASON };
+enum met_label { MET_L_NONE, MET_L_OP, MET_L_KIND, MET_L_REFUSED, MET_L_ERROR, MET_L_L2, MET_L_L2_INDEX, MET_L_REASON };
 
 /* Counters: X(sym, slots, label kind, exported name, help). A family is
  * gated on L2 when its name starts with lmcache_mp_l2_. */
@@ -63,6 +63,8 @@ enum met_label { MET_L_NONE, MET_L_OP, MET_L_KIND, MET_L_ERROR, MET_L_L2, MET_L_
     X(REPLIES, 1, MET_L_NONE, "lmcd_replies_total", "Reply messages sent.")                                          \
     X(BAD_INPUT, MET_MAX_KINDS, MET_L_KIND, "lmcd_bad_requests_total",                                               \
       "Requests dropped as malformed or unserved, by kind.")                                                        \
+    X(REFUSED, MET_MAX_KINDS, MET_L_REFUSED, "lmcd_refused_total",                                                   \
+      "Connections and ops refused by access control, by kind.")                                                    \
     X(DECODE_ERRORS, 32, MET_L_ERROR, "lmcd_decode_errors_total", "Undecodable requests, by decoder error.")       \
     X(BLOCK_ALLOC_RECORDS, 1, MET_L_NONE, "lmcd_block_allocation_records_total",                                     \
       "REPORT_BLOCK_ALLOCATION records received.")                                                                  \

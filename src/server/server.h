@@ -59,10 +59,21 @@ struct http_server;
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
 
+/* Connections and ops refused by access control (server/access.h). */
+#define SRV_REFUSED_KINDS(X)                                                            \
+    X(IPC_PEER, "ipc_peer", "ipc peer whose credentials are not allowed")               \
+    X(ACCEPT, "accept_failed", "connection the ROUTER could not accept (e.g. EMFILE)")  \
+    X(INLINE_OP, "inline_op", "inline op under --no-inline-ops")
+
+#define SRV_REFUSED_ENUM_(sym, name, text) SRV_REFUSED_##sym,
+enum srv_refused { SRV_REFUSED_KINDS(SRV_REFUSED_ENUM_) SRV_REFUSED_COUNT };
+#undef SRV_REFUSED_ENUM_
+
 /* Counters live in src/metrics (per thread, summed at scrape): requests by
  * op, replies, bad input by kind, decode errors, latency by op. */
 _Static_assert(WIRE_OP_COUNT <= MET_MAX_OPS, "metrics: raise MET_MAX_OPS");
 _Static_assert(SRV_BAD_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
+_Static_assert(SRV_REFUSED_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
 
 
 /* Reply queue: pool threads push, the loop pops. Guarded by lock. */
@@ -74,6 +85,7 @@ struct srv_replyq {
 
 struct srv_req;      /* dispatch.h: one request in flight */
 struct srv_peer_log; /* loop only: per (peer, kind) log limiter */
+struct profile_hint; /* profile_hint.h */
 
 
 struct srv_req;
@@ -83,6 +95,7 @@ struct server {
     enum wire_profile profile;
     void *zctx;
     void *router;       /* loop only */
+    void *monitor;      /* loop only: ROUTER accept events (server/access.h) */
     char endpoint[300];
     int sigfd;          /* loop only */
     struct srv_replyq replyq;
@@ -92,6 +105,7 @@ struct server {
     struct plugin_sup *plugins;
     struct http_server *http;
     struct srv_peer_log *peer_log; /* loop only */
+    struct profile_hint *profile_hint; /* loop only: clients of the other --protocol */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */

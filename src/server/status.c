@@ -89,6 +89,17 @@ static bool label_of(void *ctx, enum met_label kind, unsigned i, char *buf, size
             return false;
         snprintf(buf, cap, "kind=\"%s\"", bad_names[i]);
         return true;
+    case MET_L_REFUSED: {
+        static const char *const refused_names[] = {
+#define SRV_REFUSED_NAME_(sym, name, text) name,
+            SRV_REFUSED_KINDS(SRV_REFUSED_NAME_)
+#undef SRV_REFUSED_NAME_
+        };
+        if (i >= SRV_REFUSED_COUNT)
+            return false;
+        snprintf(buf, cap, "kind=\"%s\"", refused_names[i]);
+        return true;
+    }
     case MET_L_ERROR: {
         /* decode errors are counted by -rc - WIRE_EFRAMES (src/metrics shows
          * only the codes seen; it calls us under its lock: no metrics_* here) */
