@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import termios
 import time
@@ -92,3 +93,13 @@ def test_top_iterations_without_a_terminal(lmcd):
     assert r.stdout.count("\x1b[H\x1b[2J") == 2 and "OPERATION" in r.stdout
     bad = subprocess.run([LMCD_CLI, "top", "--interval", "0"], capture_output=True, text=True, timeout=10)
     assert bad.returncode == 2 and "--interval" in bad.stderr
+
+
+def test_top_sigint_restores_the_terminal(lmcd):
+    with top_on_pty(lmcd.http_port) as (proc, master, slave):
+        read_until(master, r"OPERATION", 15)
+        assert not termios.tcgetattr(slave)[3] & termios.ICANON
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        lflag = termios.tcgetattr(slave)[3]
+    assert lflag & termios.ICANON and lflag & termios.ECHO, "canonical mode and echo are back"
