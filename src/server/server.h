@@ -40,6 +40,7 @@
 
 #include "server/config.h"
 #include "server/pool.h"
+#include "util/htab.h"
 #include "wire/wire.h"
 
 struct engine;
@@ -58,6 +59,18 @@ struct http_server;
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
 
+/* Well-formed requests answered with their safe reply (spec 9.3) instead of
+ * being run, by reason (metrics and logs; the engine counts its own). */
+#define SRV_REFUSE_KINDS(X)                                                            \
+    X(PEER_BYTES, "peer_in_flight_bytes", "the peer's queued requests reached --max-peer-in-flight-bytes") \
+    X(PEER_COUNT, "peer_in_flight", "the peer's queued requests reached --max-peer-in-flight")            \
+    X(NOMEM, "out_of_memory", "no memory to queue the request")                                         \
+    X(STOPPING, "stop_timeout", "still queued when --stop-timeout-seconds ran out")
+
+#define SRV_REFUSE_ENUM_(sym, name, text) SRV_REFUSE_##sym,
+enum srv_refuse { SRV_REFUSE_KINDS(SRV_REFUSE_ENUM_) SRV_REFUSE_COUNT };
+#undef SRV_REFUSE_ENUM_
+
 /* Counters: atomics, bumped by any thread, summed by nobody (one copy). */
 struct srv_stats {
     atomic_uint_fast64_t requests[WIRE_OP_COUNT]; /* decoded, by op */
@@ -65,6 +78,7 @@ struct srv_stats {
     atomic_uint_fast64_t bad[SRV_BAD_COUNT];
     atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
     atomic_uint_fast64_t block_allocation_records;
+    atomic_uint_fast64_t refused[SRV_REFUSE_COUNT];
 };
 
 
@@ -98,6 +112,8 @@ struct server {
     struct srv_peer_log *peer_log; /* loop only */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
+    atomic_size_t in_flight_bytes; /* written by the loop only: their bytes (frames + decoded tokens) */
+    struct htab peer_flight;       /* loop only: struct peer_flight by peer key, peers with requests in the pools */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
@@ -111,8 +127,10 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
 /* Runs the loop until SIGINT/SIGTERM/SIGQUIT arrives on sigfd; returns the
  * signal, or 0 when the loop itself failed (logged). */
 int server_run(struct server *s);
-/* Stops intake: the pools finish what they hold, their replies are sent
- * (bounded by timeout_ms), then the socket is closed. */
+/* Stops intake: the pools run what they hold for up to
+ * --stop-timeout-seconds while their replies go out; what is still queued
+ * then gets its safe reply (spec 9.3) without running. Replies get
+ * timeout_ms to leave, then the socket is closed. */
 void server_stop(struct server *s, int timeout_ms);
 /* Frees what server_init made. */
 void server_destroy(struct server *s);
