@@ -60,6 +60,12 @@ struct engine_opts {
     /* sessions and workers */
     int session_ttl_s;           /* 600, as LMCache */
     int worker_reap_timeout_s;   /* 120; 0 disables */
+    /* Bounds (0 = the default). A LOOKUP that would pass a session cap is
+     * refused (-ENOSPC, a miss on the wire); worker requests past them hash
+     * their tokens without keeping a session. */
+    size_t max_sessions;         /* 131072 */
+    uint64_t max_session_bytes;  /* token lists + hashes of all sessions: 2 GiB */
+    int worker_expire_s;         /* forget a registration silent this long; 0 = the default (86400), <0 never */
     /* Called (from any engine thread) when a lookup job completes, so the
      * server can answer parked WAIT_PREFETCH_STATUS requests. May be NULL. */
     void (*on_job_done)(void *ctx, const char *request_id, size_t len);
@@ -96,7 +102,10 @@ int engine_chunk_size(const struct engine *e);
 /* The L1 segment's name, without a leading slash (valid until destroy). */
 const char *engine_shm_name(const struct engine *e);
 
-/* LOOKUP: starts (or replaces) the lookup job of key->request_id. */
+/* LOOKUP: starts (or replaces) the lookup job of key->request_id. -ENOSPC
+ * when the session caps refuse it (its job then reads as 0 hits or unknown).
+ * Memory does not grow with world_size: keys are expanded a batch of chunks
+ * at a time and the walk stops at the first chunk missing a shard. */
 int engine_lookup(struct engine *e, const struct engine_key *key, int64_t tp_size);
 /* QUERY_PREFETCH_STATUS: the job's prefix chunk count and removes the job
  * (exactly once). -EAGAIN while it runs; an unknown id gives 0. */
