@@ -295,7 +295,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     e->read_ttl_ns = (uint64_t)lo.read_ttl_s * 1000000000ull;
     e->write_ttl_ns = (uint64_t)lo.write_ttl_s * 1000000000ull;
     e->max_sessions = o->max_sessions ? o->max_sessions : 131072;
-    e->max_session_bytes = o->max_session_bytes ? o->max_session_bytes : 2ull << 30;
+    e->max_session_bytes = o->max_session_bytes ? o->max_session_bytes : 1ull << 30;
     if (!o->worker_expire_s)
         e->o.worker_expire_s = 86400;
     if ((rc = l1_create(&lo, &e->l1))) {

@@ -23,7 +23,15 @@
  * Threads: every function may be called from any thread concurrently (the
  * server calls from its pools; engine-internal state is locked inside).
  * The engine owns two threads of its own: L1's eviction controller and a
- * sweeper for session TTLs, lock expiry and silent-worker reaping.
+ * sweeper for session TTLs, lock expiry and silent-worker reaping: once a
+ * second, one linear pass over the sessions and one over the instances
+ * (transfer and reservation records older than the L1 TTLs pruned, silent
+ * workers reaped, registrations silent past worker_expire_s forgotten).
+ *
+ * Bounds: sessions are capped in count and in token bytes (max_sessions,
+ * max_session_bytes); what they refuse is counted in the status counters.
+ * Lookups, END_SESSION and FREE_LOOKUP_LOCKS expand object keys a batch at
+ * a time, so no request's memory scales with world_size.
  *
  * Errors: 0 or -errno. What the protocol turns a failure into (a miss, an
  * empty slot list, false) is the server's business (spec 9.3); the engine
@@ -64,7 +72,7 @@ struct engine_opts {
      * refused (-ENOSPC, a miss on the wire); worker requests past them hash
      * their tokens without keeping a session. */
     size_t max_sessions;         /* 131072 */
-    uint64_t max_session_bytes;  /* token lists + hashes of all sessions: 2 GiB */
+    uint64_t max_session_bytes;  /* token lists + hashes of all sessions: 1 GiB */
     int worker_expire_s;         /* forget a registration silent this long; 0 = the default (86400), <0 never */
     /* Called (from any engine thread) when a lookup job completes, so the
      * server can answer parked WAIT_PREFETCH_STATUS requests. May be NULL. */

@@ -175,7 +175,7 @@ static const struct flag flags[] = {
       "request sessions held at once; a LOOKUP past it is answered as a miss (default 131072)" },
     { "max-session-bytes", F_INT64, OFF(mp.max_session_bytes), G_LMCD, "mp_config.max_session_bytes", 1 << 20,
       (double)(1ll << 50), NULL, "N",
-      "token lists and hashes held by all sessions; a LOOKUP past it is answered as a miss (default 2 GiB)" },
+      "token lists and hashes held by all sessions; a LOOKUP past it is answered as a miss (default 1 GiB)" },
     { "worker-expire-seconds", F_INT, OFF(mp.worker_expire_seconds), G_LMCD, "mp_config.worker_expire_seconds", 0,
       INT_MAX, NULL, "S", "forget a worker registration silent this long (default 86400; 0 never)" },
     { "stop-timeout-seconds", F_FLOAT, OFF(mp.stop_timeout_seconds), G_LMCD, "mp_config.stop_timeout_seconds", 0,
@@ -258,7 +258,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.max_peer_in_flight_bytes = 256ll << 20;
     c->mp.max_peer_in_flight = 4096;
     c->mp.max_sessions = 131072;
-    c->mp.max_session_bytes = 2ll << 30;
+    c->mp.max_session_bytes = 1ll << 30;
     c->mp.worker_expire_seconds = 86400;
     c->mp.stop_timeout_seconds = 5.0;
     c->storage.l1_size_bytes = 1ull << 30;

@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -145,6 +146,8 @@ static int flight_add(struct server *s, struct srv_req *r)
     f->bytes += r->bytes;
     s->in_flight++;
     s->in_flight_bytes += r->bytes;
+    if (s->in_flight_bytes > s->peak_bytes)
+        s->peak_bytes = s->in_flight_bytes;
     return 0;
 }
 
@@ -383,6 +386,22 @@ static struct srv_req *replyq_take(struct server *s)
     return r;
 }
 
+/*
+ * After a burst of large requests, freed message buffers stay spread over
+ * the allocator's arenas (ZeroMQ's I/O thread allocates them, the pools and
+ * the loop free them); once the burst is over, give those pages back.
+ */
+#define TRIM_AFTER_PEAK (64u << 20)
+static void trim_after_burst(struct server *s)
+{
+    static uint64_t last_ms; /* loop only */
+    if (s->in_flight == 0 && s->peak_bytes >= TRIM_AFTER_PEAK && clock_mono_ms() - last_ms >= 1000) {
+        malloc_trim(0);
+        s->peak_bytes = 0;
+        last_ms = clock_mono_ms();
+    }
+}
+
 static void drain_replies(struct server *s)
 {
     uint64_t v;
@@ -395,6 +414,7 @@ static void drain_replies(struct server *s)
         send_reply(s, r);
         r = next;
     }
+    trim_after_burst(s);
 }
 
 /* ------------------------------------------------------------ WAIT parking */

@@ -114,6 +114,7 @@ struct server {
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
     atomic_size_t in_flight_bytes; /* written by the loop only: their bytes (frames + decoded tokens) */
     struct htab peer_flight;       /* loop only: struct peer_flight by peer key, peers with requests in the pools */
+    size_t peak_bytes;             /* loop only: in_flight_bytes high-water mark since the last trim */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
