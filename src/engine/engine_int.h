@@ -124,6 +124,8 @@ struct engine {
     atomic_uint_fast64_t refused_sessions, refused_session_bytes;
     atomic_uint_fast64_t expired_workers, pruned_transfers, pruned_reservations;
     uint64_t read_ttl_ns, write_ttl_ns; /* L1's lock TTLs: transfer and pending records older are pruned */
+    uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
+    atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
 
 /* engine_state.c */

@@ -84,6 +84,8 @@ struct l1_opts {
     uint32_t chunk_size;     /* recorded in the segment header (default 256) */
     const char *hash_name;   /* recorded in the segment header (default "blake3") */
     uint64_t max_objects;    /* object table entries; 0 = size_bytes / 64 KiB, at least 256 */
+    uint64_t init_bytes;     /* lazy: commit the first init_bytes at create (LMCache's
+                                init size, rounded up to 64 MiB); 0 = none */
     const struct clock_src *clock; /* NULL = clock_monotonic; must outlive the l1 */
 };
 
@@ -94,13 +96,16 @@ struct l1;
 
 /* Creates the segment and the index. The eviction thread is not started
  * (see l1_evict_start). 0, or -EINVAL (bad option), -ENOENT (unknown
- * shm_group), -EBUSY (segment held by a live lmcd), -errno from the system. */
+ * shm_group), -EBUSY (shm_name held by a live lmcd, or not an lmcd
+ * segment), -ENOSPC (/dev/shm has no room for the header and object
+ * table), -errno from the system. */
 int l1_create(const struct l1_opts *o, struct l1 **out);
 /* Stops the eviction thread, unmaps and unlinks the segment. NULL is a no-op. */
 void l1_destroy(struct l1 *l1);
 
 /* The segment: base address, size in bytes (pool_size for workers) and name
- * (without leading '/'). Constant for the life of the l1. */
+ * (without leading '/'). Constant for the life of the l1 (a truncated
+ * segment is restored at the same address, under the same name). */
 void *l1_base(const struct l1 *l1);
 uint64_t l1_pool_size(const struct l1 *l1);
 const char *l1_shm_name(const struct l1 *l1);
@@ -181,6 +186,23 @@ int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, siz
 int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n,
                    uint32_t readers);
 
+/*
+ * Pins: lmcd's own readers that hand an object's bytes to ZeroMQ without a
+ * copy (lmcd.retrieve_inline) and cannot know when the frame leaves. A pin
+ * has no TTL: a pinned object is never evicted, and one removed by a forced
+ * clear is freed only after its last unpin, so the bytes stay the object's
+ * however slowly the client reads. Unlike read locks, pins are bounded by
+ * bytes: l1_pin_prefix pins the longest READY prefix that keeps the
+ * allocation bytes of all pinned objects (each counted once, however many
+ * pins it has) at or under max_pinned_bytes, and sets *over_budget (may be
+ * NULL) when it stopped for the budget rather than a missing key. refs gets
+ * each pinned object; l1_unpin takes the same keys and refs (any thread).
+ * Returns the count pinned / unpinned, or -EINVAL.
+ */
+int l1_pin_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint64_t max_pinned_bytes,
+                  struct l1_ref *refs, bool *over_budget);
+int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n);
+
 /* A READY object's place. 0 or -ENOENT. The bytes stay valid only while the
  * caller holds a read lock on it. */
 int l1_get(struct l1 *l1, const struct l1_key *key, struct l1_ref *ref);
@@ -196,12 +218,24 @@ int l1_touch(struct l1 *l1, const struct l1_key *keys, size_t n);
  * Returns the number of objects removed from the index. */
 int l1_clear(struct l1 *l1, bool force);
 
+/* Pushes the write deadline of live reservations of `writer` (ids from
+ * reserve_write) to now + write_ttl_s, so memory an L2 adapter is still
+ * loading into is never freed by expiry. Expired or unknown ones are
+ * skipped. Returns the number renewed. */
+int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, uint64_t writer);
+/* Frees READY objects that nobody holds (skip_l1 after an L2 store, DELETE
+ * /cache/objects). ids may be NULL (any object under the key); with ids a
+ * newer object under the key is left alone. Returns the number freed. */
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n);
+
 struct l1_stats {
     uint64_t total_object_count;  /* READY + live reservations */
     uint64_t write_locked_count;  /* live reservations */
     uint64_t read_locked_count;   /* READY objects with holders */
     uint64_t temporary_count;     /* always 0 */
     uint64_t pending_free_count;  /* removed by clear(true), still held */
+    uint64_t pinned_count;        /* objects with pins (l1_pin_prefix) */
+    uint64_t pinned_bytes;        /* their allocation bytes */
     uint64_t memory_used_bytes;   /* allocation sizes, pending frees included */
     uint64_t memory_total_bytes;  /* data area */
     double memory_usage_ratio;
@@ -213,9 +247,23 @@ struct l1_stats {
     uint64_t expired_reservations;
     uint64_t eviction_rounds;     /* background ticks */
     uint64_t eviction_rounds_triggered;
+    uint64_t segment_losses;      /* truncations of the segment detected */
 };
 /* A consistent snapshot (expired locks and reservations are settled first). */
 void l1_stats_get(struct l1 *l1, struct l1_stats *out);
+
+/* Segment health. Another process may truncate the segment (a worker's
+ * open(path, "w+b")). Every call that hands out or publishes memory checks
+ * first (an fstat, and the SIGBUS guard of l1_guard.h); on a loss it logs
+ * once, drops every object (held ones become pending, as in clear(true),
+ * so no offset a holder still has is reused), and restores the segment in
+ * place: same name, same size, zeroed, so workers keep their mapping and
+ * need not register again. While a restoration fails (/dev/shm full) no
+ * reservation is handed out; the next check retries.
+ * l1_check runs that check and returns the segment generation, which each
+ * loss bumps: a caller that copies bytes out of L1 compares the generation
+ * before and after the copy and drops the copy when it changed. */
+uint64_t l1_check(struct l1 *l1);
 
 /* One background eviction round at the clock's current time: settles expired
  * locks/reservations; below the watermark does nothing; else evicts unlocked

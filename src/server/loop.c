@@ -24,7 +24,9 @@
 #include <xxhash.h>
 
 #include "engine/engine.h"
+#include "server/access.h"
 #include "server/dispatch.h"
+#include "server/profile_hint.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -167,20 +169,20 @@ static void flight_sub(struct server *s, struct srv_req *r)
 
 /*
  * Whether r may join its peer's queued requests: the refusal reason, or
- * SRV_REFUSE_COUNT when it may. A peer with nothing queued is always
+ * SRV_SHED_COUNT when it may. A peer with nothing queued is always
  * admitted (so a single request larger than the byte cap is still served);
  * the global caps are back-pressure instead (server_run stops reading).
  */
-static enum srv_refuse flight_admit(struct server *s, const struct srv_req *r)
+static enum srv_shed flight_admit(struct server *s, const struct srv_req *r)
 {
     const struct peer_flight *f = flight_find(s, r->peer);
     if (!f)
-        return SRV_REFUSE_COUNT;
+        return SRV_SHED_COUNT;
     if (f->count >= (size_t)s->cfg->mp.max_peer_in_flight)
-        return SRV_REFUSE_PEER_COUNT;
+        return SRV_SHED_PEER_COUNT;
     if (f->bytes + r->bytes > (size_t)s->cfg->mp.max_peer_in_flight_bytes)
-        return SRV_REFUSE_PEER_BYTES;
-    return SRV_REFUSE_COUNT;
+        return SRV_SHED_PEER_BYTES;
+    return SRV_SHED_COUNT;
 }
 
 /*
@@ -188,21 +190,21 @@ static enum srv_refuse flight_admit(struct server *s, const struct srv_req *r)
  * refusal. false when the op has none (a registration): the caller decides.
  * Any thread that owns r.
  */
-static bool refuse_safe(struct server *s, struct srv_req *r, enum srv_refuse kind)
+static bool shed_safe(struct server *s, struct srv_req *r, enum srv_shed kind)
 {
     if (wire_resp_safe(r->req.op, &r->resp))
         return false;
-    atomic_fetch_add(&s->stats.refused[kind], 1);
+    atomic_fetch_add(&s->stats.shed[kind], 1);
     return true;
 }
 
 /* One line per (peer, reason) a minute at most. Loop only. */
-static void refuse_log(struct server *s, const struct srv_req *r, enum srv_refuse kind)
+static void shed_log(struct server *s, const struct srv_req *r, enum srv_shed kind)
 {
     static const char *const texts[] = {
-#define SRV_REFUSE_TEXT_(sym, name, text) text,
-        SRV_REFUSE_KINDS(SRV_REFUSE_TEXT_)
-#undef SRV_REFUSE_TEXT_
+#define SRV_SHED_TEXT_(sym, name, text) text,
+        SRV_SHED_KINDS(SRV_SHED_TEXT_)
+#undef SRV_SHED_TEXT_
     };
     uint32_t supp;
     if (!peer_log_ok(s, &r->frames[0], SRV_BAD_COUNT + kind, &supp))
@@ -525,6 +527,8 @@ static void dispatch(struct server *s, struct srv_req *r)
     for (size_t i = 0; i < n; i++)
         wf[i] = (struct wire_frame){ zmq_msg_data(&r->frames[i + 1]), zmq_msg_size(&r->frames[i + 1]) };
     int rc = wire_decode_request(s->profile, wf, n, &r->req);
+    if (rc) /* a client of the other --protocol? (logged once per peer) */
+        profile_hint_note(s->profile_hint, s->profile, &r->frames[0], wf, n, &r->req, rc);
     if (wf != stackf)
         free(wf);
     if (rc) {
@@ -548,6 +552,11 @@ static void dispatch(struct server *s, struct srv_req *r)
         req_free(s, r);
         return;
     }
+    if (srv_access_refuse_op(s, r)) {
+        encode_reply(r);
+        send_reply(s, r);
+        return;
+    }
     if (r->req.cls == WIRE_CLASS_SYNC) {
         fn(s, r);
         encode_reply(r);
@@ -558,9 +567,9 @@ static void dispatch(struct server *s, struct srv_req *r)
     struct pool *p = r->req.cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
     r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
     r->bytes += (size_t)r->req.key.n_tokens * sizeof(uint32_t); /* the decoded token list */
-    enum srv_refuse why = flight_admit(s, r);
+    enum srv_shed why = flight_admit(s, r);
     rc = -ENOMEM;
-    if (why == SRV_REFUSE_COUNT && (rc = flight_add(s, r)) == 0) {
+    if (why == SRV_SHED_COUNT && (rc = flight_add(s, r)) == 0) {
         if ((rc = pool_submit(p, r->peer, &r->job)) == 0)
             return;
         flight_sub(s, r);
@@ -570,15 +579,15 @@ static void dispatch(struct server *s, struct srv_req *r)
         req_free(s, r);
         return;
     }
-    if (why == SRV_REFUSE_COUNT)
-        why = SRV_REFUSE_NOMEM;
-    if (!refuse_safe(s, r, why)) { /* no safe reply (a registration): run it here, as the sync ops */
+    if (why == SRV_SHED_COUNT)
+        why = SRV_SHED_NOMEM;
+    if (!shed_safe(s, r, why)) { /* no safe reply (a registration): run it here, as the sync ops */
         fn(s, r);
         encode_reply(r);
         send_reply(s, r);
         return;
     }
-    refuse_log(s, r, why);
+    shed_log(s, r, why);
     encode_reply(r);
     send_reply(s, r);
 }
@@ -662,6 +671,8 @@ static void build_endpoint(struct server *s)
 
 static int bind_one(struct server *s, const char *ep, bool ipv6)
 {
+    if (!strncmp(ep, "ipc://", 6))
+        return srv_access_bind_ipc(s, ep);
     int v6 = ipv6;
     zmq_setsockopt(s->router, ZMQ_IPV6, &v6, sizeof(v6));
     if (zmq_bind(s->router, ep) < 0) {
@@ -725,7 +736,7 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     htab_init(&s->peer_flight);
     pthread_mutex_init(&s->replyq.lock, NULL);
     s->peer_log = calloc(1, sizeof(*s->peer_log));
-    if (!s->peer_log)
+    if (!s->peer_log || profile_hint_new(&s->profile_hint))
         return -ENOMEM;
     s->replyq.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s->replyq.efd < 0) {
@@ -755,8 +766,9 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
     build_endpoint(s);
-    if ((rc = bind_router(s)))
+    if ((rc = srv_access_prepare(s)) || (rc = bind_router(s)))
         return rc;
+    srv_access_check_bound(s);
     if ((rc = pool_create("gpu", (unsigned)cfg->mp.max_gpu_workers, true, &s->aff_pool)) ||
         (rc = pool_create("cpu", (unsigned)cfg->mp.max_cpu_workers, false, &s->norm_pool))) {
         log_error("cannot start the worker pools: %s", strerror(-rc));
@@ -773,14 +785,16 @@ static bool can_read(const struct server *s)
 
 int server_run(struct server *s)
 {
-    zmq_pollitem_t items[3] = {
+    zmq_pollitem_t items[4] = {
         { s->router, 0, ZMQ_POLLIN, 0 },
         { NULL, s->replyq.efd, ZMQ_POLLIN, 0 },
         { NULL, s->sigfd, ZMQ_POLLIN, 0 },
+        { srv_access_monitor(s), 0, ZMQ_POLLIN, 0 },
     };
+    int n_items = srv_access_monitor(s) ? 4 : 3;
     for (;;) {
         items[0].events = can_read(s) ? ZMQ_POLLIN : 0;
-        int rc = zmq_poll(items, 3, parked_timeout_ms(s));
+        int rc = zmq_poll(items, n_items, parked_timeout_ms(s));
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -795,6 +809,8 @@ int server_run(struct server *s)
                 log_info("ignoring signal %u (%s)", si.ssi_signo, strsignal((int)si.ssi_signo));
             }
         }
+        if (n_items > 3 && (items[3].revents & ZMQ_POLLIN))
+            srv_access_on_monitor(s);
         if (items[1].revents & ZMQ_POLLIN) {
             drain_replies(s);
             if (atomic_exchange(&s->job_done_pending, false))
@@ -816,7 +832,7 @@ static struct server *cancel_srv; /* the server being stopped; loop only */
 static void cancel_job(struct pool_job *job)
 {
     struct srv_req *r = (struct srv_req *)job;
-    if (!refuse_safe(cancel_srv, r, SRV_REFUSE_STOPPING))
+    if (!shed_safe(cancel_srv, r, SRV_SHED_STOPPING))
         r->no_reply = true;
     encode_reply(r);
     replyq_push(cancel_srv, r);
@@ -890,8 +906,10 @@ void server_destroy(struct server *s)
         free(htab_entry(n, struct peer_flight, node));
     }
     htab_free(&s->peer_flight);
-    if (s->router)
+    if (s->router) {
+        srv_access_close(s);
         zmq_close(s->router);
+    }
     if (s->zctx)
         zmq_ctx_term(s->zctx);
     s->router = s->zctx = NULL;
@@ -901,4 +919,6 @@ void server_destroy(struct server *s)
     pthread_mutex_destroy(&s->replyq.lock);
     free(s->peer_log);
     s->peer_log = NULL;
+    profile_hint_free(s->profile_hint);
+    s->profile_hint = NULL;
 }

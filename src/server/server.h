@@ -59,17 +59,28 @@ struct http_server;
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
 
-/* Well-formed requests answered with their safe reply (spec 9.3) instead of
- * being run, by reason (metrics and logs; the engine counts its own). */
-#define SRV_REFUSE_KINDS(X)                                                            \
+/* Well-formed requests shed: answered with their safe reply (spec 9.3)
+ * instead of being run, by reason (metrics and logs; the engine counts its
+ * own session refusals). */
+#define SRV_SHED_KINDS(X)                                                            \
     X(PEER_BYTES, "peer_in_flight_bytes", "the peer's queued requests reached --max-peer-in-flight-bytes") \
     X(PEER_COUNT, "peer_in_flight", "the peer's queued requests reached --max-peer-in-flight")            \
     X(NOMEM, "out_of_memory", "no memory to queue the request")                                         \
     X(STOPPING, "stop_timeout", "still queued when --stop-timeout-seconds ran out")
 
-#define SRV_REFUSE_ENUM_(sym, name, text) SRV_REFUSE_##sym,
-enum srv_refuse { SRV_REFUSE_KINDS(SRV_REFUSE_ENUM_) SRV_REFUSE_COUNT };
-#undef SRV_REFUSE_ENUM_
+#define SRV_SHED_ENUM_(sym, name, text) SRV_SHED_##sym,
+enum srv_shed { SRV_SHED_KINDS(SRV_SHED_ENUM_) SRV_SHED_COUNT };
+#undef SRV_SHED_ENUM_
+
+/* Connections and ops refused by access control (server/access.h). */
+#define SRV_REFUSED_KINDS(X)                                                            \
+    X(IPC_PEER, "ipc_peer", "ipc peer whose credentials are not allowed")               \
+    X(ACCEPT, "accept_failed", "connection the ROUTER could not accept (e.g. EMFILE)")  \
+    X(INLINE_OP, "inline_op", "inline op under --no-inline-ops")
+
+#define SRV_REFUSED_ENUM_(sym, name, text) SRV_REFUSED_##sym,
+enum srv_refused { SRV_REFUSED_KINDS(SRV_REFUSED_ENUM_) SRV_REFUSED_COUNT };
+#undef SRV_REFUSED_ENUM_
 
 /* Counters: atomics, bumped by any thread, summed by nobody (one copy). */
 struct srv_stats {
@@ -78,7 +89,8 @@ struct srv_stats {
     atomic_uint_fast64_t bad[SRV_BAD_COUNT];
     atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
     atomic_uint_fast64_t block_allocation_records;
-    atomic_uint_fast64_t refused[SRV_REFUSE_COUNT];
+    atomic_uint_fast64_t refused[SRV_REFUSED_COUNT];
+    atomic_uint_fast64_t shed[SRV_SHED_COUNT];
 };
 
 
@@ -91,6 +103,7 @@ struct srv_replyq {
 
 struct srv_req;      /* dispatch.h: one request in flight */
 struct srv_peer_log; /* loop only: per (peer, kind) log limiter */
+struct profile_hint; /* profile_hint.h */
 
 
 struct srv_req;
@@ -100,6 +113,7 @@ struct server {
     enum wire_profile profile;
     void *zctx;
     void *router;       /* loop only */
+    void *monitor;      /* loop only: ROUTER accept events (server/access.h) */
     char endpoint[300];
     int sigfd;          /* loop only */
     struct srv_replyq replyq;
@@ -110,6 +124,7 @@ struct server {
     struct http_server *http;
     struct srv_stats stats;
     struct srv_peer_log *peer_log; /* loop only */
+    struct profile_hint *profile_hint; /* loop only: clients of the other --protocol */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
     atomic_size_t in_flight_bytes; /* written by the loop only: their bytes (frames + decoded tokens) */

@@ -19,10 +19,10 @@ static const char *const bad_names[] = {
 #undef SRV_BAD_NAME_
 };
 
-static const char *const refuse_names[] = {
-#define SRV_REFUSE_NAME_(sym, name, text) name,
-    SRV_REFUSE_KINDS(SRV_REFUSE_NAME_)
-#undef SRV_REFUSE_NAME_
+static const char *const shed_names[] = {
+#define SRV_SHED_NAME_(sym, name, text) name,
+    SRV_SHED_KINDS(SRV_SHED_NAME_)
+#undef SRV_SHED_NAME_
 };
 
 /* The engine's own refusals, under the same metric (counters in its status). */
@@ -52,11 +52,11 @@ json_t *server_status_json(struct server *s)
                   (double)(clock_mono_ns() - s->started_ns) / 1e9, "requests", req, "replies",
                   (json_int_t)atomic_load(&s->stats.replies), "bad_requests", bad, "pools", "max_gpu_workers",
                   s->cfg->mp.max_gpu_workers, "max_cpu_workers", s->cfg->mp.max_cpu_workers, "in_flight", (json_int_t)atomic_load(&s->in_flight)));
-    json_t *refused = json_object();
-    for (int k = 0; k < SRV_REFUSE_COUNT; k++)
-        json_object_set_new(refused, refuse_names[k], json_integer((json_int_t)atomic_load(&s->stats.refused[k])));
+    json_t *shed = json_object();
+    for (int k = 0; k < SRV_SHED_COUNT; k++)
+        json_object_set_new(shed, shed_names[k], json_integer((json_int_t)atomic_load(&s->stats.shed[k])));
     json_t *srv = json_object_get(st, "server");
-    json_object_set_new(srv, "refused_requests", refused);
+    json_object_set_new(srv, "shed_requests", shed);
     json_object_set_new(json_object_get(srv, "pools"), "in_flight_bytes",
                         json_integer((json_int_t)atomic_load(&s->in_flight_bytes)));
     json_t *healthy = json_object_get(st, "is_healthy");
@@ -113,17 +113,26 @@ char *server_metrics_text(struct server *s)
     for (int k = 0; k < SRV_BAD_COUNT; k++)
         fprintf(b, "lmcd_bad_requests_total{kind=\"%s\"} %llu\n", bad_names[k],
              (unsigned long long)atomic_load(&s->stats.bad[k]));
+    family(b, "lmcd_refused_total", "counter", "Connections and ops refused by access control, by kind.");
+    static const char *const refused_names[] = {
+#define SRV_REFUSED_NAME_(sym, name, text) name,
+        SRV_REFUSED_KINDS(SRV_REFUSED_NAME_)
+#undef SRV_REFUSED_NAME_
+    };
+    for (int k = 0; k < SRV_REFUSED_COUNT; k++)
+        fprintf(b, "lmcd_refused_total{kind=\"%s\"} %llu\n", refused_names[k],
+                (unsigned long long)atomic_load(&s->stats.refused[k]));
     family(b, "lmcd_block_allocation_records_total", "counter", "REPORT_BLOCK_ALLOCATION records received.");
     fprintf(b, "lmcd_block_allocation_records_total %llu\n",
          (unsigned long long)atomic_load(&s->stats.block_allocation_records));
     json_t *st = engine_status_json(s->engine);
-    family(b, "lmcd_refused_requests_total", "counter",
+    family(b, "lmcd_shed_requests_total", "counter",
            "Well-formed requests answered with their safe reply instead of run, by limit reached.");
-    for (int k = 0; k < SRV_REFUSE_COUNT; k++)
-        fprintf(b, "lmcd_refused_requests_total{reason=\"%s\"} %llu\n", refuse_names[k],
-                (unsigned long long)atomic_load(&s->stats.refused[k]));
+    for (int k = 0; k < SRV_SHED_COUNT; k++)
+        fprintf(b, "lmcd_shed_requests_total{reason=\"%s\"} %llu\n", shed_names[k],
+                (unsigned long long)atomic_load(&s->stats.shed[k]));
     for (size_t k = 0; st && k < sizeof(engine_refusals) / sizeof(engine_refusals[0]); k++)
-        fprintf(b, "lmcd_refused_requests_total{reason=\"%s\"} %lld\n", engine_refusals[k].reason,
+        fprintf(b, "lmcd_shed_requests_total{reason=\"%s\"} %lld\n", engine_refusals[k].reason,
                 (long long)json_integer_value(
                     json_object_get(json_object_get(st, "counters"), engine_refusals[k].counter)));
     if (st) {

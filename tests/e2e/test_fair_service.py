@@ -92,11 +92,11 @@ def test_peer_in_flight_caps_answer_safe_replies_and_count(lmcd_factory):
         assert b.query_prefetch_status("other-peer") == CHUNKS, "another peer is served in full"
         for u in uids:
             assert a.wait(u, 120) is None, "every request answered (refused ones with None)"
-        refused = status(s)["server"]["refused_requests"]
+        refused = status(s)["server"]["shed_requests"]
         assert refused["peer_in_flight"] > 0
         assert refused["peer_in_flight"] + refused["peer_in_flight_bytes"] < n + 20
         m = http_text(s.http)
-        assert 'lmcd_refused_requests_total{reason="peer_in_flight"}' in m
+        assert 'lmcd_shed_requests_total{reason="peer_in_flight"}' in m
         assert "max-peer-in-flight" in s.log()
         assert a.noop() == "OK"
 
@@ -129,7 +129,7 @@ def test_session_caps(lmcd_factory):
         assert c.store_inline(key, [b"x" * OBJ] * 4) == 4
         assert [bytes(x) for x in c.retrieve_inline(key)] == [b"x" * OBJ] * 4
         m = http_text(s.http)
-        assert 'lmcd_refused_requests_total{reason="sessions"}' in m
+        assert 'lmcd_shed_requests_total{reason="sessions"}' in m
         assert "--max-sessions" in s.log()
 
 
