@@ -228,7 +228,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct http_server *srv = cls;
     if (!*con_cls) { /* first call: headers only; bodies come next */
         *con_cls = &marker;
-        http_gov_request_started(srv, c);
         if (strcmp(method, "GET") && strcmp(method, "HEAD"))
             return MHD_YES;
     }
@@ -236,6 +235,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* Whole request in (a body too): the governor stops timing it only now,
+     * so a body trickled in slowly is as evictable as slow headers. */
+    http_gov_request_started(srv, c);
     struct http_reply r = { 0 };
     int known;
     const struct route *rt = find_route(url, method, &known);
