@@ -347,7 +347,7 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->d, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = di ? di->port : o->port;
-    log_info("HTTP: at most %u connections, %u s per request's headers and per idle connection; mutations %s", cap,
+    log_info("HTTP: at most %u connections, %u s for a whole request and per idle connection; mutations %s", cap,
              o->timeout_s, srv->token ? "need the bearer token" : "checked for Host and Origin (no token set)");
     *out = srv;
     return 0;
