@@ -211,7 +211,7 @@ static const struct flag flags[] = {
     { "http-max-connections", F_INT, OFF(access.http_max_connections), G_HTTP, "http_config.http_max_connections",
       4, 65536, NULL, "N", "concurrent HTTP connections, also capped at a quarter of RLIMIT_NOFILE (default 256)" },
     { "http-timeout-seconds", F_INT, OFF(access.http_timeout_seconds), G_HTTP, "http_config.http_timeout_seconds",
-      1, 3600, NULL, "S", "a request's headers must arrive, and an idle connection closes, within this (default 10)" },
+      1, 3600, NULL, "S", "a whole request must arrive, and an idle connection closes, within this (default 10)" },
     { "log-level", F_CHOICE, OFF(log_level), G_LMCD, NULL, 0, 0, level_choices, "LEVEL",
       "log threshold (default: $LMCACHE_LOG_LEVEL, else INFO)" },
     { "log-file", F_STR_NULL, OFF(log_file), G_LMCD, NULL, 0, 0, NULL, "PATH", "also append the log to this file" },
