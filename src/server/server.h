@@ -41,6 +41,7 @@
 #include "metrics/metrics.h"
 #include "server/config.h"
 #include "server/pool.h"
+#include "util/htab.h"
 #include "wire/wire.h"
 
 struct engine;
@@ -59,6 +60,19 @@ struct http_server;
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
 
+/* Well-formed requests shed: answered with their safe reply (spec 9.3)
+ * instead of being run, by reason (metrics and logs; the engine counts its
+ * own session refusals). */
+#define SRV_SHED_KINDS(X)                                                            \
+    X(PEER_BYTES, "peer_in_flight_bytes", "the peer's queued requests reached --max-peer-in-flight-bytes") \
+    X(PEER_COUNT, "peer_in_flight", "the peer's queued requests reached --max-peer-in-flight")            \
+    X(NOMEM, "out_of_memory", "no memory to queue the request")                                         \
+    X(STOPPING, "stop_timeout", "still queued when --stop-timeout-seconds ran out")
+
+#define SRV_SHED_ENUM_(sym, name, text) SRV_SHED_##sym,
+enum srv_shed { SRV_SHED_KINDS(SRV_SHED_ENUM_) SRV_SHED_COUNT };
+#undef SRV_SHED_ENUM_
+
 /* Connections and ops refused by access control (server/access.h). */
 #define SRV_REFUSED_KINDS(X)                                                            \
     X(IPC_PEER, "ipc_peer", "ipc peer whose credentials are not allowed")               \
@@ -70,10 +84,16 @@ enum srv_refused { SRV_REFUSED_KINDS(SRV_REFUSED_ENUM_) SRV_REFUSED_COUNT };
 #undef SRV_REFUSED_ENUM_
 
 /* Counters live in src/metrics (per thread, summed at scrape): requests by
- * op, replies, bad input by kind, decode errors, latency by op. */
+ * op, replies, bad input by kind, decode errors, refusals, latency by op. */
 _Static_assert(WIRE_OP_COUNT <= MET_MAX_OPS, "metrics: raise MET_MAX_OPS");
 _Static_assert(SRV_BAD_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
 _Static_assert(SRV_REFUSED_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
+
+/* Sheds happen only under overload, off the normal request path: plain
+ * atomics, rendered beside the engine's own refusals (status.c). */
+struct srv_stats {
+    atomic_uint_fast64_t shed[SRV_SHED_COUNT];
+};
 
 
 /* Reply queue: pool threads push, the loop pops. Guarded by lock. */
@@ -104,10 +124,14 @@ struct server {
     struct engine *engine;
     struct plugin_sup *plugins;
     struct http_server *http;
+    struct srv_stats stats;
     struct srv_peer_log *peer_log; /* loop only */
     struct profile_hint *profile_hint; /* loop only: clients of the other --protocol */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
+    atomic_size_t in_flight_bytes; /* written by the loop only: their bytes (frames + decoded tokens) */
+    struct htab peer_flight;       /* loop only: struct peer_flight by peer key, peers with requests in the pools */
+    size_t peak_bytes;             /* loop only: in_flight_bytes high-water mark since the last trim */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
@@ -123,8 +147,10 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
 /* Runs the loop until SIGINT/SIGTERM/SIGQUIT arrives on sigfd; returns the
  * signal, or 0 when the loop itself failed (logged). */
 int server_run(struct server *s);
-/* Stops intake: the pools finish what they hold, their replies are sent
- * (bounded by timeout_ms), then the socket is closed. */
+/* Stops intake: the pools run what they hold for up to
+ * --stop-timeout-seconds while their replies go out; what is still queued
+ * then gets its safe reply (spec 9.3) without running. Replies get
+ * timeout_ms to leave, then the socket is closed. */
 void server_stop(struct server *s, int timeout_ms);
 /* Frees what server_init made. */
 void server_destroy(struct server *s);
