@@ -212,6 +212,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     e->shm_name_opt = strdup(o->shm_name ? o->shm_name : "");
     e->shm_group_opt = strdup(o->shm_group ? o->shm_group : "");
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->size_mu, NULL);
     htab_init(&e->sessions);
     htab_init(&e->instances);
     atomic_init(&e->inline_writer, 0);
@@ -262,6 +263,10 @@ int engine_create(const struct engine_opts *o, struct engine **out)
         goto fail;
     }
     hasher_log_init(&e->hasher);
+    if ((rc = engine_l2_create(e))) {
+        log_error("cannot start the L2 tier: %s", strerror(-rc));
+        goto fail;
+    }
     if ((rc = engine_sweeper_start(e))) {
         log_error("cannot start the session sweeper: %s", strerror(-rc));
         goto fail;
@@ -277,6 +282,7 @@ void engine_destroy(struct engine *e)
 {
     if (!e)
         return;
+    engine_l2_destroy(e); /* first: its answers still find their sessions */
     engine_sweeper_stop(e);
     struct htab_node *n, *tmp;
     HTAB_FOREACH_SAFE(&e->sessions, n, tmp) {
@@ -294,6 +300,7 @@ void engine_destroy(struct engine *e)
     htab_free(&e->instances);
     l1_destroy(e->l1);
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->size_mu);
     free(e->hash_name);
     free(e->policy_name);
     free(e->shm_name_opt);
@@ -309,11 +316,18 @@ const char *engine_shm_name(const struct engine *e) { return l1_shm_name(e->l1);
 int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
 {
     int rc = check_key(k, false);
+    /* before the session: it takes engine.mu */
+    uint64_t obj_size = rc ? 0 : engine_l2_object_size(e, k);
     struct session *s = session_get(e, k->request_id, k->request_id_len, SESSION_CREATE);
     if (!s)
         return -ENOMEM;
     lockvec_release_all(e, &s->locks); /* a new LOOKUP replaces the old job and its locks */
+    s->job_gen++;
+    if (s->job == JOB_NONE)
+        atomic_fetch_add(&e->active_jobs, 1);
+    s->job = JOB_DONE; /* a failed lookup still answers: 0 hits */
     int64_t chunks = 0;
+    bool l2_pending = false;
     if (rc) {
         log_bad_key("LOOKUP", k);
     } else if ((rc = session_set_tokens(e, s, k->token_ids, k->n_tokens)) == 0) {
@@ -345,20 +359,25 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
             s->lookup_world = (uint32_t)k->world_size;
             s->lookup_ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
             atomic_fetch_add(&e->lookup_chunks, n / world);
+            /* the rest may sit in L2: the job completes when the tier answers */
+            if (full * world < n)
+                l2_pending = engine_l2_prefetch(e, s, k, &keys[full * world], n - full * world, (uint32_t)world,
+                                                chunks, readers, obj_size) == 0;
         }
         free(refs);
         free(keys);
     }
-    if (s->job == JOB_NONE)
-        atomic_fetch_add(&e->active_jobs, 1);
-    s->job = JOB_DONE; /* a failed lookup still answers: 0 hits */
-    s->job_hits = chunks;
-    s->job_chunks = chunks;
+    if (!l2_pending) {
+        s->job_hits = chunks;
+        s->job_chunks = chunks;
+    }
     session_put(e, s);
     atomic_fetch_add(&e->lookups, 1);
-    atomic_fetch_add(&e->lookup_hit_chunks, (uint64_t)chunks);
-    if (e->o.on_job_done)
-        e->o.on_job_done(e->o.on_job_done_ctx, k->request_id, k->request_id_len);
+    atomic_fetch_add(&e->lookup_hit_chunks, (uint64_t)chunks); /* L1's part; L2's comes with its answer */
+    if (!l2_pending) {
+        if (e->o.on_job_done)
+            e->o.on_job_done(e->o.on_job_done_ctx, k->request_id, k->request_id_len);
+    }
     return rc;
 }
 
@@ -778,9 +797,18 @@ int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t in
             l1_abort(e->l1, pk, ids, got, (uint64_t)instance_id);
             rc = -ENOTSUP;
         } else {
-            int pub = got ? l1_publish(e->l1, pk, ids, got, (uint64_t)instance_id, NULL) : 0;
+            enum l1_status *st = got ? malloc(got * sizeof(*st)) : NULL;
+            int pub = got ? l1_publish(e->l1, pk, ids, got, (uint64_t)instance_id, st) : 0;
             atomic_fetch_add(&e->stored_chunks, (uint64_t)(pub > 0 ? pub : 0));
             rc = pub > 0 ? 0 : -ENOENT;
+            if (pub > 0 && st) { /* write-behind to L2: the published ones */
+                size_t m = 0;
+                for (size_t i = 0; i < got; i++)
+                    if (st[i] == L1_OK)
+                        pk[m++] = pk[i];
+                engine_l2_stored(e, k, pk, m, in->object_bytes);
+            }
+            free(st);
         }
     }
     instance_put(e, in);
@@ -908,11 +936,12 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
                 enum l1_status ps;
                 if (l1_publish(e->l1, &keys[i], &refs[i].id, 1, writer, &ps) == 1) {
                     (*present)++;
-                    stored++;
+                    keys[stored++] = keys[i]; /* i >= stored: compacts the published ones */
                 }
             }
         }
         atomic_fetch_add(&e->stored_chunks, (uint64_t)stored);
+        engine_l2_stored(e, k, keys, (size_t)stored, nk ? chunks[0].iov_len : 0);
         rc = 0;
     }
     free(sizes);
@@ -1025,8 +1054,8 @@ json_t *engine_status_json(struct engine *e)
                               "eviction_policy", e->policy_name, "trigger_watermark", e->o.eviction_trigger_watermark,
                               "eviction_ratio", e->o.eviction_ratio, "rounds", (json_int_t)st.eviction_rounds,
                               "rounds_triggered", (json_int_t)st.eviction_rounds_triggered);
-    json_t *sm = json_pack("{s:b, s:o, s:o, s:[], s:i}", "is_healthy", 1, "l1_manager", l1,
-                           "l1_eviction_controller", evict, "l2_adapters", "num_l2_adapters", 0);
+    json_t *sm = json_pack("{s:b, s:o, s:o}", "is_healthy", 1, "l1_manager", l1, "l1_eviction_controller", evict);
+    l2_tier_status(e->l2, sm);
     json_t *counters = json_pack(
         "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "lookups", (json_int_t)atomic_load(&e->lookups),
         "lookup_chunks", (json_int_t)atomic_load(&e->lookup_chunks), "lookup_hit_chunks",

@@ -26,6 +26,7 @@
 #include "engine/hasher.h"
 #include "engine/keys.h"
 #include "l1/l1.h"
+#include "l2/l2_tier.h"
 #include "util/htab.h"
 
 /* A group of read holders one request took on one object. */
@@ -60,6 +61,7 @@ struct session {
      * LOOKUP; an L2 tier completes them later and calls on_job_done. */
     enum job_state { JOB_NONE, JOB_LOOKUP, JOB_LOAD, JOB_DONE } job;
     int64_t job_hits;   /* valid from JOB_LOAD on */
+    uint64_t job_gen;   /* +1 per LOOKUP: a late L2 answer for an older job is ignored */
     int64_t job_chunks; /* valid at JOB_DONE */
     bool has_lookup; /* the lookup key, for END_SESSION's touch */
     uint64_t lookup_ns;
@@ -115,7 +117,29 @@ struct engine {
     atomic_uint_fast64_t lookups, lookup_hit_chunks, lookup_chunks;
     atomic_uint_fast64_t stored_chunks, retrieved_chunks, store_skipped_chunks;
     atomic_uint_fast64_t reaped_workers, expired_sessions, block_alloc_records;
+    /* L2 (engine_l2.c) */
+    struct l2_tier *l2;
+    pthread_mutex_t size_mu; /* leaf: the object sizes learnt from stores */
+    struct { uint64_t ns, size; } sizes[64];
+    size_t sizes_next;
+    atomic_uint_fast64_t l2_hit_chunks;
 };
+
+/* engine_l2.c: the engine's side of the L2 tier. */
+int engine_l2_create(struct engine *e);
+void engine_l2_destroy(struct engine *e);
+/* After L1 published keys of this request's model/salt (write-behind). */
+void engine_l2_stored(struct engine *e, const struct engine_key *k, const struct l1_key *keys, size_t n,
+                      uint64_t obj_size);
+/* The bytes of one object of k's model and world (registered workers, else
+ * what stores taught), or 0. Takes engine.mu: never call with a session held. */
+uint64_t engine_l2_object_size(struct engine *e, const struct engine_key *k);
+/* LOOKUP, under s->mu: asks L2 for keys[0..n) (chunk-major, `world` shards
+ * per chunk) that follow the `l1_chunks` L1 prefix. 0: the job is now
+ * JOB_LOOKUP and completes later; < 0: no prefetch (the caller finishes). */
+int engine_l2_prefetch(struct engine *e, struct session *s, const struct engine_key *k, const struct l1_key *keys,
+                       size_t n, uint32_t world, int64_t l1_chunks, uint32_t readers, uint64_t obj_size);
+
 
 /* engine_state.c */
 int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64_t epoch, uint32_t holders);

@@ -123,7 +123,7 @@ static void sjob_finish(struct sjob *j)
         if (ids) {
             for (size_t i = 0; i < j->nl; i++)
                 ids[i] = j->refs[i].id;
-            l1_remove(t->l1, j->keys, ids, j->nl);
+            l1_remove(t->l1, j->keys, ids, j->nl, false);
             free(ids);
         }
     }
