@@ -115,6 +115,32 @@ def test_resp_store_evict_prefetch_retrieve_bit_exact(lmcd_factory, clients, red
     assert st and st[0]["is_healthy"] is True
 
 
+def test_small_l1_evicts_and_redis_serves(lmcd_factory, clients, redis_factory):
+    """L1 evicts under pressure (no CLEAR); the evicted chunks come back
+    from Redis bit for bit."""
+    r = redis_factory()
+    obj = 2 * 2 * CHUNK * 64 * 2
+    srv = lmcd_factory(l2_args({"type": "resp", "host": "127.0.0.1", "port": r.port},
+                               l1_gb=str(48 * (obj + 4096) / 2**30)))
+    rng = random.Random(17)
+    w = Worker(clients(srv.url), 1)
+    sched = clients(srv.url)
+    batches = []
+    for b in range(60):  # bounded: stops once L1 has evicted
+        toks = tokens(500 + b, 4)
+        batches.append((toks, w.store(toks, f"s{b}", 0, 4, rng)))
+        wait_for(lambda: r.dbsize() >= 4 * (b + 1), TIMEOUT, what="write-behind to Redis")
+        if http_json(srv.http)["storage_manager"]["l1_manager"]["evicted_count"] >= 8:
+            break
+    assert http_json(srv.http)["storage_manager"]["l1_manager"]["evicted_count"] >= 8, "L1 never evicted"
+    toks, written = batches[0]
+    assert lookup(sched, toks, "old") == 4, "evicted chunks found in Redis"
+    assert w.retrieve(toks, "old", 0, 4) == [written[i] for i in range(4)]
+    assert http_json(srv.http)["storage_manager"]["prefetch_controller"]["loaded_chunks"] >= 4, "not from Redis"
+    sched.end_session("old")
+    w.close()
+
+
 def test_valkey_cluster_store_evict_prefetch_retrieve_bit_exact(lmcd_factory, clients, redis_factory):
     cl = redis_factory(cluster=True, n=3)
     adapter = {"type": "valkey", "startup_nodes": cl.nodes[1].host + ":" + str(cl.nodes[1].port),
