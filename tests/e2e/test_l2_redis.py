@@ -224,3 +224,46 @@ def test_redis_killed_mid_run_service_continues_and_recovers(lmcd_factory, clien
     assert srv.log().count("no Redis server answers") == 1, "the outage is logged once"
     wait_for(lambda: all(a["is_healthy"] for a in adapters_status(srv)), TIMEOUT, what="healthy again")
     w.close()
+
+
+def test_cluster_master_killed_mid_run_other_slots_keep_working(lmcd_factory, clients, redis_factory):
+    """One master of three dies: lmcd keeps serving, the other masters still
+    take stores; the dead one's node line is logged once; after it restarts
+    (same port, its nodes.conf) its slots take stores again."""
+    cl = redis_factory(cluster=True, n=3)
+    adapter = {"type": "valkey", "startup_nodes": cl.seeds, "cluster_mode": True, "request_timeout": 1.0,
+               "connection_timeout": 1.0, "num_workers": 2}
+    srv = lmcd_factory(l2_args(adapter))
+    rng = random.Random(31)
+    w = Worker(clients(srv.url), 1)
+    sched = clients(srv.url)
+    toks = tokens(600, 6)
+    w.store(toks, "a", 0, 6, rng)
+    sched.end_session("a")
+    wait_for(lambda: cl.dbsize() >= 6, TIMEOUT, what="objects in the cluster")
+    dead = cl.nodes[1]
+    dead.kill()
+    before = [cl.nodes[0].dbsize(), cl.nodes[2].dbsize()]
+    for i in range(8):
+        t2 = tokens(700 + i, 4)
+        written = w.store(t2, f"b{i}", 0, 4, rng)
+        assert lookup(sched, t2, f"b{i}") == 4, "L1 still serves"
+        assert w.retrieve(t2, f"b{i}", 0, 4) == [written[k] for k in range(4)]
+        sched.end_session(f"b{i}")
+    wait_for(lambda: cl.nodes[0].dbsize() + cl.nodes[2].dbsize() > sum(before), TIMEOUT,
+             what="stores reaching the live masters")
+    srv.wait_log(f"{dead.host}:{dead.port} unreachable", timeout=TIMEOUT)
+    assert srv.log().count(f"{dead.host}:{dead.port} unreachable") == 1, "a node's outage is logged once"
+    assert "no Redis server answers" not in srv.log(), "two masters answer: the adapter is not down"
+    dead.start()
+    stored = iter(range(1000))
+
+    def dead_slots_store_again():
+        i = next(stored)
+        t3 = tokens(900 + i, 4)
+        w.store(t3, f"c{i}", 0, 4, rng)
+        sched.end_session(f"c{i}")
+        return dead.dbsize() > 0
+    wait_for(dead_slots_store_again, 30, interval=0.2, what="stores reaching the restarted master")
+    srv.wait_log(f"{dead.host}:{dead.port} reachable again", timeout=TIMEOUT)
+    w.close()
