@@ -209,9 +209,8 @@ static double lmcd_store(void *sock, redisContext *c)
     return (double)(clock_mono_ns() - t0) / 1e9;
 }
 
-/* Seconds for LOOKUP + QUERY_PREFETCH_STATUS until all chunks are loaded,
- * after an L1-only CLEAR. */
-static double lmcd_prefetch(void *sock, int round)
+/* CLEAR: empties lmcd's L1 (L2 keeps its objects). */
+static void lmcd_clear(void *sock)
 {
     struct wire_req req;
     struct wire_resp resp;
@@ -219,6 +218,15 @@ static double lmcd_prefetch(void *sock, int round)
     req.op = WIRE_OP_CLEAR;
     rpc(sock, &req, NULL, NULL, 0, &resp);
     wire_resp_free(&resp);
+}
+
+/* Seconds for LOOKUP + QUERY_PREFETCH_STATUS until all chunks are loaded,
+ * after an L1-only CLEAR. */
+static double lmcd_prefetch(void *sock, int round)
+{
+    struct wire_req req;
+    struct wire_resp resp;
+    lmcd_clear(sock);
     char rid[32];
     snprintf(rid, sizeof(rid), "bench-lookup-%d", round);
     wire_req_init(&req);
@@ -347,12 +355,7 @@ int main(int argc, char **argv)
     for (int r = 0; r < ROUNDS; r++) {
         redisReply *fr = redisCommand(c, "FLUSHALL");
         freeReplyObject(fr);
-        struct wire_req req;
-        struct wire_resp resp;
-        wire_req_init(&req);
-        req.op = WIRE_OP_CLEAR;
-        rpc(sock, &req, NULL, NULL, 0, &resp);
-        wire_resp_free(&resp);
+        lmcd_clear(sock);
         lset[r] = lmcd_store(sock, c);
         lpre[r] = lmcd_prefetch(sock, r);
     }
