@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
