@@ -211,7 +211,7 @@ struct l2_usage {
 /* The built-in backends, by type name. The Redis adapters add theirs here
  * (one X line each); each X(name) declares `extern const struct l2_ops
  * l2_<name>_ops`. */
-#define L2_BACKENDS(X) X(mock) X(fs)
+#define L2_BACKENDS(X) X(mock) X(fs) X(resp) X(valkey)
 #define L2_DECLARE_OPS(n) extern const struct l2_ops l2_##n##_ops;
 L2_BACKENDS(L2_DECLARE_OPS)
 #undef L2_DECLARE_OPS
