@@ -2,7 +2,7 @@
 #
 #   make            build/lmcd, build/lmcd-cli, build/liblmcd.a
 #   make run        build and start lmcd on its embedded default
-#   make test       build and run every test; last line "N passed, N failed"
+#   make test       build and run every test; last line "N passed, N failed, N skipped"
 #   make test SAN=1       the same under AddressSanitizer + UBSan (build-asan/)
 #   make test SAN=thread  the same under ThreadSanitizer (build-tsan/)
 #   make fuzz       libFuzzer targets (clang), FUZZ_SECONDS each (default 600)
@@ -27,9 +27,13 @@ SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 endif
 
 PKGS := libzmq jansson libmicrohttpd hiredis libxxhash msgpack
-DEPS_OK := $(shell sh mk/deps.sh >&2 && echo ok)
+# A plain `make` installs the build set only; the goals that run tests,
+# benchmarks or fuzzers add theirs (mk/deps.sh names each set).
+DEPS_SETS := build $(if $(filter test unit e2e bench,$(MAKECMDGOALS)),test) \
+	$(if $(filter fuzz,$(MAKECMDGOALS)),fuzz)
+DEPS_OK := $(shell sh mk/deps.sh $(DEPS_SETS) >&2 && echo ok)
 ifneq ($(DEPS_OK),ok)
-$(error mk/deps.sh could not install the build dependencies)
+$(error mk/deps.sh could not install the packages of: $(DEPS_SETS))
 endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))

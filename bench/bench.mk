@@ -26,10 +26,20 @@ BENCH_LDLIBS := $(shell pkg-config --libs $(PKGS)) -lm
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
+# QUICK=1: every bench shrinks to seconds (CI). Each bench appends its
+# figures to $(BENCH_OUT)/results.jsonl; bench/report.py prints the table and
+# writes results.json and the PNG plots (gnuplot) there.
+BENCH_OUT ?= bench/out
+QUICK ?=
+
 .PHONY: bench
 bench: $(BENCH_BINS)
-	@for b in $(BENCH_BINS); do echo "== $$b"; LMCD_BUILD=$(BUILD) ./$$b $(BENCH_ARGS) || exit 1; done
+	@mkdir -p $(BENCH_OUT) && rm -f $(BENCH_OUT)/results.jsonl
+	@for b in $(BENCH_BINS); do echo "== $$b"; LMCD_BUILD=$(BUILD) LMCD_BENCH_OUT=$(BENCH_OUT) \
+		LMCD_BENCH_QUICK=$(QUICK) ./$$b $(BENCH_ARGS) || exit 1; done
+	@/usr/bin/python3 bench/report.py $(BENCH_OUT)
 
-$(BUILD)/bench/%: bench/%.c bench/common.c bench/common.h $(BUILD)/libserver.a
+$(BUILD)/bench/%: bench/%.c bench/common.c bench/common.h $(BUILD)/libserver.a $(BUILD)/liblmcd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(BENCH_CFLAGS) -o $@ $< bench/common.c $(BUILD)/libserver.a -pthread $(SANFLAGS) $(BENCH_LDLIBS)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< bench/common.c $(BUILD)/libserver.a $(BUILD)/liblmcd.a -pthread $(SANFLAGS) \
+		$(BENCH_LDLIBS)

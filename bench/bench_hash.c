@@ -7,12 +7,21 @@
  *   batch   S sessions hashed side by side (hasher_chain_update_many)
  *   1 MB    plain BLAKE3 of one long input (blake3_update's lanes)
  *
- * for each BLAKE3 path the CPU has, and xxh3_128. Usage: bench_hash [N]
- * (default 16384 chunks = 4M tokens). Never asserts on speed.
+ * for each BLAKE3 path the CPU has, and xxh3_128. The official BLAKE3 C
+ * library is not packaged by Debian (bookworm has no libblake3-dev), so the
+ * BLAKE3 code is compared with Debian's b3sum (the official Rust
+ * implementation, with its AVX-512 code where the CPU has it) hashing the
+ * same bytes as one long input on one thread, its process start-up (b3sum
+ * of an empty file) subtracted. Usage: bench_hash [N] (default 16384
+ * chunks = 4M tokens; 2048 with LMCD_BENCH_QUICK). Never asserts on speed.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "common.h"
 
 #include "engine/blake3.h"
 #include "engine/hasher.h"
@@ -77,12 +86,54 @@ static void run_long(void *arg)
 static void report(const char *what, double ns, double base_ns, size_t bytes)
 {
     printf("  %-28s %8.3f GB/s  %6.3fx memcpy\n", what, (double)bytes / ns, base_ns / ns);
+    char fig[96];
+    snprintf(fig, sizeof(fig), "hash %s", what);
+    bench_report(fig, "GB/s", (double)bytes / ns, "memcpy", (double)bytes / base_ns, true);
+}
+
+/* Best wall ns of `b3sum --num-threads 1` on path, over 3 runs. */
+static double b3sum_ns(const char *path)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "b3sum --num-threads 1 --no-names '%s' >/dev/null", path);
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        uint64_t t0 = clock_mono_ns();
+        if (system(cmd) != 0)
+            return -1;
+        double dt = (double)(clock_mono_ns() - t0);
+        best = r == 0 || dt < best ? dt : best;
+    }
+    return best;
+}
+
+/* Throughput (bytes/ns) of b3sum on the same bytes, or -1 without b3sum. */
+static double b3sum_rate(const uint8_t *data, size_t len)
+{
+    char full[64], empty[64];
+    snprintf(full, sizeof(full), "/tmp/lmcd_bench_b3_%d", (int)getpid());
+    snprintf(empty, sizeof(empty), "/tmp/lmcd_bench_b3e_%d", (int)getpid());
+    FILE *f = fopen(full, "w"), *g = fopen(empty, "w");
+    bool ok = f && g && fwrite(data, 1, len, f) == len;
+    if (f)
+        ok = !fclose(f) && ok;
+    if (g)
+        ok = !fclose(g) && ok;
+    double rate = -1;
+    if (ok) {
+        double t_full = b3sum_ns(full), t_empty = b3sum_ns(empty);
+        if (t_full > 0 && t_empty > 0 && t_full > t_empty)
+            rate = (double)len / (t_full - t_empty);
+    }
+    unlink(full);
+    unlink(empty);
+    return rate;
 }
 
 int main(int argc, char **argv)
 {
     static struct job j;
-    j.nchunks = argc > 1 ? strtoul(argv[1], NULL, 10) : 16384;
+    j.nchunks = argc > 1 ? strtoul(argv[1], NULL, 10) : bench_quick() ? 2048 : 16384;
     if (j.nchunks < SESSIONS)
         j.nchunks = SESSIONS;
     j.nchunks -= j.nchunks % SESSIONS;
@@ -153,6 +204,34 @@ int main(int argc, char **argv)
     for (int i = 1; i < nc; i++)
         report(cfgs[i].name, (double)cfgs[i].best, base * (double)cfgs[i].bytes / (double)j.bytes,
                cfgs[i].bytes);
+
+    /* BLAKE3 on the path lmcd picks, against the official implementation */
+    int best_path = BLAKE3_PATH_PORTABLE;
+    for (int p = BLAKE3_PATH_PORTABLE; p <= BLAKE3_PATH_AVX2; p++)
+        if (blake3_path_supported(p))
+            best_path = p;
+    for (int i = 1; i < nc; i++) {
+        if (cfgs[i].path != best_path || cfgs[i].algo != HASHER_BLAKE3 || cfgs[i].fn != run_long)
+            continue;
+        /* long enough that b3sum's start-up (10-70 ms on a loaded machine) is small beside it */
+        size_t len = (size_t)(bench_quick() ? 128 : 512) << 20;
+        uint8_t *big = malloc(len);
+        if (!big)
+            return 1;
+        for (size_t k = 0; k < len; k++)
+            big[k] = (uint8_t)(k * 131);
+        double b3 = b3sum_rate(big, len);
+        free(big);
+        double ours = (double)cfgs[i].bytes / (double)cfgs[i].best;
+        if (b3 > 0) {
+            printf("  b3sum 1.x, one thread         %8.3f GB/s; lmcd's %s %.3fx b3sum\n", b3, cfgs[i].name,
+                   ours / b3);
+            bench_report("hash blake3 long input vs b3sum", "GB/s", ours, "b3sum (official)", b3, true);
+        } else {
+            printf("  b3sum not found or failed: no comparison with the official BLAKE3\n");
+            bench_report("hash blake3 long input vs b3sum", "GB/s", ours, "b3sum (official)", NAN, true);
+        }
+    }
 
     for (int i = 0; i < SESSIONS; i++)
         hasher_chain_free(&j.chains[i]);

@@ -5,10 +5,10 @@
  *
  *   latency     one DEALER, one request in flight: p50 and p99
  *               ping             (normal pool), get_chunk_size (answered on
- *               the loop thread), lookup+query of a 4096-token prompt
+ *               the loop thread), lookup+query of a 32768-token prompt
  *               (LOOKUP, then QUERY_PREFETCH_STATUS until it is not nil;
  *               the echo baseline does the same two round trips), both
- *               missing and hitting 16 chunks stored beforehand
+ *               missing and hitting 128 chunks stored beforehand
  *   throughput  WINDOW requests kept in flight on one DEALER (best round)
  *
  * Each measurement alternates echo and lmcd in ROUNDS rounds.
@@ -28,7 +28,7 @@
 #include "util/clock.h"
 #include "wire/wire.h"
 
-#define PROMPT_TOKENS 4096
+#define PROMPT_TOKENS 32768 /* a 32K-token prompt: 128 chunks */
 #define CHUNK_TOKENS 256
 #define WINDOW 32
 #define WARMUP 100
@@ -221,7 +221,7 @@ static int op_lookup_hit(struct bench *b, const struct target *t, int64_t *resul
     return lookup_query(b, t, b->hit_tokens, result);
 }
 
-/* Stores the hit prompt's 16 chunks (4 KiB each) so lookups find them. */
+/* Stores the hit prompt's 128 chunks (4 KiB each) so lookups find them. */
 static void store_hit_prompt(struct bench *b, const struct target *t)
 {
     enum { N = PROMPT_TOKENS / CHUNK_TOKENS, BYTES = 4096 };
@@ -338,7 +338,7 @@ static void measure_throughput(struct bench *b, const struct target *te, const s
 int main(int argc, char **argv)
 {
     static struct bench b;
-    b.seconds = argc > 1 ? atof(argv[1]) : 1.0;
+    b.seconds = argc > 1 ? atof(argv[1]) : bench_quick() ? 0.3 : 1.0;
     if (!(b.seconds > 0) || b.seconds > 60)
         b.seconds = 1.0;
     uint32_t x = 2463534242u;
@@ -377,8 +377,8 @@ int main(int argc, char **argv)
     } lat_ops[] = {
         { "ping (pool)", op_ping },
         { "get_chunk_size (loop)", op_chunk_size },
-        { "lookup+query 4096 tok, miss", op_lookup_miss },
-        { "lookup+query 4096 tok, 16 hit", op_lookup_hit },
+        { "lookup+query 32K tok, miss", op_lookup_miss },
+        { "lookup+query 32K tok, 128 hit", op_lookup_hit },
     };
     for (size_t i = 0; i < sizeof(lat_ops) / sizeof(lat_ops[0]); i++) {
         struct lat_result e, l;
@@ -388,6 +388,16 @@ int main(int argc, char **argv)
         if (lat_ops[i].fn == op_lookup_miss || lat_ops[i].fn == op_lookup_hit)
             printf("  (%lld chunks found)", (long long)l.result);
         printf("\n");
+        if (lat_ops[i].fn == op_lookup_hit && l.result != PROMPT_TOKENS / CHUNK_TOKENS) {
+            fprintf(stderr, "bench_rpc: the lookup found %lld chunks, not %d\n", (long long)l.result,
+                    PROMPT_TOKENS / CHUNK_TOKENS);
+            exit(1);
+        }
+        char fig[96];
+        snprintf(fig, sizeof(fig), "rpc %s p50", lat_ops[i].name);
+        bench_report(fig, "us", l.p50, "zmq echo", e.p50, false);
+        snprintf(fig, sizeof(fig), "rpc %s p99", lat_ops[i].name);
+        bench_report(fig, "us", l.p99, "zmq echo", e.p99, false);
     }
     printf("  throughput, %d in flight      lmcd req/s |  echo req/s | ratio\n", WINDOW);
     static const struct {
@@ -398,6 +408,9 @@ int main(int argc, char **argv)
         double e, l;
         measure_throughput(&b, &te, &tl, tp_ops[i].op, &e, &l);
         printf("  %-30s %10.0f | %11.0f | %5.2fx\n", tp_ops[i].name, l, e, l / e);
+        char fig[96];
+        snprintf(fig, sizeof(fig), "throughput %s, %d in flight", tp_ops[i].name, WINDOW);
+        bench_report(fig, "req/s", l, "zmq echo", e, true);
     }
 
     zmq_close(tl.sock);

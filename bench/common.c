@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <math.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -90,11 +91,14 @@ static void *drain(void *arg)
                 continue;
             }
             line[ll] = '\0';
-            ll = 0;
             if (!p->ready_ns && strstr(line, p->ready_text)) {
                 p->ready_ns = now;
+                size_t keep = ll < sizeof(p->ready_line) - 1 ? ll : sizeof(p->ready_line) - 1;
+                memcpy(p->ready_line, line, keep);
+                p->ready_line[keep] = '\0';
                 pthread_cond_broadcast(&p->cv);
             }
+            ll = 0;
         }
         pthread_mutex_unlock(&p->mu);
     }
@@ -336,4 +340,51 @@ void bench_lat_free(struct bench_lat *l)
 {
     free(l->v);
     memset(l, 0, sizeof(*l));
+}
+
+bool bench_quick(void)
+{
+    const char *q = getenv("LMCD_BENCH_QUICK");
+    return q && *q && strcmp(q, "0") != 0;
+}
+
+void bench_report(const char *figure, const char *unit, double lmcd, const char *base_name, double baseline,
+                  bool higher_is_better)
+{
+    const char *dir = getenv("LMCD_BENCH_OUT");
+    char path[512];
+    snprintf(path, sizeof(path), "%s/results.jsonl", dir && *dir ? dir : "bench/out");
+    FILE *f = fopen(path, "a");
+    if (!f) {
+        fprintf(stderr, "bench: %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    /* Figures and units are literals of the benches: no JSON escaping needed
+     * beyond refusing a quote. NaN/inf become null, which the checker flags. */
+    if (strchr(figure, '"') || strchr(unit, '"') || (base_name && strchr(base_name, '"'))) {
+        fprintf(stderr, "bench: figure name with a quote: %s\n", figure);
+        exit(1);
+    }
+    double ratio = baseline > 0 ? lmcd / baseline : NAN;
+    fprintf(f, "{\"figure\": \"%s\", \"unit\": \"%s\", \"higher_is_better\": %s, \"lmcd\": ", figure, unit,
+            higher_is_better ? "true" : "false");
+    if (isfinite(lmcd))
+        fprintf(f, "%.6g", lmcd);
+    else
+        fputs("null", f);
+    fprintf(f, ", \"baseline_name\": \"%s\", \"baseline\": ", base_name ? base_name : "");
+    if (base_name && isfinite(baseline))
+        fprintf(f, "%.6g", baseline);
+    else
+        fputs("null", f);
+    fputs(", \"ratio\": ", f);
+    if (base_name && isfinite(ratio))
+        fprintf(f, "%.6g", ratio);
+    else
+        fputs("null", f);
+    fputs("}\n", f);
+    if (fclose(f)) {
+        fprintf(stderr, "bench: %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
 }

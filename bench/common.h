@@ -38,6 +38,7 @@ struct bench_proc {
     const char *ready_text; /* guarded by mu */
     uint64_t spawn_ns;      /* clock_mono_ns() just before posix_spawn */
     uint64_t ready_ns;      /* guarded by mu: when the ready line was read; 0 = not yet */
+    char ready_line[512];   /* guarded by mu: the ready line itself (with the server's timestamp) */
     bool eof;               /* guarded by mu: the child closed its output */
     char tail[4096];        /* guarded by mu: last output, for error messages */
     size_t tail_len;        /* guarded by mu */
@@ -86,5 +87,19 @@ void bench_lat_add(struct bench_lat *l, uint64_t ns);
 /* Sorts and returns the q-quantile (0..1) in microseconds. */
 double bench_lat_us(struct bench_lat *l, double q);
 void bench_lat_free(struct bench_lat *l);
+
+/* True when LMCD_BENCH_QUICK is set and not "0" (`make bench QUICK=1`):
+ * every bench shrinks its sizes and times so the whole run takes seconds. */
+bool bench_quick(void);
+
+/* Records one figure of the run's table: appends a JSON line {figure, unit,
+ * higher_is_better, lmcd, baseline_name, baseline, ratio} to
+ * $LMCD_BENCH_OUT/results.jsonl (default bench/out). ratio = lmcd/baseline,
+ * so for a throughput (higher_is_better) 1.0 means as fast as the baseline
+ * and more is better, for a time or a size less is better. base_name NULL:
+ * a figure without a baseline (ratio null). bench/report.py prints the
+ * table, writes results.json and the plots. Exits on I/O errors. */
+void bench_report(const char *figure, const char *unit, double lmcd, const char *base_name, double baseline,
+                  bool higher_is_better);
 
 #endif

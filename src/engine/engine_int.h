@@ -123,6 +123,8 @@ struct engine {
     struct { uint64_t ns, size; } sizes[64];
     size_t sizes_next;
     atomic_uint_fast64_t l2_hit_chunks;
+    uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
+    atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
 
 /* engine_l2.c: the engine's side of the L2 tier. */

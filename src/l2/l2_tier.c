@@ -585,53 +585,65 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
             l2_unlock(t->ads[(size_t)p->src[i]], &p->lk[i], 1);
             p->found[(size_t)p->src[i] * n + i] = 0;
         }
-    /* one load task per adapter */
+    /* one load task per adapter, built before any is submitted: once one is
+     * out, its callback may change p->st (under mu) */
     uint8_t *base = l1_base(t->l1);
-    struct iovec *iov = malloc((got ? got * w : 1) * sizeof(*iov));
-    struct l2_key *ks = malloc((got ? got * w : 1) * sizeof(*ks));
+    struct dctx *ctxs[MAX_ADAPTERS] = { 0 };
     int tasks = 0;
-    pthread_mutex_lock(&t->mu);
-    p->loads_left = 1; /* ours until every submit is made */
-    pthread_mutex_unlock(&t->mu);
-    for (size_t a = 0; iov && ks && a < t->nads; a++) {
+    for (size_t a = 0; a < t->nads; a++) {
         size_t m = 0;
         for (size_t i = 0; i < got * w; i++)
-            if (p->st[i] == K_LOADING && p->src[i] == (int8_t)a)
-                m++;
+            m += p->st[i] == K_LOADING && p->src[i] == (int8_t)a;
         if (!m)
             continue;
         struct dctx *c = malloc(sizeof(*c) + m * sizeof(size_t));
-        if (!c)
-            continue;
-        c->p = p;
-        c->a = (int)a;
-        c->n = 0;
-        for (size_t i = 0; i < got * w; i++)
-            if (p->st[i] == K_LOADING && p->src[i] == (int8_t)a) {
-                c->idx[c->n] = i;
-                ks[c->n] = p->lk[i];
-                iov[c->n].iov_base = base + p->res[i].offset;
-                iov[c->n].iov_len = p->r.obj_size;
-                c->n++;
+        if (c)
+            c->n = 0;
+        for (size_t i = 0; i < got * w; i++) {
+            if (p->st[i] != K_LOADING || p->src[i] != (int8_t)a)
+                continue;
+            if (!c) { /* no memory for the task: these keys fail */
+                l1_abort(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer);
+                p->st[i] = K_FAILED;
+                continue;
             }
-        pthread_mutex_lock(&t->mu);
-        p->loads_left++;
-        pthread_mutex_unlock(&t->mu);
-        struct l2_cb cb = { load_done, c };
-        if (l2_submit_load(t->ads[a], ks, iov, m, &cb, NULL) < 0) {
-            struct l2_result r = { 0, -EIO, m, NULL, 0 };
-            load_done(c, &r);
-        } else {
+            c->idx[c->n++] = i;
+        }
+        if (c) {
+            c->p = p;
+            c->a = (int)a;
+            ctxs[a] = c;
             tasks++;
         }
     }
-    free(iov);
-    free(ks);
-    /* keys that got no task (ENOMEM above) fail */
     pthread_mutex_lock(&t->mu);
-    for (size_t i = 0; i < got * w; i++)
-        if (p->st[i] == K_LOADING && !tasks)
-            p->st[i] = K_FAILED;
+    p->loads_left = tasks + 1; /* +1: ours until every submit is made */
+    pthread_mutex_unlock(&t->mu);
+    for (size_t a = 0; a < t->nads; a++) {
+        struct dctx *c = ctxs[a];
+        if (!c)
+            continue;
+        struct iovec *iov = malloc(c->n * sizeof(*iov));
+        struct l2_key *ks = malloc(c->n * sizeof(*ks));
+        int rc = -ENOMEM;
+        if (iov && ks) {
+            for (size_t j = 0; j < c->n; j++) {
+                size_t i = c->idx[j];
+                ks[j] = p->lk[i];
+                iov[j].iov_base = base + p->res[i].offset;
+                iov[j].iov_len = p->r.obj_size;
+            }
+            struct l2_cb cb = { load_done, c };
+            rc = l2_submit_load(t->ads[a], ks, iov, c->n, &cb, NULL);
+        }
+        free(iov);
+        free(ks);
+        if (rc < 0) {
+            struct l2_result r = { 0, rc, c->n, NULL, 0 };
+            load_done(c, &r);
+        }
+    }
+    pthread_mutex_lock(&t->mu);
     bool now = --p->loads_left == 0;
     if (!now) {
         p->next = t->active;

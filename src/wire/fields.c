@@ -261,6 +261,30 @@ static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out,
     if (rc < 0)
         return rc;
     for (uint32_t k = 0; k < n; k++) {
+        /* The forms encoders give token ids (positive fixint, uint8/16/32),
+         * read in place; anything else, and truncation, through mp_next. */
+        const uint8_t *p = r->p;
+        size_t left = mp_left(r);
+        if (left >= 1 && p[0] <= 0x7f) {
+            v[k] = p[0];
+            r->p += 1;
+            continue;
+        }
+        if (left >= 2 && p[0] == 0xcc) {
+            v[k] = p[1];
+            r->p += 2;
+            continue;
+        }
+        if (left >= 3 && p[0] == 0xcd) {
+            v[k] = (uint32_t)p[1] << 8 | p[2];
+            r->p += 3;
+            continue;
+        }
+        if (left >= 5 && p[0] == 0xce) {
+            v[k] = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+            r->p += 5;
+            continue;
+        }
         struct mp_obj o;
         if ((rc = wire_rd_typed(r, MP_INT, &o)) < 0)
             return rc;

@@ -211,6 +211,22 @@ int mp_next(struct mp_rd *r, struct mp_obj *o)
     }
 }
 
+/* Bytes after the type byte of a fixed-size scalar (nil, bool, int, float),
+ * or -1 for anything else. Lets skip() step over the long int arrays of
+ * token ids without decoding each element (a 32K-token LOOKUP). */
+static int scalar_width(uint8_t c)
+{
+    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+        return 0;
+    switch (c) {
+    case 0xcc: case 0xd0: return 1;
+    case 0xcd: case 0xd1: return 2;
+    case 0xca: case 0xce: case 0xd2: return 4;
+    case 0xcb: case 0xcf: case 0xd3: return 8;
+    default: return -1;
+    }
+}
+
 /* Skips one value. Recursion depth is bounded by WIRE_MAX_DEPTH, so the C
  * stack use is bounded too. `check_ext` rejects ext codes other than 1. */
 static int skip(struct mp_rd *r, int depth, bool check_ext)
@@ -226,9 +242,17 @@ static int skip(struct mp_rd *r, int depth, bool check_ext)
     if (depth >= WIRE_MAX_DEPTH)
         return -WIRE_EDEPTH;
     uint64_t items = o.type == MP_MAP ? 2ull * o.n : o.n;
-    for (uint64_t k = 0; k < items; k++)
-        if ((rc = skip(r, depth + 1, check_ext)) < 0)
+    for (uint64_t k = 0; k < items; k++) {
+        if (r->p < r->end) { /* a whole fixed-size scalar: step over it */
+            int w = scalar_width(*r->p);
+            if (w >= 0 && mp_left(r) > (size_t)w) {
+                r->p += 1 + w;
+                continue;
+            }
+        }
+        if ((rc = skip(r, depth + 1, check_ext)) < 0) /* truncation and the rest: the full reader */
             return rc;
+    }
     return 0;
 }
 

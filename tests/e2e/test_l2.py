@@ -303,3 +303,32 @@ def test_l2_bad_adapter_json_refused_at_start(lmcd_factory, bad):
     wait_for(lambda: srv.proc.poll() is not None, timeout=10.0, what="lmcd exits")
     assert srv.proc.returncode != 0
     assert "--l2-adapter #0" in srv.log()
+
+
+def test_l2_slow_tier_answers_at_the_deadline(lmcd_factory):
+    """A mock tier at 0.5 MiB/s a thread and a 0.2 s deadline: LOOKUP is answered with the
+    prefix loaded by then, the late loads finish into buffers that were kept,
+    and a later LOOKUP gets everything."""
+    srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-prefetch-load-timeout", "0.2", "--l2-adapter",
+                        json.dumps({"type": "mock", "max_size_gb": 0.01, "mock_bandwidth_gb": 0.0005})])
+    w = Worker(srv)
+    try:
+        n = 32  # 32 x 32 KiB at 0.5 MiB/s over 4 threads: ~0.5 s to store, as long to load
+        toks = tokens(11, n)
+        written = w.store(toks, n)
+        wait_l2_objects(srv, n)
+        clear_l1(srv)
+        got = w.lookup(toks, n, "slow")
+        assert got < n, "the deadline should cut this request short"
+        pf = l2_status(srv)["prefetch_controller"]
+        assert pf["deadline_expired"] >= 1
+        # the late loads complete and their reservations are released
+        wait_for(lambda: l2_status(srv)["l1_manager"]["write_locked_count"] == 0, timeout=20.0,
+                 what="late loads released")
+        w.sched.end_session("slow")
+        got2 = w.lookup(toks, n, "slow-2")
+        assert got2 >= got
+        if got2:
+            assert w.retrieve(toks, got2, "slow-2") == [written[i] for i in range(got2)]
+    finally:
+        w.close()

@@ -196,6 +196,32 @@ Test(wire, strictness_inside_maps)
     cr_assert_eq(lookup_with("01", "02"), -WIRE_EWRONGTYPE); /* non-str map key */
 }
 
+/* Token ids in every msgpack int form decode to the same values (the
+ * fast path for fixint/uint8/16/32 and the general reader for the rest),
+ * and a truncated or wrongly typed id anywhere in a long list still fails. */
+Test(wire, token_ids_every_int_form)
+{
+    struct tmsg m = { .n = 0 };
+    tmsg_add(&m, "00");
+    tmsg_add(&m, "05");
+    tmsg_add(&m, "87 aa \"model_name\" a1 6d aa \"world_size\" 01 a9 \"worker_id\" c0 a9 \"token_ids\" "
+                 "9a 05 7f cc 80 cd 01 00 ce 00 01 00 00 cf 00 00 00 00 00 00 00 09 d0 05 d1 01 00 "
+                 "d2 00 01 00 01 d3 00 00 00 00 ff ff ff ff "
+                 "a5 \"start\" 00 a3 \"end\" 00 aa \"request_id\" a1 72");
+    tmsg_add(&m, "01");
+    struct wire_req req;
+    cr_assert_eq(decode(WIRE_PROFILE_2604, &m, &req), 0);
+    static const uint32_t want[] = { 5, 127, 128, 256, 65536, 9, 5, 256, 65537, 4294967295u };
+    cr_assert_eq(req.key.n_tokens, 10);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(req.key.token_ids[i], want[i], "token %d", i);
+    wire_req_free(&req);
+    cr_assert_eq(lookup_with("a9 \"token_ids\"", "93 01 cd 01 00 d0 ff"), -WIRE_ERANGE);
+    cr_assert_eq(lookup_with("a9 \"token_ids\"", "93 01 cd 01 00 c0"), -WIRE_EWRONGTYPE);
+    cr_assert_eq(lookup_with("a9 \"token_ids\"", "93 01 02 a1 61"), -WIRE_EWRONGTYPE);
+    cr_assert_lt(lookup_with("a9 \"token_ids\"", "93 01 02 ce 00 01"), 0); /* truncated */
+}
+
 Test(wire, strictness_top_level_int_and_bool_interchange)
 {
     struct tmsg m = { .n = 0 };
