@@ -13,10 +13,11 @@ import json
 import random
 import shutil
 import subprocess
+import urllib.request
 
 import pytest
 
-from conftest import wait_for
+from conftest import LMCD_CLI, wait_for
 from lmcd_client import Client, http_json
 from redis_util import Redis, RedisCluster, have_redis, resp
 from test_engine import CHUNK, MODEL, Worker, lookup, tokens
@@ -150,6 +151,20 @@ def test_valkey_cluster_store_evict_prefetch_retrieve_bit_exact(lmcd_factory, cl
     assert got == [written[i] for i in range(12)], "bytes from the cluster differ"
     per_node = [nd.dbsize() for nd in cl.nodes]
     assert sum(per_node) == 12 and sum(1 for x in per_node if x) >= 2, f"keys not spread: {per_node}"
+    # lmcd-cli l2 keys pages through every master (SCAN), LMCache key strings without the prefix
+    out = subprocess.run([LMCD_CLI, "l2", "keys", MODEL, "--http-port", str(srv.http_port), "--page-size", "5"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    keys = [line for line in out.stdout.splitlines() if line.startswith(MODEL + "@")]
+    assert len(keys) == 12 and all(k.startswith(MODEL + "@01000100@0@") for k in keys), out.stdout
+    # DELETE /cache/objects with tier l2 removes it from the cluster
+    body = json.dumps({"keys": keys[:1], "tier": "l2"}).encode()
+    req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as rep:
+        res = json.loads(rep.read())
+    assert res["l2_deleted"] == 1, res
+    assert cl.dbsize() == 11
 
 
 def b3(data):
