@@ -86,7 +86,11 @@ class Redis:
                      "nodes.conf", "--cluster-require-full-coverage", "no", "--cluster-node-timeout", "2000"]
         self.proc = subprocess.Popen(self.prefix + args + self.extra, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._pings, 10, what=f"redis-server on {self.host}:{self.port}")
+        try:
+            wait_for(self._pings, 10, what=f"redis-server on {self.host}:{self.port}")
+        except BaseException:
+            self.kill()  # never leave a server behind a failed start
+            raise
         return self
 
     def _pings(self):
@@ -123,6 +127,13 @@ class RedisCluster:
 
     def __init__(self, tmp_path, n=3, host="127.0.0.1", prefix=(), ports=None):
         self.nodes = []
+        try:
+            self._form(tmp_path, n, host, prefix, ports)
+        except BaseException:
+            self.kill()  # never leave servers behind a failed start
+            raise
+
+    def _form(self, tmp_path, n, host, prefix, ports):
         for i in range(n):
             port = ports[i] if ports else None
             bus = port + 10000 if ports else None
