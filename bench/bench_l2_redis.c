@@ -209,24 +209,41 @@ static double lmcd_store(void *sock, redisContext *c)
     return (double)(clock_mono_ns() - t0) / 1e9;
 }
 
-/* CLEAR: empties lmcd's L1 (L2 keeps its objects). */
+/* Redis's keyspace_hits (INFO stats): proves the prefetch read Redis. */
+static long long keyspace_hits(redisContext *c)
+{
+    redisReply *r = redisCommand(c, "INFO stats");
+    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, "keyspace_hits:") : NULL;
+    long long n = p ? atoll(p + 14) : -1;
+    if (r)
+        freeReplyObject(r);
+    if (n < 0)
+        die("INFO stats");
+    return n;
+}
+
+/* Forced CLEAR: empties lmcd's L1 even of objects the StoreController may
+ * still hold for a moment (L2 keeps its objects). */
 static void lmcd_clear(void *sock)
 {
     struct wire_req req;
     struct wire_resp resp;
     wire_req_init(&req);
     req.op = WIRE_OP_CLEAR;
+    req.has_force = true;
+    req.force = true;
     rpc(sock, &req, NULL, NULL, 0, &resp);
     wire_resp_free(&resp);
 }
 
 /* Seconds for LOOKUP + QUERY_PREFETCH_STATUS until all chunks are loaded,
  * after an L1-only CLEAR. */
-static double lmcd_prefetch(void *sock, int round)
+static double lmcd_prefetch(void *sock, redisContext *c, int round)
 {
     struct wire_req req;
     struct wire_resp resp;
     lmcd_clear(sock);
+    long long hits0 = keyspace_hits(c);
     char rid[32];
     snprintf(rid, sizeof(rid), "bench-lookup-%d", round);
     wire_req_init(&req);
@@ -250,6 +267,8 @@ static double lmcd_prefetch(void *sock, int round)
                 fprintf(stderr, "bench_l2_redis: prefetch found %lld of %d chunks\n", (long long)got, NOBJ);
                 exit(1);
             }
+            if (keyspace_hits(c) - hits0 < NOBJ)
+                die("the prefetch did not read Redis (L1 still held the prompt)");
             wire_req_init(&req);
             req.op = WIRE_OP_END_SESSION;
             req.request_id = (struct wire_str){ rid, (uint32_t)strlen(rid) };
@@ -357,7 +376,7 @@ int main(int argc, char **argv)
         freeReplyObject(fr);
         lmcd_clear(sock);
         lset[r] = lmcd_store(sock, c);
-        lpre[r] = lmcd_prefetch(sock, r);
+        lpre[r] = lmcd_prefetch(sock, c, r);
     }
     double ls = median(lset, ROUNDS), lp = median(lpre, ROUNDS);
     printf("L2 through the lmcd server (STORE_INLINE -> StoreController -> Redis; LOOKUP -> PrefetchController)\n");
