@@ -481,8 +481,9 @@ static void pf_start(struct l2_tier *t, struct preq *p)
     }
 }
 
-/* Unlocks, per adapter, the planned keys [from, n) it holds for p. */
-static void unlock_adapters(struct l2_tier *t, struct preq *p, size_t from, bool only_not_loading)
+/* Unlocks, per adapter, the planned keys [from, n) it holds for p; with st,
+ * only those not still loading in that snapshot (their callback unlocks them). */
+static void unlock_adapters(struct l2_tier *t, struct preq *p, size_t from, const enum kstate *st)
 {
     size_t n = p->r.n;
     struct l2_key *ks = malloc((n ? n : 1) * sizeof(*ks));
@@ -491,7 +492,7 @@ static void unlock_adapters(struct l2_tier *t, struct preq *p, size_t from, bool
     for (size_t a = 0; a < t->nads; a++) {
         size_t m = 0;
         for (size_t i = from; i < n; i++)
-            if (p->found[a * n + i] && (!only_not_loading || p->st[i] != K_LOADING)) {
+            if (p->found[a * n + i] && (!st || st[i] != K_LOADING)) {
                 ks[m++] = p->lk[i];
                 p->found[a * n + i] = 0;
             }
@@ -579,7 +580,7 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
             l1_abort(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer);
             p->st[i] = K_FAILED;
         }
-    unlock_adapters(t, p, got * w, false);
+    unlock_adapters(t, p, got * w, NULL);
     for (size_t i = 0; i < got * w; i++) /* already in L1: the adapter's copy is not needed */
         if (p->st[i] == K_EXISTS && p->src[i] >= 0 && p->found[(size_t)p->src[i] * n + i]) {
             l2_unlock(t->ads[(size_t)p->src[i]], &p->lk[i], 1);
@@ -688,7 +689,8 @@ static void pf_finish(struct l2_tier *t, struct preq *p, bool timed_out)
                 l1_abort(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer);
         }
     }
-    unlock_adapters(t, p, 0, true);
+    if (st)
+        unlock_adapters(t, p, 0, st);
     struct l1_ref *refs = malloc((keep ? keep : 1) * sizeof(*refs));
     size_t locked = 0;
     if (refs && keep) {

@@ -102,6 +102,17 @@ def data_files(d):
     return sorted(f for f in os.listdir(d) if f.endswith(".data"))
 
 
+def hit_all(srv, toks, written, rid):
+    """A fresh worker on srv finds every chunk of toks and reads back `written`."""
+    n = len(written)
+    w = Worker(srv)
+    try:
+        assert w.lookup(toks, n, rid) == n, srv.log()
+        assert w.retrieve(toks, n, rid) == [written[i] for i in range(n)]
+    finally:
+        w.close()
+
+
 def round_trip(srv, n=4, seed=1):
     w = Worker(srv)
     try:
@@ -136,12 +147,7 @@ def test_l2_fs_round_trip_and_restart(lmcd_factory, tmp_path):
     # a new lmcd on the same directory: hits survive the restart
     srv2 = lmcd_factory(args)
     assert "recovered 4 objects" in srv2.log()
-    w = Worker(srv2)
-    try:
-        assert w.lookup(toks, 4, "after-restart") == 4
-        assert w.retrieve(toks, 4, "after-restart") == [written[i] for i in range(4)]
-    finally:
-        w.close()
+    hit_all(srv2, toks, written, "after-restart")
     # lmcd-cli l2 keys lists what the tier holds, as LMCache key strings
     out = subprocess.run([LMCD_CLI, "l2", "keys", "m", "--http-port", str(srv2.http_port),
                           "--page-size", "3"], capture_output=True, text=True,
@@ -214,12 +220,7 @@ def test_l2_fs_reads_lmcache_directory_with_crc32(lmcd_factory, tmp_path):
     (d / "README.txt").write_text("not an object")  # ignored
     srv2 = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter", fs_adapter(d, checksum="crc32")])
     assert "recovered 4 objects (2 with older 3-field names" in srv2.log()
-    w = Worker(srv2)
-    try:
-        assert w.lookup(toks, 4, "lmcache-dir") == 4
-        assert w.retrieve(toks, 4, "lmcache-dir") == [written[i] for i in range(4)]
-    finally:
-        w.close()
+    hit_all(srv2, toks, written, "lmcache-dir")
     assert srv2.stop() == 0
 
     # corrupt chunk 2 (one flipped byte) and truncate chunk 3: a miss from chunk 2
@@ -268,6 +269,14 @@ def test_l2_fs_capacity_eviction(lmcd_factory, tmp_path):
     assert "triggering eviction" in srv.log()
 
 
+def delete_objects(srv, keys, tier):
+    body = json.dumps({"keys": keys, "tier": tier}).encode()
+    req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
 def test_l2_delete_objects_by_tier(lmcd_factory, tmp_path):
     d = tmp_path / "l2"
     srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter", fs_adapter(d)])
@@ -278,18 +287,10 @@ def test_l2_delete_objects_by_tier(lmcd_factory, tmp_path):
         wait_l2_objects(srv, 2)
         keys = http_json(srv.http, "/l2/keys?model_name=m")["keys"]
         assert len(keys) == 2
-        body = json.dumps({"keys": keys[:1], "tier": "l2"}).encode()
-        req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            res = json.loads(r.read())
+        res = delete_objects(srv, keys[:1], "l2")
         assert res["l2_deleted"] == 1 and res["l1_deleted"] == 0, res
         assert len(data_files(d)) == 1
-        body = json.dumps({"keys": keys, "tier": "all"}).encode()
-        req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            res = json.loads(r.read())
+        res = delete_objects(srv, keys, "all")
         assert res["l1_deleted"] == 2 and res["l2_deleted"] == 1, res
         assert data_files(d) == []
         assert w.lookup(toks, 2, "gone") == 0
