@@ -319,8 +319,12 @@ def test_l2_slow_tier_answers_at_the_deadline(lmcd_factory):
         written = w.store(toks, n)
         wait_l2_objects(srv, n)
         clear_l1(srv)
-        got = w.lookup(toks, n, "slow")
-        assert got < n, "the deadline should cut this request short"
+        w.sched.lookup(make_key("m", toks, 0, n * CHUNK, "slow"))
+        hits = wait_for(lambda: w.sched.query_prefetch_lookup_hits("slow") is not None
+                        and [w.sched.query_prefetch_lookup_hits("slow")], timeout=10.0, what="lookup hits")[0]
+        assert hits == n, "LOOKUP_HITS counts what the tier found"
+        got = w.sched.poll_prefetch_status("slow", timeout=10.0)
+        assert got < n, "QUERY_PREFETCH_STATUS counts what loaded before the deadline"
         pf = l2_status(srv)["prefetch_controller"]
         assert pf["deadline_expired"] >= 1
         # the late loads complete and their reservations are released
@@ -331,5 +335,42 @@ def test_l2_slow_tier_answers_at_the_deadline(lmcd_factory):
         assert got2 >= got
         if got2:
             assert w.retrieve(toks, got2, "slow-2") == [written[i] for i in range(got2)]
+    finally:
+        w.close()
+
+
+def test_l2_skip_l1_drops_stored_objects_from_l1(lmcd_factory, tmp_path):
+    d = tmp_path / "l2"
+    srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-store-policy", "skip_l1", "--l2-adapter", fs_adapter(d)])
+    w = Worker(srv)
+    try:
+        toks = tokens(21, 3)
+        written = w.store(toks, 3)
+        wait_l2_objects(srv, 3)
+        wait_for(lambda: l1_objects(srv) == 0, timeout=10.0, what="skip_l1 empties L1 once stored")
+        assert l2_status(srv)["store_controller"]["store_policy"] == "skip_l1"
+    finally:
+        w.close()
+    hit_all(srv, toks, written, "skip")
+
+
+def test_l2_stale_prefetch_answer_releases_its_locks(lmcd_factory):
+    """END_SESSION while the tier is still loading: the late answer's read
+    locks are released, nothing stays locked or reserved."""
+    srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter",
+                        json.dumps({"type": "mock", "max_size_gb": 0.01, "mock_bandwidth_gb": 0.001})])
+    w = Worker(srv)
+    try:
+        toks = tokens(31, 8)
+        w.store(toks, 8)
+        wait_l2_objects(srv, 8)
+        clear_l1(srv)
+        w.sched.lookup(make_key("m", toks, 0, 8 * CHUNK, "gone"))
+        w.sched.end_session("gone")
+        wait_for(lambda: l2_status(srv)["prefetch_controller"]["completed_results_count"] >= 1, timeout=20.0,
+                 what="the prefetch finishes")
+        l1 = l2_status(srv)["l1_manager"]
+        assert l1["read_locked_count"] == 0 and l1["write_locked_count"] == 0, l1
+        assert w.sched.query_prefetch_status("gone") == 0, "the ended request has no job any more"
     finally:
         w.close()
