@@ -584,6 +584,13 @@ int engine_register_ed(struct engine *e, const struct engine_ed_register *r, str
     if (r->has_num_physical_slots && r->num_physical_slots != C)
         return refuse(e, out, "num_physical_slots %lld differs from the server chunk size %lld",
                       (long long)r->num_physical_slots, (long long)C);
+    /* An instance id is also its L1 writer id: the top of the range belongs
+     * to lmcd's own writers (inline stores, L2 prefetch), whose reservations
+     * an UNREGISTER or a reap of a same-numbered worker would otherwise drop
+     * while bytes are still being written into them. */
+    if (r->instance_id < 0 || r->instance_id >= ENGINE_RESERVED_WRITERS)
+        return refuse(e, out, "instance_id %lld outside 0..%lld", (long long)r->instance_id,
+                      (long long)ENGINE_RESERVED_WRITERS - 1);
     struct instance *in = calloc(1, sizeof(*in));
     if (!in || !(in->model = strndup(r->model_name, r->model_name_len))) {
         free(in);

@@ -374,3 +374,18 @@ def test_l2_stale_prefetch_answer_releases_its_locks(lmcd_factory):
         assert w.sched.query_prefetch_status("gone") == 0, "the ended request has no job any more"
     finally:
         w.close()
+
+
+def test_l2_worker_ids_cannot_take_lmcds_own_writer_ids(lmcd_factory):
+    """Instance ids double as L1 writer ids; the prefetch controller's and the
+    inline stores' must not be registrable, or an UNREGISTER of that id would
+    drop reservations an adapter is still loading into."""
+    srv = lmcd_factory(["--l1-size-gb", "0.05"])
+    c = Client(srv.url, timeout=10.0)
+    try:
+        for iid in (2**63 - 2, -1):
+            reg = c.register_ed(ed_payload(iid, num_layers=LAYERS, hidden_dim_size=HIDDEN))
+            assert reg.get("error") and "instance_id" in reg["error"], reg
+        assert c.register_ed(ed_payload(5, num_layers=LAYERS, hidden_dim_size=HIDDEN)).get("error") is None
+    finally:
+        c.close()
