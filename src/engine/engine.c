@@ -242,6 +242,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     lo.shm_name = e->shm_name_opt;
     lo.shm_group = *e->shm_group_opt ? e->shm_group_opt : NULL;
     lo.use_lazy = o->l1_use_lazy;
+    lo.init_bytes = o->l1_init_bytes;
     lo.read_ttl_s = (uint32_t)(o->l1_read_ttl_s > 0 ? o->l1_read_ttl_s : 300);
     lo.write_ttl_s = (uint32_t)(o->l1_write_ttl_s > 0 ? o->l1_write_ttl_s : 600);
     lo.policy = strcmp(e->policy_name, "noop") ? L1_POLICY_LRU : L1_POLICY_NOOP;
@@ -251,8 +252,9 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     lo.hash_name = e->hash_name;
     lo.clock = e->clock;
     if ((rc = l1_create(&lo, &e->l1))) {
-        log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
-                  strerror(-rc));
+        if (rc == -ENOMEM) /* every other failure has its own line from L1 already */
+            log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
+                      strerror(-rc));
         goto fail;
     }
     log_info("L1: %.2f GiB in shared-memory segment /%s (%s, align %llu, read TTL %u s, write TTL %u s)",
@@ -582,6 +584,13 @@ int engine_register_ed(struct engine *e, const struct engine_ed_register *r, str
     if (r->has_num_physical_slots && r->num_physical_slots != C)
         return refuse(e, out, "num_physical_slots %lld differs from the server chunk size %lld",
                       (long long)r->num_physical_slots, (long long)C);
+    /* An instance id is also its L1 writer id: the top of the range belongs
+     * to lmcd's own writers (inline stores, L2 prefetch), whose reservations
+     * an UNREGISTER or a reap of a same-numbered worker would otherwise drop
+     * while bytes are still being written into them. */
+    if (r->instance_id < 0 || r->instance_id >= ENGINE_RESERVED_WRITERS)
+        return refuse(e, out, "instance_id %lld outside 0..%lld", (long long)r->instance_id,
+                      (long long)ENGINE_RESERVED_WRITERS - 1);
     struct instance *in = calloc(1, sizeof(*in));
     if (!in || !(in->model = strndup(r->model_name, r->model_name_len))) {
         free(in);
@@ -963,9 +972,19 @@ static struct log_ratelimit inline_pin_rl = LOG_RATELIMIT_INIT(60000, 5);
 struct inline_handle {
     struct l1_key *keys;
     struct l1_ref *refs;
-    size_t n;
+    size_t n;      /* pinned objects, unpinned at release */
+    uint8_t *copy; /* their bytes, back to back: what the frames send */
 };
 
+/*
+ * The chunks are pinned (their place in L1 is not reused while the reply is
+ * out, and the pin budget bounds the bytes of replies not yet read), then
+ * copied: a worker may truncate the segment at any moment (l1_check), and a
+ * frame ZeroMQ sent later from the lost pages would carry zeros, a wrong
+ * answer nobody could take back. The copy is checked after it is made:
+ * when the segment was lost before or during it, the generation moved and
+ * the reply is a miss.
+ */
 int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct engine_inline_read *out)
 {
     memset(out, 0, sizeof(*out));
@@ -987,6 +1006,7 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
         out->chunks = NULL;
         return -ENOMEM;
     }
+    uint64_t gen = l1_check(e->l1);
     bool over = false;
     int m = l1_pin_prefix(e->l1, keys, n, e->inline_pin_budget, refs, &over);
     if (over) {
@@ -996,13 +1016,31 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
                "bytes of L1 in replies not yet read by their clients (--inline-max-pinned-ratio)",
                (int)k->request_id_len, k->request_id, m, n, (unsigned long long)e->inline_pin_budget);
     }
-    uint8_t *base = l1_base(e->l1);
-    for (int i = 0; i < m; i++)
-        out->chunks[i] = (struct iovec){ base + refs[i].offset, refs[i].length };
     h->keys = keys;
     h->refs = refs;
     h->n = m > 0 ? (size_t)m : 0;
-    out->n = h->n;
+    size_t total = 0;
+    for (size_t i = 0; i < h->n; i++)
+        total += refs[i].length;
+    if (h->n && !(h->copy = malloc(total))) {
+        out->handle_ = h;
+        engine_inline_release(e, out);
+        return -ENOMEM;
+    }
+    uint8_t *base = l1_base(e->l1), *dst = h->copy;
+    for (size_t i = 0; i < h->n; i++) {
+        memcpy(dst, base + refs[i].offset, refs[i].length);
+        out->chunks[i] = (struct iovec){ dst, refs[i].length };
+        dst += refs[i].length;
+    }
+    if (h->n && l1_check(e->l1) != gen) {
+        log_rl(&inline_pin_rl, LOG_WARNING,
+               "lmcd.retrieve_inline for request %.*s: the L1 segment was lost during the copy; answered as a miss",
+               (int)k->request_id_len, k->request_id);
+        out->n = 0; /* the pins go at release, with the handle */
+    } else {
+        out->n = h->n;
+    }
     out->handle_ = h;
     atomic_fetch_add(&e->retrieved_chunks, out->n);
     return 0;
@@ -1016,6 +1054,7 @@ void engine_inline_release(struct engine *e, struct engine_inline_read *r)
             l1_unpin(e->l1, h->keys, h->refs, h->n);
         free(h->keys);
         free(h->refs);
+        free(h->copy);
         free(h);
     }
     free(r->chunks);

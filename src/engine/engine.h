@@ -51,6 +51,7 @@ struct engine_opts {
     uint64_t l1_align_bytes;
     uint64_t l1_max_objects; /* object table entries; 0 = L1's default (size / 64 KiB) */
     bool l1_use_lazy;
+    uint64_t l1_init_bytes; /* lazy: committed at start (--l1-init-size-gb); 0 = none */
     const char *shm_name;  /* "" = lmcache_l1_pool_<pid> */
     const char *shm_group; /* "" = none (segment mode 0600) */
     int l1_read_ttl_s;
@@ -199,15 +200,17 @@ int engine_store_inline(struct engine *e, const struct engine_key *key, const st
                         int64_t *present);
 
 /* lmcd.retrieve_inline: the contiguous present prefix of [start,end) for
- * this shard, pinned in L1 (l1_pin_prefix: no TTL, so the bytes stay the
- * object's however long ZeroMQ holds the frames). The prefix also stops where
- * the pin budget (inline_max_pinned_ratio) runs out. The iovecs point into L1
- * and stay valid until engine_inline_release(); the server hands them to
- * ZeroMQ zero-copy and releases from the frames' free callback (any thread). */
+ * this shard, pinned in L1 (l1_pin_prefix: no TTL, so their place is not
+ * reused however long ZeroMQ holds the frames), then copied out and checked
+ * against a segment loss after the copy (a loss makes it a miss). The prefix
+ * also stops where the pin budget (inline_max_pinned_ratio) runs out. The
+ * iovecs point into that private copy and stay valid until
+ * engine_inline_release(); the server hands them to ZeroMQ zero-copy and
+ * releases (unpins, frees) from the frames' free callback (any thread). */
 struct engine_inline_read {
     struct iovec *chunks;
     size_t n;
-    void *handle_; /* private: what release unlocks */
+    void *handle_; /* private: what release frees */
 };
 int engine_retrieve_inline(struct engine *e, const struct engine_key *key, struct engine_inline_read *out);
 void engine_inline_release(struct engine *e, struct engine_inline_read *r);

@@ -127,6 +127,11 @@ struct engine {
     atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
 
+/* L1 writer ids at and above this (as int64: every negative id too) are
+ * lmcd's own: inline stores (1 << 63 | n) and L2 prefetch reservations. */
+#define ENGINE_RESERVED_WRITERS (INT64_MAX - 15)
+#define ENGINE_L2_WRITER ((uint64_t)INT64_MAX - 1)
+
 /* engine_l2.c: the engine's side of the L2 tier. */
 int engine_l2_create(struct engine *e);
 void engine_l2_destroy(struct engine *e);

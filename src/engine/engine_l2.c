@@ -21,9 +21,6 @@
 #include "engine/engine_int.h"
 #include "util/log.h"
 
-/* The L1 writer id of prefetch reservations (workers use their instance
- * ids, inline stores 1<<63 | n). */
-#define L2_WRITER ((1ull << 63) - 2)
 
 int engine_l2_create(struct engine *e)
 {
@@ -33,7 +30,7 @@ int engine_l2_create(struct engine *e)
         .store_policy = e->o.l2_store_policy,
         .prefetch_max_in_flight = e->o.l2_prefetch_max_in_flight,
         .load_timeout_ms = e->o.l2_load_timeout_ms,
-        .writer = L2_WRITER,
+        .writer = ENGINE_L2_WRITER, /* never a worker id (engine_register_ed) */
     };
     if (!e->o.l2_adapters || !json_array_size(e->o.l2_adapters))
         return 0;

@@ -409,7 +409,8 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
     srv->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
                               on_mhd_error, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, 2u,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : 10),
-                              MHD_OPTION_CONNECTION_LIMIT, cap, MHD_OPTION_NOTIFY_CONNECTION, http_gov_notify, srv,
+                              MHD_OPTION_CONNECTION_LIMIT, cap + cap / 4 + 8, MHD_OPTION_NOTIFY_CONNECTION,
+                              http_gov_notify, srv,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->d) {

@@ -48,6 +48,7 @@ static int evict_bytes_locked(struct l1 *l1, uint64_t target, uint64_t now)
 
 int l1_evict_round(struct l1 *l1)
 {
+    l1_check(l1); /* a truncated segment is noticed within a second even when idle */
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     l1_settle_locked(l1, now);

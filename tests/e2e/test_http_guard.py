@@ -123,7 +123,8 @@ def test_http_token_guards_mutations(lmcd_factory):
 
 def test_http_config_is_redacted_without_the_token(lmcd_factory):
     extra = '{"hf_token": "s3cret-one", "upstream": {"url": "http://inner:9/", "retries": 3}}'
-    adapter = '{"type": "resp", "host": "127.0.0.1", "port": 6379, "password": "pw-two"}'
+    # no Redis listens there: the adapter starts and reconnects in the background
+    adapter = '{"type": "resp", "host": "127.0.0.1", "port": %d, "password": "pw-two"}' % conftest.free_port()
     for env, authed in (({}, False), ({"LMCD_HTTP_TOKEN": TOKEN}, False), ({"LMCD_HTTP_TOKEN": TOKEN}, True)):
         srv = lmcd_factory(server_args(["--runtime-plugin-config", extra, "--l2-adapter", adapter]), env=env)
         for path in ("/config", "/conf", "/api/config"):
@@ -276,3 +277,18 @@ def test_http_sigterm_during_a_flood_exits_at_once(lmcd_factory, enough_fds):
         flood.close()
     assert srv.proc.returncode == 0
     assert took < 5.0, f"SIGTERM took {took:.1f} s during the flood"
+
+
+def test_http_plugins_get_the_token_from_the_flag(lmcd_factory, tmp_path):
+    """A plugin may call the API: with --http-auth-token it finds the token in its environment."""
+    plugin = tmp_path / "clear.py"
+    plugin.write_text(
+        "import json, os, urllib.request\n"
+        "cfg = json.loads(os.environ['LMCACHE_RUNTIME_PLUGIN_CONFIG'])\n"
+        "port = cfg['http_config']['http_port']\n"
+        "assert 'http_auth_token' not in cfg['http_config']\n"
+        "req = urllib.request.Request(f'http://127.0.0.1:{port}/clear-cache', data=b'', method='POST',\n"
+        "    headers={'Authorization': 'Bearer ' + os.environ['LMCD_HTTP_TOKEN']})\n"
+        "print('clear-cache status', urllib.request.urlopen(req, timeout=5).status)\n")
+    srv = lmcd_factory(server_args(["--http-auth-token", TOKEN, "--runtime-plugin-locations", str(plugin)]))
+    srv.wait_log("clear-cache status 200")

@@ -102,6 +102,17 @@ def data_files(d):
     return sorted(f for f in os.listdir(d) if f.endswith(".data"))
 
 
+def hit_all(srv, toks, written, rid):
+    """A fresh worker on srv finds every chunk of toks and reads back `written`."""
+    n = len(written)
+    w = Worker(srv)
+    try:
+        assert w.lookup(toks, n, rid) == n, srv.log()
+        assert w.retrieve(toks, n, rid) == [written[i] for i in range(n)]
+    finally:
+        w.close()
+
+
 def round_trip(srv, n=4, seed=1):
     w = Worker(srv)
     try:
@@ -136,12 +147,7 @@ def test_l2_fs_round_trip_and_restart(lmcd_factory, tmp_path):
     # a new lmcd on the same directory: hits survive the restart
     srv2 = lmcd_factory(args)
     assert "recovered 4 objects" in srv2.log()
-    w = Worker(srv2)
-    try:
-        assert w.lookup(toks, 4, "after-restart") == 4
-        assert w.retrieve(toks, 4, "after-restart") == [written[i] for i in range(4)]
-    finally:
-        w.close()
+    hit_all(srv2, toks, written, "after-restart")
     # lmcd-cli l2 keys lists what the tier holds, as LMCache key strings
     out = subprocess.run([LMCD_CLI, "l2", "keys", "m", "--http-port", str(srv2.http_port),
                           "--page-size", "3"], capture_output=True, text=True,
@@ -214,12 +220,7 @@ def test_l2_fs_reads_lmcache_directory_with_crc32(lmcd_factory, tmp_path):
     (d / "README.txt").write_text("not an object")  # ignored
     srv2 = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter", fs_adapter(d, checksum="crc32")])
     assert "recovered 4 objects (2 with older 3-field names" in srv2.log()
-    w = Worker(srv2)
-    try:
-        assert w.lookup(toks, 4, "lmcache-dir") == 4
-        assert w.retrieve(toks, 4, "lmcache-dir") == [written[i] for i in range(4)]
-    finally:
-        w.close()
+    hit_all(srv2, toks, written, "lmcache-dir")
     assert srv2.stop() == 0
 
     # corrupt chunk 2 (one flipped byte) and truncate chunk 3: a miss from chunk 2
@@ -268,6 +269,14 @@ def test_l2_fs_capacity_eviction(lmcd_factory, tmp_path):
     assert "triggering eviction" in srv.log()
 
 
+def delete_objects(srv, keys, tier):
+    body = json.dumps({"keys": keys, "tier": tier}).encode()
+    req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
 def test_l2_delete_objects_by_tier(lmcd_factory, tmp_path):
     d = tmp_path / "l2"
     srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter", fs_adapter(d)])
@@ -278,18 +287,10 @@ def test_l2_delete_objects_by_tier(lmcd_factory, tmp_path):
         wait_l2_objects(srv, 2)
         keys = http_json(srv.http, "/l2/keys?model_name=m")["keys"]
         assert len(keys) == 2
-        body = json.dumps({"keys": keys[:1], "tier": "l2"}).encode()
-        req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            res = json.loads(r.read())
+        res = delete_objects(srv, keys[:1], "l2")
         assert res["l2_deleted"] == 1 and res["l1_deleted"] == 0, res
         assert len(data_files(d)) == 1
-        body = json.dumps({"keys": keys, "tier": "all"}).encode()
-        req = urllib.request.Request(srv.http + "/cache/objects", data=body, method="DELETE",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            res = json.loads(r.read())
+        res = delete_objects(srv, keys, "all")
         assert res["l1_deleted"] == 2 and res["l2_deleted"] == 1, res
         assert data_files(d) == []
         assert w.lookup(toks, 2, "gone") == 0
@@ -318,8 +319,12 @@ def test_l2_slow_tier_answers_at_the_deadline(lmcd_factory):
         written = w.store(toks, n)
         wait_l2_objects(srv, n)
         clear_l1(srv)
-        got = w.lookup(toks, n, "slow")
-        assert got < n, "the deadline should cut this request short"
+        w.sched.lookup(make_key("m", toks, 0, n * CHUNK, "slow"))
+        hits = wait_for(lambda: w.sched.query_prefetch_lookup_hits("slow") is not None
+                        and [w.sched.query_prefetch_lookup_hits("slow")], timeout=10.0, what="lookup hits")[0]
+        assert hits == n, "LOOKUP_HITS counts what the tier found"
+        got = w.sched.poll_prefetch_status("slow", timeout=10.0)
+        assert got < n, "QUERY_PREFETCH_STATUS counts what loaded before the deadline"
         pf = l2_status(srv)["prefetch_controller"]
         assert pf["deadline_expired"] >= 1
         # the late loads complete and their reservations are released
@@ -332,3 +337,55 @@ def test_l2_slow_tier_answers_at_the_deadline(lmcd_factory):
             assert w.retrieve(toks, got2, "slow-2") == [written[i] for i in range(got2)]
     finally:
         w.close()
+
+
+def test_l2_skip_l1_drops_stored_objects_from_l1(lmcd_factory, tmp_path):
+    d = tmp_path / "l2"
+    srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-store-policy", "skip_l1", "--l2-adapter", fs_adapter(d)])
+    w = Worker(srv)
+    try:
+        toks = tokens(21, 3)
+        written = w.store(toks, 3)
+        wait_l2_objects(srv, 3)
+        wait_for(lambda: l1_objects(srv) == 0, timeout=10.0, what="skip_l1 empties L1 once stored")
+        assert l2_status(srv)["store_controller"]["store_policy"] == "skip_l1"
+    finally:
+        w.close()
+    hit_all(srv, toks, written, "skip")
+
+
+def test_l2_stale_prefetch_answer_releases_its_locks(lmcd_factory):
+    """END_SESSION while the tier is still loading: the late answer's read
+    locks are released, nothing stays locked or reserved."""
+    srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter",
+                        json.dumps({"type": "mock", "max_size_gb": 0.01, "mock_bandwidth_gb": 0.001})])
+    w = Worker(srv)
+    try:
+        toks = tokens(31, 8)
+        w.store(toks, 8)
+        wait_l2_objects(srv, 8)
+        clear_l1(srv)
+        w.sched.lookup(make_key("m", toks, 0, 8 * CHUNK, "gone"))
+        w.sched.end_session("gone")
+        wait_for(lambda: l2_status(srv)["prefetch_controller"]["completed_results_count"] >= 1, timeout=20.0,
+                 what="the prefetch finishes")
+        l1 = l2_status(srv)["l1_manager"]
+        assert l1["read_locked_count"] == 0 and l1["write_locked_count"] == 0, l1
+        assert w.sched.query_prefetch_status("gone") == 0, "the ended request has no job any more"
+    finally:
+        w.close()
+
+
+def test_l2_worker_ids_cannot_take_lmcds_own_writer_ids(lmcd_factory):
+    """Instance ids double as L1 writer ids; the prefetch controller's and the
+    inline stores' must not be registrable, or an UNREGISTER of that id would
+    drop reservations an adapter is still loading into."""
+    srv = lmcd_factory(["--l1-size-gb", "0.05"])
+    c = Client(srv.url, timeout=10.0)
+    try:
+        for iid in (2**63 - 2, -1):
+            reg = c.register_ed(ed_payload(iid, num_layers=LAYERS, hidden_dim_size=HIDDEN))
+            assert reg.get("error") and "instance_id" in reg["error"], reg
+        assert c.register_ed(ed_payload(5, num_layers=LAYERS, hidden_dim_size=HIDDEN)).get("error") is None
+    finally:
+        c.close()
