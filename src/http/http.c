@@ -279,7 +279,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = takes_body ? calloc(1, sizeof(struct body)) : (void *)&marker;
         if (!*con_cls)
             return MHD_NO;
-        http_gov_request_started(srv, c);
         if (strcmp(method, "GET") && strcmp(method, "HEAD"))
             return MHD_YES;
     }
@@ -298,6 +297,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* Whole request in (a body too): the governor stops timing it only now,
+     * so a body trickled in slowly is as evictable as slow headers. */
+    http_gov_request_started(srv, c);
     struct http_reply r = { 0 };
     r.req_body = takes_body ? *con_cls : NULL;
     int known;
@@ -420,7 +422,7 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->d, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = di ? di->port : o->port;
-    log_info("HTTP: at most %u connections, %u s per request's headers and per idle connection; mutations %s", cap,
+    log_info("HTTP: at most %u connections, %u s for a whole request and per idle connection; mutations %s", cap,
              o->timeout_s, srv->token ? "need the bearer token" : "checked for Host and Origin (no token set)");
     *out = srv;
     return 0;

@@ -5,11 +5,13 @@
  * so half-open connections (slowloris) that never finish their headers
  * would hold every slot until their idle timeout and a probe would wait
  * behind them. The governor tracks each connection from accept to close;
- * those between requests (before their first header line is complete, or
- * idle in keep-alive) sit in a list, oldest first. On every new connection
+ * those between requests (their request not complete yet, or idle in
+ * keep-alive) sit in a list, oldest first. On every new connection
  * it closes those that waited past the timeout and, at the cap, the oldest
  * ones, so a new client always gets a slot and a request that arrives whole
- * is answered at once. A connection in a request is never closed here.
+ * is answered at once. A connection is "in a request" from the moment its
+ * whole request (headers and body) has arrived until its reply is sent;
+ * only then is it never closed here.
  *
  * Closing is shutdown(2), not close(2): libmicrohttpd owns the descriptor,
  * sees EOF and closes it itself. The descriptor stays valid while the

@@ -381,7 +381,7 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
         goto fail;
     sync = true;
     if ((rc = l1_shm_create(&l1->shm, l1->opts.shm_name, l1->opts.shm_group, o->size_bytes,
-                            h.data_offset, o->init_bytes, o->use_lazy)) < 0)
+                            h.data_offset, o->use_lazy)) < 0)
         goto fail;
     memcpy(h.instance_id, l1->shm.instance_id, sizeof(h.instance_id));
     l1->hdr_init = h;

@@ -84,8 +84,9 @@ struct l1_opts {
     uint32_t chunk_size;     /* recorded in the segment header (default 256) */
     const char *hash_name;   /* recorded in the segment header (default "blake3") */
     uint64_t max_objects;    /* object table entries; 0 = size_bytes / 64 KiB, at least 256 */
-    uint64_t init_bytes;     /* lazy: commit the first init_bytes at create (LMCache's
-                                init size, rounded up to 64 MiB); 0 = none */
+    uint64_t init_bytes;     /* lazy: the eviction thread commits the first init_bytes
+                                (LMCache's init size, rounded up to 64 MiB) in the
+                                background once started; 0 = none */
     const struct clock_src *clock; /* NULL = clock_monotonic; must outlive the l1 */
 };
 

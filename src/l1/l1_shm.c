@@ -47,7 +47,6 @@
 #include "util/log.h"
 
 #define SHM_DIR "/dev/shm"
-#define LAZY_INIT_ROUND (64ull << 20) /* LMCache rounds the init slice up to 64 MiB */
 
 static int fallocate_keep(int fd, uint64_t off, uint64_t len)
 {
@@ -311,7 +310,7 @@ static void unlink_ours(struct l1_shm *s)
 }
 
 int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_t size,
-                  uint64_t meta_bytes, uint64_t init_bytes, bool lazy)
+                  uint64_t meta_bytes, bool lazy)
 {
     memset(s, 0, sizeof(*s));
     s->fd = -1;
@@ -369,18 +368,6 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
                   lazy ? "the header and object table" : "all pages", s->name,
                   lazy ? meta_bytes : size, strerror(-rc));
         goto fail;
-    }
-    if (lazy && init_bytes > meta_bytes) {
-        uint64_t init = (init_bytes + LAZY_INIT_ROUND - 1) / LAZY_INIT_ROUND * LAZY_INIT_ROUND;
-        if (init > size)
-            init = size;
-        int e = fallocate_keep(fd, meta_bytes, init - meta_bytes);
-        if (e < 0)
-            log_warn("Cannot commit the first %" PRIu64 " bytes of L1 (--l1-init-size-gb) in "
-                     "/dev/shm: %s; pages are committed object by object instead",
-                     init, strerror(-e));
-        else
-            log_info("L1: the first %" PRIu64 " bytes are committed (--l1-init-size-gb)", init);
     }
     if (lazy)
         warn_if_shm_small(size);

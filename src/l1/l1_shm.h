@@ -101,12 +101,11 @@ struct l1_shm {
  * pattern and of this name (owner lock free, lmcd magic), logging each.
  * A name held by a live owner (or a foreign file) is -EBUSY for an
  * explicit name; the default name then falls back to a unique one.
- * Commits meta_bytes (header and table) in every mode, then
- * init_bytes (lazy: LMCache's init size; a failure only warns) or, non-lazy,
- * the whole segment (ENOSPC when /dev/shm is too small), and mlock()s when
+ * Commits meta_bytes (header and table) in every mode and, non-lazy, the
+ * whole segment (ENOSPC when /dev/shm is too small), and mlock()s when
  * RLIMIT_MEMLOCK allows. 0 or -errno; one ERROR line says what failed. */
 int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_t size,
-                  uint64_t meta_bytes, uint64_t init_bytes, bool lazy);
+                  uint64_t meta_bytes, bool lazy);
 /* Commits the tmpfs pages behind [off, off+len) now, so a write into them
  * can never raise SIGBUS because /dev/shm filled up. 0, -ENOSPC (no room),
  * -EIO (the segment was truncated), -errno. Thread-safe; takes no lock. */

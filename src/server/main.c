@@ -307,6 +307,9 @@ static int start_engine(struct app *a)
         .session_ttl_s = 600,
         .inline_max_pinned_ratio = c->mp.inline_max_pinned_ratio,
         .worker_reap_timeout_s = c->mp.worker_reap_timeout_seconds,
+        .max_sessions = (size_t)c->mp.max_sessions,
+        .max_session_bytes = (uint64_t)c->mp.max_session_bytes,
+        .worker_expire_s = c->mp.worker_expire_seconds ? c->mp.worker_expire_seconds : -1, /* 0 = never */
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
         .clock = NULL,

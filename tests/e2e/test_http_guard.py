@@ -292,3 +292,28 @@ def test_http_plugins_get_the_token_from_the_flag(lmcd_factory, tmp_path):
         "print('clear-cache status', urllib.request.urlopen(req, timeout=5).status)\n")
     srv = lmcd_factory(server_args(["--http-auth-token", TOKEN, "--runtime-plugin-locations", str(plugin)]))
     srv.wait_log("clear-cache status 200")
+
+
+def test_http_slow_bodies_do_not_starve_healthcheck(lmcd_factory):
+    """A request is only safe from eviction once it has fully arrived: POSTs
+    that trickle a huge body hold no slot against a new client."""
+    srv = lmcd_factory(server_args(["--http-max-connections", "16", "--http-timeout-seconds", "60"]))
+    socks = []
+    try:
+        for _ in range(48):
+            s = socket.create_connection(("127.0.0.1", srv.http_port))
+            s.sendall(b"POST /clear-cache HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\nab")
+            socks.append(s)
+            time.sleep(0.03)  # lmcd has read its headers before the next one comes
+        time.sleep(0.3)
+        for s in socks:
+            try:
+                s.sendall(b"c")
+            except OSError:
+                pass
+        status, took = timed_health(srv)
+        assert status == 200
+        assert metric(srv, 'lmcd_http_refused_total{reason="evicted_cap"}') >= 1
+    finally:
+        for s in socks:
+            s.close()
