@@ -47,6 +47,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -317,7 +318,7 @@ static int spawn(struct plugin *p, bool counts)
     p->argv_json = aj;
     pthread_mutex_unlock(&s->lock);
 
-    rc = plugin_proc_spawn(argv, s->envp, &p->proc);
+    rc = plugin_proc_spawn(argv, s->envp, (unsigned)s->stop_timeout_ms, &p->proc);
     free(argv);
     if (rc < 0) {
         p->proc = (struct plugin_proc){ .pid = 0, .pidfd = -1, .out_fd = -1 };
@@ -397,6 +398,9 @@ static void reap(struct plugin *p)
 
 static void term_instance(struct plugin *p)
 {
+    /* the guard passes SIGTERM on to whatever left the plugin's group */
+    if (syscall(SYS_pidfd_send_signal, p->proc.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
+        log_warn("Cannot signal the guard of runtime plugin %s: %s", p->path, strerror(errno));
     killpg_quiet(p->proc.pid, SIGTERM);
     killpg_quiet(p->proc.pid, SIGCONT); /* a stopped process must be able to act on it */
     p->deadline_ms = now_ms() + p->sup->stop_timeout_ms;

@@ -178,7 +178,8 @@ static void stop_plugins(struct app *a)
 /*
  * Descriptors: the soft RLIMIT_NOFILE is raised to the hard limit at start
  * (systemd and shells often leave 1024 of a much larger hard limit), and
- * HTTP may hold at most a quarter of it, so an HTTP flood can never take
+ * HTTP may keep at most a quarter of it open (plus a fifth more while the
+ * governor's evictions close, http_start), so an HTTP flood can never take
  * the descriptors ZeroMQ clients, plugins and L1 need (issue 11 item 8).
  */
 static rlim_t nofile_soft = 1024;
@@ -258,6 +259,9 @@ static int start_engine(struct app *a)
         .session_ttl_s = 600,
         .inline_max_pinned_ratio = c->mp.inline_max_pinned_ratio,
         .worker_reap_timeout_s = c->mp.worker_reap_timeout_seconds,
+        .max_sessions = (size_t)c->mp.max_sessions,
+        .max_session_bytes = (uint64_t)c->mp.max_session_bytes,
+        .worker_expire_s = c->mp.worker_expire_seconds ? c->mp.worker_expire_seconds : -1, /* 0 = never */
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
         .clock = NULL,
