@@ -27,6 +27,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "l1/l1_commit.h"
 #include "util/log.h"
 
 static bool pid_alive(uint64_t pid)
@@ -202,6 +203,9 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
         goto fail_errno;
     if (lazy) {
         s->fd = fd; /* kept: l1_shm_back() commits pages on demand */
+        if ((rc = l1_commit_start(fd, size, &s->commit)) < 0)
+            log_warn("L1 segment %s: no commit-ahead thread (%s); pages are committed per reservation", path,
+                     strerror(-rc));
     } else {
         close(fd);
         s->fd = -1;
@@ -236,12 +240,16 @@ int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len)
 {
     if (s->fd < 0 || len == 0)
         return 0;
+    if (s->commit)
+        return l1_commit_back(s->commit, off, len);
     int e = posix_fallocate(s->fd, (off_t)off, (off_t)len);
     return e ? -e : 0;
 }
 
 void l1_shm_destroy(struct l1_shm *s)
 {
+    l1_commit_stop(s->commit); /* before the fd it backs through closes */
+    s->commit = NULL;
     if (s->fd > 0) /* 0 only in a never-created, zeroed struct */
         close(s->fd);
     if (s->base) {

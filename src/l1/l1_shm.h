@@ -64,6 +64,7 @@ struct l1_shm {
     uint8_t *base;
     uint64_t size;
     int fd;         /* lazy mode: kept open to back ranges with fallocate; else -1 */
+    struct l1_commit *commit; /* lazy mode: what is backed, and the commit-ahead thread */
     bool mlocked;
     bool unlink_at_destroy;
 };
@@ -79,7 +80,8 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
 /* Lazy mode: allocates the tmpfs pages behind [off, off+len) now, so that a
  * write into them can never raise SIGBUS because /dev/shm filled up.
  * 0, or -ENOSPC (no room), -errno. A no-op when not lazy (all pages were
- * allocated at create). Thread-safe; takes no lock. */
+ * allocated at create). Ranges backed before cost nothing, and the space
+ * after each range is backed ahead by a thread (l1_commit.h). Thread-safe. */
 int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len);
 /* Unmaps and unlinks. Safe on a zeroed struct. */
 void l1_shm_destroy(struct l1_shm *s);

@@ -1,0 +1,175 @@
+/* l1_commit: see l1_commit.h. */
+#define LOG_MODULE "lmcd.l1"
+#include "l1/l1_commit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/clock.h"
+#include "util/log.h"
+
+#define REGION_SHIFT 21 /* 2 MiB */
+#define REGION (1ull << REGION_SHIFT)
+#define AHEAD_MIN (16ull << 20)
+#define AHEAD_MAX (256ull << 20)
+#define RETRY_NS 1000000000ull /* after a failed commit-ahead */
+
+struct l1_commit {
+    int fd;
+    uint64_t size;
+    uint64_t n_regions;
+    _Atomic uint64_t *backed; /* bit r: region r is backed */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t want_from, want_to; /* guarded by mu: the range to commit ahead */
+    bool stop;                   /* guarded by mu */
+    uint64_t failed_ns;          /* committer thread only: last failure, 0 = none */
+};
+
+static bool is_backed(const struct l1_commit *c, uint64_t r)
+{
+    return atomic_load_explicit(&c->backed[r >> 6], memory_order_acquire) & (1ull << (r & 63));
+}
+
+static void mark(struct l1_commit *c, uint64_t r)
+{
+    atomic_fetch_or_explicit(&c->backed[r >> 6], 1ull << (r & 63), memory_order_release);
+}
+
+/* Backs region r whole (clamped to the segment) and marks it. */
+static int back_region(struct l1_commit *c, uint64_t r)
+{
+    uint64_t off = r << REGION_SHIFT;
+    uint64_t len = off + REGION > c->size ? c->size - off : REGION;
+    int e = posix_fallocate(c->fd, (off_t)off, (off_t)len);
+    if (e)
+        return -e;
+    mark(c, r);
+    return 0;
+}
+
+int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
+{
+    if (len == 0)
+        return 0;
+    if (off >= c->size || len > c->size - off)
+        return -EINVAL;
+    uint64_t r0 = off >> REGION_SHIFT, r1 = (off + len - 1) >> REGION_SHIFT;
+    for (uint64_t r = r0; r <= r1; r++) {
+        if (is_backed(c, r))
+            continue;
+        if (back_region(c, r) == 0)
+            continue;
+        /* The whole region did not fit: back exactly what this reservation
+         * needs of it (a nearly full /dev/shm may still have that much). */
+        uint64_t a = r == r0 ? off : r << REGION_SHIFT;
+        uint64_t b = r == r1 ? off + len : (r + 1) << REGION_SHIFT;
+        int e = posix_fallocate(c->fd, (off_t)a, (off_t)(b - a));
+        if (e)
+            return -e;
+    }
+    uint64_t ahead = len * 4;
+    ahead = ahead < AHEAD_MIN ? AHEAD_MIN : ahead > AHEAD_MAX ? AHEAD_MAX : ahead;
+    uint64_t from = (r1 + 1) << REGION_SHIFT;
+    if (from < c->size) {
+        pthread_mutex_lock(&c->mu);
+        c->want_from = from;
+        c->want_to = from + ahead > c->size ? c->size : from + ahead;
+        pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return 0;
+}
+
+static void *committer(void *arg)
+{
+    struct l1_commit *c = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->stop && c->want_from >= c->want_to)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->stop)
+            break;
+        uint64_t r = c->want_from >> REGION_SHIFT;
+        uint64_t end = (c->want_to + REGION - 1) >> REGION_SHIFT;
+        c->want_from = c->want_to; /* taken */
+        pthread_mutex_unlock(&c->mu);
+        bool retry_ok = !c->failed_ns || clock_mono_ns() - c->failed_ns > RETRY_NS;
+        for (; retry_ok && r < end; r++) {
+            if (is_backed(c, r))
+                continue;
+            int rc = back_region(c, r);
+            if (rc < 0) {
+                /* /dev/shm is full (or nearly): the request path backs what
+                 * it needs itself and skips a chunk that does not fit. */
+                if (!c->failed_ns)
+                    log_debug("L1 commit-ahead stopped: %s", strerror(-rc));
+                c->failed_ns = clock_mono_ns();
+                break;
+            }
+            c->failed_ns = 0;
+            pthread_mutex_lock(&c->mu);
+            bool stop = c->stop;
+            pthread_mutex_unlock(&c->mu);
+            if (stop)
+                break;
+        }
+        pthread_mutex_lock(&c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+int l1_commit_start(int fd, uint64_t size, struct l1_commit **out)
+{
+    *out = NULL;
+    struct l1_commit *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->fd = fd;
+    c->size = size;
+    c->n_regions = (size + REGION - 1) >> REGION_SHIFT;
+    c->backed = calloc((c->n_regions + 63) / 64, sizeof(*c->backed));
+    if (!c->backed) {
+        free(c);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    int e = pthread_create(&c->thread, NULL, committer, c);
+    if (e) {
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+        free((void *)c->backed);
+        free(c);
+        return -e;
+    }
+    *out = c;
+    return 0;
+}
+
+void l1_commit_stop(struct l1_commit *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stop = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free((void *)c->backed);
+    free(c);
+}
