@@ -2,7 +2,7 @@
 #
 #   make            build/lmcd, build/lmcd-cli, build/liblmcd.a
 #   make run        build and start lmcd on its embedded default
-#   make test       build and run every test; last line "N passed, N failed"
+#   make test       build and run every test; last line "N passed, N failed, N skipped"
 #   make test SAN=1       the same under AddressSanitizer + UBSan (build-asan/)
 #   make test SAN=thread  the same under ThreadSanitizer (build-tsan/)
 #   make fuzz       libFuzzer targets (clang), FUZZ_SECONDS each (default 600)
@@ -27,9 +27,13 @@ SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 endif
 
 PKGS := libzmq jansson libmicrohttpd hiredis libxxhash msgpack
-DEPS_OK := $(shell sh mk/deps.sh >&2 && echo ok)
+# A plain `make` installs the build set only; the goals that run tests,
+# benchmarks or fuzzers add theirs (mk/deps.sh names each set).
+DEPS_SETS := build $(if $(filter test unit e2e bench,$(MAKECMDGOALS)),test) \
+	$(if $(filter fuzz,$(MAKECMDGOALS)),fuzz)
+DEPS_OK := $(shell sh mk/deps.sh $(DEPS_SETS) >&2 && echo ok)
 ifneq ($(DEPS_OK),ok)
-$(error mk/deps.sh could not install the build dependencies)
+$(error mk/deps.sh could not install the packages of: $(DEPS_SETS))
 endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
@@ -42,7 +46,7 @@ LDFLAGS := -pthread $(SANFLAGS) $(EXTRA_LDFLAGS)
 LDLIBS := $(PKG_LIBS) -lm
 
 # Module folders in include order: each may include only folders to its right.
-SERVER_MODULES := server http plugin engine wire l1 metrics util
+SERVER_MODULES := server http plugin engine wire l2 l1 metrics util
 LIB_SRCS := $(foreach m,$(filter-out server,$(SERVER_MODULES)),$(wildcard src/$(m)/*.c)) \
 	$(filter-out src/server/main.c,$(wildcard src/server/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)

@@ -1,10 +1,12 @@
 #!/bin/sh
 # Runs every test: the Criterion unit binaries, then the pytest end-to-end
-# suite against the real binaries in $LMCD_BUILD. Prints one summary line
-# "N passed, N failed" last and exits non-zero when anything failed.
+# suite against the real binaries in $LMCD_BUILD. Prints every skipped test
+# with its reason, then one summary line "N passed, N failed, N skipped" last,
+# and exits non-zero when anything failed.
 BUILD=${LMCD_BUILD:-build}
 passed=0
 failed=0
+skipped=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -24,7 +26,9 @@ for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     # --jobs 2: tests share nothing, but a 2-core machine gains little from more.
-    if "$t" --jobs 2 --short-filename >"$tmp/$name.log" 2>&1; then rc=0; else rc=$?; fi
+    # --verbose: Criterion names skipped tests ("[SKIP] suite::test: reason")
+    # only then; they are not in its Synthesis counts.
+    if "$t" --jobs 2 --short-filename --verbose >"$tmp/$name.log" 2>&1; then rc=0; else rc=$?; fi
     line=$(grep -E 'Synthesis: Tested:' "$tmp/$name.log" | tail -1)
     p=$(echo "$line" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
     f=$(echo "$line" | sed -n 's/.*Failing: \([0-9]*\).*/\1/p')
@@ -33,11 +37,13 @@ for t in "$BUILD"/tests/test_*; do
     if [ -z "$line" ] || { [ "$rc" -ne 0 ] && [ $((f + c)) -eq 0 ]; }; then
         f=$((f + 1))   # the binary died before reporting: count it as a failure
     fi
-    passed=$((passed + p)); failed=$((failed + f + c))
+    s=$(grep -c '^\[SKIP\]' "$tmp/$name.log")
+    passed=$((passed + p)); failed=$((failed + f + c)); skipped=$((skipped + s))
     if [ $((f + c)) -ne 0 ]; then
         cat "$tmp/$name.log"
     fi
-    echo "unit $name: $p passed, $((f + c)) failed"
+    grep '^\[SKIP\]' "$tmp/$name.log" | sed "s/^\[SKIP\] /skipped unit $name /"
+    echo "unit $name: $p passed, $((f + c)) failed, $s skipped"
 done
 
 if ls tests/e2e/test_*.py >/dev/null 2>&1; then
@@ -54,10 +60,16 @@ suites = [root] if root.tag == "testsuite" else list(root)
 t = sum(int(s.get("tests", 0)) for s in suites)
 f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
 sk = sum(int(s.get("skipped", 0)) for s in suites)
-print(t - f - sk, f)
+# every skip says why, on stderr so that stdout stays the three counts
+for case in root.iter("testcase"):
+    for s in case.findall("skipped"):
+        name = case.get("classname", "") + "::" + case.get("name", "")
+        print(f"skipped e2e {name}: {s.get('message') or 'no reason given'}", file=sys.stderr)
+print(t - f - sk, f, sk)
 PY
 )
-        passed=$((passed + ${counts% *})); failed=$((failed + ${counts#* }))
+        set -- $counts
+        passed=$((passed + $1)); failed=$((failed + $2)); skipped=$((skipped + $3))
     else
         failed=$((failed + 1))
     fi
@@ -74,5 +86,5 @@ if [ "${SAN:-}" = thread ]; then
     failed=$((failed + races))
 fi
 
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Runs LMCache's own Python MP client (the harness of
-# shared/tools/lmcache_client, see its README) against a fresh build/lmcd.
+# Runs LMCache's own Python MP client (through an external harness directory,
+# see its README) against a fresh build/lmcd.
 #
 #   tools/run_lmcache_client.sh [run_client.py options, e.g. --extended --trace]
 #
@@ -10,9 +10,9 @@
 #
 # Environment:
 #   LMCD_BUILD            build directory holding lmcd (default: build)
-#   LMCACHE_HARNESS       harness directory (default: first of
-#                         <repo>/shared/tools/lmcache_client,
-#                         <repo>/../shared/tools/lmcache_client)
+#   LMCACHE_HARNESS       harness directory holding run_client.py and
+#                         setup_tree.py; it is not part of this repository,
+#                         so without it the run is skipped
 #   LMCACHE_CLIENT_TREE   LMCache client tree (default: /tmp/lmcache_client)
 #   LMCD_ARGS             extra lmcd arguments
 #
@@ -30,12 +30,8 @@ TREE=${LMCACHE_CLIENT_TREE:-/tmp/lmcache_client}
 skip() { echo "SKIP: $*"; exit 77; }
 
 HARNESS=${LMCACHE_HARNESS:-}
-if [ -z "$HARNESS" ]; then
-    for d in "$ROOT/shared/tools/lmcache_client" "$ROOT/../shared/tools/lmcache_client"; do
-        if [ -f "$d/run_client.py" ]; then HARNESS=$(cd "$d" && pwd); break; fi
-    done
-fi
-[ -n "$HARNESS" ] && [ -f "$HARNESS/run_client.py" ] || skip "LMCache client harness not found (set LMCACHE_HARNESS)"
+[ -n "$HARNESS" ] || skip "LMCACHE_HARNESS is not set (the LMCache client harness is not part of this repository)"
+[ -f "$HARNESS/run_client.py" ] || skip "no run_client.py in LMCACHE_HARNESS=$HARNESS"
 [ -d "$TREE" ] || skip "$TREE does not exist: fetch LMCache's client files first (harness README, section 1)"
 [ -x "$LMCD" ] || { echo "no lmcd at $LMCD: run make first"; exit 2; }
 "$PY" -c "import zmq, msgpack, torch" 2>/dev/null || skip "python3-zmq, python3-msgpack or python3-torch missing"

@@ -145,8 +145,11 @@ int client_http_request(const char *host, const char *port, const char *method,
         return fd;
     char *req = NULL, *raw = NULL;
     size_t raw_len = 0;
-    int n = asprintf(&req, "%s %s HTTP/1.0\r\nHost: %s:%s\r\nConnection: close\r\n\r\n", method,
-                     target, host, port);
+    /* lmcd with --http-auth-token wants it on mutations (docs/security.md). */
+    const char *tok = getenv("LMCD_HTTP_TOKEN");
+    int n = asprintf(&req, "%s %s HTTP/1.0\r\nHost: %s:%s\r\n%s%s%sConnection: close\r\n\r\n", method, target,
+                     host, port, tok && *tok ? "Authorization: Bearer " : "", tok && *tok ? tok : "",
+                     tok && *tok ? "\r\n" : "");
     int rc = n < 0 ? -ENOMEM : send_req(fd, req, (size_t)n, deadline);
     if (rc == 0)
         rc = recv_all(fd, deadline, &raw, &raw_len);

@@ -60,6 +60,10 @@ struct engine_opts {
     double eviction_ratio;
     /* sessions and workers */
     int session_ttl_s;           /* 600, as LMCache */
+    /* lmcd.retrieve_inline pins the chunks it hands to ZeroMQ (no TTL: a
+     * slow reader never gets recycled memory); at most this fraction of the
+     * L1 data area is pinned at once, the rest of a reply is cut off (0 = 0.5). */
+    double inline_max_pinned_ratio;
     int worker_reap_timeout_s;   /* 120; 0 disables */
     /* Called (from any engine thread) when a lookup job completes, so the
      * server can answer parked WAIT_PREFETCH_STATUS requests. May be NULL. */
@@ -188,9 +192,11 @@ int engine_store_inline(struct engine *e, const struct engine_key *key, const st
                         int64_t *present);
 
 /* lmcd.retrieve_inline: the contiguous present prefix of [start,end) for
- * this shard, read-locked. The iovecs point into L1 and stay valid until
- * engine_inline_release(); the server hands them to ZeroMQ zero-copy and
- * releases from the frames' free callback (any thread). */
+ * this shard, pinned in L1 (l1_pin_prefix: no TTL, so the bytes stay the
+ * object's however long ZeroMQ holds the frames). The prefix also stops where
+ * the pin budget (inline_max_pinned_ratio) runs out. The iovecs point into L1
+ * and stay valid until engine_inline_release(); the server hands them to
+ * ZeroMQ zero-copy and releases from the frames' free callback (any thread). */
 struct engine_inline_read {
     struct iovec *chunks;
     size_t n;

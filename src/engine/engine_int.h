@@ -115,6 +115,8 @@ struct engine {
     atomic_uint_fast64_t lookups, lookup_hit_chunks, lookup_chunks;
     atomic_uint_fast64_t stored_chunks, retrieved_chunks, store_skipped_chunks;
     atomic_uint_fast64_t reaped_workers, expired_sessions, block_alloc_records;
+    uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
+    atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
 
 /* engine_state.c */

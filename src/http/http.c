@@ -6,6 +6,7 @@
 #include "http/http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -13,14 +14,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "http/http_int.h"
 #include "util/log.h"
 #include "util/pyjson.h"
-
-struct http_server {
-    struct MHD_Daemon *d;
-    struct http_handlers h;
-    int port;
-};
 
 struct http_reply {
     unsigned status;
@@ -76,16 +72,20 @@ static void reply_json_indented(struct http_reply *out, json_t *j)
     json_decref(j);
 }
 
+/* Secret-bearing values only for callers with the token (http_auth.c). */
+static json_t *maybe_redact(struct http_server *srv, struct MHD_Connection *c, json_t *tree)
+{
+    return http_auth_token_ok(srv, c) ? tree : http_auth_redact(tree);
+}
+
 static void r_config(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
-    (void)c;
-    reply_json_indented(out, srv->h.config(srv->h.ctx));
+    reply_json_indented(out, maybe_redact(srv, c, srv->h.config(srv->h.ctx)));
 }
 
 static void r_conf(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
-    (void)c;
-    reply_json_indented(out, srv->h.conf(srv->h.ctx));
+    reply_json_indented(out, maybe_redact(srv, c, srv->h.conf(srv->h.ctx)));
 }
 
 static void r_version(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
@@ -94,12 +94,39 @@ static void r_version(struct http_server *srv, struct MHD_Connection *c, struct 
     reply_json(out, 200, srv->h.version(srv->h.ctx));
 }
 
+/* HTTP's own counters, after the server's. */
+static char *http_metrics(struct http_server *srv, char *server_text)
+{
+    static const char *const names[] = {
+#define HTTP_REFUSED_NAME_(sym, name, text) name,
+        HTTP_REFUSED_KINDS(HTTP_REFUSED_NAME_)
+#undef HTTP_REFUSED_NAME_
+    };
+    char *text = NULL;
+    size_t len = 0;
+    FILE *b = open_memstream(&text, &len);
+    if (!b)
+        return server_text;
+    fputs(server_text ? server_text : "", b);
+    free(server_text);
+    fprintf(b, "# HELP lmcd_http_refused_total HTTP requests refused and connections closed, by reason.\n"
+               "# TYPE lmcd_http_refused_total counter\n");
+    for (int k = 0; k < HTTP_REFUSED_COUNT; k++)
+        fprintf(b, "lmcd_http_refused_total{reason=\"%s\"} %llu\n", names[k],
+                (unsigned long long)atomic_load(&srv->refused[k]));
+    fprintf(b, "# HELP lmcd_http_connections HTTP connections open (cap %u).\n# TYPE lmcd_http_connections gauge\n"
+               "lmcd_http_connections %u\n",
+            srv->gov.cap, http_gov_open(&srv->gov));
+    fclose(b);
+    return text;
+}
+
 static void r_metrics(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)c;
     out->status = 200;
     out->ctype = "text/plain; version=0.0.4; charset=utf-8";
-    out->body = srv->h.metrics(srv->h.ctx);
+    out->body = http_metrics(srv, srv->h.metrics(srv->h.ctx));
 }
 
 static void r_clear(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
@@ -135,21 +162,24 @@ static void r_plugin_restart(struct http_server *srv, struct MHD_Connection *c, 
         reply_json(out, 500, json_pack("{s:s, s:o}", "error", strerror(-rc), "path", req_text(path)));
 }
 
+#define R_MUTATES 1 /* changes state: token, Host and Origin checks (http_auth.c) */
+
 static const struct route {
     const char *method;
     const char *path; /* also served under /api */
     route_fn fn;
+    unsigned flags;
 } routes[] = {
-    { "GET", "/", r_root },
-    { "GET", "/healthcheck", r_health },
-    { "GET", "/status", r_status },
-    { "GET", "/config", r_config },
-    { "GET", "/conf", r_conf },
-    { "GET", "/version", r_version },
-    { "GET", "/metrics", r_metrics },
-    { "POST", "/clear-cache", r_clear },
-    { "GET", "/plugins", r_plugins },
-    { "POST", "/plugins/restart", r_plugin_restart },
+    { "GET", "/", r_root, 0 },
+    { "GET", "/healthcheck", r_health, 0 },
+    { "GET", "/status", r_status, 0 },
+    { "GET", "/config", r_config, 0 },
+    { "GET", "/conf", r_conf, 0 },
+    { "GET", "/version", r_version, 0 },
+    { "GET", "/metrics", r_metrics, 0 },
+    { "POST", "/clear-cache", r_clear, R_MUTATES },
+    { "GET", "/plugins", r_plugins, 0 },
+    { "POST", "/plugins/restart", r_plugin_restart, R_MUTATES },
 };
 
 static const struct route *find_route(const char *url, const char *method, int *path_known)
@@ -169,7 +199,7 @@ static const struct route *find_route(const char *url, const char *method, int *
     return NULL;
 }
 
-static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r)
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r, bool challenge)
 {
     struct MHD_Response *resp =
         r->body ? MHD_create_response_from_buffer(strlen(r->body), r->body, MHD_RESPMEM_MUST_FREE)
@@ -180,6 +210,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r
     }
     r->body = NULL; /* owned by the response now */
     MHD_add_response_header(resp, "Content-Type", r->ctype ? r->ctype : "application/json");
+    if (challenge)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"lmcd\"");
     enum MHD_Result rc = MHD_queue_response(c, r->status, resp);
     MHD_destroy_response(resp);
     return rc;
@@ -196,6 +228,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct http_server *srv = cls;
     if (!*con_cls) { /* first call: headers only; bodies come next */
         *con_cls = &marker;
+        http_gov_request_started(srv, c);
         if (strcmp(method, "GET") && strcmp(method, "HEAD"))
             return MHD_YES;
     }
@@ -206,7 +239,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct http_reply r = { 0 };
     int known;
     const struct route *rt = find_route(url, method, &known);
-    if (rt)
+    const char *why = NULL;
+    unsigned deny = rt && (rt->flags & R_MUTATES) ? http_auth_mutation(srv, c, &why) : 0;
+    if (deny)
+        reply_json(&r, deny, json_pack("{s:s, s:s}", "error", deny == 401 ? "unauthorized" : "forbidden", "reason", why));
+    else if (rt)
         rt->fn(srv, c, &r);
     else if (known)
         reply_json(&r, 405, json_pack("{s:s, s:o, s:o}", "error", "method not allowed", "method", req_text(method),
@@ -214,7 +251,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     else
         reply_json(&r, 404, json_pack("{s:s, s:o}", "error", "not found", "path", req_text(url)));
     log_debug("HTTP %s %s -> %u", method, url, r.status);
-    return send_reply(c, &r);
+    return send_reply(c, &r, deny == 401);
 }
 
 static void on_mhd_error(void *cls, const char *fmt, va_list ap)
@@ -228,15 +265,55 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     log_warn("libmicrohttpd: %s", msg);
 }
 
-int http_start(const char *host, int port, const struct http_handlers *h, struct http_server **out)
+static void free_hosts(char **l)
+{
+    for (char **p = l; p && *p; p++)
+        free(*p);
+    free(l);
+}
+
+/* "a, b,c" -> {"a","b","c",NULL}, lowercase. */
+static char **split_hosts(const char *list)
+{
+    size_t n = 1;
+    for (const char *p = list; p && *p; p++)
+        n += *p == ',';
+    char **out = calloc(n + 1, sizeof(*out));
+    if (!out || !list)
+        return out;
+    size_t k = 0;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *b = p, *e = p + len;
+        while (b < e && (*b == ' ' || *b == '\t'))
+            b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (e > b && (out[k] = strndup(b, (size_t)(e - b))))
+            for (char *q = out[k++]; *q; q++)
+                *q = (char)tolower((unsigned char)*q);
+        p += len + (p[len] == ',');
+    }
+    return out;
+}
+
+static void http_free(struct http_server *srv)
+{
+    http_gov_destroy(&srv->gov);
+    free(srv->token);
+    free_hosts(srv->allowed_hosts);
+    free(srv);
+}
+
+int http_start(const struct http_opts *o, const struct http_handlers *h, struct http_server **out)
 {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
     struct addrinfo *ai = NULL;
     char portstr[16];
-    snprintf(portstr, sizeof(portstr), "%d", port);
-    int e = getaddrinfo(host, portstr, &hints, &ai);
+    snprintf(portstr, sizeof(portstr), "%d", o->port);
+    int e = getaddrinfo(o->host, portstr, &hints, &ai);
     if (e) {
-        log_error("cannot resolve --http-host %s: %s", host, gai_strerror(e));
+        log_error("cannot resolve --http-host %s: %s", o->host, gai_strerror(e));
         return -EINVAL;
     }
     struct http_server *srv = calloc(1, sizeof(*srv));
@@ -245,20 +322,30 @@ int http_start(const char *host, int port, const struct http_handlers *h, struct
         return -ENOMEM;
     }
     srv->h = *h;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_AUTO;
+    srv->token = o->token && *o->token ? strdup(o->token) : NULL;
+    srv->allowed_hosts = split_hosts(o->allowed_hosts);
+    unsigned cap = o->max_connections > 4 ? o->max_connections : 4;
+    http_gov_init(&srv->gov, cap, o->timeout_s ? o->timeout_s : 10);
+    /* MHD_USE_ITC: a stop wakes the polling threads at once instead of
+     * after their poll timeout (issue 11: SIGTERM waited ~30 s). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_AUTO | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    srv->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
+    srv->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
                               on_mhd_error, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, 2u,
-                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : 10),
+                              MHD_OPTION_CONNECTION_LIMIT, cap, MHD_OPTION_NOTIFY_CONNECTION, http_gov_notify, srv,
+                              MHD_OPTION_NOTIFY_COMPLETED, http_gov_request_done, srv, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->d) {
-        free(srv);
-        log_error("cannot listen for HTTP on %s:%d (port in use or address not local?)", host, port);
+        http_free(srv);
+        log_error("cannot listen for HTTP on %s:%d (port in use or address not local?)", o->host, o->port);
         return -EADDRINUSE;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->d, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = di ? di->port : port;
+    srv->port = di ? di->port : o->port;
+    log_info("HTTP: at most %u connections, %u s per request's headers and per idle connection; mutations %s", cap,
+             o->timeout_s, srv->token ? "need the bearer token" : "checked for Host and Origin (no token set)");
     *out = srv;
     return 0;
 }
@@ -270,5 +357,5 @@ void http_stop(struct http_server *srv)
     if (!srv)
         return;
     MHD_stop_daemon(srv->d);
-    free(srv);
+    http_free(srv);
 }

@@ -17,6 +17,12 @@
  * Unknown paths: 404 {"error":"not found","path":...}; a known path with
  * the wrong method: 405.
  *
+ * Access (http_auth.c, docs/security.md): POST routes need the bearer
+ * token when one is set (401), else pass Host/Origin checks (403); GET
+ * /config and /conf are redacted for callers without the token. Slow or
+ * idle connections are closed at the cap and after the timeout
+ * (http_gov.c); a stop wakes libmicrohttpd's threads at once (ITC).
+ *
  * Threads: handlers run on libmicrohttpd's threads. They never touch state
  * the ZeroMQ loop owns; they call the snapshot callbacks below, which must
  * be thread-safe. http_start() returns once the socket listens, so a
@@ -43,8 +49,17 @@ struct http_handlers {
 
 struct http_server;
 
-/* Listens on host:port (an IPv4/IPv6 literal or a name). 0 or -errno. */
-int http_start(const char *host, int port, const struct http_handlers *h, struct http_server **out);
+struct http_opts {
+    const char *host;          /* an IPv4/IPv6 literal or a name */
+    int port;
+    const char *token;         /* NULL/"" = none: mutations then checked for Host and Origin only */
+    const char *allowed_hosts; /* comma list of extra Host names for tokenless mutations; "*" = any */
+    unsigned max_connections;  /* cap; the oldest connection without a request is closed at it */
+    unsigned timeout_s;        /* request headers and idle keep-alive */
+};
+
+/* Listens on o->host:o->port. 0 or -errno. */
+int http_start(const struct http_opts *o, const struct http_handlers *h, struct http_server **out);
 /* The port actually bound (useful with port 0). */
 int http_port(const struct http_server *srv);
 /* Stops listening, waits for handlers in flight, frees. NULL-safe. */

@@ -141,7 +141,7 @@ static void obj_free(struct l1 *l1, struct l1_obj *o)
 
 bool l1_evictable_locked(const struct l1_obj *o, uint64_t now)
 {
-    return o->state == L1_OBJ_READY && (o->holders == 0 || o->expiry_ns <= now);
+    return o->state == L1_OBJ_READY && o->pins == 0 && (o->holders == 0 || o->expiry_ns <= now);
 }
 
 void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o)
@@ -179,7 +179,7 @@ void l1_settle_locked(struct l1 *l1, uint64_t now)
     for (struct l1_node *n = l1->pending.next, *next; n != &l1->pending; n = next) {
         next = n->next;
         struct l1_obj *o = L1_OBJ_OF(n, q);
-        if (o->expiry_ns <= now || (!o->was_reserved && o->holders == 0))
+        if (o->pins == 0 && (o->expiry_ns <= now || (!o->was_reserved && o->holders == 0)))
             obj_free(l1, o);
     }
 }
@@ -725,7 +725,7 @@ static bool unlock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64
         return false; /* expired: the lock already let go of everyone */
     o->holders = o->holders > readers ? o->holders - readers : 0;
     if (o->holders == 0) {
-        if (o->state == L1_OBJ_PENDING)
+        if (o->state == L1_OBJ_PENDING && o->pins == 0)
             obj_free(l1, o);
         else
             drop_holders(l1, o);
@@ -774,6 +774,62 @@ int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref
         struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
         if (o && o->lock_epoch == refs[i].lock_epoch && unlock_obj(l1, o, readers, now))
             done++;
+    }
+    pthread_mutex_unlock(&l1->mu);
+    return done;
+}
+
+/* ---- pins (lmcd's own zero-copy readers) ---------------------------------- */
+
+int l1_pin_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint64_t max_pinned_bytes,
+                  struct l1_ref *refs, bool *over_budget)
+{
+    if ((n && (!keys || !refs)) || n > INT32_MAX)
+        return -EINVAL;
+    size_t i;
+    bool over = false;
+    pthread_mutex_lock(&l1->mu);
+    for (i = 0; i < n; i++) {
+        struct l1_obj *o = ready_find(l1, &keys[i]);
+        if (!o)
+            break;
+        /* an object already pinned costs nothing more: the budget bounds
+         * memory that eviction cannot reclaim, not frames */
+        if (o->pins == UINT32_MAX || (o->pins == 0 && l1->pinned_bytes + o->ext->len > max_pinned_bytes)) {
+            over = true;
+            break;
+        }
+        if (o->pins++ == 0) {
+            l1->n_pinned++;
+            l1->pinned_bytes += o->ext->len;
+        }
+        ref_of(o, &refs[i]);
+    }
+    pthread_mutex_unlock(&l1->mu);
+    if (over_budget)
+        *over_budget = over;
+    return (int)i;
+}
+
+int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n)
+{
+    if (n && (!keys || !refs))
+        return -EINVAL;
+    int done = 0;
+    pthread_mutex_lock(&l1->mu);
+    uint64_t now = clock_now_ns(l1->clock);
+    for (size_t i = 0; i < n; i++) {
+        struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
+        if (!o || !o->pins)
+            continue; /* cannot happen: a pinned object is never freed */
+        if (--o->pins == 0) {
+            l1->n_pinned--;
+            l1->pinned_bytes -= o->ext->len;
+            /* removed by a forced clear meanwhile: free it once nothing holds it */
+            if (o->state == L1_OBJ_PENDING && (o->holders == 0 || o->expiry_ns <= now))
+                obj_free(l1, o);
+        }
+        done++;
     }
     pthread_mutex_unlock(&l1->mu);
     return done;
@@ -858,10 +914,55 @@ void l1_stats_get(struct l1 *l1, struct l1_stats *out)
     out->read_locked_count = l1->n_locked;
     out->temporary_count = 0;
     out->pending_free_count = l1->n_pending;
+    out->pinned_count = l1->n_pinned;
+    out->pinned_bytes = l1->pinned_bytes;
     out->memory_used_bytes = l1->alloc.used;
     out->memory_total_bytes = l1->alloc.bytes;
     pthread_mutex_unlock(&l1->mu);
     out->memory_usage_ratio =
         out->memory_total_bytes ? (double)out->memory_used_bytes / (double)out->memory_total_bytes
                                 : 0.0;
+}
+
+/* ---- for the L2 tier ------------------------------------------------------ */
+
+int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, uint64_t writer)
+{
+    if (n && (!keys || !ids))
+        return -EINVAL;
+    int done = 0;
+    pthread_mutex_lock(&l1->mu);
+    uint64_t now = clock_now_ns(l1->clock);
+    for (size_t i = 0; i < n; i++) {
+        struct l1_obj *o = index_find(l1, &keys[i]);
+        if (!(o && o->state == L1_OBJ_RESERVED && o->id == ids[i] && o->writer == writer))
+            o = pending_find(l1, &keys[i], ids[i], true, true);
+        if (!o || o->writer != writer || o->expiry_ns <= now)
+            continue;
+        o->expiry_ns = now + l1->write_ttl_ns;
+        /* the lists are kept in expiry order: move to the tail */
+        list_del(&o->q);
+        list_append(o->state == L1_OBJ_RESERVED ? &l1->resv : &l1->pending, &o->q);
+        done++;
+    }
+    pthread_mutex_unlock(&l1->mu);
+    return done;
+}
+
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n)
+{
+    if (n && !keys)
+        return -EINVAL;
+    int done = 0;
+    pthread_mutex_lock(&l1->mu);
+    uint64_t now = clock_now_ns(l1->clock);
+    for (size_t i = 0; i < n; i++) {
+        struct l1_obj *o = ready_find(l1, &keys[i]);
+        if (o && (!ids || o->id == ids[i]) && l1_evictable_locked(o, now)) {
+            obj_free(l1, o);
+            done++;
+        }
+    }
+    pthread_mutex_unlock(&l1->mu);
+    return done;
 }

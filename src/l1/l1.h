@@ -181,6 +181,23 @@ int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, siz
 int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n,
                    uint32_t readers);
 
+/*
+ * Pins: lmcd's own readers that hand an object's bytes to ZeroMQ without a
+ * copy (lmcd.retrieve_inline) and cannot know when the frame leaves. A pin
+ * has no TTL: a pinned object is never evicted, and one removed by a forced
+ * clear is freed only after its last unpin, so the bytes stay the object's
+ * however slowly the client reads. Unlike read locks, pins are bounded by
+ * bytes: l1_pin_prefix pins the longest READY prefix that keeps the
+ * allocation bytes of all pinned objects (each counted once, however many
+ * pins it has) at or under max_pinned_bytes, and sets *over_budget (may be
+ * NULL) when it stopped for the budget rather than a missing key. refs gets
+ * each pinned object; l1_unpin takes the same keys and refs (any thread).
+ * Returns the count pinned / unpinned, or -EINVAL.
+ */
+int l1_pin_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint64_t max_pinned_bytes,
+                  struct l1_ref *refs, bool *over_budget);
+int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n);
+
 /* A READY object's place. 0 or -ENOENT. The bytes stay valid only while the
  * caller holds a read lock on it. */
 int l1_get(struct l1 *l1, const struct l1_key *key, struct l1_ref *ref);
@@ -196,12 +213,24 @@ int l1_touch(struct l1 *l1, const struct l1_key *keys, size_t n);
  * Returns the number of objects removed from the index. */
 int l1_clear(struct l1 *l1, bool force);
 
+/* Pushes the write deadline of live reservations of `writer` (ids from
+ * reserve_write) to now + write_ttl_s, so memory an L2 adapter is still
+ * loading into is never freed by expiry. Expired or unknown ones are
+ * skipped. Returns the number renewed. */
+int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, uint64_t writer);
+/* Frees READY objects that nobody holds (skip_l1 after an L2 store, DELETE
+ * /cache/objects). ids may be NULL (any object under the key); with ids a
+ * newer object under the key is left alone. Returns the number freed. */
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n);
+
 struct l1_stats {
     uint64_t total_object_count;  /* READY + live reservations */
     uint64_t write_locked_count;  /* live reservations */
     uint64_t read_locked_count;   /* READY objects with holders */
     uint64_t temporary_count;     /* always 0 */
     uint64_t pending_free_count;  /* removed by clear(true), still held */
+    uint64_t pinned_count;        /* objects with pins (l1_pin_prefix) */
+    uint64_t pinned_bytes;        /* their allocation bytes */
     uint64_t memory_used_bytes;   /* allocation sizes, pending frees included */
     uint64_t memory_total_bytes;  /* data area */
     double memory_usage_ratio;

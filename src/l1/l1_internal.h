@@ -48,6 +48,7 @@ struct l1_obj {
     struct l1_node lru;   /* READY: recency order, least recent first */
     struct l1_node q;     /* RESERVED: resv; READY with holders: locked; PENDING: pending */
     uint32_t holders;
+    uint32_t pins;        /* lmcd's own zero-copy readers (l1_pin_prefix): no TTL, never evicted or freed */
     uint64_t lock_epoch;  /* +1 each time holders restart from zero */
     uint32_t slot;        /* object table index */
     uint8_t state;
@@ -77,6 +78,7 @@ struct l1 {
     struct l1_node locked;     /* guarded by mu; READY with holders, expiry order */
     struct l1_node pending;    /* guarded by mu; PENDING objects */
     uint64_t n_resv, n_locked, n_pending; /* guarded by mu */
+    uint64_t n_pinned, pinned_bytes;      /* guarded by mu: objects with pins, their allocation bytes */
     uint32_t *free_slots;      /* guarded by mu; stack of free table indices */
     uint64_t n_free_slots;     /* guarded by mu */
     uint64_t next_id;          /* guarded by mu */

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "util/log.h"
+#include "util/netaddr.h"
 #include "util/pyjson.h"
 #include "version.h"
 
@@ -170,6 +171,29 @@ static const struct flag flags[] = {
     { "runtime-plugin-stop-timeout", F_FLOAT, OFF(mp.plugin_stop_timeout_seconds), G_LMCD,
       "mp_config.runtime_plugin_stop_timeout", 0, 3600, NULL, "S",
       "grace between SIGTERM and SIGKILL for plugins (default 5)" },
+    /* issue 11 (misc): zero-copy inline replies pin L1 memory until ZeroMQ sends them */
+    { "inline-max-pinned-ratio", F_FLOAT, OFF(mp.inline_max_pinned_ratio), G_LMCD,
+      "mp_config.inline_max_pinned_ratio", 0.01, 1, NULL, "R",
+      "most of L1 that unsent lmcd.retrieve_inline replies may pin; past it replies are cut short (default 0.5)" },
+    /* Who may use the cache, and HTTP limits (issue 11 items 6-8; docs/security.md). One block. */
+    { "ipc-mode", F_STR, OFF(access.ipc_mode), G_LMCD, "mp_config.ipc_mode", 0, 0, NULL, "MODE",
+      "octal mode of an ipc:// socket file (default 0600; 0660 with --shm-group, which also becomes its group)" },
+    { "allowed-uids", F_STR, OFF(access.allowed_uids), G_LMCD, "mp_config.allowed_uids", 0, 0, NULL, "LIST",
+      "ipc:// only: accept peers whose uid (kernel SO_PEERCRED) is in this comma list of users/uids" },
+    { "allowed-gids", F_STR, OFF(access.allowed_gids), G_LMCD, "mp_config.allowed_gids", 0, 0, NULL, "LIST",
+      "ipc:// only: accept peers whose gid is in, or who are members of, these groups/gids" },
+    { "no-inline-ops", F_SET_FALSE, OFF(access.inline_ops), G_LMCD, "mp_config.inline_ops", 0, 0, NULL, NULL,
+      "answer lmcd.store_inline/lmcd.retrieve_inline with 0 chunks (counted) instead of serving them" },
+    { "http-auth-token", F_STR_NULL, OFF(access.http_auth_token), G_HTTP, "http_config.http_auth_token", 0, 0, NULL,
+      "TOKEN", "require 'Authorization: Bearer TOKEN' for mutations and unredacted /config (or $LMCD_HTTP_TOKEN)" },
+    { "http-allow-insecure", F_SET_TRUE, OFF(access.http_allow_insecure), G_HTTP, "http_config.http_allow_insecure",
+      0, 0, NULL, NULL, "allow a non-loopback --http-host without --http-auth-token" },
+    { "http-allowed-hosts", F_STR, OFF(access.http_allowed_hosts), G_HTTP, "http_config.http_allowed_hosts", 0, 0,
+      NULL, "LIST", "Host names accepted on tokenless mutations besides loopback names and IP literals ('*': any)" },
+    { "http-max-connections", F_INT, OFF(access.http_max_connections), G_HTTP, "http_config.http_max_connections",
+      4, 65536, NULL, "N", "concurrent HTTP connections, also capped at a quarter of RLIMIT_NOFILE (default 256)" },
+    { "http-timeout-seconds", F_INT, OFF(access.http_timeout_seconds), G_HTTP, "http_config.http_timeout_seconds",
+      1, 3600, NULL, "S", "a request's headers must arrive, and an idle connection closes, within this (default 10)" },
     { "log-level", F_CHOICE, OFF(log_level), G_LMCD, NULL, 0, 0, level_choices, "LEVEL",
       "log threshold (default: $LMCACHE_LOG_LEVEL, else INFO)" },
     { "log-file", F_STR_NULL, OFF(log_file), G_LMCD, NULL, 0, 0, NULL, "PATH", "also append the log to this file" },
@@ -181,7 +205,7 @@ static const struct flag flags[] = {
 
 #define N_FLAGS (sizeof(flags) / sizeof(flags[0]))
 
-static const char *const l2_types[] = { "mock", "fs", "resp", NULL };
+static const char *const l2_types[] = { "mock", "fs", "resp", "valkey", NULL };
 
 /* ---------------------------------------------------------------- errors */
 
@@ -236,6 +260,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.plugin_restart = xstrdup("never");
     c->mp.plugin_max_restarts = 5;
     c->mp.plugin_stop_timeout_seconds = 5.0;
+    c->mp.inline_max_pinned_ratio = 0.5;
     c->storage.l1_size_bytes = 1ull << 30;
     c->storage.l1_use_lazy = true;
     c->storage.l1_init_size_gb = 20;
@@ -259,6 +284,13 @@ static void set_defaults(struct lmcd_config *c)
     c->http.enabled = true;
     c->http.http_host = xstrdup("127.0.0.1");
     c->http.http_port = 8080;
+    c->access.ipc_mode = xstrdup("");
+    c->access.allowed_uids = xstrdup("");
+    c->access.allowed_gids = xstrdup("");
+    c->access.inline_ops = true;
+    c->access.http_allowed_hosts = xstrdup("");
+    c->access.http_max_connections = 256;
+    c->access.http_timeout_seconds = 10;
 }
 
 static void free_list(char **l)
@@ -287,6 +319,11 @@ void config_free(struct lmcd_config *c)
     free(c->storage.l2_prefetch_policy);
     free(c->obs.otlp_endpoint);
     free(c->http.http_host);
+    free(c->access.ipc_mode);
+    free(c->access.allowed_uids);
+    free(c->access.allowed_gids);
+    free(c->access.http_auth_token);
+    free(c->access.http_allowed_hosts);
     free(c->log_level);
     free(c->log_file);
     free(c->config_file);
@@ -367,12 +404,29 @@ static void set_str(char **dst, const char *v)
     *dst = xstrdup(v);
 }
 
+/* Python's name of a JSON value's type, as LMCache's messages print it. */
+static const char *py_type_name(const json_t *v)
+{
+    static const char *const names[] = { "dict", "list", "str", "int", "float", "bool", "bool", "NoneType" };
+    return names[json_typeof(v)];
+}
+
+/* The extra plugin config is LMCache's RuntimePluginConfig.extra_config, a
+ * dict that plugins read with .get(): anything else would reach them as a
+ * value they cannot use. Worded as LMCache words --l2-adapter's object check. */
+static int check_extra_config(struct perr *pe, const json_t *v, const char *src)
+{
+    if (json_is_object(v))
+        return 0;
+    fail(pe, "%s: expected a JSON object, got %s", src, py_type_name(v));
+    return -EINVAL;
+}
+
 /* Validates one --l2-adapter object the way LMCache's parser words it. */
 static int check_adapter(struct perr *pe, json_t *v, size_t index)
 {
     if (!json_is_object(v)) {
-        static const char *const names[] = { "dict", "list", "str", "int", "float", "bool", "bool", "NoneType" };
-        fail(pe, "--l2-adapter #%zu: expected a JSON object, got %s", index, names[json_typeof(v)]);
+        fail(pe, "--l2-adapter #%zu: expected a JSON object, got %s", index, py_type_name(v));
         return -EINVAL;
     }
     json_t *t = json_object_get(v, "type");
@@ -462,6 +516,10 @@ static int apply_str(struct perr *pe, struct lmcd_config *c, const struct flag *
         json_t *j = *v ? json_loads(v, JSON_DECODE_ANY, &jerr) : json_object();
         if (!j) {
             fail(pe, "--%s is not valid JSON: %s (line %d column %d)", f->name, jerr.text, jerr.line, jerr.column);
+            return -EINVAL;
+        }
+        if (check_extra_config(pe, j, src)) {
+            json_decref(j);
             return -EINVAL;
         }
         json_decref(*(json_t **)p);
@@ -646,6 +704,8 @@ static int apply_json_value(struct perr *pe, struct lmcd_config *c, const struct
         return 0;
     }
     case F_JSON:
+        if (check_extra_config(pe, v, src))
+            return -EINVAL;
         json_decref(*(json_t **)p);
         *(json_t **)p = json_deep_copy(v);
         return 0;
@@ -756,6 +816,70 @@ static int load_file(struct perr *pe, struct lmcd_config *c, const char *file)
 
 static int is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
+/* The access block (docs/security.md): resolves modes and ids, refuses
+ * combinations that would look protected but are not. */
+static int check_access(struct perr *pe, struct lmcd_config *c)
+{
+    struct cfg_access *a = &c->access;
+    bool ipc = !strncmp(c->mp.host, "ipc://", 6);
+    const char *bad;
+    if (*a->ipc_mode) {
+        char *end;
+        long m = strtol(a->ipc_mode, &end, 8);
+        if (*end || m < 0 || m > 0777 || (m & 0600) != 0600) {
+            fail(pe, "argument --ipc-mode: '%s' is not an octal mode within 0600..0777 (the owner needs rw)",
+                 a->ipc_mode);
+            return -EINVAL;
+        }
+        a->ipc_mode_bits = (int)m;
+    } else {
+        a->ipc_mode_bits = *c->mp.shm_group ? 0660 : 0600;
+    }
+    static const char *const names[2] = { "allowed-uids", "allowed-gids" };
+    for (int g = 0; g < 2; g++) {
+        const char *list = g ? a->allowed_gids : a->allowed_uids;
+        if (!*list)
+            continue;
+        if (!ipc) {
+            fail(pe, "argument --%s: needs an ipc:// --host (TCP peers carry no credentials)", names[g]);
+            return -EINVAL;
+        }
+        int rc = netaddr_parse_ids(list, g, g ? a->gids : a->uids, CFG_MAX_IDS, g ? &a->n_gids : &a->n_uids, &bad);
+        if (rc) {
+            fail(pe, "argument --%s: %s '%s'", names[g], rc == -E2BIG ? "more than 64 ids at" : "unknown or bad id",
+                 bad);
+            return -EINVAL;
+        }
+    }
+    if (!a->http_auth_token && getenv("LMCD_HTTP_TOKEN") && *getenv("LMCD_HTTP_TOKEN"))
+        a->http_auth_token = xstrdup(getenv("LMCD_HTTP_TOKEN"));
+    if (a->http_auth_token && !*a->http_auth_token) {
+        free(a->http_auth_token);
+        a->http_auth_token = NULL;
+    }
+    if (a->http_auth_token) {
+        size_t n = strlen(a->http_auth_token);
+        for (size_t i = 0; i < n; i++) {
+            if (a->http_auth_token[i] <= ' ' || a->http_auth_token[i] > '~') {
+                fail(pe, "argument --http-auth-token: only visible ASCII characters (it travels in a header)");
+                return -EINVAL;
+            }
+        }
+        if (n < 16) {
+            fail(pe, "argument --http-auth-token: at least 16 characters (e.g. openssl rand -hex 16)");
+            return -EINVAL;
+        }
+    }
+    if (c->http.enabled && !a->http_auth_token && !a->http_allow_insecure &&
+        netaddr_host_is_loopback(c->http.http_host) != 1) {
+        fail(pe, "argument --http-host: '%s' is not loopback; anyone who reaches it could clear the cache: set "
+                 "--http-auth-token (or LMCD_HTTP_TOKEN), or --http-allow-insecure",
+             c->http.http_host);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int check_config(struct perr *pe, struct lmcd_config *c)
 {
     if (!is_pow2(c->storage.l1_align_bytes)) {
@@ -774,6 +898,8 @@ static int check_config(struct perr *pe, struct lmcd_config *c)
         fail(pe, "argument --shm-name: '%s' must not contain '/'", c->mp.shm_name);
         return -EINVAL;
     }
+    if (check_access(pe, c))
+        return -EINVAL;
     if (!c->mp.max_gpu_workers)
         c->mp.max_gpu_workers = c->mp.max_workers;
     if (!c->mp.max_cpu_workers)
@@ -904,6 +1030,11 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "runtime_plugin_restart", json_string(m->plugin_restart));
     json_object_set_new(mp, "runtime_plugin_max_restarts", json_integer(m->plugin_max_restarts));
     json_object_set_new(mp, "runtime_plugin_stop_timeout", json_real(m->plugin_stop_timeout_seconds));
+    json_object_set_new(mp, "inline_max_pinned_ratio", json_real(m->inline_max_pinned_ratio));
+    json_object_set_new(mp, "ipc_mode", json_string(c->access.ipc_mode));
+    json_object_set_new(mp, "allowed_uids", json_string(c->access.allowed_uids));
+    json_object_set_new(mp, "allowed_gids", json_string(c->access.allowed_gids));
+    json_object_set_new(mp, "inline_ops", json_boolean(c->access.inline_ops));
 
     json_t *mem = json_pack("{s:I, s:b, s:I, s:I}", "size_in_bytes", (json_int_t)s->l1_size_bytes, "use_lazy",
                             s->l1_use_lazy, "init_size_in_bytes", (json_int_t)s->l1_init_size_bytes, "align_bytes",
@@ -919,9 +1050,18 @@ json_t *config_to_json(const struct lmcd_config *c)
                             c->obs.max_queue_size, "metrics_enabled", c->obs.metrics_enabled, "logging_enabled",
                             c->obs.logging_enabled, "tracing_enabled", c->obs.tracing_enabled, "otlp_endpoint",
                             str_or_null(c->obs.otlp_endpoint), "prometheus_port", c->obs.prometheus_port);
-    json_t *http = json_pack("{s:s, s:i}", "http_host", c->http.http_host, "http_port", c->http.http_port);
-    json_t *root = json_pack("{s:o, s:o, s:o, s:o}", "mp_config", mp, "storage_manager_config", sm, "obs_config",
-                             obs, "http_config", http);
+    json_t *root = json_pack("{s:o, s:o, s:o}", "mp_config", mp, "storage_manager_config", sm, "obs_config", obs);
+    /* Without HTTP there is no http_config, as LMCache's ZMQ-only server
+     * (`python -m lmcache.v1.multiprocess.server`) hands plugins none: a
+     * plugin must not be told of an address nobody listens on.
+     * The token is never printed: this tree reaches plugins' environment and GET /config. */
+    if (c->http.enabled)
+        json_object_set_new(root, "http_config",
+                            json_pack("{s:s, s:i, s:b, s:s, s:i, s:i}", "http_host", c->http.http_host, "http_port",
+                                      c->http.http_port, "http_allow_insecure", c->access.http_allow_insecure,
+                                      "http_allowed_hosts", c->access.http_allowed_hosts, "http_max_connections",
+                                      c->access.http_max_connections, "http_timeout_seconds",
+                                      c->access.http_timeout_seconds));
     if (json_truthy(m->plugin_extra_config))
         json_object_set(root, "runtime_plugin_extra_config", m->plugin_extra_config);
     return root;

@@ -48,6 +48,7 @@ struct cfg_mp {
     char *plugin_restart;
     int plugin_max_restarts;
     double plugin_stop_timeout_seconds;
+    double inline_max_pinned_ratio; /* share of L1 unsent retrieve_inline replies may pin */
 };
 
 struct cfg_storage {
@@ -83,11 +84,29 @@ struct cfg_http {
     int http_port;
 };
 
+/* Who may use the cache, and HTTP limits (docs/security.md). */
+#define CFG_MAX_IDS 64
+struct cfg_access {
+    char *ipc_mode;       /* as given; "" = 0600, or 0660 with --shm-group */
+    int ipc_mode_bits;    /* resolved */
+    char *allowed_uids;   /* as given; "" = no peer-credential filter */
+    char *allowed_gids;
+    unsigned uids[CFG_MAX_IDS], gids[CFG_MAX_IDS]; /* resolved */
+    size_t n_uids, n_gids;
+    bool inline_ops;      /* lmcd.store_inline / lmcd.retrieve_inline served */
+    char *http_auth_token; /* NULL = none (also from LMCD_HTTP_TOKEN); never printed */
+    bool http_allow_insecure;
+    char *http_allowed_hosts; /* extra Host names accepted on mutations, comma-separated */
+    int http_max_connections;
+    int http_timeout_seconds;
+};
+
 struct lmcd_config {
     struct cfg_mp mp;
     struct cfg_storage storage;
     struct cfg_obs obs;
     struct cfg_http http;
+    struct cfg_access access;
     char *log_level; /* NULL = LMCACHE_LOG_LEVEL or INFO */
     char *log_file;
     char *config_file;
@@ -112,8 +131,9 @@ void config_free(struct lmcd_config *c);
 
 /*
  * The aggregated config tree (new reference), key order as LMCache's:
- * mp_config, storage_manager_config, obs_config, http_config, then
- * runtime_plugin_extra_config only when the extra config is truthy.
+ * mp_config, storage_manager_config, obs_config, http_config (absent with
+ * --no-http), then runtime_plugin_extra_config only when the extra config
+ * is truthy.
  */
 json_t *config_to_json(const struct lmcd_config *c);
 

@@ -23,7 +23,9 @@
 #include <xxhash.h>
 
 #include "engine/engine.h"
+#include "server/access.h"
 #include "server/dispatch.h"
+#include "server/profile_hint.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -405,6 +407,8 @@ static void dispatch(struct server *s, struct srv_req *r)
     for (size_t i = 0; i < n; i++)
         wf[i] = (struct wire_frame){ zmq_msg_data(&r->frames[i + 1]), zmq_msg_size(&r->frames[i + 1]) };
     int rc = wire_decode_request(s->profile, wf, n, &r->req);
+    if (rc) /* a client of the other --protocol? (logged once per peer) */
+        profile_hint_note(s->profile_hint, s->profile, &r->frames[0], wf, n, &r->req, rc);
     if (wf != stackf)
         free(wf);
     if (rc) {
@@ -426,6 +430,11 @@ static void dispatch(struct server *s, struct srv_req *r)
     if (!fn) {
         bad_input(s, &r->frames[0], SRV_BAD_UNSERVED, r->req.op_name);
         req_free(s, r);
+        return;
+    }
+    if (srv_access_refuse_op(s, r)) {
+        encode_reply(r);
+        send_reply(s, r);
         return;
     }
     if (r->req.cls == WIRE_CLASS_SYNC) {
@@ -523,6 +532,8 @@ static void build_endpoint(struct server *s)
 
 static int bind_one(struct server *s, const char *ep, bool ipv6)
 {
+    if (!strncmp(ep, "ipc://", 6))
+        return srv_access_bind_ipc(s, ep);
     int v6 = ipv6;
     zmq_setsockopt(s->router, ZMQ_IPV6, &v6, sizeof(v6));
     if (zmq_bind(s->router, ep) < 0) {
@@ -585,7 +596,7 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     atomic_init(&s->healthy, true);
     pthread_mutex_init(&s->replyq.lock, NULL);
     s->peer_log = calloc(1, sizeof(*s->peer_log));
-    if (!s->peer_log)
+    if (!s->peer_log || profile_hint_new(&s->profile_hint))
         return -ENOMEM;
     s->replyq.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s->replyq.efd < 0) {
@@ -615,8 +626,9 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
     build_endpoint(s);
-    if ((rc = bind_router(s)))
+    if ((rc = srv_access_prepare(s)) || (rc = bind_router(s)))
         return rc;
+    srv_access_check_bound(s);
     if ((rc = pool_create("gpu", (unsigned)cfg->mp.max_gpu_workers, true, &s->aff_pool)) ||
         (rc = pool_create("cpu", (unsigned)cfg->mp.max_cpu_workers, false, &s->norm_pool))) {
         log_error("cannot start the worker pools: %s", strerror(-rc));
@@ -627,14 +639,16 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
 
 int server_run(struct server *s)
 {
-    zmq_pollitem_t items[3] = {
+    zmq_pollitem_t items[4] = {
         { s->router, 0, ZMQ_POLLIN, 0 },
         { NULL, s->replyq.efd, ZMQ_POLLIN, 0 },
         { NULL, s->sigfd, ZMQ_POLLIN, 0 },
+        { srv_access_monitor(s), 0, ZMQ_POLLIN, 0 },
     };
+    int n_items = srv_access_monitor(s) ? 4 : 3;
     for (;;) {
         items[0].events = s->in_flight < MAX_IN_FLIGHT ? ZMQ_POLLIN : 0;
-        int rc = zmq_poll(items, 3, parked_timeout_ms(s));
+        int rc = zmq_poll(items, n_items, parked_timeout_ms(s));
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -649,6 +663,8 @@ int server_run(struct server *s)
                 log_info("ignoring signal %u (%s)", si.ssi_signo, strsignal((int)si.ssi_signo));
             }
         }
+        if (n_items > 3 && (items[3].revents & ZMQ_POLLIN))
+            srv_access_on_monitor(s);
         if (items[1].revents & ZMQ_POLLIN) {
             drain_replies(s);
             if (atomic_exchange(&s->job_done_pending, false))
@@ -701,8 +717,10 @@ void server_destroy(struct server *s)
         req_free(s, r);
         r = next;
     }
-    if (s->router)
+    if (s->router) {
+        srv_access_close(s);
         zmq_close(s->router);
+    }
     if (s->zctx)
         zmq_ctx_term(s->zctx);
     s->router = s->zctx = NULL;
@@ -712,4 +730,6 @@ void server_destroy(struct server *s)
     pthread_mutex_destroy(&s->replyq.lock);
     free(s->peer_log);
     s->peer_log = NULL;
+    profile_hint_free(s->profile_hint);
+    s->profile_hint = NULL;
 }

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -174,6 +175,46 @@ static void stop_plugins(struct app *a)
 
 /* ------------------------------------------------------------ steps */
 
+/*
+ * Descriptors: the soft RLIMIT_NOFILE is raised to the hard limit at start
+ * (systemd and shells often leave 1024 of a much larger hard limit), and
+ * HTTP may hold at most a quarter of it, so an HTTP flood can never take
+ * the descriptors ZeroMQ clients, plugins and L1 need (issue 11 item 8).
+ */
+static rlim_t nofile_soft = 1024;
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return;
+    /* An unlimited hard limit is still bounded by fs.nr_open (1M by default). */
+    rlim_t target = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+    if (rl.rlim_cur < target) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = target;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            log_info("raised the open-file limit from %llu to %llu", (unsigned long long)was,
+                     (unsigned long long)target);
+        else
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    nofile_soft = rl.rlim_cur;
+}
+
+static unsigned fd_budget_http(int wanted)
+{
+    rlim_t quarter = nofile_soft / 4;
+    unsigned cap = (unsigned)wanted;
+    if (quarter < cap) {
+        cap = quarter < 4 ? 4 : (unsigned)quarter;
+        log_warn("--http-max-connections %d lowered to %u: a quarter of the open-file limit (%llu), the rest kept "
+                 "for ZeroMQ clients",
+                 wanted, cap, (unsigned long long)nofile_soft);
+    }
+    return cap;
+}
+
 static int start_http(struct app *a)
 {
     if (!a->cfg.http.enabled) {
@@ -181,6 +222,12 @@ static int start_http(struct app *a)
         return 0;
     }
     log_info("Starting LMCache HTTP server on http://%s:%d", a->cfg.http.http_host, a->cfg.http.http_port);
+    const struct cfg_access *ac = &a->cfg.access;
+    struct http_opts o = {
+        .host = a->cfg.http.http_host, .port = a->cfg.http.http_port, .token = ac->http_auth_token,
+        .allowed_hosts = ac->http_allowed_hosts, .max_connections = fd_budget_http(ac->http_max_connections),
+        .timeout_s = (unsigned)ac->http_timeout_seconds,
+    };
     static const struct http_handlers h0 = {
         .healthy = app_healthy, .status = app_status, .config = app_config, .conf = app_conf,
         .version = app_version, .metrics = app_metrics, .clear = app_clear, .plugins = app_plugins,
@@ -188,7 +235,7 @@ static int start_http(struct app *a)
     };
     struct http_handlers h = h0;
     h.ctx = a;
-    return http_start(a->cfg.http.http_host, a->cfg.http.http_port, &h, &a->http);
+    return http_start(&o, &h, &a->http);
 }
 
 static int start_engine(struct app *a)
@@ -208,6 +255,7 @@ static int start_engine(struct app *a)
         .eviction_trigger_watermark = c->storage.eviction_trigger_watermark,
         .eviction_ratio = c->storage.eviction_ratio,
         .session_ttl_s = 600,
+        .inline_max_pinned_ratio = c->mp.inline_max_pinned_ratio,
         .worker_reap_timeout_s = c->mp.worker_reap_timeout_seconds,
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
@@ -294,6 +342,11 @@ int main(int argc, char **argv)
     }
     log_info("lmcd %s starting (pid %d, protocol %s)", LMCD_VERSION, (int)getpid(), a.cfg.mp.protocol);
     warn_unserved_config(&a.cfg);
+    raise_nofile();
+    /* Plugins calling the API need the token; they inherit it from our
+     * environment (set before any thread starts: setenv is not thread-safe). */
+    if (a.cfg.access.http_auth_token)
+        setenv("LMCD_HTTP_TOKEN", a.cfg.access.http_auth_token, 1);
 
     /* HTTP threads start last, once everything they read is in place (no
      * field of `a` they read changes afterwards, but a.plugins, which

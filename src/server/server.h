@@ -58,6 +58,16 @@ struct http_server;
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
 
+/* Connections and ops refused by access control (server/access.h). */
+#define SRV_REFUSED_KINDS(X)                                                            \
+    X(IPC_PEER, "ipc_peer", "ipc peer whose credentials are not allowed")               \
+    X(ACCEPT, "accept_failed", "connection the ROUTER could not accept (e.g. EMFILE)")  \
+    X(INLINE_OP, "inline_op", "inline op under --no-inline-ops")
+
+#define SRV_REFUSED_ENUM_(sym, name, text) SRV_REFUSED_##sym,
+enum srv_refused { SRV_REFUSED_KINDS(SRV_REFUSED_ENUM_) SRV_REFUSED_COUNT };
+#undef SRV_REFUSED_ENUM_
+
 /* Counters: atomics, bumped by any thread, summed by nobody (one copy). */
 struct srv_stats {
     atomic_uint_fast64_t requests[WIRE_OP_COUNT]; /* decoded, by op */
@@ -65,6 +75,7 @@ struct srv_stats {
     atomic_uint_fast64_t bad[SRV_BAD_COUNT];
     atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
     atomic_uint_fast64_t block_allocation_records;
+    atomic_uint_fast64_t refused[SRV_REFUSED_COUNT];
 };
 
 
@@ -77,6 +88,7 @@ struct srv_replyq {
 
 struct srv_req;      /* dispatch.h: one request in flight */
 struct srv_peer_log; /* loop only: per (peer, kind) log limiter */
+struct profile_hint; /* profile_hint.h */
 
 
 struct srv_req;
@@ -86,6 +98,7 @@ struct server {
     enum wire_profile profile;
     void *zctx;
     void *router;       /* loop only */
+    void *monitor;      /* loop only: ROUTER accept events (server/access.h) */
     char endpoint[300];
     int sigfd;          /* loop only */
     struct srv_replyq replyq;
@@ -96,6 +109,7 @@ struct server {
     struct http_server *http;
     struct srv_stats stats;
     struct srv_peer_log *peer_log; /* loop only */
+    struct profile_hint *profile_hint; /* loop only: clients of the other --protocol */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */

@@ -94,6 +94,15 @@ char *server_metrics_text(struct server *s)
     for (int k = 0; k < SRV_BAD_COUNT; k++)
         fprintf(b, "lmcd_bad_requests_total{kind=\"%s\"} %llu\n", bad_names[k],
              (unsigned long long)atomic_load(&s->stats.bad[k]));
+    family(b, "lmcd_refused_total", "counter", "Connections and ops refused by access control, by kind.");
+    static const char *const refused_names[] = {
+#define SRV_REFUSED_NAME_(sym, name, text) name,
+        SRV_REFUSED_KINDS(SRV_REFUSED_NAME_)
+#undef SRV_REFUSED_NAME_
+    };
+    for (int k = 0; k < SRV_REFUSED_COUNT; k++)
+        fprintf(b, "lmcd_refused_total{kind=\"%s\"} %llu\n", refused_names[k],
+                (unsigned long long)atomic_load(&s->stats.refused[k]));
     family(b, "lmcd_block_allocation_records_total", "counter", "REPORT_BLOCK_ALLOCATION records received.");
     fprintf(b, "lmcd_block_allocation_records_total %llu\n",
          (unsigned long long)atomic_load(&s->stats.block_allocation_records));

@@ -1,7 +1,8 @@
 """LMCache's own Python MP client (2609, positional) against the real lmcd.
 
-Runs tools/run_lmcache_client.sh, which starts build/lmcd and the harness of
-shared/tools/lmcache_client with LMCache's client files in /tmp/lmcache_client.
+Runs tools/run_lmcache_client.sh, which starts build/lmcd and the harness named
+by $LMCACHE_HARNESS (kept outside this repository) with LMCache's client files
+in /tmp/lmcache_client.
 Those files are fetched from LMCache's public sources by hand (never stored in
 this repository), so where they are absent or unverified -- CI has no network
 -- the test is skipped with the script's reason.

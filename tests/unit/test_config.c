@@ -59,7 +59,8 @@ Test(config, seed_json_shape_and_key_order)
     cr_assert(strstr(s, "\"obs_config\": {\"enabled\": true, \"max_queue_size\": 10000, \"metrics_enabled\": true, "
                         "\"logging_enabled\": true, \"tracing_enabled\": false, \"otlp_endpoint\": null, "
                         "\"prometheus_port\": 9090}, \"http_config\": {\"http_host\": \"127.0.0.1\", "
-                        "\"http_port\": 8080}}"),
+                        "\"http_port\": 8080, \"http_allow_insecure\": false, \"http_allowed_hosts\": \"\", "
+                        "\"http_max_connections\": 256, \"http_timeout_seconds\": 10}}"),
               "%s", s);
     cr_assert_null(strstr(s, "runtime_plugin_extra_config"));
     free(s);
@@ -147,4 +148,49 @@ Test(config, config_file_under_command_line)
     close(fd);
     expect_usage("unknown key mp_config.prot", ARGC("--config", path), ARGV("--config", path));
     unlink(path);
+}
+
+/* issue 11/16: LMCache's extra_config is a dict; a list, string, number or
+ * null is refused from argv and from --config, in LMCache's wording. */
+Test(config, plugin_extra_config_must_be_an_object)
+{
+    expect_usage("argument --runtime-plugin-config: expected a JSON object, got list",
+                 ARGC("--runtime-plugin-config", "[1]"), ARGV("--runtime-plugin-config", "[1]"));
+    expect_usage("argument --runtime-plugin-config: expected a JSON object, got str",
+                 ARGC("--runtime-plugin-config", "\"x\""), ARGV("--runtime-plugin-config", "\"x\""));
+    expect_usage("argument --runtime-plugin-config: expected a JSON object, got int",
+                 ARGC("--runtime-plugin-config", "5"), ARGV("--runtime-plugin-config", "5"));
+    expect_usage("argument --runtime-plugin-config: expected a JSON object, got NoneType",
+                 ARGC("--runtime-plugin-config", "null"), ARGV("--runtime-plugin-config", "null"));
+    struct lmcd_config c;
+    char e[256] = { 0 };
+    cr_assert_eq(LOAD(&c, e, "--runtime-plugin-config", ""), CONFIG_RUN, "an empty string is {}: %s", e);
+    cr_assert(json_is_object(c.mp.plugin_extra_config) && !json_object_size(c.mp.plugin_extra_config));
+    config_free(&c);
+
+    char path[] = "/tmp/lmcd-cfg-XXXXXX";
+    int fd = mkstemp(path);
+    const char *j = "{\"mp_config\": {\"runtime_plugin_config\": {\"extra_config\": [1]}}}";
+    cr_assert_eq(write(fd, j, strlen(j)), (ssize_t)strlen(j));
+    close(fd);
+    expect_usage("key mp_config.runtime_plugin_config.extra_config: expected a JSON object, got list",
+                 ARGC("--config", path), ARGV("--config", path));
+    unlink(path);
+}
+
+/* issue 11/16: with --no-http there is no HTTP address to hand plugins. */
+Test(config, no_http_leaves_http_config_out)
+{
+    struct lmcd_config c;
+    char e[256] = { 0 };
+    cr_assert_eq(LOAD(&c, e, "--no-http"), CONFIG_RUN, "%s", e);
+    json_t *t = config_to_json(&c);
+    cr_assert_null(json_object_get(t, "http_config"), "plugins must not be told of 127.0.0.1:8080");
+    json_decref(t);
+    config_free(&c);
+    cr_assert_eq(LOAD(&c, e, "--http-port", "8123"), CONFIG_RUN, "%s", e);
+    t = config_to_json(&c);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(t, "http_config"), "http_port")), 8123);
+    json_decref(t);
+    config_free(&c);
 }

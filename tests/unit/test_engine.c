@@ -831,9 +831,9 @@ Test(engine, inline_round_trip_and_prefix)
         for (size_t b = 0; b < 1000; b++)
             cr_assert_eq(((uint8_t *)rd.chunks[i].iov_base)[b], te_pat(111, i, 0, b));
     }
-    cr_assert_eq(te_stats(e).read_locked_count, 2, "held while the frames are out");
+    cr_assert_eq(te_stats(e).pinned_count, 2, "pinned (no TTL) while the frames are out");
     engine_inline_release(e, &rd);
-    cr_assert_eq(te_stats(e).read_locked_count, 0);
+    cr_assert_eq(te_stats(e).pinned_count, 0);
 
     /* storing again reports them present without a second copy */
     fill_chunks(buf, iov, 2, 111, 0);

@@ -1,0 +1,206 @@
+/*
+ * bench_l2_redis: L2 throughput to Redis, lmcd's resp adapter against
+ * hiredis directly, same values, same redis-server, same run.
+ *
+ *   direct:  one hiredis connection, SET (then GET) of every value
+ *            pipelined: the best a single client does;
+ *   adapter: one store task (then one load task) of the same keys through
+ *            lmcd's `resp` adapter (8 workers, parts of 16 keys pipelined),
+ *            completion callbacks included; loads are checked for size.
+ *
+ * The values: 128 objects (a 32K-token prompt at 256 tokens per chunk) of
+ * OBJ_MIB MiB each (argv[1], default 1; LMCache's chunks for an 8B model
+ * are ~32 MiB, scaled down to fit a shared 2-core CI box). redis-server is
+ * started on a free 127.0.0.1 port and stopped at the end; ROUNDS rounds,
+ * the median reported. Ratios > 1 mean lmcd is faster than the baseline.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "common.h"
+#include "l2/l2.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define NOBJ 128
+#define ROUNDS 5
+
+static size_t obj_bytes;
+static uint8_t *vals[NOBJ];
+static uint8_t *outb[NOBJ];
+static char names[NOBJ][256];
+static struct l2_key keys[NOBJ];
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_l2_redis: %s\n", what);
+    exit(1);
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_d);
+    return v[n / 2];
+}
+
+/* ---- direct hiredis ---- */
+
+static double direct(redisContext *c, bool set)
+{
+    uint64_t t0 = clock_mono_ns();
+    for (int i = 0; i < NOBJ; i++) {
+        if (set)
+            redisAppendCommand(c, "SET %s %b", names[i], vals[i], obj_bytes);
+        else
+            redisAppendCommand(c, "GET %s", names[i]);
+    }
+    for (int i = 0; i < NOBJ; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)
+            die("direct: no reply");
+        if (!set && (r->type != REDIS_REPLY_STRING || (size_t)r->len != obj_bytes))
+            die("direct: wrong GET reply");
+        if (!set)
+            memcpy(outb[i], r->str, obj_bytes); /* what a cache must do with it */
+        freeReplyObject(r);
+    }
+    return (double)(clock_mono_ns() - t0) / 1e9;
+}
+
+/* ---- through the adapter ---- */
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int rc;
+    size_t ok;
+};
+
+static void on_done(void *arg, const struct l2_result *r)
+{
+    struct waiter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->rc = r->rc;
+    w->ok = 0;
+    for (size_t i = 0; i < r->n; i++)
+        w->ok += r->ok ? r->ok[i] : r->rc == 0;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static double via_adapter(struct l2_adapter *a, bool store)
+{
+    struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, 0 };
+    struct iovec iov[NOBJ];
+    for (int i = 0; i < NOBJ; i++)
+        iov[i] = (struct iovec){ store ? vals[i] : outb[i], obj_bytes };
+    struct l2_cb cb = { on_done, &w };
+    uint64_t t0 = clock_mono_ns();
+    int rc = store ? l2_submit_store(a, keys, iov, NOBJ, &cb, NULL) : l2_submit_load(a, keys, iov, NOBJ, &cb, NULL);
+    if (rc < 0)
+        die("adapter submit failed");
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    double s = (double)(clock_mono_ns() - t0) / 1e9;
+    if (w.rc < 0 || w.ok != NOBJ)
+        die("adapter task failed");
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    int mib = argc > 1 ? atoi(argv[1]) : 1;
+    if (mib < 1 || mib > 64)
+        die("object size must be 1..64 MiB");
+    obj_bytes = (size_t)mib << 20;
+    log_set_level(LOG_WARNING);
+    if (access("/usr/bin/redis-server", X_OK) != 0) {
+        printf("bench_l2_redis: skipped: /usr/bin/redis-server not installed\n");
+        return 0;
+    }
+    int port = bench_free_port();
+    char ports[16];
+    snprintf(ports, sizeof(ports), "%d", port);
+    char *rargv[] = { "/usr/bin/redis-server", "--port", ports, "--bind", "127.0.0.1", "--save", "",
+                      "--appendonly", "no", "--protected-mode", "yes", NULL };
+    struct bench_proc redis;
+    if (bench_proc_start(&redis, rargv, "Ready to accept connections", 10000) < 0)
+        die("redis-server did not start");
+
+    for (int i = 0; i < NOBJ; i++) {
+        vals[i] = malloc(obj_bytes);
+        outb[i] = malloc(obj_bytes);
+        if (!vals[i] || !outb[i])
+            die("out of memory");
+        for (size_t j = 0; j < obj_bytes; j += 8)
+            *(uint64_t *)(vals[i] + j) = 0x9e3779b97f4a7c15ull * (j + 1) ^ (uint64_t)i;
+        memset(&keys[i], 0, sizeof(keys[i]));
+        keys[i].model = "bench/model";
+        keys[i].model_len = strlen(keys[i].model);
+        keys[i].kv_rank = 0x01000100;
+        for (int b = 0; b < 32; b++)
+            keys[i].hash[b] = (uint8_t)(i * 131 + b);
+        if (l2_key_format(names[i], sizeof(names[i]), &keys[i]) < 0)
+            die("key");
+    }
+    struct timeval tv = { 30, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (!c || c->err)
+        die("connect");
+    redisSetTimeout(c, tv);
+
+    char json[256];
+    snprintf(json, sizeof(json), "{\"type\":\"resp\",\"host\":\"127.0.0.1\",\"port\":%d}", port);
+    json_t *cfg = json_loads(json, 0, NULL);
+    struct l2_adapter *a = NULL;
+    char err[256];
+    if (l2_adapter_create(cfg, 0, &a, err, sizeof(err)) < 0)
+        die(err);
+    json_decref(cfg);
+
+    double dset[ROUNDS], dget[ROUNDS], aset[ROUNDS], aget[ROUNDS];
+    for (int r = 0; r < ROUNDS; r++) {
+        redisReply *fr = redisCommand(c, "FLUSHALL");
+        freeReplyObject(fr);
+        dset[r] = direct(c, true);
+        dget[r] = direct(c, false);
+        fr = redisCommand(c, "FLUSHALL");
+        freeReplyObject(fr);
+        aset[r] = via_adapter(a, true);
+        aget[r] = via_adapter(a, false);
+        for (int i = 0; i < NOBJ; i++)
+            if (memcmp(outb[i], vals[i], obj_bytes))
+                die("adapter load not bit-exact");
+    }
+    double mb = (double)NOBJ * (double)obj_bytes / 1e6;
+    double ds = median(dset, ROUNDS), dg = median(dget, ROUNDS);
+    double as = median(aset, ROUNDS), ag = median(aget, ROUNDS);
+    printf("L2 resp throughput, %d objects x %d MiB (%.0f MB), redis-server on 127.0.0.1, median of %d\n", NOBJ,
+           mib, mb, ROUNDS);
+    printf("  store  hiredis SET pipelined %8.1f MB/s   lmcd resp adapter %8.1f MB/s   ratio %.2fx\n", mb / ds,
+           mb / as, ds / as);
+    printf("  load   hiredis GET pipelined %8.1f MB/s   lmcd resp adapter %8.1f MB/s   ratio %.2fx\n", mb / dg,
+           mb / ag, dg / ag);
+    l2_adapter_destroy(a);
+    redisFree(c);
+    bench_proc_stop(&redis, 5000);
+    for (int i = 0; i < NOBJ; i++)
+        free(vals[i]), free(outb[i]);
+    return 0;
+}
