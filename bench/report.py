@@ -85,6 +85,7 @@ set yrange [0:*]
 set xtics rotate by -35 left font ',9'
 set grid ytics
 set bmargin 12
+set rmargin 14
 unset key
 plot '%s' using 2:xtic(1) lc rgb '#3b75af', 1 with lines lc rgb '#c03030' dt 2
 """ % (520, png, title, dat))
