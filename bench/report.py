@@ -54,6 +54,7 @@ GROUPS = [
     ("engine_driven", "engine-driven path, lmcd / memcpy (higher is better)", ("ed ",)),
     ("control_path", "control path p50, lmcd / ZeroMQ echo (lower is better)", ("rpc ",)),
     ("plugins_hash", "plugin launch and hashing, lmcd / baseline", ("plugins ", "hash ")),
+    ("data_baselines", "inline ops vs Redis, L2 adapter vs hiredis (higher is better)", ("inline ", "l2 ")),
 ]
 
 
