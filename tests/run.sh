@@ -10,6 +10,13 @@ skipped=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# Nothing left behind (issue 11 item 14): every lmcd the suite starts names
+# its L1 segment under this run's prefix and writes plugin config files in
+# $TMPDIR; both are checked at the end. Parallel runs use other prefixes.
+export LMCD_TEST_SHM_PREFIX="lmcdt$$_"
+mkdir -p "$tmp/run"
+export TMPDIR="$tmp/run"
+
 # ThreadSanitizer (SAN=thread): a unit test stops at its first race, so
 # Criterion reports that test failed with the race in its log. Servers and
 # tools the e2e tests start keep running and write each report to
@@ -84,6 +91,17 @@ if [ "${SAN:-}" = thread ]; then
     done
     echo "e2e ThreadSanitizer reports: $races"
     failed=$((failed + races))
+fi
+
+left=$( (ls /dev/shm | sed -n "s|^\($LMCD_TEST_SHM_PREFIX.*\)|/dev/shm/\1|p";
+         ls "$TMPDIR" | sed -n "s|^\(lmcd-plugin-config\..*\)|$TMPDIR/\1|p") 2>/dev/null)
+if [ -n "$left" ]; then
+    echo "the suite left these behind:"
+    echo "$left"
+    for f in $left; do rm -f "$f"; done
+    failed=$((failed + 1))
+else
+    echo "nothing left behind in /dev/shm or \$TMPDIR"
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -100,43 +100,87 @@ static void log_bad_key(const char *op, const struct engine_key *k)
 }
 
 /*
- * Object keys of chunks [c0, c1) of the session's hashes (c1 clamped to the
- * hashes there are). worker = KEYS_WORKER_ALL expands every shard,
- * chunk-major. Under s->mu. *out is malloc'd (NULL when *n == 0).
+ * Object keys of chunks [c0, c1) of a hash chain (c1 clamped to the hashes
+ * there are). worker = KEYS_WORKER_ALL expands every shard, chunk-major.
+ * Writes at most cap keys into lk (ok is scratch of the same size); returns
+ * the count, or -errno.
  */
-static int chain_keys(struct session *s, const struct engine_key *k, size_t c0, size_t c1, int worker,
+static long chain_keys_into(const struct hasher_chain *ch, const struct engine_key *k, size_t c0, size_t c1,
+                            int worker, struct obj_key *ok, struct l1_key *lk, size_t cap)
+{
+    if (c1 > ch->len)
+        c1 = ch->len;
+    if (c0 >= c1)
+        return 0;
+    uint64_t ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
+    long got = keys_expand((const uint8_t(*)[32])ch->hashes[c0], c1 - c0, (uint32_t)k->world_size, worker, ns, 0,
+                           ok, cap);
+    /* Same layout (asserted above); copy rather than alias two struct types. */
+    if (got > 0)
+        memcpy(lk, ok, (size_t)got * sizeof(*lk));
+    return got;
+}
+
+/* chain_keys_into() for the whole range, into a malloc'd *out (NULL when
+ * *n == 0). */
+static int chain_keys(const struct hasher_chain *ch, const struct engine_key *k, size_t c0, size_t c1, int worker,
                       struct l1_key **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
-    if (c1 > s->chain.len)
-        c1 = s->chain.len;
+    if (c1 > ch->len)
+        c1 = ch->len;
     if (c0 >= c1)
         return 0;
     size_t shards = worker == KEYS_WORKER_ALL ? (size_t)k->world_size : 1;
     size_t cap = (c1 - c0) * shards;
     struct obj_key *ok = malloc(cap * sizeof(*ok));
-    if (!ok)
-        return -ENOMEM;
-    uint64_t ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
-    long got = keys_expand((const uint8_t(*)[32])s->chain.hashes[c0], c1 - c0, (uint32_t)k->world_size, worker,
-                           ns, 0, ok, cap);
+    struct l1_key *lk = malloc(cap * sizeof(*lk));
+    long got = ok && lk ? chain_keys_into(ch, k, c0, c1, worker, ok, lk, cap) : -ENOMEM;
+    free(ok);
     if (got < 0) {
-        free(ok);
+        free(lk);
         return (int)got;
     }
-    /* Same layout (asserted above); copy rather than alias two struct types. */
-    struct l1_key *lk = malloc(cap * sizeof(*lk));
-    if (!lk) {
-        free(ok);
-        return -ENOMEM;
-    }
-    memcpy(lk, ok, (size_t)got * sizeof(*lk));
-    free(ok);
     *out = lk;
     *n = (size_t)got;
     return 0;
 }
+
+/*
+ * Keys for a request whose session the caps refused (or that has none):
+ * its tokens hashed into a chain of its own, dropped afterwards. Costs a
+ * full hash each time, and nothing after the request.
+ */
+static int unkept_keys(struct engine *e, const struct engine_key *k, size_t c0, size_t c1, int worker,
+                       struct l1_key **out, size_t *n)
+{
+    struct hasher_chain ch;
+    hasher_chain_init(&ch);
+    int rc = hasher_chain_update(&e->hasher, &ch, k->token_ids, k->n_tokens, 0);
+    if (rc == 0)
+        rc = chain_keys(&ch, k, c0, c1, worker, out, n);
+    hasher_chain_free(&ch);
+    return rc;
+}
+
+/* Keys of a request under its session s (tokens updated first); past the
+ * session byte cap, or without a session, from an unkept chain. Under s->mu. */
+static int session_keys(struct engine *e, struct session *s, const struct engine_key *k, size_t c0, size_t c1,
+                        int worker, struct l1_key **out, size_t *n)
+{
+    int rc = s ? session_set_tokens(e, s, k->token_ids, k->n_tokens) : -ENOSPC;
+    if (rc == 0)
+        return chain_keys(&s->chain, k, c0, c1, worker, out, n);
+    if (rc == -ENOSPC)
+        return unkept_keys(e, k, c0, c1, worker, out, n);
+    *out = NULL;
+    *n = 0;
+    return rc;
+}
+
+/* Limiter for the session-cap refusals (a client can repeat them at will). */
+static struct log_ratelimit cap_rl = LOG_RATELIMIT_INIT(60000, 5);
 
 static size_t chunk_of(const struct engine *e, int64_t tok) { return (size_t)tok / (size_t)e->o.chunk_size; }
 
@@ -153,14 +197,14 @@ static int range_keys(struct engine *e, const struct engine_key *k, bool create,
     *n = 0;
     struct session *s =
         session_get(e, k->request_id, k->request_id_len, create ? SESSION_CREATE_WORKER : SESSION_FIND);
-    if (!s)
+    if (!s && !(create && errno == ENOSPC))
         return create ? -ENOMEM : -ENOENT;
-    int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
-    if (rc == 0)
-        rc = chain_keys(s, k, chunk_of(e, k->start), chunk_of(e, k->end), (int)k->worker_id, keys, n);
-    if (rc == 0 && lookup_release)
+    /* past --max-sessions a worker request is still served, from an unkept chain */
+    int rc = session_keys(e, s, k, chunk_of(e, k->start), chunk_of(e, k->end), (int)k->worker_id, keys, n);
+    if (s && rc == 0 && lookup_release)
         lockvec_release_keys(e, &s->locks, *keys, *n, lookup_release);
-    session_put(e, s);
+    if (s)
+        session_put(e, s);
     return rc;
 }
 
@@ -241,6 +285,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     lo.shm_name = e->shm_name_opt;
     lo.shm_group = *e->shm_group_opt ? e->shm_group_opt : NULL;
     lo.use_lazy = o->l1_use_lazy;
+    lo.init_bytes = o->l1_init_bytes;
     lo.read_ttl_s = (uint32_t)(o->l1_read_ttl_s > 0 ? o->l1_read_ttl_s : 300);
     lo.write_ttl_s = (uint32_t)(o->l1_write_ttl_s > 0 ? o->l1_write_ttl_s : 600);
     lo.policy = strcmp(e->policy_name, "noop") ? L1_POLICY_LRU : L1_POLICY_NOOP;
@@ -249,9 +294,16 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     lo.chunk_size = (uint32_t)o->chunk_size;
     lo.hash_name = e->hash_name;
     lo.clock = e->clock;
+    e->read_ttl_ns = (uint64_t)lo.read_ttl_s * 1000000000ull;
+    e->write_ttl_ns = (uint64_t)lo.write_ttl_s * 1000000000ull;
+    e->max_sessions = o->max_sessions ? o->max_sessions : 131072;
+    e->max_session_bytes = o->max_session_bytes ? o->max_session_bytes : 1ull << 30;
+    if (!o->worker_expire_s)
+        e->o.worker_expire_s = 86400;
     if ((rc = l1_create(&lo, &e->l1))) {
-        log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
-                  strerror(-rc));
+        if (rc == -ENOMEM) /* every other failure has its own line from L1 already */
+            log_error("cannot create L1 (%.2f GiB shared-memory segment): %s", (double)o->l1_size_bytes / (1 << 30),
+                      strerror(-rc));
         goto fail;
     }
     log_info("L1: %.2f GiB in shared-memory segment /%s (%s, align %llu, read TTL %u s, write TTL %u s)",
@@ -313,48 +365,92 @@ const char *engine_shm_name(const struct engine *e) { return l1_shm_name(e->l1);
 
 /* ------------------------------------------------------------ lookups */
 
+/* Keys a LOOKUP expands at once: memory stays this bound whatever the
+ * world size and prompt length. */
+#define LOOKUP_BATCH_KEYS 4096
+
+/*
+ * Locks the prefix of the chain present for every shard, a batch of chunks
+ * at a time, recording each lock in s->locks. Returns the chunks locked.
+ * Under s->mu.
+ */
+static int64_t lookup_lock_prefix(struct engine *e, struct session *s, const struct engine_key *k,
+                                  uint32_t readers, int *err)
+{
+    size_t world = (size_t)k->world_size;
+    size_t per = LOOKUP_BATCH_KEYS / world ? LOOKUP_BATCH_KEYS / world : 1; /* chunks per batch */
+    size_t cap = per * world;
+    struct obj_key *ok = malloc(cap * sizeof(*ok));
+    struct l1_key *keys = malloc(cap * sizeof(*keys));
+    struct l1_ref *refs = malloc(cap * sizeof(*refs));
+    int64_t chunks = 0;
+    *err = 0;
+    if (!ok || !keys || !refs) {
+        *err = -ENOMEM;
+        goto out;
+    }
+    for (size_t c0 = 0; c0 < s->chain.len; c0 += per) {
+        long n = chain_keys_into(&s->chain, k, c0, c0 + per, KEYS_WORKER_ALL, ok, keys, cap);
+        if (n <= 0) {
+            *err = n < 0 ? (int)n : 0;
+            break;
+        }
+        int locked = l1_lock_prefix(e->l1, keys, (size_t)n, readers, refs);
+        size_t full = locked > 0 ? (size_t)locked / world : 0;
+        /* shards of a chunk not present for every shard are no hit */
+        for (size_t i = full * world; locked > 0 && i < (size_t)locked; i++)
+            l1_unlock_refs(e->l1, &keys[i], &refs[i], 1, readers);
+        for (size_t i = 0; i < full * world; i++) {
+            if (lockvec_push(&s->locks, &keys[i], refs[i].id, refs[i].lock_epoch, readers)) {
+                /* cannot track the rest: do not keep their locks */
+                for (size_t j = i; j < full * world; j++)
+                    l1_unlock_refs(e->l1, &keys[j], &refs[j], 1, readers);
+                full = i / world; /* a chunk cut short keeps its records: released with the session's */
+                chunks += (int64_t)full;
+                goto out;
+            }
+        }
+        chunks += (int64_t)full;
+        if (full * world < (size_t)n)
+            break; /* a miss ends the prefix */
+    }
+out:
+    free(ok);
+    free(keys);
+    free(refs);
+    return chunks;
+}
+
 int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
 {
     int rc = check_key(k, false);
     struct session *s = session_get(e, k->request_id, k->request_id_len, SESSION_CREATE);
+    if (!s && errno == ENOSPC) {
+        atomic_fetch_add(&e->refused_sessions, 1);
+        log_rl(&cap_rl, LOG_WARNING,
+               "LOOKUP for request %.*s refused: %zu sessions held (--max-sessions); answered as a miss",
+               (int)k->request_id_len, k->request_id, e->max_sessions);
+        return -ENOSPC;
+    }
     if (!s)
         return -ENOMEM;
     lockvec_release_all(e, &s->locks); /* a new LOOKUP replaces the old job and its locks */
     int64_t chunks = 0;
     if (rc) {
         log_bad_key("LOOKUP", k);
-    } else if ((rc = session_set_tokens(e, s, k->token_ids, k->n_tokens)) == 0) {
-        struct l1_key *keys;
-        size_t n;
-        rc = chain_keys(s, k, 0, s->chain.len, KEYS_WORKER_ALL, &keys, &n);
-        struct l1_ref *refs = n ? malloc(n * sizeof(*refs)) : NULL;
-        if (rc == 0 && n && !refs)
-            rc = -ENOMEM;
-        if (rc == 0 && n) {
-            uint32_t readers = readers_of(k, tp_size);
-            int locked = l1_lock_prefix(e->l1, keys, n, readers, refs);
-            size_t world = (size_t)k->world_size;
-            size_t full = locked > 0 ? (size_t)locked / world : 0;
-            /* shards of a chunk not present for every shard are no hit */
-            for (size_t i = full * world; locked > 0 && i < (size_t)locked; i++)
-                l1_unlock_refs(e->l1, &keys[i], &refs[i], 1, readers);
-            for (size_t i = 0; i < full * world; i++) {
-                if (lockvec_push(&s->locks, &keys[i], refs[i].id, refs[i].lock_epoch, readers)) {
-                    /* cannot track the rest: do not keep their locks */
-                    for (size_t j = i; j < full * world; j++)
-                        l1_unlock_refs(e->l1, &keys[j], &refs[j], 1, readers);
-                    full = i / world;
-                    break;
-                }
-            }
-            chunks = (int64_t)full;
-            s->has_lookup = true;
-            s->lookup_world = (uint32_t)k->world_size;
-            s->lookup_ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
-            atomic_fetch_add(&e->lookup_chunks, n / world);
-        }
-        free(refs);
-        free(keys);
+    } else if ((rc = session_set_tokens(e, s, k->token_ids, k->n_tokens)) == -ENOSPC) {
+        atomic_fetch_add(&e->refused_session_bytes, 1);
+        log_rl(&cap_rl, LOG_WARNING,
+               "LOOKUP for request %.*s refused: its %zu tokens would pass --max-session-bytes (%llu bytes held); "
+               "answered as a miss",
+               (int)k->request_id_len, k->request_id, k->n_tokens,
+               (unsigned long long)atomic_load(&e->session_bytes));
+    } else if (rc == 0 && s->chain.len) {
+        chunks = lookup_lock_prefix(e, s, k, readers_of(k, tp_size), &rc);
+        s->has_lookup = true;
+        s->lookup_world = (uint32_t)k->world_size;
+        s->lookup_ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
+        atomic_fetch_add(&e->lookup_chunks, s->chain.len);
     }
     if (s->job == JOB_NONE)
         atomic_fetch_add(&e->active_jobs, 1);
@@ -433,13 +529,32 @@ int engine_free_lookup_locks(struct engine *e, const struct engine_key *k, int64
     struct session *s = session_get(e, k->request_id, k->request_id_len, SESSION_FIND);
     if (!s)
         return 0;
-    struct l1_key *keys = NULL;
-    size_t n = 0;
     int rc = session_set_tokens(e, s, k->token_ids, k->n_tokens);
-    if (rc == 0)
-        rc = chain_keys(s, k, chunk_of(e, k->start), chunk_of(e, k->end), KEYS_WORKER_ALL, &keys, &n);
-    lockvec_release_keys(e, &s->locks, keys, n, UINT32_MAX); /* all this request's holders */
+    struct hasher_chain own;
+    hasher_chain_init(&own);
+    const struct hasher_chain *ch = &s->chain;
+    if (rc == -ENOSPC) { /* past the byte cap: this request's keys from an unkept chain */
+        rc = hasher_chain_update(&e->hasher, &own, k->token_ids, k->n_tokens, 0);
+        ch = &own;
+    }
+    size_t world = (size_t)k->world_size;
+    size_t per = LOOKUP_BATCH_KEYS / world ? LOOKUP_BATCH_KEYS / world : 1;
+    struct obj_key *ok = rc == 0 ? malloc(per * world * sizeof(*ok)) : NULL;
+    struct l1_key *keys = rc == 0 ? malloc(per * world * sizeof(*keys)) : NULL;
+    if (rc == 0 && (!ok || !keys))
+        rc = -ENOMEM;
+    size_t c1 = chunk_of(e, k->end);
+    for (size_t c0 = chunk_of(e, k->start); rc == 0 && c0 < c1 && s->locks.n; c0 += per) {
+        long n = chain_keys_into(ch, k, c0, c1 - c0 < per ? c1 : c0 + per, KEYS_WORKER_ALL, ok, keys, per * world);
+        if (n <= 0) {
+            rc = n < 0 ? (int)n : 0;
+            break;
+        }
+        lockvec_release_keys(e, &s->locks, keys, (size_t)n, UINT32_MAX); /* all this request's holders */
+    }
+    free(ok);
     free(keys);
+    hasher_chain_free(&own);
     session_put(e, s);
     return rc;
 }
@@ -452,19 +567,21 @@ int engine_end_session(struct engine *e, const char *rid, size_t len)
         return -ENOENT;
     }
     if (s->has_lookup && s->chain.len) {
-        /* Touch every full-chunk object once (#3020). */
-        size_t n = s->chain.len * s->lookup_world;
-        struct obj_key *ok = malloc(n * sizeof(*ok));
-        struct l1_key *lk = malloc(n * sizeof(*lk));
-        long got = ok && lk ? keys_expand((const uint8_t(*)[32])s->chain.hashes[0], s->chain.len, s->lookup_world,
-                                          KEYS_WORKER_ALL, s->lookup_ns, 0, ok, n)
-                            : -ENOMEM;
-        if (got > 0) {
-            /* last chunk first: the prefix head ends most recent, since
-             * evicting it would make every later chunk useless */
+        /* Touch every full-chunk object once (#3020), a batch at a time from
+         * the last chunk back: the prefix head ends most recent, since
+         * evicting it would make every later chunk useless. */
+        size_t world = s->lookup_world, per = LOOKUP_BATCH_KEYS / world ? LOOKUP_BATCH_KEYS / world : 1;
+        struct obj_key *ok = malloc(per * world * sizeof(*ok));
+        struct l1_key *lk = malloc(per * world * sizeof(*lk));
+        for (size_t c1 = s->chain.len; ok && lk && c1 > 0;) {
+            size_t c0 = c1 > per ? c1 - per : 0;
+            long got = keys_expand((const uint8_t(*)[32])s->chain.hashes[c0], c1 - c0, s->lookup_world,
+                                   KEYS_WORKER_ALL, s->lookup_ns, 0, ok, per * world);
             for (long i = 0; i < got; i++)
                 memcpy(&lk[got - 1 - i], &ok[i], sizeof(*lk));
-            l1_touch(e->l1, lk, (size_t)got);
+            if (got > 0)
+                l1_touch(e->l1, lk, (size_t)got);
+            c1 = c0;
         }
         free(ok);
         free(lk);
@@ -708,7 +825,7 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
         sizes[i] = in->object_bytes;
     l1_reserve_write(e->l1, keys, sizes, n, (uint64_t)instance_id, st, refs);
     back_reservations(e, keys, n, (uint64_t)instance_id, st, refs);
-    uint64_t tag = store_tag(k, keys, n);
+    uint64_t tag = store_tag(k, keys, n), now = engine_now(e);
     rc = 0;
     size_t skipped = 0;
     for (size_t i = 0; i < n; i++) {
@@ -722,6 +839,7 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
             continue;
         }
         in->pending.v[in->pending.n - 1].tag = tag;
+        in->pending.v[in->pending.n - 1].t_ns = now;
         fill_slot(in, &refs[i], &out->slots[out->n]);
         out->chunk_indices[out->n++] = (int64_t)i;
     }
@@ -829,7 +947,7 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
             goto done;
         }
     }
-    uint64_t tag = n ? store_tag(k, keys, n) : 0;
+    uint64_t tag = n ? store_tag(k, keys, n) : 0, now = engine_now(e);
     for (size_t i = 0; i < n; i++) {
         if (lockvec_push(&in->transfers, &keys[i], refs[i].id, refs[i].lock_epoch, 1)) {
             l1_unlock_refs(e->l1, &keys[i], &refs[i], n - i, 1);
@@ -837,6 +955,7 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
             goto done;
         }
         in->transfers.v[in->transfers.n - 1].tag = tag;
+        in->transfers.v[in->transfers.n - 1].t_ns = now;
         fill_slot(in, &refs[i], &out->slots[i]);
     }
     out->n = n;
@@ -866,12 +985,20 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
     struct instance *in = worker_instance(e, instance_id);
     if (in) {
         uint64_t tag = store_tag(k, keys, n);
+        /* The transfer's records sit together, in key order, unless other
+         * commits moved some (removal swaps in the last record): search each
+         * key from just after the previous match, so a usual commit is
+         * linear in its chunks rather than in every transfer held. */
+        size_t hint = 0;
         for (size_t i = 0; i < n; i++) {
-            for (size_t j = 0; j < in->transfers.n; j++) {
+            size_t m = in->transfers.n;
+            for (size_t t = 0; t < m; t++) {
+                size_t j = hint + t < m ? hint + t : hint + t - m;
                 struct lockrec *r = &in->transfers.v[j];
                 if (r->tag == tag && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
                     lockrec_unlock(e, r, r->holders);
                     in->transfers.v[j] = in->transfers.v[--in->transfers.n];
+                    hint = j;
                     break;
                 }
             }
@@ -934,9 +1061,19 @@ static struct log_ratelimit inline_pin_rl = LOG_RATELIMIT_INIT(60000, 5);
 struct inline_handle {
     struct l1_key *keys;
     struct l1_ref *refs;
-    size_t n;
+    size_t n;      /* pinned objects, unpinned at release */
+    uint8_t *copy; /* their bytes, back to back: what the frames send */
 };
 
+/*
+ * The chunks are pinned (their place in L1 is not reused while the reply is
+ * out, and the pin budget bounds the bytes of replies not yet read), then
+ * copied: a worker may truncate the segment at any moment (l1_check), and a
+ * frame ZeroMQ sent later from the lost pages would carry zeros, a wrong
+ * answer nobody could take back. The copy is checked after it is made:
+ * when the segment was lost before or during it, the generation moved and
+ * the reply is a miss.
+ */
 int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct engine_inline_read *out)
 {
     memset(out, 0, sizeof(*out));
@@ -958,6 +1095,7 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
         out->chunks = NULL;
         return -ENOMEM;
     }
+    uint64_t gen = l1_check(e->l1);
     bool over = false;
     int m = l1_pin_prefix(e->l1, keys, n, e->inline_pin_budget, refs, &over);
     if (over) {
@@ -967,13 +1105,31 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
                "bytes of L1 in replies not yet read by their clients (--inline-max-pinned-ratio)",
                (int)k->request_id_len, k->request_id, m, n, (unsigned long long)e->inline_pin_budget);
     }
-    uint8_t *base = l1_base(e->l1);
-    for (int i = 0; i < m; i++)
-        out->chunks[i] = (struct iovec){ base + refs[i].offset, refs[i].length };
     h->keys = keys;
     h->refs = refs;
     h->n = m > 0 ? (size_t)m : 0;
-    out->n = h->n;
+    size_t total = 0;
+    for (size_t i = 0; i < h->n; i++)
+        total += refs[i].length;
+    if (h->n && !(h->copy = malloc(total))) {
+        out->handle_ = h;
+        engine_inline_release(e, out);
+        return -ENOMEM;
+    }
+    uint8_t *base = l1_base(e->l1), *dst = h->copy;
+    for (size_t i = 0; i < h->n; i++) {
+        memcpy(dst, base + refs[i].offset, refs[i].length);
+        out->chunks[i] = (struct iovec){ dst, refs[i].length };
+        dst += refs[i].length;
+    }
+    if (h->n && l1_check(e->l1) != gen) {
+        log_rl(&inline_pin_rl, LOG_WARNING,
+               "lmcd.retrieve_inline for request %.*s: the L1 segment was lost during the copy; answered as a miss",
+               (int)k->request_id_len, k->request_id);
+        out->n = 0; /* the pins go at release, with the handle */
+    } else {
+        out->n = h->n;
+    }
     out->handle_ = h;
     atomic_fetch_add(&e->retrieved_chunks, out->n);
     return 0;
@@ -987,6 +1143,7 @@ void engine_inline_release(struct engine *e, struct engine_inline_read *r)
             l1_unpin(e->l1, h->keys, h->refs, h->n);
         free(h->keys);
         free(h->refs);
+        free(h->copy);
         free(h);
     }
     free(r->chunks);
@@ -1025,7 +1182,7 @@ json_t *engine_status_json(struct engine *e)
     struct l1_stats st;
     l1_stats_get(e->l1, &st);
     pthread_mutex_lock(&e->mu);
-    size_t sessions = e->sessions.count;
+    size_t sessions = e->sessions.count, instances = e->instances.count;
     pthread_mutex_unlock(&e->mu);
     json_t *l1 = json_pack(
         "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
@@ -1055,10 +1212,24 @@ json_t *engine_status_json(struct engine *e)
         (json_int_t)atomic_load(&e->retrieved_chunks), "reaped_workers", (json_int_t)atomic_load(&e->reaped_workers),
         "expired_sessions", (json_int_t)atomic_load(&e->expired_sessions), "block_allocation_records",
         (json_int_t)atomic_load(&e->block_alloc_records));
+    json_object_update_new(
+        counters, json_pack("{s:I, s:I, s:I, s:I, s:I}", "refused_sessions",
+                            (json_int_t)atomic_load(&e->refused_sessions), "refused_session_bytes",
+                            (json_int_t)atomic_load(&e->refused_session_bytes), "expired_workers",
+                            (json_int_t)atomic_load(&e->expired_workers), "pruned_transfer_records",
+                            (json_int_t)atomic_load(&e->pruned_transfers), "pruned_reservation_records",
+                            (json_int_t)atomic_load(&e->pruned_reservations)));
+    json_t *limits = json_pack("{s:I, s:I, s:I, s:I}", "max_sessions", (json_int_t)e->max_sessions,
+                               "max_session_bytes", (json_int_t)e->max_session_bytes, "session_bytes",
+                               (json_int_t)atomic_load(&e->session_bytes), "registered_instances",
+                               (json_int_t)instances);
     json_object_set_new(counters, "inline_pin_refused", json_integer((json_int_t)atomic_load(&e->inline_pin_refused)));
-    return json_pack("{s:b, s:s, s:i, s:s, s:[], s:{}, s:I, s:I, s:o, s:o, s:o}", "is_healthy", 1, "engine_type",
+    json_t *out = json_pack("{s:b, s:s, s:i, s:s, s:[], s:{}, s:I, s:I, s:o, s:o, s:o}", "is_healthy", 1, "engine_type",
                      "lmcd", "chunk_size", e->o.chunk_size, "hash_algorithm", e->hash_name, "registered_gpu_ids",
                      "gpu_context_meta", "active_sessions", (json_int_t)sessions, "active_prefetch_jobs",
                      (json_int_t)atomic_load(&e->active_jobs), "engine_driven_instances", instances_json(e),
                      "storage_manager", sm, "counters", counters);
+    json_object_set_new(out, "session_bytes", json_integer((json_int_t)atomic_load(&e->session_bytes)));
+    json_object_set_new(out, "limits", limits);
+    return out;
 }

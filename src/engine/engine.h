@@ -23,7 +23,15 @@
  * Threads: every function may be called from any thread concurrently (the
  * server calls from its pools; engine-internal state is locked inside).
  * The engine owns two threads of its own: L1's eviction controller and a
- * sweeper for session TTLs, lock expiry and silent-worker reaping.
+ * sweeper for session TTLs, lock expiry and silent-worker reaping: once a
+ * second, one linear pass over the sessions and one over the instances
+ * (transfer and reservation records older than the L1 TTLs pruned, silent
+ * workers reaped, registrations silent past worker_expire_s forgotten).
+ *
+ * Bounds: sessions are capped in count and in token bytes (max_sessions,
+ * max_session_bytes); what they refuse is counted in the status counters.
+ * Lookups, END_SESSION and FREE_LOOKUP_LOCKS expand object keys a batch at
+ * a time, so no request's memory scales with world_size.
  *
  * Errors: 0 or -errno. What the protocol turns a failure into (a miss, an
  * empty slot list, false) is the server's business (spec 9.3); the engine
@@ -51,6 +59,7 @@ struct engine_opts {
     uint64_t l1_align_bytes;
     uint64_t l1_max_objects; /* object table entries; 0 = L1's default (size / 64 KiB) */
     bool l1_use_lazy;
+    uint64_t l1_init_bytes; /* lazy: committed at start (--l1-init-size-gb); 0 = none */
     const char *shm_name;  /* "" = lmcache_l1_pool_<pid> */
     const char *shm_group; /* "" = none (segment mode 0600) */
     int l1_read_ttl_s;
@@ -65,6 +74,12 @@ struct engine_opts {
      * L1 data area is pinned at once, the rest of a reply is cut off (0 = 0.5). */
     double inline_max_pinned_ratio;
     int worker_reap_timeout_s;   /* 120; 0 disables */
+    /* Bounds (0 = the default). A LOOKUP that would pass a session cap is
+     * refused (-ENOSPC, a miss on the wire); worker requests past them hash
+     * their tokens without keeping a session. */
+    size_t max_sessions;         /* 131072 */
+    uint64_t max_session_bytes;  /* token lists + hashes of all sessions: 1 GiB */
+    int worker_expire_s;         /* forget a registration silent this long; 0 = the default (86400), <0 never */
     /* Called (from any engine thread) when a lookup job completes, so the
      * server can answer parked WAIT_PREFETCH_STATUS requests. May be NULL. */
     void (*on_job_done)(void *ctx, const char *request_id, size_t len);
@@ -101,7 +116,10 @@ int engine_chunk_size(const struct engine *e);
 /* The L1 segment's name, without a leading slash (valid until destroy). */
 const char *engine_shm_name(const struct engine *e);
 
-/* LOOKUP: starts (or replaces) the lookup job of key->request_id. */
+/* LOOKUP: starts (or replaces) the lookup job of key->request_id. -ENOSPC
+ * when the session caps refuse it (its job then reads as 0 hits or unknown).
+ * Memory does not grow with world_size: keys are expanded a batch of chunks
+ * at a time and the walk stops at the first chunk missing a shard. */
 int engine_lookup(struct engine *e, const struct engine_key *key, int64_t tp_size);
 /* QUERY_PREFETCH_STATUS: the job's prefix chunk count and removes the job
  * (exactly once). -EAGAIN while it runs; an unknown id gives 0. */
@@ -192,15 +210,17 @@ int engine_store_inline(struct engine *e, const struct engine_key *key, const st
                         int64_t *present);
 
 /* lmcd.retrieve_inline: the contiguous present prefix of [start,end) for
- * this shard, pinned in L1 (l1_pin_prefix: no TTL, so the bytes stay the
- * object's however long ZeroMQ holds the frames). The prefix also stops where
- * the pin budget (inline_max_pinned_ratio) runs out. The iovecs point into L1
- * and stay valid until engine_inline_release(); the server hands them to
- * ZeroMQ zero-copy and releases from the frames' free callback (any thread). */
+ * this shard, pinned in L1 (l1_pin_prefix: no TTL, so their place is not
+ * reused however long ZeroMQ holds the frames), then copied out and checked
+ * against a segment loss after the copy (a loss makes it a miss). The prefix
+ * also stops where the pin budget (inline_max_pinned_ratio) runs out. The
+ * iovecs point into that private copy and stay valid until
+ * engine_inline_release(); the server hands them to ZeroMQ zero-copy and
+ * releases (unpins, frees) from the frames' free callback (any thread). */
 struct engine_inline_read {
     struct iovec *chunks;
     size_t n;
-    void *handle_; /* private: what release unlocks */
+    void *handle_; /* private: what release frees */
 };
 int engine_retrieve_inline(struct engine *e, const struct engine_key *key, struct engine_inline_read *out);
 void engine_inline_release(struct engine *e, struct engine_inline_read *r);

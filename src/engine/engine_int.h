@@ -35,6 +35,7 @@ struct lockrec {
     uint64_t epoch;    /* L1 lock epoch: nor a newer run of holders */
     uint32_t holders;  /* still held */
     uint64_t tag;      /* pending reservations: the PREPARE_STORE key's identity */
+    uint64_t t_ns;     /* pending and transfer records: when made (the sweeper prunes them past the L1 TTL) */
 };
 
 struct lockvec {
@@ -67,6 +68,7 @@ struct session {
     struct lockvec locks; /* what this request's LOOKUP locked */
     uint64_t last_used_ns; /* atomic (__atomic builtins): the sweeper reads it */
     uint32_t ttl_s;        /* guarded by engine.mu: idle time before the sweeper drops it */
+    size_t acct;           /* guarded by mu: bytes counted in engine.session_bytes */
 };
 
 struct instance {
@@ -115,6 +117,13 @@ struct engine {
     atomic_uint_fast64_t lookups, lookup_hit_chunks, lookup_chunks;
     atomic_uint_fast64_t stored_chunks, retrieved_chunks, store_skipped_chunks;
     atomic_uint_fast64_t reaped_workers, expired_sessions, block_alloc_records;
+    /* bounds (issue 11): resolved options and what they refused */
+    size_t max_sessions;
+    uint64_t max_session_bytes;
+    atomic_uint_fast64_t session_bytes; /* sum of every session's acct */
+    atomic_uint_fast64_t refused_sessions, refused_session_bytes;
+    atomic_uint_fast64_t expired_workers, pruned_transfers, pruned_reservations;
+    uint64_t read_ttl_ns, write_ttl_ns; /* L1's lock TTLs: transfer and pending records older are pruned */
     uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
     atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
@@ -137,7 +146,8 @@ void lockvec_release_all(struct engine *e, struct lockvec *lv);
 enum session_mode { SESSION_FIND, SESSION_CREATE, SESSION_CREATE_WORKER };
 #define WORKER_SESSION_TTL_S 60
 /* Pins the session of rid; returns it with its mu held, or NULL (absent
- * with SESSION_FIND, or out of memory). */
+ * with SESSION_FIND; errno ENOSPC when --max-sessions refused a new one,
+ * ENOMEM when out of memory). */
 struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode);
 /* Like SESSION_FIND, but never waits for the session's mutex: *busy is set
  * (and NULL returned) when another thread holds it. For the loop thread. */
@@ -150,7 +160,8 @@ struct session *session_take(struct engine *e, const char *rid, size_t len);
 /* Frees a session out of the table (releasing its locks). */
 void session_free(struct engine *e, struct session *s);
 void instance_free(struct instance *in);
-/* Replaces the token list and extends the hashes (only new chunks hashed). */
+/* Replaces the token list and extends the hashes (only new chunks hashed).
+ * -ENOSPC (session unchanged) when it would pass --max-session-bytes. */
 int session_set_tokens(struct engine *e, struct session *s, const uint32_t *tokens, size_t n);
 
 struct instance *instance_get(struct engine *e, int64_t id);

@@ -4,6 +4,7 @@
  */
 #define LOG_MODULE "lmcd.engine"
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,11 +49,17 @@ void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m)
 
 void lockvec_release_keys(struct engine *e, struct lockvec *lv, const struct l1_key *keys, size_t n, uint32_t max)
 {
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < lv->n; j++) {
+    /* LOOKUP recorded its locks in key order and callers release ranges in
+     * the same order: each key's search starts just after the previous
+     * match, so a release is linear in its keys, not keys x records. */
+    size_t hint = 0;
+    for (size_t i = 0; i < n && lv->n; i++) {
+        for (size_t t = 0; t < lv->n; t++) {
+            size_t j = hint + t < lv->n ? hint + t : hint + t - lv->n;
             struct lockrec *r = &lv->v[j];
             if (r->holders && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
                 lockrec_unlock(e, r, r->holders < max ? r->holders : max);
+                hint = j + 1 < lv->n ? j + 1 : 0;
                 break;
             }
         }
@@ -75,6 +82,7 @@ void lockvec_release_all(struct engine *e, struct lockvec *lv)
 
 void session_free(struct engine *e, struct session *s)
 {
+    atomic_fetch_sub(&e->session_bytes, s->acct);
     /* a job set after the session left the table (a LOOKUP that pinned it
      * before END_SESSION) is still counted in the gauge */
     if (s->job != JOB_NONE)
@@ -114,6 +122,11 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
     pthread_mutex_lock(&e->mu);
     struct htab_node *n = htab_find(&e->sessions, rid, len);
     struct session *s = n ? htab_entry(n, struct session, node) : NULL;
+    if (!s && mode != SESSION_FIND && e->sessions.count >= e->max_sessions) {
+        pthread_mutex_unlock(&e->mu);
+        errno = ENOSPC;
+        return NULL;
+    }
     if (!s && mode != SESSION_FIND && (s = session_new(rid, len))) {
         s->ttl_s = mode == SESSION_CREATE_WORKER && WORKER_SESSION_TTL_S < full_ttl ? WORKER_SESSION_TTL_S
                                                                                      : full_ttl;
@@ -126,6 +139,8 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
         if (mode == SESSION_CREATE)
             s->ttl_s = full_ttl; /* a LOOKUP makes it a real session */
         s->refs++;
+    } else if (mode != SESSION_FIND) {
+        errno = ENOMEM;
     }
     pthread_mutex_unlock(&e->mu);
     if (s) {
@@ -189,9 +204,34 @@ struct session *session_take(struct engine *e, const char *rid, size_t len)
     return s;
 }
 
+static int session_fill(struct engine *e, struct session *s, const uint32_t *tokens, size_t n, size_t keep);
+
+/* What a session holds beyond its fixed part: token list and hashes. */
+static size_t session_mem(const struct session *s)
+{
+    return s->cap_tokens * sizeof(*s->tokens) + s->chain.cap * HASHER_DIGEST_LEN;
+}
+
 int session_set_tokens(struct engine *e, struct session *s, const uint32_t *tokens, size_t n)
 {
     size_t keep = hasher_common_chunks(&e->hasher, s->tokens, s->n_tokens, tokens, n);
+    if (n > s->cap_tokens) {
+        /* what it would hold: the grown token list, hashes up to twice their count */
+        uint64_t want = (uint64_t)(n + n / 4 + 64) * sizeof(*tokens) +
+                        2 * (uint64_t)(n / (size_t)e->o.chunk_size + 8) * HASHER_DIGEST_LEN;
+        uint64_t held = atomic_load(&e->session_bytes);
+        if (want > s->acct && held - s->acct + want > e->max_session_bytes)
+            return -ENOSPC;
+    }
+    int rc = session_fill(e, s, tokens, n, keep);
+    size_t mem = session_mem(s);
+    atomic_fetch_add(&e->session_bytes, mem - s->acct); /* modular: a shrink subtracts */
+    s->acct = mem;
+    return rc;
+}
+
+static int session_fill(struct engine *e, struct session *s, const uint32_t *tokens, size_t n, size_t keep)
+{
     if (n > s->cap_tokens) {
         size_t cap = n + n / 4 + 64;
         uint32_t *t = realloc(s->tokens, cap * sizeof(*t));
@@ -293,10 +333,60 @@ void instance_release(struct engine *e, struct instance *in)
 
 /* ------------------------------------------------------------ sweeper */
 
-void engine_sweep(struct engine *e)
+/*
+ * Drops the records of `lv` older than ttl (their L1 lock or reservation
+ * has expired by now, or belongs to a worker that never came back for it),
+ * releasing what L1 may still count for them. One pass, order kept.
+ * Under in->mu. Returns how many went.
+ */
+static size_t prune_transfers(struct engine *e, struct lockvec *lv, uint64_t now, uint64_t ttl)
 {
-    uint64_t now = engine_now(e);
-    /* Sessions: collect the expired under e->mu, free them outside it. */
+    size_t w = 0;
+    for (size_t j = 0; j < lv->n; j++) {
+        struct lockrec *r = &lv->v[j];
+        if (now > r->t_ns && now - r->t_ns > ttl)
+            lockrec_unlock(e, r, r->holders); /* a no-op once L1 expired that run of holders */
+        else
+            lv->v[w++] = *r;
+    }
+    size_t gone = lv->n - w;
+    lv->n = w;
+    return gone;
+}
+
+static size_t prune_pending(struct engine *e, struct instance *in, uint64_t now, uint64_t ttl)
+{
+    size_t w = 0, gone = 0;
+    for (size_t j = 0; j < in->pending.n; j++) {
+        struct lockrec *r = &in->pending.v[j];
+        if (now > r->t_ns && now - r->t_ns > ttl) {
+            l1_abort(e->l1, &r->key, &r->id, 1, (uint64_t)in->id); /* by id: never a newer object */
+            gone++;
+        } else {
+            in->pending.v[w++] = *r;
+        }
+    }
+    in->pending.n = w;
+    return gone;
+}
+
+/* Gives a shrunk record array's memory back when it is mostly empty. */
+static void lockvec_shrink(struct lockvec *lv)
+{
+    if (lv->cap > 1024 && lv->n < lv->cap / 4) {
+        size_t cap = lv->n * 2 > 16 ? lv->n * 2 : 16;
+        struct lockrec *v = realloc(lv->v, cap * sizeof(*v));
+        if (v) {
+            lv->v = v;
+            lv->cap = cap;
+        }
+    }
+}
+
+/* Sessions past their TTL, in one pass over the table. Returns the bytes
+ * their token lists and hashes held. */
+static uint64_t sweep_sessions(struct engine *e, uint64_t now, size_t *count)
+{
     struct session *dead = NULL;
     pthread_mutex_lock(&e->mu);
     struct htab_node *n, *tmp;
@@ -312,53 +402,121 @@ void engine_sweep(struct engine *e)
         }
     }
     pthread_mutex_unlock(&e->mu);
+    uint64_t bytes = 0;
+    *count = 0;
     while (dead) {
         struct session *next = (struct session *)dead->node.next;
         atomic_fetch_add(&e->expired_sessions, 1);
         log_debug("session %s expired after %u s without requests", dead->rid, dead->ttl_s);
+        bytes += dead->acct + sizeof(*dead) + dead->rid_len;
+        (*count)++;
         session_free(e, dead);
         dead = next;
     }
-    if (e->o.worker_reap_timeout_s <= 0)
+    return bytes;
+}
+
+static bool silent_for(const struct instance *in, uint64_t now, uint64_t t)
+{
+    uint64_t seen = atomic_load(&in->last_seen_ns);
+    return now > seen && now - seen > t;
+}
+
+/* Forgets a registration the sweeper found silent past --worker-expire-seconds
+ * (pinned by the caller, not locked). */
+static void instance_expire(struct engine *e, struct instance *in, uint64_t now, uint64_t expire)
+{
+    pthread_mutex_lock(&e->mu);
+    bool still = !in->removed && silent_for(in, now, expire);
+    if (still) {
+        htab_remove(&e->instances, &in->node);
+        __atomic_store_n(&in->removed, true, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (!still)
         return;
-    /* Silent workers: release what they pin, keep their registration. */
-    uint64_t timeout = (uint64_t)e->o.worker_reap_timeout_s * SEC;
+    pthread_mutex_lock(&in->mu);
+    instance_release(e, in);
+    atomic_fetch_add(&e->expired_workers, 1);
+    log_warn("worker instance %lld silent for over %llu s: registration forgotten (--worker-expire-seconds); "
+             "it must register again", (long long)in->id, (unsigned long long)(expire / SEC));
+    pthread_mutex_unlock(&in->mu);
+}
+
+/*
+ * Worker instances, in one pass: every instance is pinned once under
+ * engine.mu, then visited under its own mutex: stale transfer and pending
+ * records pruned, a silent worker reaped, a long-silent registration
+ * forgotten. Linear in instances plus records.
+ */
+static void sweep_instances(struct engine *e, uint64_t now)
+{
+    pthread_mutex_lock(&e->mu);
+    size_t cnt = e->instances.count, k = 0;
+    struct instance **all = cnt ? malloc(cnt * sizeof(*all)) : NULL;
+    struct htab_node *n, *tmp;
+    if (all)
+        HTAB_FOREACH_SAFE(&e->instances, n, tmp) {
+            struct instance *in = htab_entry(n, struct instance, node);
+            in->refs++;
+            all[k++] = in;
+        }
+    pthread_mutex_unlock(&e->mu);
+    if (cnt && !all) {
+        log_error("sweeper: out of memory listing %zu worker instances; retrying next sweep", cnt);
+        return;
+    }
+    uint64_t timeout = (uint64_t)(e->o.worker_reap_timeout_s > 0 ? e->o.worker_reap_timeout_s : 0) * SEC;
     uint64_t grace = (uint64_t)REGISTRATION_GRACE_S * SEC;
     if (grace < timeout)
         grace = timeout;
-    for (;;) {
-        struct instance *victim = NULL;
-        pthread_mutex_lock(&e->mu);
-        HTAB_FOREACH_SAFE(&e->instances, n, tmp) {
-            struct instance *in = htab_entry(n, struct instance, node);
-            uint64_t seen = atomic_load(&in->last_seen_ns);
-            bool active = __atomic_load_n(&in->active, __ATOMIC_RELAXED);
-            if (!__atomic_load_n(&in->reaped, __ATOMIC_RELAXED) && now > seen &&
-                now - seen > (active ? timeout : grace)) {
-                victim = in;
-                in->refs++;
-                break;
-            }
+    uint64_t expire = e->o.worker_expire_s > 0 ? (uint64_t)e->o.worker_expire_s * SEC : 0;
+    for (size_t i = 0; i < k; i++) {
+        struct instance *in = all[i];
+        pthread_mutex_lock(&in->mu);
+        size_t pt = prune_transfers(e, &in->transfers, now, e->read_ttl_ns);
+        size_t pp = prune_pending(e, in, now, e->write_ttl_ns);
+        lockvec_shrink(&in->transfers);
+        lockvec_shrink(&in->pending);
+        atomic_fetch_add(&e->pruned_transfers, pt);
+        atomic_fetch_add(&e->pruned_reservations, pp);
+        if (pt || pp)
+            log_debug("worker instance %lld: pruned %zu transfer and %zu reservation records past the L1 TTL",
+                      (long long)in->id, pt, pp);
+        bool active = __atomic_load_n(&in->active, __ATOMIC_RELAXED);
+        if (timeout && !__atomic_load_n(&in->reaped, __ATOMIC_RELAXED) && !__atomic_load_n(&in->removed, __ATOMIC_RELAXED) &&
+            silent_for(in, now, active ? timeout : grace)) {
+            size_t np = in->pending.n, nt = in->transfers.n;
+            instance_release(e, in);
+            __atomic_store_n(&in->reaped, true, __ATOMIC_RELAXED);
+            atomic_fetch_add(&e->reaped_workers, 1);
+            log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
+                     "locks (its registration stays; it resumes if it comes back)",
+                     (long long)in->id, e->o.worker_reap_timeout_s, np, nt);
         }
-        pthread_mutex_unlock(&e->mu);
-        if (!victim)
-            return;
-        pthread_mutex_lock(&victim->mu);
-        /* It may have spoken while we waited for its lock: check again. */
-        uint64_t seen = atomic_load(&victim->last_seen_ns);
-        bool active = __atomic_load_n(&victim->active, __ATOMIC_RELAXED);
-        if (!(now > seen && now - seen > (active ? timeout : grace))) {
-            instance_put(e, victim);
-            continue;
-        }
-        size_t np = victim->pending.n, nt = victim->transfers.n;
-        instance_release(e, victim);
-        __atomic_store_n(&victim->reaped, true, __ATOMIC_RELAXED);
-        atomic_fetch_add(&e->reaped_workers, 1);
-        log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
-                 "locks (its registration stays; it resumes if it comes back)",
-                 (long long)victim->id, e->o.worker_reap_timeout_s, np, nt);
-        instance_put(e, victim);
+        pthread_mutex_unlock(&in->mu);
+        if (expire && silent_for(in, now, expire))
+            instance_expire(e, in, now, expire);
+        pthread_mutex_lock(&in->mu); /* instance_put unlocks */
+        instance_put(e, in);
+    }
+    free(all);
+}
+
+/* A sweep that freed this much makes glibc hand free pages back to the
+ * kernel (freed chunks spread over arenas are otherwise kept). */
+#define TRIM_AFTER_BYTES (64u << 20)
+
+void engine_sweep(struct engine *e)
+{
+    uint64_t now = engine_now(e);
+    size_t expired;
+    uint64_t freed = sweep_sessions(e, now, &expired);
+    sweep_instances(e, now);
+    if (freed >= TRIM_AFTER_BYTES) {
+        malloc_trim(0);
+        log_debug("sweeper: %zu sessions expired (%llu bytes): memory returned to the system", expired,
+                  (unsigned long long)freed);
     }
 }
 

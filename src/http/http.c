@@ -228,7 +228,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct http_server *srv = cls;
     if (!*con_cls) { /* first call: headers only; bodies come next */
         *con_cls = &marker;
-        http_gov_request_started(srv, c);
         if (strcmp(method, "GET") && strcmp(method, "HEAD"))
             return MHD_YES;
     }
@@ -236,6 +235,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* Whole request in (a body too): the governor stops timing it only now,
+     * so a body trickled in slowly is as evictable as slow headers. */
+    http_gov_request_started(srv, c);
     struct http_reply r = { 0 };
     int known;
     const struct route *rt = find_route(url, method, &known);
@@ -334,7 +336,8 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
     srv->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
                               on_mhd_error, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, 2u,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : 10),
-                              MHD_OPTION_CONNECTION_LIMIT, cap, MHD_OPTION_NOTIFY_CONNECTION, http_gov_notify, srv,
+                              MHD_OPTION_CONNECTION_LIMIT, cap + cap / 4 + 8, MHD_OPTION_NOTIFY_CONNECTION,
+                              http_gov_notify, srv,
                               MHD_OPTION_NOTIFY_COMPLETED, http_gov_request_done, srv, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->d) {
@@ -344,7 +347,7 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->d, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = di ? di->port : o->port;
-    log_info("HTTP: at most %u connections, %u s per request's headers and per idle connection; mutations %s", cap,
+    log_info("HTTP: at most %u connections, %u s for a whole request and per idle connection; mutations %s", cap,
              o->timeout_s, srv->token ? "need the bearer token" : "checked for Host and Origin (no token set)");
     *out = srv;
     return 0;

@@ -5,11 +5,13 @@
  * so half-open connections (slowloris) that never finish their headers
  * would hold every slot until their idle timeout and a probe would wait
  * behind them. The governor tracks each connection from accept to close;
- * those between requests (before their first header line is complete, or
- * idle in keep-alive) sit in a list, oldest first. On every new connection
+ * those between requests (their request not complete yet, or idle in
+ * keep-alive) sit in a list, oldest first. On every new connection
  * it closes those that waited past the timeout and, at the cap, the oldest
- * one, so a new client always gets a slot and a request that arrives whole
- * is answered at once. A connection in a request is never closed here.
+ * ones, so a new client always gets a slot and a request that arrives whole
+ * is answered at once. A connection is "in a request" from the moment its
+ * whole request (headers and body) has arrived until its reply is sent;
+ * only then is it never closed here.
  *
  * Closing is shutdown(2), not close(2): libmicrohttpd owns the descriptor,
  * sees EOF and closes it itself. The descriptor stays valid while the
@@ -40,6 +42,7 @@ void http_gov_init(struct http_gov *g, unsigned cap, unsigned timeout_s)
     pthread_mutex_init(&g->mu, NULL);
     g->head = g->tail = NULL;
     g->n_open = 0;
+    g->n_shut = 0;
     g->cap = cap;
     g->timeout_ms = (uint64_t)timeout_s * 1000;
 }
@@ -81,6 +84,7 @@ static void evict_locked(struct http_server *srv, struct http_conn *hc, enum htt
     if (hc->shut)
         return;
     hc->shut = true;
+    srv->gov.n_shut++;
     shutdown(hc->fd, SHUT_RDWR);
     http_count(srv, why);
 }
@@ -97,6 +101,7 @@ void http_gov_notify(void *cls, struct MHD_Connection *c, void **socket_context,
         pthread_mutex_lock(&g->mu);
         unlink_locked(g, hc);
         g->n_open--;
+        g->n_shut -= hc->shut;
         pthread_mutex_unlock(&g->mu);
         free(hc);
         *socket_context = NULL;
@@ -116,8 +121,11 @@ void http_gov_notify(void *cls, struct MHD_Connection *c, void **socket_context,
     }
     g->n_open++;
     append_locked(g, hc);
-    /* Keep one slot free: the connection after this one must find room. */
-    if (g->n_open >= g->cap && g->head != hc) {
+    /* Keep one live slot free: the connection after this one must find
+     * room. Closing takes a turn of the owning thread's loop, so
+     * libmicrohttpd's own limit sits above the cap (http_start): accepting
+     * goes on while the evicted ones close. */
+    while (g->n_open - g->n_shut >= g->cap && g->head && g->head != hc) {
         evict_locked(srv, g->head, HTTP_REFUSED_EVICTED_CAP);
         capped++;
     }
@@ -164,7 +172,7 @@ void http_gov_request_done(void *cls, struct MHD_Connection *c, void **con_cls, 
 unsigned http_gov_open(struct http_gov *g)
 {
     pthread_mutex_lock(&g->mu);
-    unsigned n = g->n_open;
+    unsigned n = g->n_open - g->n_shut;
     pthread_mutex_unlock(&g->mu);
     return n;
 }

@@ -39,7 +39,8 @@ enum http_refused { HTTP_REFUSED_KINDS(HTTP_REFUSED_ENUM_) HTTP_REFUSED_COUNT };
 struct http_gov {
     pthread_mutex_t mu;
     struct http_conn *head, *tail; /* guarded by mu: connections between requests, oldest first */
-    unsigned n_open;               /* guarded by mu */
+    unsigned n_open;               /* guarded by mu: accepted, not yet closed */
+    unsigned n_shut;               /* guarded by mu: of those, evicted and closing */
     unsigned cap;
     uint64_t timeout_ms;
 };
@@ -60,6 +61,7 @@ void http_gov_destroy(struct http_gov *g);
 void http_gov_notify(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD_ConnectionNotificationCode code);
 void http_gov_request_started(struct http_server *srv, struct MHD_Connection *c);
 void http_gov_request_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe);
+/* Connections open and not being closed by the governor. */
 unsigned http_gov_open(struct http_gov *g);
 
 /* Auth (http_auth.c). */

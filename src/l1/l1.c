@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -340,12 +341,10 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
     if (!(l1 = calloc(1, sizeof(*l1))))
         return -ENOMEM;
     l1->opts = *o;
-    if (o->shm_name && *o->shm_name)
-        snprintf(l1->shm_name_buf, sizeof(l1->shm_name_buf), "%s", o->shm_name);
-    else
-        snprintf(l1->shm_name_buf, sizeof(l1->shm_name_buf), "lmcache_l1_pool_%ld",
-                 (long)getpid());
-    l1->opts.shm_name = l1->shm_name_buf;
+    l1->shm.fd = -1;
+    /* NULL: l1_shm picks the default name (and a unique one if it is taken). */
+    snprintf(l1->shm_name_buf, sizeof(l1->shm_name_buf), "%s", o->shm_name ? o->shm_name : "");
+    l1->opts.shm_name = l1->shm_name_buf[0] ? l1->shm_name_buf : NULL;
     if (o->shm_group) {
         snprintf(l1->shm_group_buf, sizeof(l1->shm_group_buf), "%s", o->shm_group);
         l1->opts.shm_group = l1->shm_group_buf;
@@ -382,10 +381,12 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
         goto fail;
     sync = true;
     if ((rc = l1_shm_create(&l1->shm, l1->opts.shm_name, l1->opts.shm_group, o->size_bytes,
-                            o->use_lazy)) < 0)
+                            h.data_offset, o->use_lazy)) < 0)
         goto fail;
+    memcpy(h.instance_id, l1->shm.instance_id, sizeof(h.instance_id));
+    l1->hdr_init = h;
     l1->hdr = (struct l1_seg_header *)l1->shm.base;
-    *l1->hdr = h;
+    *l1->hdr = h; /* committed by l1_shm_create: cannot fault on a full /dev/shm */
     l1->table = (struct l1_seg_entry *)(l1->shm.base + h.table_offset);
     log_info("L1 ready: %" PRIu64 " data bytes at offset %" PRIu64 ", %" PRIu64
              " object slots, align %" PRIu64 ", policy %s, watermark %.2f, ratio %.2f",
@@ -547,12 +548,14 @@ int l1_reserve_write(struct l1 *l1, const struct l1_key *keys, const uint64_t *s
     if (n && (!keys || !sizes || !st || !refs))
         return -EINVAL;
     int done = 0;
+    l1_check(l1);
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     l1_settle_locked(l1, now);
+    bool broken = __atomic_load_n(&l1->seg_broken, __ATOMIC_RELAXED);
     struct room rm = { l1->lru.next, false };
     for (size_t i = 0; i < n; i++) {
-        st[i] = reserve_one(l1, &rm, &keys[i], sizes[i], writer, now, &refs[i]);
+        st[i] = broken ? L1_NOMEM : reserve_one(l1, &rm, &keys[i], sizes[i], writer, now, &refs[i]);
         done += st[i] == L1_OK;
     }
     pthread_mutex_unlock(&l1->mu);
@@ -587,6 +590,7 @@ int l1_publish(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, si
     if (n && (!keys || !ids))
         return -EINVAL;
     int done = 0;
+    l1_check(l1); /* bytes written into a truncated segment are gone: never publish them */
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
@@ -683,6 +687,7 @@ int l1_lock_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t 
     if (readers == 0 || readers > L1_MAX_READERS || (n && !keys) || n > INT32_MAX)
         return -EINVAL;
     size_t i;
+    l1_check(l1);
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (i = 0; i < n; i++) {
@@ -703,6 +708,7 @@ int l1_lock(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t readers
     if (readers == 0 || readers > L1_MAX_READERS || (n && !keys))
         return -EINVAL;
     int rc = 0;
+    l1_check(l1);
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n && rc == 0; i++)
@@ -837,12 +843,16 @@ int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs
 
 int l1_back(struct l1 *l1, const struct l1_ref *ref)
 {
-    return l1_shm_back(&l1->shm, ref->offset, ref->length); /* offsets are from the segment base */
+    int rc = l1_shm_back(&l1->shm, ref->offset, ref->length); /* offsets are from the segment base */
+    if (rc == -EIO)
+        l1_check(l1); /* truncated: drop everything and restore now */
+    return rc;
 }
 
 int l1_get(struct l1 *l1, const struct l1_key *key, struct l1_ref *ref)
 {
     int rc = -ENOENT;
+    l1_check(l1);
     pthread_mutex_lock(&l1->mu);
     struct l1_obj *o = ready_find(l1, key);
     if (o) {
@@ -873,11 +883,9 @@ int l1_touch(struct l1 *l1, const struct l1_key *keys, size_t n)
 
 /* ---- maintenance ---------------------------------------------------------- */
 
-int l1_clear(struct l1 *l1, bool force)
+static int clear_locked(struct l1 *l1, bool force, uint64_t now)
 {
     int done = 0;
-    pthread_mutex_lock(&l1->mu);
-    uint64_t now = clock_now_ns(l1->clock);
     l1_settle_locked(l1, now);
     for (struct l1_node *n = l1->lru.next, *next; n != &l1->lru; n = next) {
         next = n->next;
@@ -896,6 +904,14 @@ int l1_clear(struct l1 *l1, bool force)
             done++;
         }
     }
+    return done;
+}
+
+int l1_clear(struct l1 *l1, bool force)
+{
+    l1_check(l1);
+    pthread_mutex_lock(&l1->mu);
+    int done = clear_locked(l1, force, clock_now_ns(l1->clock));
     uint64_t pending = l1->n_pending;
     pthread_mutex_unlock(&l1->mu);
     log_info("L1 cleared%s: %d objects removed, %" PRIu64
@@ -904,8 +920,54 @@ int l1_clear(struct l1 *l1, bool force)
     return done;
 }
 
+/* ---- segment health ------------------------------------------------------- */
+
+void l1_recover_locked(struct l1 *l1, uint64_t now)
+{
+    static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000, 5);
+    bool broken = __atomic_load_n(&l1->seg_broken, __ATOMIC_RELAXED);
+    if (!broken && l1_shm_intact(&l1->shm))
+        return; /* another thread restored it meanwhile */
+    if (!broken) {
+        struct stat st;
+        long long cur = fstat(l1->shm.fd, &st) == 0 ? (long long)st.st_size : -1;
+        /* Every object's bytes may be gone (zero pages). Held objects become
+         * pending, so an offset a reader or writer still has is not reused
+         * until they let go; nothing dropped here is ever served again. */
+        int dropped = clear_locked(l1, true, now);
+        l1->st.segment_losses++;
+        __atomic_store_n(&l1->seg_gen, l1->seg_gen + 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&l1->seg_broken, true, __ATOMIC_RELEASE);
+        log_rl(&rl, LOG_ERROR,
+               "L1 segment /%s was truncated by another process (now %lld of %" PRIu64
+               " bytes): %d cached objects dropped, %" PRIu64 " still held are freed when "
+               "released; restoring the segment in place",
+               l1->shm.name, cur, l1->shm.size, dropped, l1->n_pending);
+    }
+    int rc = l1_shm_restore(&l1->shm);
+    if (rc < 0) {
+        log_rl(&rl, LOG_ERROR, "Cannot restore L1 segment /%s: %s; no chunk is stored until it is",
+               l1->shm.name, strerror(-rc));
+        return;
+    }
+    *l1->hdr = l1->hdr_init;
+    __atomic_store_n(&l1->seg_broken, false, __ATOMIC_RELEASE);
+    log_rl(&rl, LOG_WARNING, "L1 segment /%s restored (empty); workers keep their mapping", l1->shm.name);
+}
+
+uint64_t l1_check(struct l1 *l1)
+{
+    if (__atomic_load_n(&l1->seg_broken, __ATOMIC_ACQUIRE) || !l1_shm_intact(&l1->shm)) {
+        pthread_mutex_lock(&l1->mu);
+        l1_recover_locked(l1, clock_now_ns(l1->clock));
+        pthread_mutex_unlock(&l1->mu);
+    }
+    return __atomic_load_n(&l1->seg_gen, __ATOMIC_ACQUIRE);
+}
+
 void l1_stats_get(struct l1 *l1, struct l1_stats *out)
 {
+    l1_check(l1);
     pthread_mutex_lock(&l1->mu);
     l1_settle_locked(l1, clock_now_ns(l1->clock));
     *out = l1->st;

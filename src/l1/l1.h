@@ -84,6 +84,9 @@ struct l1_opts {
     uint32_t chunk_size;     /* recorded in the segment header (default 256) */
     const char *hash_name;   /* recorded in the segment header (default "blake3") */
     uint64_t max_objects;    /* object table entries; 0 = size_bytes / 64 KiB, at least 256 */
+    uint64_t init_bytes;     /* lazy: the eviction thread commits the first init_bytes
+                                (LMCache's init size, rounded up to 64 MiB) in the
+                                background once started; 0 = none */
     const struct clock_src *clock; /* NULL = clock_monotonic; must outlive the l1 */
 };
 
@@ -94,13 +97,16 @@ struct l1;
 
 /* Creates the segment and the index. The eviction thread is not started
  * (see l1_evict_start). 0, or -EINVAL (bad option), -ENOENT (unknown
- * shm_group), -EBUSY (segment held by a live lmcd), -errno from the system. */
+ * shm_group), -EBUSY (shm_name held by a live lmcd, or not an lmcd
+ * segment), -ENOSPC (/dev/shm has no room for the header and object
+ * table), -errno from the system. */
 int l1_create(const struct l1_opts *o, struct l1 **out);
 /* Stops the eviction thread, unmaps and unlinks the segment. NULL is a no-op. */
 void l1_destroy(struct l1 *l1);
 
 /* The segment: base address, size in bytes (pool_size for workers) and name
- * (without leading '/'). Constant for the life of the l1. */
+ * (without leading '/'). Constant for the life of the l1 (a truncated
+ * segment is restored at the same address, under the same name). */
 void *l1_base(const struct l1 *l1);
 uint64_t l1_pool_size(const struct l1 *l1);
 const char *l1_shm_name(const struct l1 *l1);
@@ -242,9 +248,23 @@ struct l1_stats {
     uint64_t expired_reservations;
     uint64_t eviction_rounds;     /* background ticks */
     uint64_t eviction_rounds_triggered;
+    uint64_t segment_losses;      /* truncations of the segment detected */
 };
 /* A consistent snapshot (expired locks and reservations are settled first). */
 void l1_stats_get(struct l1 *l1, struct l1_stats *out);
+
+/* Segment health. Another process may truncate the segment (a worker's
+ * open(path, "w+b")). Every call that hands out or publishes memory checks
+ * first (an fstat, and the SIGBUS guard of l1_guard.h); on a loss it logs
+ * once, drops every object (held ones become pending, as in clear(true),
+ * so no offset a holder still has is reused), and restores the segment in
+ * place: same name, same size, zeroed, so workers keep their mapping and
+ * need not register again. While a restoration fails (/dev/shm full) no
+ * reservation is handed out; the next check retries.
+ * l1_check runs that check and returns the segment generation, which each
+ * loss bumps: a caller that copies bytes out of L1 compares the generation
+ * before and after the copy and drops the copy when it changed. */
+uint64_t l1_check(struct l1 *l1);
 
 /* One background eviction round at the clock's current time: settles expired
  * locks/reservations; below the watermark does nothing; else evicts unlocked

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -31,6 +32,7 @@ struct l1_commit {
     pthread_cond_t cv;
     uint64_t want_from, want_to; /* guarded by mu: the range to commit ahead */
     bool stop;                   /* guarded by mu */
+    uint64_t epoch;              /* guarded by mu: +1 at each reset (the pages went away) */
     uint64_t failed_ns;          /* committer thread only: last failure, 0 = none */
 };
 
@@ -39,9 +41,32 @@ static bool is_backed(const struct l1_commit *c, uint64_t r)
     return atomic_load_explicit(&c->backed[r >> 6], memory_order_acquire) & (1ull << (r & 63));
 }
 
-static void mark(struct l1_commit *c, uint64_t r)
+/* Marks region r backed, unless a reset came after the fallocate began
+ * (epoch0): then its pages may be gone with the truncation. */
+static void mark(struct l1_commit *c, uint64_t r, uint64_t epoch0)
 {
-    atomic_fetch_or_explicit(&c->backed[r >> 6], 1ull << (r & 63), memory_order_release);
+    pthread_mutex_lock(&c->mu);
+    if (c->epoch == epoch0)
+        atomic_fetch_or_explicit(&c->backed[r >> 6], 1ull << (r & 63), memory_order_release);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static uint64_t epoch_now(struct l1_commit *c)
+{
+    pthread_mutex_lock(&c->mu);
+    uint64_t e = c->epoch;
+    pthread_mutex_unlock(&c->mu);
+    return e;
+}
+
+/* KEEP_SIZE: lmcd never grows the segment (a short file means someone else
+ * truncated it, l1_shm_intact). */
+static int falloc(int fd, uint64_t off, uint64_t len)
+{
+    while (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+        if (errno != EINTR)
+            return -errno;
+    return 0;
 }
 
 /* Backs region r whole (clamped to the segment) and marks it. */
@@ -49,11 +74,11 @@ static int back_region(struct l1_commit *c, uint64_t r)
 {
     uint64_t off = r << REGION_SHIFT;
     uint64_t len = off + REGION > c->size ? c->size - off : REGION;
-    int e = posix_fallocate(c->fd, (off_t)off, (off_t)len);
-    if (e)
-        return -e;
-    mark(c, r);
-    return 0;
+    uint64_t e0 = epoch_now(c);
+    int rc = falloc(c->fd, off, len);
+    if (rc == 0)
+        mark(c, r, e0);
+    return rc;
 }
 
 int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
@@ -72,9 +97,9 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
          * needs of it (a nearly full /dev/shm may still have that much). */
         uint64_t a = r == r0 ? off : r << REGION_SHIFT;
         uint64_t b = r == r1 ? off + len : (r + 1) << REGION_SHIFT;
-        int e = posix_fallocate(c->fd, (off_t)a, (off_t)(b - a));
-        if (e)
-            return -e;
+        int rc = falloc(c->fd, a, b - a);
+        if (rc < 0)
+            return rc;
     }
     uint64_t ahead = len * 4;
     ahead = ahead < AHEAD_MIN ? AHEAD_MIN : ahead > AHEAD_MAX ? AHEAD_MAX : ahead;
@@ -157,6 +182,18 @@ int l1_commit_start(int fd, uint64_t size, struct l1_commit **out)
     }
     *out = c;
     return 0;
+}
+
+void l1_commit_reset(struct l1_commit *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->epoch++;
+    for (uint64_t i = 0; i < (c->n_regions + 63) / 64; i++)
+        atomic_store_explicit(&c->backed[i], 0, memory_order_release);
+    c->want_from = c->want_to = 0;
+    pthread_mutex_unlock(&c->mu);
 }
 
 void l1_commit_stop(struct l1_commit *c)

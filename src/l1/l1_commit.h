@@ -16,13 +16,16 @@
  * remembered and retried only after later successes or a second.
  *
  * What it assumes: pages once backed stay backed (L1 never punches holes in
- * the segment). Anything that ever releases pages must clear their regions
- * (l1_commit_forget, not needed today).
+ * the segment). A truncation by another process takes them all:
+ * l1_shm_restore() calls l1_commit_reset(), and a region whose fallocate
+ * began before a reset is not marked. Until the restore, l1_shm_back()'s
+ * intact check refuses every range anyway.
  *
  * Bounds: commit-ahead backs at most 4x the last reservation, 16..256 MiB,
  * past it, never beyond the segment. Memory: one bit per 2 MiB.
  *
- * Threads: l1_commit_back() from any thread; start/stop once each.
+ * Threads: l1_commit_back() and l1_commit_reset() from any thread;
+ * start/stop once each.
  */
 #ifndef LMCD_L1_L1_COMMIT_H
 #define LMCD_L1_L1_COMMIT_H
@@ -37,6 +40,9 @@ int l1_commit_start(int fd, uint64_t size, struct l1_commit **out);
 /* Backs [off, off+len): 0, or -ENOSPC / -errno (nothing was marked, the
  * caller must not hand the range out). Then asks for the space after it. */
 int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len);
+/* Forgets every backed region (after the segment was truncated and
+ * restored). NULL-safe. */
+void l1_commit_reset(struct l1_commit *c);
 /* Stops and joins the thread, frees. NULL-safe. */
 void l1_commit_stop(struct l1_commit *c);
 

@@ -48,6 +48,7 @@ static int evict_bytes_locked(struct l1 *l1, uint64_t target, uint64_t now)
 
 int l1_evict_round(struct l1 *l1)
 {
+    l1_check(l1); /* a truncated segment is noticed within a second even when idle */
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     l1_settle_locked(l1, now);
@@ -79,9 +80,50 @@ int l1_evict_round(struct l1 *l1)
     return n;
 }
 
+#define INIT_STEP (64ull << 20) /* LMCache pins in 64 MiB chunks and rounds init up to one */
+
+static bool stopping(struct l1 *l1)
+{
+    pthread_mutex_lock(&l1->evict_mu);
+    bool stop = l1->evict_stop;
+    pthread_mutex_unlock(&l1->evict_mu);
+    return stop;
+}
+
+/*
+ * --l1-init-size-gb: LMCache pins the first init_size bytes of a lazy pool
+ * (newest trees defer it past start-up) and the rest in the background. lmcd
+ * has nothing to pin, but committing the tmpfs pages is the same promise
+ * (those bytes are really there); done here, in 64 MiB steps, so the start
+ * stays fast and a stop never waits for more than one step. A failure only
+ * warns, as a failed pin does in LMCache: pages are then committed object by
+ * object (l1_back).
+ */
+static void commit_init(struct l1 *l1)
+{
+    uint64_t init = (l1->opts.init_bytes + INIT_STEP - 1) / INIT_STEP * INIT_STEP;
+    if (init > l1->shm.size)
+        init = l1->shm.size;
+    if (!l1->opts.use_lazy || init <= l1->shm.meta_bytes)
+        return;
+    for (uint64_t off = l1->shm.meta_bytes; off < init; off += INIT_STEP) {
+        if (stopping(l1))
+            return;
+        int rc = l1_shm_back(&l1->shm, off, init - off < INIT_STEP ? init - off : INIT_STEP);
+        if (rc < 0) {
+            log_warn("Cannot commit the first %" PRIu64 " bytes of L1 (--l1-init-size-gb) in /dev/shm: %s; "
+                     "pages are committed object by object instead",
+                     init, strerror(-rc));
+            return;
+        }
+    }
+    log_info("L1: the first %" PRIu64 " bytes are committed (--l1-init-size-gb)", init);
+}
+
 static void *evict_main(void *arg)
 {
     struct l1 *l1 = arg;
+    commit_init(l1);
     pthread_mutex_lock(&l1->evict_mu);
     while (!l1->evict_stop) {
         struct timespec ts;

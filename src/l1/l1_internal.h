@@ -64,6 +64,7 @@ struct l1 {
     uint64_t read_ttl_ns, write_ttl_ns;
 
     struct l1_shm shm;
+    struct l1_seg_header hdr_init; /* written again when the segment is restored */
     struct l1_seg_header *hdr;
     struct l1_seg_entry *table;
     uint64_t table_entries;
@@ -83,6 +84,11 @@ struct l1 {
     uint64_t n_free_slots;     /* guarded by mu */
     uint64_t next_id;          /* guarded by mu */
     struct l1_stats st;        /* guarded by mu; counters only */
+    /* Segment health (l1_check): seg_gen counts restorations of a truncated
+     * segment; seg_broken is set while a restoration failed. Written under
+     * mu, read without it (atomics). */
+    uint64_t seg_gen;
+    bool seg_broken;
 
     pthread_mutex_t evict_mu;
     pthread_cond_t evict_cv;   /* CLOCK_MONOTONIC */
@@ -99,6 +105,9 @@ void l1_settle_locked(struct l1 *l1, uint64_t now);
 bool l1_evictable_locked(const struct l1_obj *o, uint64_t now);
 /* Evicts o (READY, evictable) and counts it. */
 void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o);
+
+/* Restores a truncated segment (drops every object first); mu held. */
+void l1_recover_locked(struct l1 *l1, uint64_t now);
 
 /* l1_evict.c: stops and joins the thread if it runs. */
 void l1_evict_stop(struct l1 *l1);

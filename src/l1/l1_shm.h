@@ -5,6 +5,22 @@
  *   table_offset  object table: table_entries x struct l1_seg_entry
  *   data_offset   data area (objects), up to data_offset + data_bytes
  *
+ * Ownership: the lmcd that creates a segment holds an exclusive flock() on
+ * it for its whole life (the fd stays open), and writes a random 128-bit
+ * instance id into the header. The kernel drops the lock when the owner
+ * dies, however it dies, so "the lock can be taken" is the proof that the
+ * owner is gone: pids collide across PID namespaces and a header can be
+ * forged, a lock held by a live process cannot. lmcd unlinks only a
+ * segment that carries its magic and whose lock it holds at that moment,
+ * and at stop only while the name still points at the inode it created.
+ *
+ * Commitment: the header and the object table (what lmcd itself writes)
+ * are committed with fallocate() before anything is written, so a full
+ * /dev/shm fails the start cleanly instead of SIGBUS; data ranges are
+ * committed per object (l1_shm_back). lmcd never grows the file after
+ * creating it (FALLOC_FL_KEEP_SIZE), so a segment shorter than its size
+ * means another process truncated it (l1_shm_intact; recovery in l1.c).
+ *
  * The header and table let a later lmcd re-adopt READY objects after a
  * restart (warm restart, not implemented): the header says what the keys
  * mean (chunk size, hash algorithm, alignment) and who owns the segment;
@@ -12,7 +28,8 @@
  * memory only. Every process that maps the segment can read and write all
  * of it (docs/l1.md, trust model), so a future reader must validate.
  *
- * Threads: l1_shm_create/destroy run once, from l1_create/l1_destroy.
+ * Threads: create/destroy run once, from l1_create/l1_destroy; restore
+ * runs under l1.mu; back and intact take no lock and may run anywhere.
  */
 #ifndef LMCD_L1_L1_SHM_H
 #define LMCD_L1_L1_SHM_H
@@ -23,7 +40,10 @@
 #include "l1/l1.h"
 
 #define L1_SEG_MAGIC "LMCDL1\0\0"
-#define L1_SEG_LAYOUT_VERSION 1u
+/* 2: ownership by flock + instance id. Version 1 segments (no lock) are
+ * reclaimed only under their own (configured) name, never by the scan. */
+#define L1_SEG_LAYOUT_VERSION 2u
+#define L1_SHM_DEFAULT_PREFIX "lmcache_l1_pool_"
 
 struct l1_seg_header {
     char magic[8];
@@ -40,6 +60,7 @@ struct l1_seg_header {
     uint64_t entry_bytes;     /* sizeof(struct l1_seg_entry) */
     uint64_t data_offset;
     uint64_t data_bytes;
+    uint8_t instance_id[16];  /* random per lmcd run (layout 2) */
 };
 
 enum l1_seg_state {
@@ -59,31 +80,49 @@ struct l1_seg_entry {
 };
 static_assert(sizeof(struct l1_seg_entry) == 80, "segment entry layout is fixed");
 
+struct l1_guard;
+
 struct l1_shm {
     char name[256]; /* without leading '/' */
     uint8_t *base;
     uint64_t size;
-    int fd;         /* lazy mode: kept open to back ranges with fallocate; else -1 */
-    struct l1_commit *commit; /* lazy mode: what is backed, and the commit-ahead thread */
+    uint64_t meta_bytes; /* header + table: committed at create and restore */
+    int fd;              /* open for life: holds the owner lock, backs ranges */
+    struct l1_commit *commit; /* lazy: which regions are backed, commit-ahead (l1_commit.h) */
+    uint64_t dev, ino;   /* the inode we created */
+    uint8_t instance_id[16];
+    struct l1_guard *guard;
+    bool lazy;
     bool mlocked;
-    bool unlink_at_destroy;
 };
 
-/* Creates and maps the segment "/"+name (O_CREAT|O_EXCL, mode 0600, or 0660
- * with group `group`). A segment of the same name is removed first unless
- * its header names a live lmcd other than us (-EBUSY). Lazy: pages are
- * committed on first touch; non-lazy: all pages are allocated up front
- * (ENOSPC when /dev/shm is too small) and mlock()ed when RLIMIT_MEMLOCK
- * allows. 0 or -errno; logs what failed. */
+/* Creates and maps the segment "/"+name (name NULL or "": the default
+ * lmcache_l1_pool_<pid>), mode 0600 (0660 with `group`), and takes its
+ * owner lock. Reclaims first every stale lmcd segment of the default
+ * pattern and of this name (owner lock free, lmcd magic), logging each.
+ * A name held by a live owner (or a foreign file) is -EBUSY for an
+ * explicit name; the default name then falls back to a unique one.
+ * Commits meta_bytes (header and table) in every mode and, non-lazy, the
+ * whole segment (ENOSPC when /dev/shm is too small), and mlock()s when
+ * RLIMIT_MEMLOCK allows. 0 or -errno; one ERROR line says what failed. */
 int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_t size,
-                  bool lazy);
-/* Lazy mode: allocates the tmpfs pages behind [off, off+len) now, so that a
- * write into them can never raise SIGBUS because /dev/shm filled up.
- * 0, or -ENOSPC (no room), -errno. A no-op when not lazy (all pages were
- * allocated at create). Ranges backed before cost nothing, and the space
- * after each range is backed ahead by a thread (l1_commit.h). Thread-safe. */
+                  uint64_t meta_bytes, bool lazy);
+/* Commits the tmpfs pages behind [off, off+len) now, so a write into them
+ * can never raise SIGBUS because /dev/shm filled up. 0, -ENOSPC (no room),
+ * -EIO (the segment was truncated), -errno. Ranges backed before cost no
+ * fallocate, and the space after each range is backed ahead by a thread
+ * (l1_commit.h). Thread-safe. */
 int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len);
-/* Unmaps and unlinks. Safe on a zeroed struct. */
+/* False when another process truncated the segment (fstat shorter than
+ * its size, or an access faulted: l1_guard). Takes no lock. */
+bool l1_shm_intact(struct l1_shm *s);
+/* Restores a truncated segment in place: size, committed header and table
+ * (zeroed), a fresh shared mapping at the same address. Workers keep
+ * their mapping of the same file; every byte in it is now zero.
+ * 0 or -errno (the segment stays lost; retry later). */
+int l1_shm_restore(struct l1_shm *s);
+/* Unmaps, unlinks (only while the name is still our inode), releases the
+ * lock. Safe on a zeroed struct with fd = -1. */
 void l1_shm_destroy(struct l1_shm *s);
 
 #endif

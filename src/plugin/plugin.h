@@ -16,12 +16,16 @@
  * plugin_sup_stop() are called once each, from main(). plugin_sup_snapshot()
  * and plugin_sup_restart() may be called from any thread (HTTP handlers).
  *
+ * Each plugin runs below a guard process (lmcd -> guard -> plugin) that kills
+ * every descendant of the plugin once lmcd is gone, however it died.
+ *
  * Process rules the rest of lmcd must keep: nobody else reaps children
  * (no waitpid(-1), SIGCHLD not SIG_IGN), because plugins are reaped through
  * their pidfds by the supervisor.
  *
  * Left out: per-plugin log files and rotation, readiness notification,
- * cgroups (process groups are used), uid switching.
+ * cgroups (process groups and a guard process per plugin are used, see
+ * plugin_guard.c), uid switching.
  */
 #ifndef LMCD_PLUGIN_PLUGIN_H
 #define LMCD_PLUGIN_PLUGIN_H
@@ -82,5 +86,10 @@ json_t *plugin_sup_snapshot(struct plugin_sup *s);
  * stopped first, TERM then KILL), clearing its failed/backoff state and its
  * restart tally. 0, -ENOENT (no such path), -ESHUTDOWN (stopping). */
 int plugin_sup_restart(struct plugin_sup *s, const char *path);
+
+/* Removes the plugin config files of lmcd runs that are gone (in $TMPDIR or
+ * /tmp: their owner lock is free), logging each. Called once at start,
+ * with or without plugins. Returns the number removed. */
+int plugin_reclaim_stale_files(void);
 
 #endif

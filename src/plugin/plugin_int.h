@@ -163,20 +163,36 @@ char **plugin_envp_build(char *const *base, const char *config_json, const char 
                          bool *json_omitted);
 void plugin_envp_free(char **envp);
 
-/* Writes json to a fresh 0600 file in $TMPDIR (or /tmp). Returns the
- * malloc'd path, or NULL with errno set. */
-char *plugin_config_file_write(const char *json);
+#define PLUGIN_CONFIG_FILE_PREFIX "lmcd-plugin-config."
+/* Writes json to a fresh 0600 file in $TMPDIR (or /tmp). *fd_out gets the open fd
+ * that holds the file's owner lock: keep it open until the file is
+ * unlinked. Returns the malloc'd path, or NULL with errno set. */
+char *plugin_config_file_write(const char *json, int *fd_out);
 
 struct plugin_proc {
-    int pid;
-    int pidfd;   /* readable when the child exits; O_CLOEXEC */
+    int pid;     /* the plugin: leader of its own session and process group */
+    int pidfd;   /* of its guard (our child): readable when the guard exits; O_CLOEXEC */
     int out_fd;  /* read end of the merged stdout+stderr pipe; O_NONBLOCK|O_CLOEXEC */
 };
 
-/* fork + exec of argv[0] with envp: new session (setsid), stdin /dev/null,
- * stdout and stderr one pipe, every other fd closed, signals unblocked and
- * at their defaults, PR_SET_PDEATHSIG SIGKILL. Waits until the exec
- * happened. 0, or -errno (the exec's own errno when it failed, e.g. -E2BIG). */
-int plugin_proc_spawn(char *const argv[], char *const envp[], struct plugin_proc *out);
+/* Starts the plugin argv[0] with envp under a guard (plugin_guard.c):
+ * lmcd -> guard -> plugin. The plugin: new session (setsid), stdin
+ * /dev/null, stdout and stderr one pipe, every other fd closed, signals
+ * unblocked and at their defaults, PR_SET_PDEATHSIG SIGKILL (on the guard).
+ * The guard outlives lmcd just long enough to kill every descendant, and
+ * exits with the plugin's status once its whole tree is gone (grace_ms after
+ * SIGTERM to leftovers). Waits until the plugin's exec happened. 0, or
+ * -errno (the exec's own errno when it failed, e.g. -E2BIG). */
+int plugin_proc_spawn(char *const argv[], char *const envp[], unsigned grace_ms, struct plugin_proc *out);
+
+/* ---- guard (plugin_guard.c) ---- */
+
+/* argv[1] of a guard: /proc/self/exe run with it becomes the guard (a
+ * constructor runs it before main). */
+#define PLUGIN_GUARD_ARG "--lmcd-plugin-guard"
+/* The guard's argv: its name, PLUGIN_GUARD_ARG, lmcd's pid, grace_ms, then
+ * plugin_argv (borrowed). Free with plugin_guard_argv_free. NULL: no memory. */
+char **plugin_guard_argv(int lmcd_pid, unsigned grace_ms, char *const plugin_argv[]);
+void plugin_guard_argv_free(char **v);
 
 #endif

@@ -7,14 +7,15 @@
  * longer exists in the child.
  *
  * The child shares our memory until its exec (CLONE_VM | CLONE_VFORK, as
- * posix_spawn; fork() in sanitizer builds), see start_child().
- * The child becomes a session and process-group leader (setsid) so a stop
- * can signal its whole group, asks for SIGKILL when the forking thread (the
- * supervisor) dies, gets /dev/null as stdin and one pipe as stdout+stderr,
- * closes every other fd, and restores default signal dispositions and an
- * empty mask (the server blocks signals in all its threads). An exec failure
- * is reported through a close-on-exec pipe, so the parent learns the exact
- * errno (E2BIG, EACCES, ENOEXEC) instead of a bare exit code.
+ * posix_spawn; fork() in sanitizer builds), see start_child(). It execs the
+ * guard (plugin_guard.c), which forks the plugin: the plugin becomes a
+ * session and process-group leader (setsid) so a stop can signal its whole
+ * group, asks for SIGKILL when the guard dies, gets /dev/null as stdin and
+ * one pipe as stdout+stderr, closes every other fd, and restores default
+ * signal dispositions and an empty mask (the server blocks signals in all
+ * its threads). An exec failure is reported through a close-on-exec pipe, so
+ * the parent learns the exact errno (E2BIG, EACCES, ENOEXEC) instead of a
+ * bare exit code.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -34,6 +35,7 @@
 #include <unistd.h>
 
 #include "plugin/plugin_int.h"
+#include "util/runfile.h"
 
 /* The variables lmcd sets; inherited values of the same names are dropped. */
 static const char *const managed[] = {
@@ -108,17 +110,32 @@ fail:
     return NULL;
 }
 
-char *plugin_config_file_write(const char *json)
+static const char *config_dir(void)
 {
     const char *dir = getenv("TMPDIR");
-    if (!dir || !*dir)
-        dir = "/tmp";
+    return dir && *dir ? dir : "/tmp";
+}
+
+int plugin_reclaim_stale_files(void)
+{
+    /* Files of lmcd runs that died without removing theirs (kill -9, OOM):
+     * their lock is free. The '.' in the prefix tells them from files of
+     * lmcd versions that held no lock, which are left alone. */
+    return runfile_reclaim(config_dir(), PLUGIN_CONFIG_FILE_PREFIX, "runtime plugin config file");
+}
+
+char *plugin_config_file_write(const char *json, int *fd_out)
+{
+    const char *dir = config_dir();
+    *fd_out = -1;
     char *path;
-    if (asprintf(&path, "%s/lmcd-plugin-config-XXXXXX", dir) < 0)
+    if (asprintf(&path, "%s/" PLUGIN_CONFIG_FILE_PREFIX "XXXXXX", dir) < 0)
         return NULL;
-    int fd = mkostemp(path, O_CLOEXEC); /* mode 0600 */
-    if (fd < 0)
+    int fd = runfile_create(path); /* mode 0600, locked while lmcd lives */
+    if (fd < 0) {
+        errno = -fd;
         goto fail;
+    }
     size_t len = strlen(json), off = 0;
     while (off < len) {
         ssize_t w = write(fd, json + off, len - off);
@@ -126,19 +143,14 @@ char *plugin_config_file_write(const char *json)
             continue;
         if (w < 0) {
             int e = errno;
-            close(fd);
             unlink(path);
+            close(fd);
             errno = e;
             goto fail;
         }
         off += (size_t)w;
     }
-    if (close(fd) < 0) {
-        int e = errno;
-        unlink(path);
-        errno = e;
-        goto fail;
-    }
+    *fd_out = fd;
     return path;
 fail:
     free(path);
@@ -158,57 +170,36 @@ static int fd_above_stdio(int fd)
     return n;
 }
 
-static void child_fail(int errfd) __attribute__((noreturn));
-static void child_fail(int errfd)
+/* Runs in the forked child: async-signal-safe calls only. Sets up the fds
+ * the guard expects (0 /dev/null, 1 and 2 the output pipe, 3 the report
+ * pipe, nothing else) and execs the guard (this same binary). */
+static void child_exec_guard(int out_w, int rep_w, int devnull, char *const gargv[], char *const envp[])
+    __attribute__((noreturn));
+static void child_exec_guard(int out_w, int rep_w, int devnull, char *const gargv[], char *const envp[])
 {
-    int e = errno;
-    ssize_t w = write(errfd, &e, sizeof(e));
+    if (dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(out_w, 2) < 0)
+        goto fail;
+    if (rep_w != 3) {
+        if (dup2(rep_w, 3) < 0) /* dup2 clears close-on-exec: the guard keeps it */
+            goto fail;
+        rep_w = 3;
+    } else if (fcntl(3, F_SETFD, 0) < 0) {
+        goto fail;
+    }
+    if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0)
+        for (int fd = 4; fd < 65536; fd++)
+            (void)close(fd);
+    execve("/proc/self/exe", gargv, envp);
+fail:;
+    int32_t m[2] = { 2, errno };
+    ssize_t w = write(rep_w, m, sizeof(m));
     (void)w;
     _exit(127);
 }
 
-/* Runs in the forked child: async-signal-safe calls only. */
-static void child_exec(int out_w, int err_w, int devnull, pid_t parent, char *const argv[],
-                       char *const envp[]) __attribute__((noreturn));
-static void child_exec(int out_w, int err_w, int devnull, pid_t parent, char *const argv[],
-                       char *const envp[])
-{
-    if (setsid() < 0)
-        child_fail(err_w);
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-        child_fail(err_w);
-    if (getppid() != parent) /* the server died before prctl: do not outlive it */
-        _exit(127);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
-            (void)sigaction(sig, &sa, NULL); /* glibc-internal signals say EINVAL: fine */
-    if (dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(out_w, 2) < 0)
-        child_fail(err_w);
-    if (err_w != 3) {
-        if (dup2(err_w, 3) < 0)
-            child_fail(err_w);
-        err_w = 3;
-    }
-    if (fcntl(3, F_SETFD, FD_CLOEXEC) < 0)
-        child_fail(3);
-    if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0)
-        for (int fd = 4; fd < 65536; fd++)
-            (void)close(fd);
-    sigset_t none;
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-        child_fail(3);
-    execve(argv[0], argv, envp);
-    child_fail(3);
-}
-
 struct child_args {
-    int out_w, err_w, devnull;
-    pid_t parent;
-    char *const *argv;
+    int out_w, rep_w, devnull;
+    char *const *gargv; /* the guard's */
     char *const *envp;
 };
 
@@ -228,7 +219,7 @@ struct child_args {
 static int child_entry(void *arg)
 {
     const struct child_args *a = arg;
-    child_exec(a->out_w, a->err_w, a->devnull, a->parent, a->argv, a->envp);
+    child_exec_guard(a->out_w, a->rep_w, a->devnull, a->gargv, a->envp);
 }
 #endif
 
@@ -253,32 +244,53 @@ static pid_t start_child(const struct child_args *a)
 #else
     pid_t pid = fork();
     if (pid == 0)
-        child_exec(a->out_w, a->err_w, a->devnull, a->parent, a->argv, a->envp);
+        child_exec_guard(a->out_w, a->rep_w, a->devnull, a->gargv, a->envp);
     return pid;
 #endif
 }
 
-int plugin_proc_spawn(char *const argv[], char *const envp[], struct plugin_proc *out)
+int plugin_proc_spawn(char *const argv[], char *const envp[], unsigned grace_ms, struct plugin_proc *out)
 {
-    int outp[2] = { -1, -1 }, errp[2] = { -1, -1 }, devnull = -1, pidfd = -1;
+    int outp[2] = { -1, -1 }, repp[2] = { -1, -1 }, devnull = -1, pidfd = -1;
     int rc;
     pid_t pid = -1;
+    char **gargv = plugin_guard_argv((int)getpid(), grace_ms, argv);
+    if (!gargv)
+        return -ENOMEM;
     if ((devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0 || (devnull = fd_above_stdio(devnull)) < 0)
         goto fail_errno;
     if (pipe2(outp, O_CLOEXEC) < 0)
         goto fail_errno;
     if ((outp[0] = fd_above_stdio(outp[0])) < 0 || (outp[1] = fd_above_stdio(outp[1])) < 0)
         goto fail_errno;
-    if (pipe2(errp, O_CLOEXEC) < 0)
+    if (pipe2(repp, O_CLOEXEC) < 0)
         goto fail_errno;
-    if ((errp[0] = fd_above_stdio(errp[0])) < 0 || (errp[1] = fd_above_stdio(errp[1])) < 0)
-        goto fail_errno;
+    /* above 3 too: the child's dup2() onto 0..3 must not clobber them */
+    for (int i = 0; i < 2; i++)
+        if (repp[i] <= 3) {
+            int n = fcntl(repp[i], F_DUPFD_CLOEXEC, 4);
+            close(repp[i]);
+            if ((repp[i] = n) < 0)
+                goto fail_errno;
+        }
+    if (outp[1] == 3) {
+        int n = fcntl(outp[1], F_DUPFD_CLOEXEC, 4);
+        close(outp[1]);
+        if ((outp[1] = n) < 0)
+            goto fail_errno;
+    }
+    if (devnull == 3) {
+        int n = fcntl(devnull, F_DUPFD_CLOEXEC, 4);
+        close(devnull);
+        if ((devnull = n) < 0)
+            goto fail_errno;
+    }
 
     /* No handler of ours may run in the child between fork and exec. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    struct child_args ca = { outp[1], errp[1], devnull, getpid(), argv, envp };
+    struct child_args ca = { outp[1], repp[1], devnull, gargv, envp };
     pid = start_child(&ca);
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -287,52 +299,65 @@ int plugin_proc_spawn(char *const argv[], char *const envp[], struct plugin_proc
         goto fail_errno;
     }
     close(outp[1]);
-    close(errp[1]);
+    close(repp[1]);
     close(devnull);
-    outp[1] = errp[1] = devnull = -1;
+    outp[1] = repp[1] = devnull = -1;
 
-    int child_errno = 0;
-    ssize_t r;
-    do
-        r = read(errp[0], &child_errno, sizeof(child_errno));
-    while (r < 0 && errno == EINTR);
-    close(errp[0]);
-    errp[0] = -1;
-    if (r == (ssize_t)sizeof(child_errno)) { /* exec failed; the child already _exit()ed */
+    /* The guard reports the plugin's pid, or an errno (its own failed step
+     * or the plugin's failed exec); EOF once the plugin has exec'd. */
+    int plugin_pid = 0, child_errno = 0;
+    for (;;) {
+        int32_t m[2];
+        ssize_t r = read(repp[0], m, sizeof(m));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r != (ssize_t)sizeof(m))
+            break;
+        if (m[0] == 1)
+            plugin_pid = m[1];
+        else if (m[0] == 2 && !child_errno)
+            child_errno = m[1] ? m[1] : EIO;
+    }
+    close(repp[0]);
+    repp[0] = -1;
+    if (child_errno || plugin_pid <= 0) { /* the guard exits (127) once the plugin did */
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
-        rc = -child_errno;
+        rc = -(child_errno ? child_errno : ECHILD);
         goto fail;
     }
-    /* The child is ours and unreaped, so its pid cannot be reused yet. */
+    /* The guard is ours and unreaped, so its pid cannot be reused yet. */
     if ((pidfd = (int)syscall(SYS_pidfd_open, pid, 0)) < 0) {
         rc = -errno;
-        kill(pid, SIGKILL);
+        kill(-plugin_pid, SIGKILL);
+        kill(pid, SIGKILL); /* the plugin dies with its guard (PR_SET_PDEATHSIG) */
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
         goto fail;
     }
     if (fcntl(outp[0], F_SETFL, O_NONBLOCK) < 0) {
         rc = -errno;
-        kill(-pid, SIGKILL);
+        kill(-plugin_pid, SIGKILL);
         siginfo_t si;
         while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
             ;
         goto fail;
     }
-    *out = (struct plugin_proc){ .pid = pid, .pidfd = pidfd, .out_fd = outp[0] };
+    plugin_guard_argv_free(gargv);
+    *out = (struct plugin_proc){ .pid = plugin_pid, .pidfd = pidfd, .out_fd = outp[0] };
     return 0;
 
 fail_errno:
     rc = -errno;
 fail:
+    plugin_guard_argv_free(gargv);
     if (pidfd >= 0)
         close(pidfd);
     for (int i = 0; i < 2; i++) {
         if (outp[i] >= 0)
             close(outp[i]);
-        if (errp[i] >= 0)
-            close(errp[i]);
+        if (repp[i] >= 0)
+            close(repp[i]);
     }
     if (devnull >= 0)
         close(devnull);

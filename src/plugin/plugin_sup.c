@@ -47,6 +47,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -116,6 +117,7 @@ struct plugin_sup {
     uint64_t window_ms;
     uint64_t stop_timeout_ms;
     char *config_file;
+    int config_fd;            /* holds config_file's owner lock (util/runfile.h) */
     char **envp;
     const char *search_path;    /* PATH of envp, for interpreter lookup */
     int epfd, evfd;
@@ -316,7 +318,7 @@ static int spawn(struct plugin *p, bool counts)
     p->argv_json = aj;
     pthread_mutex_unlock(&s->lock);
 
-    rc = plugin_proc_spawn(argv, s->envp, &p->proc);
+    rc = plugin_proc_spawn(argv, s->envp, (unsigned)s->stop_timeout_ms, &p->proc);
     free(argv);
     if (rc < 0) {
         p->proc = (struct plugin_proc){ .pid = 0, .pidfd = -1, .out_fd = -1 };
@@ -396,6 +398,9 @@ static void reap(struct plugin *p)
 
 static void term_instance(struct plugin *p)
 {
+    /* the guard passes SIGTERM on to whatever left the plugin's group */
+    if (syscall(SYS_pidfd_send_signal, p->proc.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
+        log_warn("Cannot signal the guard of runtime plugin %s: %s", p->path, strerror(errno));
     killpg_quiet(p->proc.pid, SIGTERM);
     killpg_quiet(p->proc.pid, SIGCONT); /* a stopped process must be able to act on it */
     p->deadline_ms = now_ms() + p->sup->stop_timeout_ms;
@@ -720,6 +725,8 @@ static void sup_free(struct plugin_sup *s)
         unlink(s->config_file);
         free(s->config_file);
     }
+    if (s->config_fd >= 0)
+        close(s->config_fd); /* after the unlink: the lock guards the name */
     plugin_envp_free(s->envp);
     if (s->epfd >= 0)
         close(s->epfd);
@@ -732,7 +739,7 @@ static void sup_free(struct plugin_sup *s)
 
 static int sup_prepare_env(struct plugin_sup *s, const char *json)
 {
-    s->config_file = plugin_config_file_write(json);
+    s->config_file = plugin_config_file_write(json, &s->config_fd);
     if (!s->config_file)
         log_warn("Cannot write the runtime plugin config file in %s: %s; plugins get the config "
                  "only through LMCACHE_RUNTIME_PLUGIN_CONFIG",
@@ -759,7 +766,7 @@ int plugin_sup_start(const struct plugin_opts *o, struct plugin_sup **out)
     struct plugin_sup *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    s->epfd = s->evfd = -1;
+    s->epfd = s->evfd = s->config_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     int rc = -ENOMEM;

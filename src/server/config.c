@@ -163,6 +163,24 @@ static const struct flag flags[] = {
     { "worker-reap-timeout-seconds", F_INT, OFF(mp.worker_reap_timeout_seconds), G_LMCD,
       "mp_config.worker_reap_timeout_seconds", 0, INT_MAX, NULL, "S",
       "drop a silent worker's reservations and locks after this (default 120; 0 disables)" },
+    /* bounded memory and fair service (issue 11) */
+    { "max-in-flight-bytes", F_INT64, OFF(mp.max_in_flight_bytes), G_LMCD, "mp_config.max_in_flight_bytes", 1 << 20,
+      (double)(1ll << 50), NULL, "N",
+      "request bytes queued in lmcd, all peers; past it lmcd stops reading the socket (default 1 GiB)" },
+    { "max-peer-in-flight-bytes", F_INT64, OFF(mp.max_peer_in_flight_bytes), G_LMCD,
+      "mp_config.max_peer_in_flight_bytes", 1 << 16, (double)(1ll << 50), NULL, "N",
+      "request bytes queued for one peer; more get safe replies at once (default 256 MiB)" },
+    { "max-peer-in-flight", F_INT, OFF(mp.max_peer_in_flight), G_LMCD, "mp_config.max_peer_in_flight", 1, 1 << 30,
+      NULL, "N", "requests queued for one peer; more get safe replies at once (default 4096)" },
+    { "max-sessions", F_INT, OFF(mp.max_sessions), G_LMCD, "mp_config.max_sessions", 1, 1 << 30, NULL, "N",
+      "request sessions held at once; a LOOKUP past it is answered as a miss (default 131072)" },
+    { "max-session-bytes", F_INT64, OFF(mp.max_session_bytes), G_LMCD, "mp_config.max_session_bytes", 1 << 20,
+      (double)(1ll << 50), NULL, "N",
+      "token lists and hashes held by all sessions; a LOOKUP past it is answered as a miss (default 1 GiB)" },
+    { "worker-expire-seconds", F_INT, OFF(mp.worker_expire_seconds), G_LMCD, "mp_config.worker_expire_seconds", 0,
+      INT_MAX, NULL, "S", "forget a worker registration silent this long (default 86400; 0 never)" },
+    { "stop-timeout-seconds", F_FLOAT, OFF(mp.stop_timeout_seconds), G_LMCD, "mp_config.stop_timeout_seconds", 0,
+      3600, NULL, "S", "on SIGINT/SIGTERM, queued requests run this long; the rest get safe replies (default 5)" },
     { "runtime-plugin-restart", F_CHOICE, OFF(mp.plugin_restart), G_LMCD, "mp_config.runtime_plugin_restart", 0, 0,
       restart_choices, "WHEN", "restart plugins: never (default, as LMCache), on-failure, always" },
     { "runtime-plugin-max-restarts", F_INT, OFF(mp.plugin_max_restarts), G_LMCD,
@@ -193,7 +211,7 @@ static const struct flag flags[] = {
     { "http-max-connections", F_INT, OFF(access.http_max_connections), G_HTTP, "http_config.http_max_connections",
       4, 65536, NULL, "N", "concurrent HTTP connections, also capped at a quarter of RLIMIT_NOFILE (default 256)" },
     { "http-timeout-seconds", F_INT, OFF(access.http_timeout_seconds), G_HTTP, "http_config.http_timeout_seconds",
-      1, 3600, NULL, "S", "a request's headers must arrive, and an idle connection closes, within this (default 10)" },
+      1, 3600, NULL, "S", "a whole request must arrive, and an idle connection closes, within this (default 10)" },
     { "log-level", F_CHOICE, OFF(log_level), G_LMCD, NULL, 0, 0, level_choices, "LEVEL",
       "log threshold (default: $LMCACHE_LOG_LEVEL, else INFO)" },
     { "log-file", F_STR_NULL, OFF(log_file), G_LMCD, NULL, 0, 0, NULL, "PATH", "also append the log to this file" },
@@ -260,6 +278,13 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.plugin_restart = xstrdup("never");
     c->mp.plugin_max_restarts = 5;
     c->mp.plugin_stop_timeout_seconds = 5.0;
+    c->mp.max_in_flight_bytes = 1ll << 30;
+    c->mp.max_peer_in_flight_bytes = 256ll << 20;
+    c->mp.max_peer_in_flight = 4096;
+    c->mp.max_sessions = 131072;
+    c->mp.max_session_bytes = 1ll << 30;
+    c->mp.worker_expire_seconds = 86400;
+    c->mp.stop_timeout_seconds = 5.0;
     c->mp.inline_max_pinned_ratio = 0.5;
     c->storage.l1_size_bytes = 1ull << 30;
     c->storage.l1_use_lazy = true;
@@ -1027,6 +1052,13 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "shm_name", json_string(m->shm_name));
     json_object_set_new(mp, "shm_group", json_string(m->shm_group));
     json_object_set_new(mp, "worker_reap_timeout_seconds", json_integer(m->worker_reap_timeout_seconds));
+    json_object_set_new(mp, "max_in_flight_bytes", json_integer(m->max_in_flight_bytes));
+    json_object_set_new(mp, "max_peer_in_flight_bytes", json_integer(m->max_peer_in_flight_bytes));
+    json_object_set_new(mp, "max_peer_in_flight", json_integer(m->max_peer_in_flight));
+    json_object_set_new(mp, "max_sessions", json_integer(m->max_sessions));
+    json_object_set_new(mp, "max_session_bytes", json_integer(m->max_session_bytes));
+    json_object_set_new(mp, "worker_expire_seconds", json_integer(m->worker_expire_seconds));
+    json_object_set_new(mp, "stop_timeout_seconds", json_real(m->stop_timeout_seconds));
     json_object_set_new(mp, "runtime_plugin_restart", json_string(m->plugin_restart));
     json_object_set_new(mp, "runtime_plugin_max_restarts", json_integer(m->plugin_max_restarts));
     json_object_set_new(mp, "runtime_plugin_stop_timeout", json_real(m->plugin_stop_timeout_seconds));

@@ -48,6 +48,14 @@ struct cfg_mp {
     char *plugin_restart;
     int plugin_max_restarts;
     double plugin_stop_timeout_seconds;
+    /* bounded memory and fair service (issue 11; docs/configuration.md "Limits") */
+    int64_t max_in_flight_bytes;      /* all peers: past it the loop stops reading */
+    int64_t max_peer_in_flight_bytes; /* one peer: past it its requests get safe replies */
+    int max_peer_in_flight;           /* one peer, requests */
+    int max_sessions;
+    int64_t max_session_bytes;        /* token lists and hashes of all sessions */
+    int worker_expire_seconds;        /* forget a silent registration; 0 = never */
+    double stop_timeout_seconds;      /* SIGTERM: queued requests run this long, then safe replies */
     double inline_max_pinned_ratio; /* share of L1 unsent retrieve_inline replies may pin */
 };
 

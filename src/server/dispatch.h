@@ -41,6 +41,9 @@ struct srv_req {
     /* the encoded reply (filled by whoever ran the handler) */
     struct wire_buf out;
     bool has_frame;
+    /* in-flight accounting (loop only) */
+    uint64_t peer;  /* XXH3 of the identity */
+    size_t bytes;   /* frames + decoded tokens, counted while in a pool */
     /* WAIT_PREFETCH_STATUS parking (loop only) */
     uint64_t deadline_ns;
     struct srv_req *next;

@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@
 #include "util/log.h"
 
 #define RECV_BATCH 256        /* messages per wakeup before polling again */
+#define REPLY_EVERY 4         /* while reading a batch, send finished replies every this many */
 /*
  * Requests handed to the pools and not yet answered. Past this the loop stops
  * reading the socket, so a client that sends faster than lmcd serves fills
@@ -110,6 +112,107 @@ static void bad_input(struct server *s, const zmq_msg_t *id, enum srv_bad kind, 
     hex_id(id, peer, sizeof(peer));
     log_warn("dropped a request from peer %s: %s: %s (logged once a minute per peer; %u similar dropped since)",
              peer, names[kind], what, supp);
+}
+
+/* ------------------------------------------------------------ in flight */
+
+/* What one peer has in the pools (loop only). */
+struct peer_flight {
+    struct htab_node node; /* key = &key */
+    uint64_t key;
+    size_t count, bytes;
+};
+
+static struct peer_flight *flight_find(struct server *s, uint64_t key)
+{
+    struct htab_node *n = htab_find(&s->peer_flight, &key, sizeof(key));
+    return n ? htab_entry(n, struct peer_flight, node) : NULL;
+}
+
+/* Counts r as in the pools. 0 or -ENOMEM. */
+static int flight_add(struct server *s, struct srv_req *r)
+{
+    struct peer_flight *f = flight_find(s, r->peer);
+    if (!f) {
+        if (!(f = calloc(1, sizeof(*f))))
+            return -ENOMEM;
+        f->key = r->peer;
+        f->node.key = &f->key;
+        f->node.key_len = sizeof(f->key);
+        if (htab_insert(&s->peer_flight, &f->node)) {
+            free(f);
+            return -ENOMEM;
+        }
+    }
+    f->count++;
+    f->bytes += r->bytes;
+    s->in_flight++;
+    s->in_flight_bytes += r->bytes;
+    if (s->in_flight_bytes > s->peak_bytes)
+        s->peak_bytes = s->in_flight_bytes;
+    return 0;
+}
+
+/* r left the pools (its reply is back on the loop). */
+static void flight_sub(struct server *s, struct srv_req *r)
+{
+    s->in_flight--;
+    s->in_flight_bytes -= r->bytes;
+    struct peer_flight *f = flight_find(s, r->peer);
+    if (f && --f->count == 0) {
+        htab_remove(&s->peer_flight, &f->node);
+        free(f);
+    } else if (f) {
+        f->bytes -= r->bytes;
+    }
+}
+
+/*
+ * Whether r may join its peer's queued requests: the refusal reason, or
+ * SRV_SHED_COUNT when it may. A peer with nothing queued is always
+ * admitted (so a single request larger than the byte cap is still served);
+ * the global caps are back-pressure instead (server_run stops reading).
+ */
+static enum srv_shed flight_admit(struct server *s, const struct srv_req *r)
+{
+    const struct peer_flight *f = flight_find(s, r->peer);
+    if (!f)
+        return SRV_SHED_COUNT;
+    if (f->count >= (size_t)s->cfg->mp.max_peer_in_flight)
+        return SRV_SHED_PEER_COUNT;
+    if (f->bytes + r->bytes > (size_t)s->cfg->mp.max_peer_in_flight_bytes)
+        return SRV_SHED_PEER_BYTES;
+    return SRV_SHED_COUNT;
+}
+
+/*
+ * Fills r's safe reply (spec 9.3) in place of running it and counts the
+ * refusal. false when the op has none (a registration): the caller decides.
+ * Any thread that owns r.
+ */
+static bool shed_safe(struct server *s, struct srv_req *r, enum srv_shed kind)
+{
+    if (wire_resp_safe(r->req.op, &r->resp))
+        return false;
+    atomic_fetch_add(&s->stats.shed[kind], 1);
+    return true;
+}
+
+/* One line per (peer, reason) a minute at most. Loop only. */
+static void shed_log(struct server *s, const struct srv_req *r, enum srv_shed kind)
+{
+    static const char *const texts[] = {
+#define SRV_SHED_TEXT_(sym, name, text) text,
+        SRV_SHED_KINDS(SRV_SHED_TEXT_)
+#undef SRV_SHED_TEXT_
+    };
+    uint32_t supp;
+    if (!peer_log_ok(s, &r->frames[0], SRV_BAD_COUNT + kind, &supp))
+        return;
+    char peer[80];
+    hex_id(&r->frames[0], peer, sizeof(peer));
+    log_warn("answered a %s from peer %s with its safe reply without running it: %s (logged once a minute per "
+             "peer; %u similar since)", r->req.op_name, peer, texts[kind], supp);
 }
 
 /* ------------------------------------------------------------ requests */
@@ -285,6 +388,22 @@ static struct srv_req *replyq_take(struct server *s)
     return r;
 }
 
+/*
+ * After a burst of large requests, freed message buffers stay spread over
+ * the allocator's arenas (ZeroMQ's I/O thread allocates them, the pools and
+ * the loop free them); once the burst is over, give those pages back.
+ */
+#define TRIM_AFTER_PEAK (64u << 20)
+static void trim_after_burst(struct server *s)
+{
+    static uint64_t last_ms; /* loop only */
+    if (s->in_flight == 0 && s->peak_bytes >= TRIM_AFTER_PEAK && clock_mono_ms() - last_ms >= 1000) {
+        malloc_trim(0);
+        s->peak_bytes = 0;
+        last_ms = clock_mono_ms();
+    }
+}
+
 static void drain_replies(struct server *s)
 {
     uint64_t v;
@@ -293,10 +412,11 @@ static void drain_replies(struct server *s)
     struct srv_req *r = replyq_take(s);
     while (r) {
         struct srv_req *next = r->qnext;
-        s->in_flight--;
+        flight_sub(s, r);
         send_reply(s, r);
         r = next;
     }
+    trim_after_burst(s);
 }
 
 /* ------------------------------------------------------------ WAIT parking */
@@ -445,13 +565,31 @@ static void dispatch(struct server *s, struct srv_req *r)
     }
     r->job.fn = run_job;
     struct pool *p = r->req.cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
-    uint64_t key = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
-    s->in_flight++;
-    if (pool_submit(p, key, &r->job)) {
-        s->in_flight--;
+    r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
+    r->bytes += (size_t)r->req.key.n_tokens * sizeof(uint32_t); /* the decoded token list */
+    enum srv_shed why = flight_admit(s, r);
+    rc = -ENOMEM;
+    if (why == SRV_SHED_COUNT && (rc = flight_add(s, r)) == 0) {
+        if ((rc = pool_submit(p, r->peer, &r->job)) == 0)
+            return;
+        flight_sub(s, r);
+    }
+    if (rc == -ESHUTDOWN) {
         log_warn("%s arrived while stopping: dropped", r->req.op_name);
         req_free(s, r);
+        return;
     }
+    if (why == SRV_SHED_COUNT)
+        why = SRV_SHED_NOMEM;
+    if (!shed_safe(s, r, why)) { /* no safe reply (a registration): run it here, as the sync ops */
+        fn(s, r);
+        encode_reply(r);
+        send_reply(s, r);
+        return;
+    }
+    shed_log(s, r, why);
+    encode_reply(r);
+    send_reply(s, r);
 }
 
 /* Receives one whole multipart message. 1 = got one, 0 = none waiting. */
@@ -508,6 +646,7 @@ static int recv_one(struct server *s)
         req_free(s, r);
         return 1;
     }
+    r->bytes = total;
     dispatch(s, r);
     return 1;
 }
@@ -594,6 +733,7 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     s->replyq.efd = -1;
     s->started_ns = clock_mono_ns();
     atomic_init(&s->healthy, true);
+    htab_init(&s->peer_flight);
     pthread_mutex_init(&s->replyq.lock, NULL);
     s->peer_log = calloc(1, sizeof(*s->peer_log));
     if (!s->peer_log || profile_hint_new(&s->profile_hint))
@@ -637,6 +777,12 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     return 0;
 }
 
+/* Back-pressure: below both global caps the loop reads the socket. */
+static bool can_read(const struct server *s)
+{
+    return s->in_flight < MAX_IN_FLIGHT && s->in_flight_bytes < (size_t)s->cfg->mp.max_in_flight_bytes;
+}
+
 int server_run(struct server *s)
 {
     zmq_pollitem_t items[4] = {
@@ -647,7 +793,7 @@ int server_run(struct server *s)
     };
     int n_items = srv_access_monitor(s) ? 4 : 3;
     for (;;) {
-        items[0].events = s->in_flight < MAX_IN_FLIGHT ? ZMQ_POLLIN : 0;
+        items[0].events = can_read(s) ? ZMQ_POLLIN : 0;
         int rc = zmq_poll(items, n_items, parked_timeout_ms(s));
         if (rc < 0) {
             if (zmq_errno() == EINTR)
@@ -671,17 +817,54 @@ int server_run(struct server *s)
                 check_parked(s, true);
         }
         if (items[0].revents & ZMQ_POLLIN)
-            for (int i = 0; i < RECV_BATCH && s->in_flight < MAX_IN_FLIGHT && recv_one(s); i++)
-                ;
+            for (int i = 0; i < RECV_BATCH && can_read(s) && recv_one(s); i++)
+                if (i % REPLY_EVERY == REPLY_EVERY - 1)
+                    drain_replies(s); /* a burst being read must not hold back finished replies */
         if (s->parked)
             check_parked(s, true);
     }
 }
 
+/* A queued request the stop timeout overtook: its safe reply, not run
+ * (none for a registration, which is left unanswered, as a stopping server
+ * would leave it). Loop thread, through pool_cancel. */
+static struct server *cancel_srv; /* the server being stopped; loop only */
+static void cancel_job(struct pool_job *job)
+{
+    struct srv_req *r = (struct srv_req *)job;
+    if (!shed_safe(cancel_srv, r, SRV_SHED_STOPPING))
+        r->no_reply = true;
+    encode_reply(r);
+    replyq_push(cancel_srv, r);
+}
+
 void server_stop(struct server *s, int timeout_ms)
 {
     atomic_store(&s->stopping, 1);
-    /* The pools run what they hold; their replies queue up and go out. */
+    /* No more requests in; what the pools hold keeps running and its
+     * replies keep going out, up to the stop timeout. */
+    pool_close(s->aff_pool);
+    pool_close(s->norm_pool);
+    uint64_t deadline = clock_mono_ns() + (uint64_t)(s->cfg->mp.stop_timeout_seconds * 1e9);
+    if (s->router) {
+        while (s->in_flight > 0) {
+            uint64_t now = clock_mono_ns();
+            if (now >= deadline)
+                break;
+            uint64_t left_ms = (deadline - now) / 1000000 + 1;
+            zmq_pollitem_t it = { NULL, s->replyq.efd, ZMQ_POLLIN, 0 };
+            zmq_poll(&it, 1, left_ms < 100 ? (long)left_ms : 100);
+            drain_replies(s);
+            if (s->parked)
+                check_parked(s, true);
+        }
+    }
+    cancel_srv = s;
+    size_t cancelled = pool_cancel(s->aff_pool, cancel_job) + pool_cancel(s->norm_pool, cancel_job);
+    if (cancelled)
+        log_warn("stop timeout (%.1f s) reached: %zu queued requests answered with their safe replies without "
+                 "running", s->cfg->mp.stop_timeout_seconds, cancelled);
+    /* Jobs already running finish (one per pool thread at most). */
     pool_destroy(s->aff_pool);
     pool_destroy(s->norm_pool);
     s->aff_pool = s->norm_pool = NULL;
@@ -717,6 +900,12 @@ void server_destroy(struct server *s)
         req_free(s, r);
         r = next;
     }
+    struct htab_node *n, *tmp;
+    HTAB_FOREACH_SAFE(&s->peer_flight, n, tmp) {
+        htab_remove(&s->peer_flight, n);
+        free(htab_entry(n, struct peer_flight, node));
+    }
+    htab_free(&s->peer_flight);
     if (s->router) {
         srv_access_close(s);
         zmq_close(s->router);

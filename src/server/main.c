@@ -178,7 +178,8 @@ static void stop_plugins(struct app *a)
 /*
  * Descriptors: the soft RLIMIT_NOFILE is raised to the hard limit at start
  * (systemd and shells often leave 1024 of a much larger hard limit), and
- * HTTP may hold at most a quarter of it, so an HTTP flood can never take
+ * HTTP may keep at most a quarter of it open (plus a fifth more while the
+ * governor's evictions close, http_start), so an HTTP flood can never take
  * the descriptors ZeroMQ clients, plugins and L1 need (issue 11 item 8).
  */
 static rlim_t nofile_soft = 1024;
@@ -247,6 +248,7 @@ static int start_engine(struct app *a)
         .l1_size_bytes = c->storage.l1_size_bytes,
         .l1_align_bytes = (uint64_t)c->storage.l1_align_bytes,
         .l1_use_lazy = c->storage.l1_use_lazy,
+        .l1_init_bytes = c->storage.l1_init_size_bytes,
         .shm_name = c->mp.shm_name,
         .shm_group = c->mp.shm_group,
         .l1_read_ttl_s = c->storage.l1_read_ttl_seconds,
@@ -257,6 +259,9 @@ static int start_engine(struct app *a)
         .session_ttl_s = 600,
         .inline_max_pinned_ratio = c->mp.inline_max_pinned_ratio,
         .worker_reap_timeout_s = c->mp.worker_reap_timeout_seconds,
+        .max_sessions = (size_t)c->mp.max_sessions,
+        .max_session_bytes = (uint64_t)c->mp.max_session_bytes,
+        .worker_expire_s = c->mp.worker_expire_seconds ? c->mp.worker_expire_seconds : -1, /* 0 = never */
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
         .clock = NULL,
@@ -270,6 +275,7 @@ static int start_engine(struct app *a)
 static void start_plugins(struct app *a)
 {
     const struct lmcd_config *c = &a->cfg;
+    plugin_reclaim_stale_files(); /* a crashed run's config file (secrets) */
     if (!c->mp.n_plugin_locations)
         return;
     struct plugin_opts o;

@@ -40,6 +40,7 @@
 
 #include "server/config.h"
 #include "server/pool.h"
+#include "util/htab.h"
 #include "wire/wire.h"
 
 struct engine;
@@ -57,6 +58,19 @@ struct http_server;
 #define SRV_BAD_ENUM_(sym, name, text) SRV_BAD_##sym,
 enum srv_bad { SRV_BAD_KINDS(SRV_BAD_ENUM_) SRV_BAD_COUNT };
 #undef SRV_BAD_ENUM_
+
+/* Well-formed requests shed: answered with their safe reply (spec 9.3)
+ * instead of being run, by reason (metrics and logs; the engine counts its
+ * own session refusals). */
+#define SRV_SHED_KINDS(X)                                                            \
+    X(PEER_BYTES, "peer_in_flight_bytes", "the peer's queued requests reached --max-peer-in-flight-bytes") \
+    X(PEER_COUNT, "peer_in_flight", "the peer's queued requests reached --max-peer-in-flight")            \
+    X(NOMEM, "out_of_memory", "no memory to queue the request")                                         \
+    X(STOPPING, "stop_timeout", "still queued when --stop-timeout-seconds ran out")
+
+#define SRV_SHED_ENUM_(sym, name, text) SRV_SHED_##sym,
+enum srv_shed { SRV_SHED_KINDS(SRV_SHED_ENUM_) SRV_SHED_COUNT };
+#undef SRV_SHED_ENUM_
 
 /* Connections and ops refused by access control (server/access.h). */
 #define SRV_REFUSED_KINDS(X)                                                            \
@@ -76,6 +90,7 @@ struct srv_stats {
     atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
     atomic_uint_fast64_t block_allocation_records;
     atomic_uint_fast64_t refused[SRV_REFUSED_COUNT];
+    atomic_uint_fast64_t shed[SRV_SHED_COUNT];
 };
 
 
@@ -112,6 +127,9 @@ struct server {
     struct profile_hint *profile_hint; /* loop only: clients of the other --protocol */
     struct srv_req *parked;        /* loop only: WAIT requests waiting for a job */
     atomic_size_t in_flight;       /* written by the loop only; read by /status: requests in the pools */
+    atomic_size_t in_flight_bytes; /* written by the loop only: their bytes (frames + decoded tokens) */
+    struct htab peer_flight;       /* loop only: struct peer_flight by peer key, peers with requests in the pools */
+    size_t peak_bytes;             /* loop only: in_flight_bytes high-water mark since the last trim */
     atomic_bool job_done_pending;  /* set by engine threads, cleared by the loop */
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
@@ -125,8 +143,10 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
 /* Runs the loop until SIGINT/SIGTERM/SIGQUIT arrives on sigfd; returns the
  * signal, or 0 when the loop itself failed (logged). */
 int server_run(struct server *s);
-/* Stops intake: the pools finish what they hold, their replies are sent
- * (bounded by timeout_ms), then the socket is closed. */
+/* Stops intake: the pools run what they hold for up to
+ * --stop-timeout-seconds while their replies go out; what is still queued
+ * then gets its safe reply (spec 9.3) without running. Replies get
+ * timeout_ms to leave, then the socket is closed. */
 void server_stop(struct server *s, int timeout_ms);
 /* Frees what server_init made. */
 void server_destroy(struct server *s);

@@ -19,6 +19,18 @@ static const char *const bad_names[] = {
 #undef SRV_BAD_NAME_
 };
 
+static const char *const shed_names[] = {
+#define SRV_SHED_NAME_(sym, name, text) name,
+    SRV_SHED_KINDS(SRV_SHED_NAME_)
+#undef SRV_SHED_NAME_
+};
+
+/* The engine's own refusals, under the same metric (counters in its status). */
+static const struct { const char *counter, *reason; } engine_refusals[] = {
+    { "refused_sessions", "sessions" },
+    { "refused_session_bytes", "session_bytes" },
+};
+
 json_t *server_status_json(struct server *s)
 {
     json_t *st = engine_status_json(s->engine);
@@ -40,6 +52,13 @@ json_t *server_status_json(struct server *s)
                   (double)(clock_mono_ns() - s->started_ns) / 1e9, "requests", req, "replies",
                   (json_int_t)atomic_load(&s->stats.replies), "bad_requests", bad, "pools", "max_gpu_workers",
                   s->cfg->mp.max_gpu_workers, "max_cpu_workers", s->cfg->mp.max_cpu_workers, "in_flight", (json_int_t)atomic_load(&s->in_flight)));
+    json_t *shed = json_object();
+    for (int k = 0; k < SRV_SHED_COUNT; k++)
+        json_object_set_new(shed, shed_names[k], json_integer((json_int_t)atomic_load(&s->stats.shed[k])));
+    json_t *srv = json_object_get(st, "server");
+    json_object_set_new(srv, "shed_requests", shed);
+    json_object_set_new(json_object_get(srv, "pools"), "in_flight_bytes",
+                        json_integer((json_int_t)atomic_load(&s->in_flight_bytes)));
     json_t *healthy = json_object_get(st, "is_healthy");
     bool ok = atomic_load(&s->healthy) && (!healthy || json_is_true(healthy));
     json_object_set_new(st, "is_healthy", json_boolean(ok));
@@ -107,6 +126,15 @@ char *server_metrics_text(struct server *s)
     fprintf(b, "lmcd_block_allocation_records_total %llu\n",
          (unsigned long long)atomic_load(&s->stats.block_allocation_records));
     json_t *st = engine_status_json(s->engine);
+    family(b, "lmcd_shed_requests_total", "counter",
+           "Well-formed requests answered with their safe reply instead of run, by limit reached.");
+    for (int k = 0; k < SRV_SHED_COUNT; k++)
+        fprintf(b, "lmcd_shed_requests_total{reason=\"%s\"} %llu\n", shed_names[k],
+                (unsigned long long)atomic_load(&s->stats.shed[k]));
+    for (size_t k = 0; st && k < sizeof(engine_refusals) / sizeof(engine_refusals[0]); k++)
+        fprintf(b, "lmcd_shed_requests_total{reason=\"%s\"} %lld\n", engine_refusals[k].reason,
+                (long long)json_integer_value(
+                    json_object_get(json_object_get(st, "counters"), engine_refusals[k].counter)));
     if (st) {
         family(b, "lmcache_mp_active_prefetch_jobs", "gauge", "Lookup jobs in flight.");
         fprintf(b, "lmcache_mp_active_prefetch_jobs %lld\n",

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, shm_name, wait_for
 from lmcd_client import Client, Segment, ed_payload, http_json, make_key
 
 CHUNK = 16
@@ -558,7 +558,7 @@ def test_clear_while_requests_run(lmcd_factory, clients):
 
 
 def test_segment_is_private_and_gone_after_stop(lmcd_factory):
-    name = f"lmcd_e2e_seg_{os.getpid()}"
+    name = shm_name("seg")
     srv = lmcd_factory(server_args(["--shm-name", name]))
     path = f"/dev/shm/{name}"
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -568,7 +568,7 @@ def test_segment_is_private_and_gone_after_stop(lmcd_factory):
 
 
 def test_stale_segment_of_a_dead_lmcd_is_replaced(lmcd_factory, clients):
-    name = f"lmcd_e2e_stale_{os.getpid()}"
+    name = shm_name("stale")
     path = f"/dev/shm/{name}"
     first = lmcd_factory(server_args(["--shm-name", name]))
     ino = os.stat(path).st_ino
@@ -586,7 +586,7 @@ def test_stale_segment_of_a_dead_lmcd_is_replaced(lmcd_factory, clients):
 
 
 def test_segment_of_a_live_lmcd_is_not_taken(lmcd_factory):
-    name = f"lmcd_e2e_live_{os.getpid()}"
+    name = shm_name("live")
     first = lmcd_factory(server_args(["--shm-name", name]))
     second = lmcd_factory(server_args(["--shm-name", name]), ready=False)
     assert second.proc.wait(TIMEOUT) != 0

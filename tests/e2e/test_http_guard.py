@@ -276,3 +276,43 @@ def test_http_sigterm_during_a_flood_exits_at_once(lmcd_factory, enough_fds):
         flood.close()
     assert srv.proc.returncode == 0
     assert took < 5.0, f"SIGTERM took {took:.1f} s during the flood"
+
+
+def test_http_plugins_get_the_token_from_the_flag(lmcd_factory, tmp_path):
+    """A plugin may call the API: with --http-auth-token it finds the token in its environment."""
+    plugin = tmp_path / "clear.py"
+    plugin.write_text(
+        "import json, os, urllib.request\n"
+        "cfg = json.loads(os.environ['LMCACHE_RUNTIME_PLUGIN_CONFIG'])\n"
+        "port = cfg['http_config']['http_port']\n"
+        "assert 'http_auth_token' not in cfg['http_config']\n"
+        "req = urllib.request.Request(f'http://127.0.0.1:{port}/clear-cache', data=b'', method='POST',\n"
+        "    headers={'Authorization': 'Bearer ' + os.environ['LMCD_HTTP_TOKEN']})\n"
+        "print('clear-cache status', urllib.request.urlopen(req, timeout=5).status)\n")
+    srv = lmcd_factory(server_args(["--http-auth-token", TOKEN, "--runtime-plugin-locations", str(plugin)]))
+    srv.wait_log("clear-cache status 200")
+
+
+def test_http_slow_bodies_do_not_starve_healthcheck(lmcd_factory):
+    """A request is only safe from eviction once it has fully arrived: POSTs
+    that trickle a huge body hold no slot against a new client."""
+    srv = lmcd_factory(server_args(["--http-max-connections", "16", "--http-timeout-seconds", "60"]))
+    socks = []
+    try:
+        for _ in range(48):
+            s = socket.create_connection(("127.0.0.1", srv.http_port))
+            s.sendall(b"POST /clear-cache HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\nab")
+            socks.append(s)
+            time.sleep(0.03)  # lmcd has read its headers before the next one comes
+        time.sleep(0.3)
+        for s in socks:
+            try:
+                s.sendall(b"c")
+            except OSError:
+                pass
+        status, took = timed_health(srv)
+        assert status == 200
+        assert metric(srv, 'lmcd_http_refused_total{reason="evicted_cap"}') >= 1
+    finally:
+        for s in socks:
+            s.close()

@@ -181,7 +181,9 @@ def test_plugin_output_lines_stderr_order_and_exit_code(lmcd_factory, tmp_path):
     assert f"[{path}]  (" in lines[2], "an empty line is logged as '[<path>] '"
     assert f"[{path}] last (" in lines[3]
     assert log.index(f"[{path}] last") < log.index(f"Runtime plugin {path} exited with code 3")
-    p = plugins(srv)[path]
+    # main publishes the supervisor once start-up returns, which a loaded
+    # machine may run after this quick plugin has already exited
+    p = wait_for(lambda: plugins(srv).get(path), 10, what="the plugin in GET /plugins")
     assert p["state"] == "exited" and p["last_exit_code"] == 3 and p["pid"] is None
     assert p["output_tail"] == ["padded out", "to stderr", "", "last"]
     srv.stop()

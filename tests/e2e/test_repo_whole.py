@@ -85,3 +85,25 @@ def test_make_asks_deps_sh_for_the_sets_its_goals_need(tmp_path):
     assert "redis-server" not in wanted("all") and "clang" not in wanted("all")
     assert "redis-server" in wanted("test")
     assert "clang" in wanted("fuzz")
+
+
+def test_run_sh_counts_skips_and_says_why(tmp_path):
+    """tests/run.sh ends with 'N passed, N failed, N skipped' and prints each
+    skip with its reason, from Criterion ([SKIP] lines) and from pytest."""
+    build = tmp_path / "build"
+    (build / "tests").mkdir(parents=True)
+    fake = build / "tests" / "test_fake"
+    fake.write_text("#!/bin/sh\n"
+                    "echo '[SKIP] fake::avx: CPU lacks avx512'\n"
+                    "echo '[PASS] fake::one: (0.00s)'\n"
+                    "echo '[====] Synthesis: Tested: 1 | Passing: 1 | Failing: 0 | Crashing: 0 '\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, LMCD_BUILD=str(build), PYTEST_ARGS="-k test_lmcache_client_extended_scenario",
+               LMCACHE_HARNESS="")
+    env.pop("SAN", None)
+    r = subprocess.run(["sh", "tests/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert "skipped unit test_fake fake::avx: CPU lacks avx512" in out, out
+    assert re.search(r"skipped e2e \S*test_lmcache_client_extended_scenario: .*LMCACHE_HARNESS is not set", out), out
+    assert r.stdout.strip().splitlines()[-1] == "1 passed, 0 failed, 2 skipped", out
+    assert r.returncode == 0, out

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import LMCD, READY_LINE, free_port, wait_for
+from conftest import LMCD, READY_LINE, free_port, shm_name, wait_for
 
 LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] LMCache (DEBUG|INFO|WARNING|ERROR|CRITICAL): "
                       r".* \([\w.]+:\d+:[\w.]+\)$")
@@ -129,7 +129,7 @@ def test_server_ready_fast_and_logs_in_lmcache_format(lmcd_factory):
 
 
 def test_server_sigterm_stops_in_order_and_unlinks_segment(lmcd_factory):
-    name = f"lmcd_test_seg_{os.getpid()}"
+    name = shm_name("seg")
     srv = lmcd_factory(["--shm-name", name])
     assert os.path.exists(f"/dev/shm/{name}")
     assert oct(os.stat(f"/dev/shm/{name}").st_mode & 0o777) == "0o600"
@@ -245,7 +245,7 @@ def test_server_second_signal_exits_at_once(lmcd_factory, tmp_path):
     """A plugin that ignores SIGTERM holds the graceful stop for its grace
     period; a second SIGTERM ends lmcd at once, still unlinking L1, and the
     plugin dies with it (parent-death signal)."""
-    name = f"lmcd_test_fast_{os.getpid()}"
+    name = shm_name("fast")
     pidfile = tmp_path / "plugin.pid"
     stubborn = tmp_path / "stubborn.py"
     stubborn.write_text("#!/usr/bin/python3\nimport os, signal, time\n"
@@ -335,7 +335,7 @@ def test_server_rejects_non_utf8_flag_values():
 
 
 def test_server_sigquit_exits_at_once(lmcd_factory):
-    name = f"lmcd_test_quit_{os.getpid()}"
+    name = shm_name("quit")
     srv = lmcd_factory(["--shm-name", name])
     srv.signal(signal.SIGQUIT)
     assert srv.proc.wait(5) == 128 + signal.SIGQUIT

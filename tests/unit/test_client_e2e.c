@@ -99,8 +99,13 @@ static struct server server_start(const char *protocol)
     snprintf(bin, sizeof(bin), "%s/lmcd", build && *build ? build : "build");
     snprintf(port, sizeof(port), "%d", free_port());
     snprintf(s.url, sizeof(s.url), "tcp://127.0.0.1:%s", port);
+    /* A segment name of this test run (tests/run.sh checks that none is left). */
+    char shm[200];
+    const char *prefix = getenv("LMCD_TEST_SHM_PREFIX");
+    snprintf(shm, sizeof(shm), "%scli%s", prefix && *prefix ? prefix : "lmcd_test_cli_", port);
     char *argv[] = { bin, "--host", "127.0.0.1", "--port", port, "--no-http", "--l1-size-gb",
-                     "0.1", "--protocol", (char *)protocol, "--log-level", "WARNING", NULL };
+                     "0.1", "--protocol", (char *)protocol, "--log-level", "WARNING",
+                     "--shm-name", shm, NULL };
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);

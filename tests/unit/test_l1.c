@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -152,7 +153,10 @@ Test(l1, segment_header_describes_layout_and_offsets_fall_in_data_area)
     l1_destroy(l1);
 }
 
-static void make_foreign_segment(const char *name, uint64_t owner_pid)
+/* A segment under seg_name as another process would leave it: with our
+ * magic and `owner_pid` (0: no header), layout `version`. Returns its fd
+ * (for the caller to lock or close). */
+static int make_foreign_segment_fd(const char *name, uint64_t owner_pid, uint32_t version)
 {
     char path[80];
     snprintf(path, sizeof(path), "/%s", name);
@@ -160,11 +164,16 @@ static void make_foreign_segment(const char *name, uint64_t owner_pid)
     cr_assert(fd >= 0);
     cr_assert_eq(ftruncate(fd, 8192), 0);
     if (owner_pid) {
-        struct l1_seg_header h = { .owner_pid = owner_pid };
+        struct l1_seg_header h = { .owner_pid = owner_pid, .layout_version = version };
         memcpy(h.magic, L1_SEG_MAGIC, 8);
         cr_assert_eq(pwrite(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
     }
-    close(fd);
+    return fd;
+}
+
+static void make_foreign_segment(const char *name, uint64_t owner_pid)
+{
+    close(make_foreign_segment_fd(name, owner_pid, L1_SEG_LAYOUT_VERSION));
 }
 
 Test(l1, stale_segment_is_removed_at_start)
@@ -181,23 +190,156 @@ Test(l1, stale_segment_is_removed_at_start)
     const struct l1_seg_header *h = l1_base(l1);
     cr_assert_eq(h->owner_pid, (uint64_t)getpid(), "a fresh segment replaced the stale one");
     l1_destroy(l1);
-    /* No header at all. */
-    make_foreign_segment(seg_name, 0);
-    l1 = make_l1(16);
+}
+
+/* issue 11 item 3: a forged owner pid (a live process, here our parent)
+ * without the owner lock never blocks a start: the lock is the proof. */
+Test(l1, forged_live_owner_pid_without_the_lock_does_not_block)
+{
+    snprintf(seg_name, sizeof(seg_name), "lmcd_test_l1_%ld", (long)getpid());
+    make_foreign_segment(seg_name, (uint64_t)getppid());
+    struct l1 *l1 = make_l1(16);
+    cr_assert_eq(((const struct l1_seg_header *)l1_base(l1))->owner_pid, (uint64_t)getpid());
     l1_destroy(l1);
 }
 
-Test(l1, segment_of_a_live_lmcd_is_refused)
+Test(l1, segment_whose_owner_holds_the_lock_is_refused)
 {
     struct l1_opts o;
     struct l1 *l1 = NULL;
     test_opts(&o, 1 << 20);
-    make_foreign_segment(seg_name, (uint64_t)getppid());
+    int fd = make_foreign_segment_fd(seg_name, 12345, L1_SEG_LAYOUT_VERSION);
+    cr_assert_eq(flock(fd, LOCK_EX | LOCK_NB), 0);
     cr_assert_eq(l1_create(&o, &l1), -EBUSY);
     cr_assert_null(l1);
     char path[80];
     snprintf(path, sizeof(path), "/%s", seg_name);
     cr_assert_eq(shm_unlink(path), 0, "the live segment was left alone");
+    close(fd);
+}
+
+Test(l1, foreign_file_under_an_explicit_name_is_refused_and_kept)
+{
+    struct l1_opts o;
+    struct l1 *l1 = NULL;
+    test_opts(&o, 1 << 20);
+    make_foreign_segment(seg_name, 0); /* no lmcd header: not ours to remove */
+    cr_assert_eq(l1_create(&o, &l1), -EBUSY);
+    char path[80];
+    snprintf(path, sizeof(path), "/%s", seg_name);
+    cr_assert_eq(shm_unlink(path), 0, "the foreign file was left alone");
+}
+
+/* The default name (lmcache_l1_pool_<pid>) held by a live owner, as for two
+ * lmcd that are both pid 1 in their own PID namespaces: a unique name. */
+Test(l1, default_name_held_by_a_live_owner_falls_back_to_a_unique_name)
+{
+    char dflt[64], path[80];
+    snprintf(dflt, sizeof(dflt), "lmcache_l1_pool_%ld", (long)getpid());
+    int fd = make_foreign_segment_fd(dflt, 12345, L1_SEG_LAYOUT_VERSION);
+    cr_assert_eq(flock(fd, LOCK_EX | LOCK_NB), 0);
+    struct l1_opts o;
+    struct l1 *l1 = NULL;
+    test_opts(&o, 1 << 20);
+    o.shm_name = NULL;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    cr_assert_str_neq(l1_shm_name(l1), dflt);
+    cr_assert_eq(strncmp(l1_shm_name(l1), dflt, strlen(dflt)), 0, "%s", l1_shm_name(l1));
+    l1_destroy(l1);
+    snprintf(path, sizeof(path), "/%s", dflt);
+    cr_assert_eq(shm_unlink(path), 0, "the held default segment stays");
+    close(fd);
+}
+
+/* The start-up scan of the default pattern reclaims a dead lmcd's segment
+ * (lock free) and never one whose owner holds its lock, nor a layout-1
+ * segment (an older lmcd, no lock: a pid proves nothing across PID
+ * namespaces). */
+Test(l1, scan_reclaims_dead_default_segments_only)
+{
+    char dead[64], live[64], old[64], path[80];
+    snprintf(dead, sizeof(dead), "lmcache_l1_pool_%ld_test_dead", (long)getpid());
+    snprintf(live, sizeof(live), "lmcache_l1_pool_%ld_test_live", (long)getpid());
+    snprintf(old, sizeof(old), "lmcache_l1_pool_%ld_test_v1", (long)getpid());
+    close(make_foreign_segment_fd(dead, 999999, L1_SEG_LAYOUT_VERSION));
+    int lfd = make_foreign_segment_fd(live, 999999, L1_SEG_LAYOUT_VERSION);
+    cr_assert_eq(flock(lfd, LOCK_EX | LOCK_NB), 0);
+    close(make_foreign_segment_fd(old, 999999, 1));
+    struct l1 *l1 = make_l1(16);
+    snprintf(path, sizeof(path), "/dev/shm/%s", dead);
+    cr_assert_eq(access(path, F_OK), -1, "the dead owner's segment was reclaimed");
+    snprintf(path, sizeof(path), "/dev/shm/%s", live);
+    cr_assert_eq(access(path, F_OK), 0, "a live owner keeps its segment");
+    snprintf(path, sizeof(path), "/dev/shm/%s", old);
+    cr_assert_eq(access(path, F_OK), 0, "a layout-1 segment is not the scan's to judge");
+    l1_destroy(l1);
+    snprintf(path, sizeof(path), "/%s", live);
+    shm_unlink(path);
+    close(lfd);
+    snprintf(path, sizeof(path), "/%s", old);
+    shm_unlink(path);
+}
+
+/* issue 11 item 5: another process truncates the segment. lmcd's own
+ * accesses never die of SIGBUS (the guard), every object is dropped (none
+ * is readable again), a held one stays pending, and the segment is
+ * restored in place, usable at the same address. */
+Test(l1, truncated_segment_is_detected_dropped_and_restored)
+{
+    struct l1 *l1 = make_l1(16);
+    struct l1_ref a = put(l1, 1, 2);
+    struct l1_ref b = put(l1, 2, 2);
+    uint8_t *base = l1_base(l1);
+    memset(base + a.offset, 0xAB, a.length);
+    struct l1_key kb = key(2);
+    struct l1_ref held;
+    cr_assert_eq(l1_lock(l1, &kb, 1, 1, &held), 0);
+    uint64_t gen = l1_check(l1);
+    char path[80];
+    snprintf(path, sizeof(path), "/dev/shm/%s", l1_shm_name(l1));
+    int fd = open(path, O_RDWR | O_TRUNC); /* what open(path, "w+b") does */
+    cr_assert(fd >= 0);
+    close(fd);
+    /* lmcd touching the page now would be SIGBUS without the guard */
+    volatile uint8_t v = base[a.offset];
+    (void)v;
+    base[b.offset] = 1;
+    cr_assert_neq(l1_check(l1), gen, "the loss is noticed");
+    cr_assert(!present(l1, 1) && !present(l1, 2), "nothing truncated is readable again");
+    struct l1_stats st = stats(l1);
+    cr_assert_eq(st.segment_losses, 1);
+    cr_assert_eq(st.pending_free_count, 1, "the held object keeps its bytes until released");
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq((uint64_t)sb.st_size, l1_pool_size(l1), "restored to its size");
+    cr_assert_eq(memcmp(((const struct l1_seg_header *)base)->magic, L1_SEG_MAGIC, 8), 0,
+                 "header written again");
+    /* usable again, at the same address, and nothing reuses the held bytes */
+    struct l1_ref c = put(l1, 3, 2);
+    cr_assert(c.offset + c.length <= b.offset || c.offset >= b.offset + b.length);
+    memset(base + c.offset, 0xCD, c.length);
+    cr_assert_eq(l1_check(l1), gen + 1, "one loss, one generation");
+    cr_assert_eq(l1_unlock_refs(l1, &kb, &held, 1, 1), 1);
+    cr_assert_eq(stats(l1).pending_free_count, 0);
+    l1_destroy(l1);
+    cr_assert_eq(access(path, F_OK), -1);
+}
+
+/* A truncation noticed only by fstat (nobody touched a page yet) is handled
+ * the same way at the next call that hands out memory. */
+Test(l1, truncation_is_noticed_before_handing_out_memory)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 1, 2);
+    char path[80];
+    snprintf(path, sizeof(path), "/dev/shm/%s", l1_shm_name(l1));
+    cr_assert_eq(truncate(path, 4096), 0);
+    struct l1_key k = key(1);
+    cr_assert_eq(l1_lock(l1, &k, 1, 1, NULL), -ENOENT);
+    struct l1_ref r = put(l1, 4, 2);
+    memset((uint8_t *)l1_base(l1) + r.offset, 1, r.length);
+    cr_assert_eq(stats(l1).segment_losses, 1);
+    l1_destroy(l1);
 }
 
 Test(l1, shm_group_gives_0660_and_unknown_group_is_an_error)

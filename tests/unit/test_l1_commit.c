@@ -3,6 +3,8 @@
  * st_blocks says which pages exist. (A full /dev/shm: tests/e2e/test_l1_shm_full.py.) */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,7 +20,7 @@ static uint64_t backed_bytes(int fd)
     return (uint64_t)st.st_blocks * 512;
 }
 
-Test(l1_commit, backs_whole_regions_then_ahead_and_refuses_bad_ranges, .timeout = 30)
+Test(l1_commit, backs_whole_regions_then_ahead_forgets_on_reset_and_refuses_bad_ranges, .timeout = 30)
 {
     int fd = memfd_create("l1_commit_test", MFD_CLOEXEC);
     cr_assert(fd >= 0);
@@ -35,6 +37,17 @@ Test(l1_commit, backs_whole_regions_then_ahead_and_refuses_bad_ranges, .timeout 
         usleep(10000);
     cr_assert_geq(backed_bytes(fd), 18 * MIB, "the space after it is committed ahead");
     cr_assert_leq(backed_bytes(fd), 2 * MIB + 256 * MIB);
+
+    /* a truncation (here: a hole punched by "someone else") takes the
+     * pages; the bitmap still says backed until a reset, then backs again */
+    cr_assert_eq(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)(64 * MIB)), 0);
+    uint64_t gone = backed_bytes(fd);
+    cr_assert_lt(gone, 2 * MIB);
+    cr_assert_eq(l1_commit_back(c, 4096, MIB), 0);
+    cr_assert_eq(backed_bytes(fd), gone, "a backed region costs no fallocate");
+    l1_commit_reset(c);
+    cr_assert_eq(l1_commit_back(c, 4096, MIB), 0);
+    cr_assert_geq(backed_bytes(fd), 2 * MIB, "after a reset the region is backed again");
 
     /* the tail region, partial */
     cr_assert_eq(l1_commit_back(c, size - 100, 100), 0);

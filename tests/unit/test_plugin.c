@@ -564,8 +564,10 @@ Test(plugin, envp_leaves_out_oversized_config_when_a_file_carries_it)
 
 Test(plugin, config_file_is_private_and_holds_the_json)
 {
-    char *p = plugin_config_file_write("{\"k\": \"v\"}");
+    int lfd;
+    char *p = plugin_config_file_write("{\"k\": \"v\"}", &lfd);
     cr_assert_not_null(p);
+    cr_assert_geq(lfd, 0);
     struct stat st;
     cr_assert_eq(stat(p, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0600);
@@ -575,5 +577,39 @@ Test(plugin, config_file_is_private_and_holds_the_json)
     close(fd);
     cr_assert_str_eq(buf, "{\"k\": \"v\"}");
     unlink(p);
+    close(lfd);
     free(p);
+}
+
+/* issue 11 item 4: the file of an lmcd that died (its lock is free) is
+ * reclaimed by the next one; a file whose owner still holds it is not. */
+Test(plugin, stale_config_file_of_a_dead_run_is_reclaimed_live_one_kept)
+{
+    char dir[] = "/tmp/lmcd-test-runfile-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *old_tmpdir = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+    setenv("TMPDIR", dir, 1);
+    int live_fd, dead_fd, fd3;
+    char *live = plugin_config_file_write("{}", &live_fd);
+    char *dead = plugin_config_file_write("{}", &dead_fd);
+    cr_assert(live && dead);
+    close(dead_fd); /* its owner is gone: the lock is free */
+    cr_assert_eq(plugin_reclaim_stale_files(), 1);
+    char *fresh = plugin_config_file_write("{}", &fd3);
+    cr_assert_not_null(fresh);
+    cr_assert_eq(access(dead, F_OK), -1, "the dead run's file is gone");
+    cr_assert_eq(access(live, F_OK), 0, "a live owner's file stays");
+    unlink(live);
+    unlink(fresh);
+    close(live_fd);
+    close(fd3);
+    rmdir(dir);
+    if (old_tmpdir)
+        setenv("TMPDIR", old_tmpdir, 1);
+    else
+        unsetenv("TMPDIR");
+    free(old_tmpdir);
+    free(live);
+    free(dead);
+    free(fresh);
 }

@@ -1,0 +1,361 @@
+/*
+ * The plugin guard: one small process between lmcd and each plugin, so that
+ * no descendant of a plugin outlives lmcd, however lmcd dies.
+ *
+ * Why a process. A plugin's children can leave its process group (setsid,
+ * setpgid) and its parentage (double fork), and a SIGKILLed lmcd runs no
+ * code. Only a process that outlives lmcd and is an ancestor of everything
+ * the plugin starts can find all of it afterwards: the guard is a child
+ * subreaper (PR_SET_CHILD_SUBREAPER), so every orphan below it is re-parented
+ * to it instead of init, and it watches lmcd through a pidfd.
+ *
+ *   lmcd --fork+exec--> guard (own session, subreaper) --fork+exec--> plugin
+ *                                                     (own session, group)
+ *
+ * What it does
+ *   - lmcd dies (any way): SIGKILL to every descendant, reap, exit.
+ *   - SIGTERM (lmcd's supervisor stopping or restarting the plugin, or
+ *     systemd stopping the unit): SIGTERM + SIGCONT to every descendant, in
+ *     any session or group (the supervisor signals the plugin's group itself).
+ *   - the plugin exits: what is left of its tree gets SIGTERM + SIGCONT, then
+ *     SIGKILL once the grace (lmcd's --runtime-plugin-stop-timeout) has passed
+ *     since the first SIGTERM; then the guard exits with the plugin's status
+ *     (dying of the same signal), which is what the supervisor reports.
+ *
+ * How it runs. lmcd's supervisor forks and execs /proc/self/exe with
+ * argv[1] == PLUGIN_GUARD_ARG; the constructor below recognises that before
+ * main() (of lmcd, or of a unit-test binary spawning plugins) and runs the
+ * guard instead. Exec'ing gives a fresh single-threaded process that shares
+ * no memory with lmcd (a fork without exec would keep a copy-on-write image of
+ * the server alive for as long as the plugin runs).
+ *
+ * File descriptors at exec: 0 /dev/null, 1 and 2 the plugin's output pipe,
+ * 3 the report pipe to lmcd: 8-byte messages {tag, value}, tag 1 = the
+ * plugin's pid (from the guard), tag 2 = an errno (a failed guard step, or
+ * the plugin's failed exec). lmcd reads until EOF, which comes once the
+ * plugin has exec'd (fd 3 is close-on-exec there).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "plugin/plugin_int.h"
+
+#define REPORT_FD 3
+#define KILL_ROUNDS 500 /* x 10 ms: how long the guard keeps killing a tree that keeps forking */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void report(int tag, int value)
+{
+    int32_t m[2] = { tag, value };
+    ssize_t w = write(REPORT_FD, m, sizeof(m));
+    (void)w;
+}
+
+/* ---- the tree below the guard ---- */
+
+struct pidvec {
+    pid_t *v;
+    size_t n, cap;
+};
+
+static void pv_push(struct pidvec *pv, pid_t p)
+{
+    if (pv->n == pv->cap) {
+        size_t cap = pv->cap ? pv->cap * 2 : 256;
+        pid_t *v = realloc(pv->v, cap * sizeof(*v));
+        if (!v)
+            return; /* out of memory: this round misses some; the next one retries */
+        pv->v = v;
+        pv->cap = cap;
+    }
+    pv->v[pv->n++] = p;
+}
+
+/* Every process whose parent chain reaches `root` (not root itself), except
+ * members of process group skip_pgid (0: none). */
+static void tree_of(pid_t root, pid_t skip_pgid, struct pidvec *out)
+{
+    struct pidvec pid = { 0 }, ppid = { 0 }, pgid = { 0 };
+    out->n = 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        char *rp = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+        int pp, pg;
+        char state;
+        if (!rp || sscanf(rp + 1, " %c %d %d", &state, &pp, &pg) != 3)
+            continue;
+        pv_push(&pid, atoi(e->d_name));
+        pv_push(&ppid, pp);
+        pv_push(&pgid, pg);
+    }
+    closedir(d);
+    struct pidvec walk = { 0 };
+    if (pid.n == ppid.n && pid.n == pgid.n) {
+        pv_push(&walk, root);
+        for (size_t i = 0; i < walk.n; i++) /* breadth first: walk grows as it is walked */
+            for (size_t j = 0; j < pid.n; j++)
+                if (ppid.v[j] == walk.v[i] && pid.v[j] != root) {
+                    pv_push(&walk, pid.v[j]);
+                    if (!skip_pgid || pgid.v[j] != skip_pgid)
+                        pv_push(out, pid.v[j]);
+                }
+    }
+    free(walk.v);
+    free(pid.v);
+    free(ppid.v);
+    free(pgid.v);
+}
+
+static void signal_tree(pid_t me, pid_t skip_pgid, int sig)
+{
+    struct pidvec t = { 0 };
+    tree_of(me, skip_pgid, &t);
+    for (size_t i = 0; i < t.n; i++)
+        kill(t.v[i], sig);
+    free(t.v);
+}
+
+/* Reaps what has exited; records the plugin's status. 1 while children remain. */
+static int reap_some(pid_t plugin, int *status, int *plugin_done)
+{
+    for (;;) {
+        int st;
+        pid_t w = waitpid(-1, &st, WNOHANG);
+        if (w > 0) {
+            if (w == plugin) {
+                *status = st;
+                *plugin_done = 1;
+            }
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        return w == 0; /* 0: children left, none exited; -1 ECHILD: none left */
+    }
+}
+
+/* SIGKILL to the whole tree until nothing is left (bounded). */
+static void kill_tree(pid_t me, pid_t plugin, int *status, int *plugin_done)
+{
+    for (int round = 0; round < KILL_ROUNDS; round++) {
+        signal_tree(me, 0, SIGKILL);
+        if (!reap_some(plugin, status, plugin_done))
+            return;
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Exits the way the plugin did, so lmcd's supervisor reports its status. */
+static void exit_like(int st) __attribute__((noreturn));
+static void exit_like(int st)
+{
+    if (WIFSIGNALED(st)) {
+        int sig = WTERMSIG(st);
+        struct rlimit none = { 0, 0 };
+        setrlimit(RLIMIT_CORE, &none); /* the plugin's core, if any, is already written */
+        signal(sig, SIG_DFL);
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, sig);
+        sigprocmask(SIG_UNBLOCK, &s, NULL);
+        kill(getpid(), sig);
+        _exit(128 + sig);
+    }
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 127);
+}
+
+/* The plugin's side of the fork: its own session, SIGKILL when the guard
+ * dies, default signals, then exec. A failed exec reports its errno. */
+static void plugin_exec(pid_t guard, char **argv, char **envp) __attribute__((noreturn));
+static void plugin_exec(pid_t guard, char **argv, char **envp)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || setsid() < 0)
+        goto fail;
+    if (getppid() != guard) /* the guard died before prctl: do not outlive it */
+        _exit(127);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            (void)sigaction(sig, &sa, NULL); /* glibc-internal signals say EINVAL: fine */
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+        goto fail;
+    execve(argv[0], argv, envp);
+fail:
+    report(2, errno);
+    _exit(127);
+}
+
+static int guard_main(int argc, char **argv, char **envp)
+{
+    if (argc < 5)
+        return 127;
+    pid_t lmcd = (pid_t)atoi(argv[2]);
+    uint64_t grace_ms = strtoull(argv[3], NULL, 10);
+    char **plugin_argv = &argv[4];
+    pid_t me = getpid();
+    if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) < 0)
+        return 127;
+    if (getppid() != lmcd)
+        return 127; /* lmcd is gone already */
+    if (setsid() < 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
+        report(2, errno);
+        return 127;
+    }
+    int lfd = (int)syscall(SYS_pidfd_open, lmcd, 0);
+    if (lfd < 0 || getppid() != lmcd) { /* re-checked: the pid could have been reused */
+        report(2, lfd < 0 ? errno : ESRCH);
+        return 127;
+    }
+    fcntl(lfd, F_SETFD, FD_CLOEXEC);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    if (sfd < 0) {
+        report(2, errno);
+        return 127;
+    }
+    pid_t plugin = fork();
+    if (plugin == 0)
+        plugin_exec(me, plugin_argv, envp);
+    if (plugin < 0) {
+        report(2, errno);
+        return 127;
+    }
+    report(1, (int)plugin);
+    close(REPORT_FD);
+    /* hold no end of the plugin's output pipe: its EOF is the plugin's own */
+    dup2(0, 1);
+    dup2(0, 2);
+
+    int status = 0, plugin_done = 0;
+    uint64_t term_ms = 0;
+    for (;;) {
+        int timeout = -1;
+        if (plugin_done) {
+            if (!reap_some(plugin, &status, &plugin_done))
+                exit_like(status); /* the whole tree is gone */
+            uint64_t now = mono_ms();
+            if (!term_ms) {
+                signal_tree(me, 0, SIGTERM);
+                signal_tree(me, 0, SIGCONT);
+                term_ms = now;
+            }
+            if (now >= term_ms + grace_ms) {
+                kill_tree(me, plugin, &status, &plugin_done);
+                exit_like(status);
+            }
+            uint64_t left = term_ms + grace_ms - now;
+            timeout = left > 100 ? 100 : (int)left; /* re-check for exits: SIGCHLD may have merged */
+        }
+        struct pollfd pf[2] = { { lfd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
+        int n = poll(pf, 2, timeout);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0 && pf[0].revents) /* lmcd died, however */
+            break;
+        if (n > 0 && pf[1].revents) {
+            struct signalfd_siginfo si[16];
+            ssize_t r = read(sfd, si, sizeof(si));
+            for (ssize_t i = 0; r > 0 && i < r / (ssize_t)sizeof(si[0]); i++) {
+                if (si[i].ssi_signo == SIGCHLD)
+                    continue; /* reaped below */
+                if (!term_ms) {
+                    /* the supervisor signals the plugin's own group itself */
+                    signal_tree(me, plugin, SIGTERM);
+                    signal_tree(me, plugin, SIGCONT);
+                    term_ms = mono_ms();
+                }
+            }
+            reap_some(plugin, &status, &plugin_done);
+        }
+    }
+    kill_tree(me, plugin, &status, &plugin_done);
+    return 137;
+}
+
+/* glibc passes (argc, argv, envp) to constructors. Runs before main(). */
+__attribute__((constructor)) static void plugin_guard_ctor(int argc, char **argv, char **envp)
+{
+    if (argc >= 2 && argv && argv[1] && !strcmp(argv[1], PLUGIN_GUARD_ARG))
+        _exit(guard_main(argc, argv, envp));
+}
+
+char **plugin_guard_argv(int lmcd_pid, unsigned grace_ms, char *const plugin_argv[])
+{
+    size_t n = 0;
+    while (plugin_argv[n])
+        n++;
+    char **v = calloc(n + 5, sizeof(*v));
+    if (!v)
+        return NULL;
+    v[0] = strdup("lmcd-plugin-guard");
+    v[1] = strdup(PLUGIN_GUARD_ARG);
+    if (asprintf(&v[2], "%d", lmcd_pid) < 0)
+        v[2] = NULL;
+    if (asprintf(&v[3], "%u", grace_ms) < 0)
+        v[3] = NULL;
+    for (size_t i = 0; i < n; i++)
+        v[4 + i] = plugin_argv[i]; /* borrowed */
+    if (!v[0] || !v[1] || !v[2] || !v[3]) {
+        plugin_guard_argv_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+void plugin_guard_argv_free(char **v)
+{
+    if (!v)
+        return;
+    for (int i = 0; i < 4; i++)
+        free(v[i]);
+    free(v);
+}
