@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "util/clock.h"
@@ -21,6 +22,7 @@
 #define AHEAD_MIN (16ull << 20)
 #define AHEAD_MAX (256ull << 20)
 #define RETRY_NS 1000000000ull /* after a failed commit-ahead */
+#define PLENTY_SLACK (64ull << 20)
 
 struct l1_commit {
     int fd;
@@ -88,18 +90,21 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
     if (off >= c->size || len > c->size - off)
         return -EINVAL;
     uint64_t r0 = off >> REGION_SHIFT, r1 = (off + len - 1) >> REGION_SHIFT;
+    uint64_t e0 = epoch_now(c);
     for (uint64_t r = r0; r <= r1; r++) {
         if (is_backed(c, r))
             continue;
-        if (back_region(c, r) == 0)
-            continue;
-        /* The whole region did not fit: back exactly what this reservation
-         * needs of it (a nearly full /dev/shm may still have that much). */
-        uint64_t a = r == r0 ? off : r << REGION_SHIFT;
-        uint64_t b = r == r1 ? off + len : (r + 1) << REGION_SHIFT;
+        /* Exactly this reservation's share of the region: a region is
+         * marked only when that is all of it (else another object's pages
+         * in it may not exist), so nothing more than before is taken from
+         * a nearly full /dev/shm. */
+        uint64_t ra = r << REGION_SHIFT, rb = ra + REGION > c->size ? c->size : ra + REGION;
+        uint64_t a = off > ra ? off : ra, b = off + len < rb ? off + len : rb;
         int rc = falloc(c->fd, a, b - a);
         if (rc < 0)
             return rc;
+        if (a == ra && b == rb)
+            mark(c, r, e0);
     }
     uint64_t ahead = len * 4;
     ahead = ahead < AHEAD_MIN ? AHEAD_MIN : ahead > AHEAD_MAX ? AHEAD_MAX : ahead;
@@ -112,6 +117,20 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
         pthread_mutex_unlock(&c->mu);
     }
     return 0;
+}
+
+/* Commit-ahead takes only from plenty: /dev/shm keeps at least as much
+ * again plus PLENTY_SLACK free, so it never takes the last free pages from
+ * another process (or from a reservation of lmcd's own elsewhere). */
+static bool plenty(const struct l1_commit *c, uint64_t want)
+{
+    struct statvfs sv;
+    if (fstatvfs(c->fd, &sv) != 0)
+        return false;
+    if (sv.f_blocks == 0) /* a tmpfs without a size limit (memfd, size=0): memory is the limit */
+        return true;
+    uint64_t free_bytes = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    return free_bytes >= 2 * want + PLENTY_SLACK;
 }
 
 static void *committer(void *arg)
@@ -130,7 +149,7 @@ static void *committer(void *arg)
         uint64_t end = (c->want_to + REGION - 1) >> REGION_SHIFT;
         c->want_from = c->want_to; /* taken */
         pthread_mutex_unlock(&c->mu);
-        bool retry_ok = !c->failed_ns || clock_mono_ns() - c->failed_ns > RETRY_NS;
+        bool retry_ok = (!c->failed_ns || clock_mono_ns() - c->failed_ns > RETRY_NS) && plenty(c, (end - r) << REGION_SHIFT);
         for (; retry_ok && r < end; r++) {
             if (is_backed(c, r))
                 continue;

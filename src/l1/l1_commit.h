@@ -6,11 +6,15 @@
  * call costs time even for pages that already exist (about 0.1 ms per MiB
  * here: tmpfs walks every page), and for new pages it zeroes them (a few ms
  * per 32 MiB object), on the request path. This module
- *   - remembers which 2 MiB regions of the segment are backed (a bitmap of
- *     atomic words), so a reservation in space used before costs nothing,
+ *   - remembers which 2 MiB regions of the segment are wholly backed (a
+ *     bitmap of atomic words), so a reservation in space used before costs
+ *     nothing,
  *   - backs the regions just past each reservation from a thread of its own
  *     ("commit ahead": a fresh segment fills in address order), so the next
- *     reservation usually finds its pages ready.
+ *     reservation usually finds its pages ready, but only while /dev/shm
+ *     has plenty of room (twice the range plus 64 MiB free): it never takes
+ *     the last free pages from anyone.
+ * The request path backs exactly its own range, as before.
  * Failures stay clean: a reservation is only handed out when its own range
  * was backed here or before; commit-ahead errors (a full /dev/shm) are
  * remembered and retried only after later successes or a second.
