@@ -28,6 +28,7 @@ python3-pytest
 python3-zmq
 python3-msgpack
 redis-server
+redis-tools
 b3sum
 gnuplot-nox
 "

@@ -18,10 +18,12 @@
 #include "util/log.h"
 #include "util/pyjson.h"
 
+struct body;
 struct http_reply {
     unsigned status;
     char *body; /* malloc'd */
     const char *ctype;
+    struct body *req_body; /* in: the request body (routes that take one) */
 };
 
 typedef void (*route_fn)(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out);
@@ -164,6 +166,51 @@ static void r_plugin_restart(struct http_server *srv, struct MHD_Connection *c, 
 
 #define R_MUTATES 1 /* changes state: token, Host and Origin checks (http_auth.c) */
 
+/* Request bodies (DELETE /cache/objects): accumulated up to BODY_MAX. */
+#define BODY_MAX (4u << 20)
+struct body {
+    char *buf;
+    size_t len;
+    bool too_big;
+};
+
+static void r_l2_keys(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    const char *model = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "model_name");
+    const char *ps = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "page_size");
+    const char *tok = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "page_token");
+    const char *ad = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "adapter");
+    long page = ps ? strtol(ps, NULL, 10) : 500, idx = ad ? strtol(ad, NULL, 10) : 0;
+    if (!model || !*model || page < 1 || page > 10000 || idx < 0 || !srv->h.l2_keys) {
+        reply_json(out, 400, json_pack("{s:s}", "error", "model_name (and page_size 1..10000) required"));
+        return;
+    }
+    unsigned st = 200;
+    json_t *j = srv->h.l2_keys(srv->h.ctx, model, (size_t)page, tok, (size_t)idx, &st);
+    reply_json(out, st, j);
+}
+
+static void r_delete_objects(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    struct body *b = out->req_body;
+    if (!b || b->too_big || !srv->h.delete_objects) {
+        reply_json(out, b && b->too_big ? 413 : 400, json_pack("{s:s}", "error", "a JSON body is required"));
+        return;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(b->buf ? b->buf : "", b->len, 0, &je);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        reply_json(out, 400, json_pack("{s:s, s:s}", "error", "invalid JSON body", "detail", je.text));
+        return;
+    }
+    unsigned st = 200;
+    json_t *r = srv->h.delete_objects(srv->h.ctx, j, &st);
+    json_decref(j);
+    reply_json(out, st, r);
+}
+
 static const struct route {
     const char *method;
     const char *path; /* also served under /api */
@@ -178,6 +225,8 @@ static const struct route {
     { "GET", "/version", r_version, 0 },
     { "GET", "/metrics", r_metrics, 0 },
     { "POST", "/clear-cache", r_clear, R_MUTATES },
+    { "GET", "/l2/keys", r_l2_keys, 0 },
+    { "DELETE", "/cache/objects", r_delete_objects, R_MUTATES },
     { "GET", "/plugins", r_plugins, 0 },
     { "POST", "/plugins/restart", r_plugin_restart, R_MUTATES },
 };
@@ -224,14 +273,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   void **con_cls)
 {
     (void)version;
-    (void)upload_data;
     struct http_server *srv = cls;
+    bool takes_body = !strcmp(method, "DELETE");
     if (!*con_cls) { /* first call: headers only; bodies come next */
-        *con_cls = &marker;
+        *con_cls = takes_body ? calloc(1, sizeof(struct body)) : (void *)&marker;
+        if (!*con_cls)
+            return MHD_NO;
         if (strcmp(method, "GET") && strcmp(method, "HEAD"))
             return MHD_YES;
     }
-    if (*upload_data_size) { /* lmcd's routes take no body: drain and ignore it */
+    if (*upload_data_size) { /* kept for the routes that read a body, else drained */
+        struct body *b = takes_body ? *con_cls : NULL;
+        if (b && !b->too_big) {
+            char *nb = b->len + *upload_data_size <= BODY_MAX ? realloc(b->buf, b->len + *upload_data_size) : NULL;
+            if (nb) {
+                memcpy(nb + b->len, upload_data, *upload_data_size);
+                b->buf = nb;
+                b->len += *upload_data_size;
+            } else {
+                b->too_big = true;
+            }
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -239,6 +301,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
      * so a body trickled in slowly is as evictable as slow headers. */
     http_gov_request_started(srv, c);
     struct http_reply r = { 0 };
+    r.req_body = takes_body ? *con_cls : NULL;
     int known;
     const struct route *rt = find_route(url, method, &known);
     const char *why = NULL;
@@ -265,6 +328,18 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = 0;
     log_warn("libmicrohttpd: %s", msg);
+}
+
+/* Frees a request's body, then the governor's bookkeeping. */
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    if (*con_cls && *con_cls != &marker) {
+        struct body *b = *con_cls;
+        free(b->buf);
+        free(b);
+        *con_cls = &marker;
+    }
+    http_gov_request_done(cls, c, con_cls, toe);
 }
 
 static void free_hosts(char **l)
@@ -338,7 +413,7 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : 10),
                               MHD_OPTION_CONNECTION_LIMIT, cap + cap / 4 + 8, MHD_OPTION_NOTIFY_CONNECTION,
                               http_gov_notify, srv,
-                              MHD_OPTION_NOTIFY_COMPLETED, http_gov_request_done, srv, MHD_OPTION_END);
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->d) {
         http_free(srv);

@@ -236,6 +236,7 @@ static int guard_main(int argc, char **argv, char **envp)
     uint64_t grace_ms = strtoull(argv[3], NULL, 10);
     char **plugin_argv = &argv[4];
     pid_t me = getpid();
+    prctl(PR_SET_NAME, "lmcd-guard"); /* comm would be "exe", from /proc/self/exe */
     if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) < 0)
         return 127;
     if (getppid() != lmcd)

@@ -74,6 +74,7 @@ struct cfg_storage {
     char *l2_store_policy;
     char *l2_prefetch_policy;
     int l2_prefetch_max_in_flight;
+    double l2_prefetch_load_timeout; /* seconds */
 };
 
 struct cfg_obs {

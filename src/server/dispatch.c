@@ -193,7 +193,7 @@ static void h_lookup(struct server *s, struct srv_req *r)
 {
     KEY_OF(r, k);
     int rc = engine_lookup(s->engine, &k, r->req.tp_size);
-    if (rc)
+    if (rc && rc != -ENOSPC) /* a session cap's refusal is logged and counted by the engine */
         log_rl(&lookup_rl, LOG_WARNING,
                "LOOKUP for request %.*s failed: %s (the scheduler will see 0 hits)", (int)k.request_id_len,
                k.request_id, strerror(-rc));

@@ -135,6 +135,54 @@ static int app_clear(void *ctx)
     return engine_clear(a->engine, true);
 }
 
+/* GET /l2/keys (docs/l2.md). */
+static json_t *app_l2_keys(void *ctx, const char *model, size_t page_size, const char *cursor, size_t adapter,
+                           unsigned *status)
+{
+    struct app *a = ctx;
+    json_t *out = NULL;
+    int rc = a->engine ? engine_l2_keys(a->engine, adapter, model, page_size, cursor, &out) : -EAGAIN;
+    if (rc == 0)
+        return out;
+    *status = rc == -ENOTSUP ? 501 : rc == -ENOENT ? 404 : 503;
+    return json_pack("{s:s}", "error", rc == -ENOTSUP ? "this L2 adapter cannot list its keys"
+                                       : rc == -ENOENT ? "no such L2 adapter"
+                                                       : strerror(-rc));
+}
+
+/* DELETE /cache/objects {"keys":[...], "tier":"l1"|"l2"|"all", "force":bool}. */
+static json_t *app_delete_objects(void *ctx, const json_t *body, unsigned *status)
+{
+    struct app *a = ctx;
+    const json_t *keys = json_object_get(body, "keys");
+    const json_t *tier = json_object_get(body, "tier");
+    const json_t *force = json_object_get(body, "force");
+    size_t n = json_array_size(keys);
+    if (!json_is_array(keys) || n > 10000 || (tier && !json_is_string(tier)) || (force && !json_is_boolean(force))) {
+        *status = 400;
+        return json_pack("{s:s}", "error", "body: {\"keys\": [key strings, at most 10000], \"tier\": "
+                                           "\"l1\"|\"l2\"|\"all\", \"force\": bool}");
+    }
+    const char **v = calloc(n ? n : 1, sizeof(*v));
+    size_t m = 0;
+    for (size_t i = 0; v && i < n; i++)
+        if (json_is_string(json_array_get(keys, i)))
+            v[m++] = json_string_value(json_array_get(keys, i));
+    size_t l1 = 0, l2 = 0, invalid = n - m;
+    const char *t = tier ? json_string_value(tier) : "all";
+    int rc = !v ? -ENOMEM
+             : a->engine ? engine_delete_objects(a->engine, v, m, t, json_is_true(force), &l1, &l2, &invalid)
+                         : -EAGAIN;
+    invalid += n - m;
+    free(v);
+    if (rc < 0) {
+        *status = rc == -EINVAL ? 400 : 503;
+        return json_pack("{s:s}", "error", rc == -EINVAL ? "tier must be l1, l2 or all" : strerror(-rc));
+    }
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "status", "ok", "tier", t, "requested", (json_int_t)n,
+                     "l1_deleted", (json_int_t)l1, "l2_deleted", (json_int_t)l2, "invalid_keys", (json_int_t)invalid);
+}
+
 /*
  * a->plugins is read by HTTP threads (GET /plugins, POST /plugins/restart)
  * while main() publishes it after start-up and takes it away at shutdown.
@@ -232,7 +280,7 @@ static int start_http(struct app *a)
     static const struct http_handlers h0 = {
         .healthy = app_healthy, .status = app_status, .config = app_config, .conf = app_conf,
         .version = app_version, .metrics = app_metrics, .clear = app_clear, .plugins = app_plugins,
-        .plugin_restart = app_plugin_restart,
+        .plugin_restart = app_plugin_restart, .l2_keys = app_l2_keys, .delete_objects = app_delete_objects,
     };
     struct http_handlers h = h0;
     h.ctx = a;
@@ -265,6 +313,10 @@ static int start_engine(struct app *a)
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
         .clock = NULL,
+        .l2_adapters = c->storage.l2_adapters,
+        .l2_store_policy = c->storage.l2_store_policy,
+        .l2_prefetch_max_in_flight = c->storage.l2_prefetch_max_in_flight,
+        .l2_load_timeout_ms = (uint32_t)(c->storage.l2_prefetch_load_timeout * 1000.0),
     };
     int rc = engine_create(&o, &a->engine);
     if (rc)
@@ -299,9 +351,6 @@ static void start_plugins(struct app *a)
 
 static void warn_unserved_config(const struct lmcd_config *c)
 {
-    if (json_array_size(c->storage.l2_adapters))
-        log_warn("%zu --l2-adapter given: validated, but this lmcd serves L1 only; L2 tiers come with a later "
-                 "release", json_array_size(c->storage.l2_adapters));
     if (c->obs.tracing_enabled)
         log_warn("--enable-tracing: validated, but this lmcd sends no OTLP spans yet");
 }

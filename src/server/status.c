@@ -96,6 +96,42 @@ static void l1_gauges(FILE *b, json_t *st)
     }
 }
 
+/* One family per L2 measure, one line per adapter (from l2_status_json). */
+static void l2_metrics(FILE *b, json_t *st)
+{
+    json_t *ads = json_object_get(json_object_get(st, "storage_manager"), "l2_adapters");
+    static const struct { const char *obj, *key, *name, *type, *help; } g[] = {
+        { NULL, "total_bytes_used", "lmcd_l2_bytes", "gauge", "Bytes an L2 adapter holds (lmcd's accounting)." },
+        { NULL, "total_capacity_bytes", "lmcd_l2_capacity_bytes", "gauge", "L2 adapter capacity (0 = unbounded)." },
+        { NULL, "objects", "lmcd_l2_objects", "gauge", "Objects an L2 adapter holds." },
+        { "lookup", "hits", "lmcd_l2_lookup_hits_total", "counter", "Keys found by L2 lookups." },
+        { "lookup", "misses", "lmcd_l2_lookup_misses_total", "counter", "Keys L2 lookups did not find." },
+        { "store", "keys", "lmcd_l2_stored_keys_total", "counter", "Keys written to L2." },
+        { "store", "bytes", "lmcd_l2_stored_bytes_total", "counter", "Bytes written to L2." },
+        { "load", "ok", "lmcd_l2_loaded_keys_total", "counter", "Keys loaded from L2." },
+        { "load", "failed", "lmcd_l2_load_failures_total", "counter", "Keys whose L2 load failed." },
+        { "load", "bytes", "lmcd_l2_loaded_bytes_total", "counter", "Bytes loaded from L2." },
+        { NULL, "errors", "lmcd_l2_errors_total", "counter", "L2 tasks that failed as a whole." },
+        { "store", "avg_latency_ms", "lmcd_l2_store_latency_avg_ms", "gauge", "Mean L2 store task latency." },
+        { "lookup", "avg_latency_ms", "lmcd_l2_lookup_latency_avg_ms", "gauge", "Mean L2 lookup task latency." },
+        { "load", "avg_latency_ms", "lmcd_l2_load_latency_avg_ms", "gauge", "Mean L2 load task latency." },
+    };
+    if (!json_array_size(ads))
+        return;
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
+        family(b, g[i].name, g[i].type, g[i].help);
+        size_t k;
+        json_t *a;
+        json_array_foreach(ads, k, a)
+        {
+            json_t *v = json_object_get(g[i].obj ? json_object_get(a, g[i].obj) : a, g[i].key);
+            fprintf(b, "%s{adapter=\"%s\",type=\"%s\"} %.17g\n", g[i].name,
+                    json_string_value(json_object_get(a, "name")), json_string_value(json_object_get(a, "type")),
+                    json_number_value(v));
+        }
+    }
+}
+
 char *server_metrics_text(struct server *s)
 {
     char *text = NULL;
@@ -142,6 +178,7 @@ char *server_metrics_text(struct server *s)
         family(b, "lmcd_active_sessions", "gauge", "Request sessions held.");
         fprintf(b, "lmcd_active_sessions %lld\n", (long long)json_integer_value(json_object_get(st, "active_sessions")));
         l1_gauges(b, st);
+        l2_metrics(b, st);
         json_decref(st);
     }
     family(b, "lmcd_uptime_seconds", "gauge", "Seconds since start.");

@@ -23,12 +23,12 @@ all: run
 build: $(TARGETS:%=$(OUT)/fuzz_%)
 run: $(TARGETS:%=run-%)
 
-$(OUT)/fuzz_engine: tests/fuzz/fuzz_engine.c $(SERVER_SRCS) $(wildcard src/*/*.h)
+$(OUT)/fuzz_engine: tests/fuzz/fuzz_engine.c tests/fuzz/fuzz_frames.h $(SERVER_SRCS) $(wildcard src/*/*.h)
 	@mkdir -p $(OUT)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -D_GNU_SOURCE -pthread $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(SERVER_SRCS) \
 		$(shell pkg-config --libs $(PKGS)) -lm
 
-$(OUT)/fuzz_%: tests/fuzz/fuzz_%.c $(WIRE_SRCS) $(wildcard src/wire/*.h)
+$(OUT)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_frames.h $(WIRE_SRCS) $(wildcard src/wire/*.h)
 	@mkdir -p $(OUT)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(WIRE_SRCS)
 

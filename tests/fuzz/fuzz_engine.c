@@ -20,7 +20,7 @@
  *
  * Input: byte 0 = flags (bit 0: profile 2609 else 2604); then commands:
  *   0b......00  a request: next byte = frame count (1..16), then frames as
- *               fuzz_request.c writes them (length byte L, or 255 + 2-byte
+ *               fuzz_frames.h reads them (length byte L, or 255 + 2-byte
  *               big-endian length, then L bytes)
  *   0b......01  advance the fake clock by (next byte) seconds
  *   0b......10  release the oldest held inline reply (ZeroMQ sent it)
@@ -36,6 +36,7 @@
 #include <xxhash.h>
 
 #include "engine/engine.h"
+#include "fuzz_frames.h"
 #include "engine/engine_int.h"
 #include "l1/l1.h"
 #include "server/config.h"
@@ -101,32 +102,6 @@ static void release_oldest(struct engine *e, struct held *h, size_t *n)
     engine_inline_release(e, &h[0].rd);
     memmove(h, h + 1, (*n - 1) * sizeof(*h));
     (*n)--;
-}
-
-static size_t read_frames(const uint8_t **pd, size_t *pn, size_t want, struct wire_frame *f)
-{
-    const uint8_t *d = *pd;
-    size_t n = *pn, k = 0;
-    while (n && k < want) {
-        size_t len = d[0], hdr = 1;
-        if (len == 255 && n >= 3) {
-            len = ((size_t)d[1] << 8) | d[2];
-            hdr = 3;
-        }
-        hdr = hdr < n ? hdr : n;
-        d += hdr;
-        n -= hdr;
-        if (len > n)
-            len = n;
-        f[k].data = d;
-        f[k].len = len;
-        k++;
-        d += len;
-        n -= len;
-    }
-    *pd = d;
-    *pn = n;
-    return k;
 }
 
 /* Every slot must lie in the data area; the worker side touches it. */
@@ -274,7 +249,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             data++;
             size--;
             struct wire_frame f[MAX_FRAMES];
-            size_t nf = read_frames(&data, &size, want, f);
+            size_t nf = fuzz_read_frames(&data, &size, want, f);
             one_request(&s, prof, f, nf, held, &n_held, fill++);
             break;
         }

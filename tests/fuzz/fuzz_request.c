@@ -16,31 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_frames.h"
 #include "wire/wire.h"
 
 #define MAX_FRAMES 64
 
 static size_t split(const uint8_t *d, size_t n, struct wire_frame *f)
 {
-    size_t k = 0;
-    while (n && k < MAX_FRAMES) {
-        size_t len = d[0];
-        size_t hdr = 1;
-        if (len == 255 && n >= 3) {
-            len = ((size_t)d[1] << 8) | d[2];
-            hdr = 3;
-        }
-        d += hdr;
-        n -= hdr < n ? hdr : n;
-        if (len > n)
-            len = n;
-        f[k].data = d;
-        f[k].len = len;
-        k++;
-        d += len;
-        n -= len;
-    }
-    return k;
+    return fuzz_read_frames(&d, &n, MAX_FRAMES, f);
 }
 
 static void reply_roundtrip(const struct wire_req *req)
