@@ -71,6 +71,7 @@ struct session {
     uint64_t last_used_ns; /* atomic (__atomic builtins): the sweeper reads it */
     uint32_t ttl_s;        /* guarded by engine.mu: idle time before the sweeper drops it */
     size_t acct;           /* guarded by mu: bytes counted in engine.session_bytes */
+    bool worker_made;      /* atomic (__atomic): made by a worker request, no LOOKUP since */
 };
 
 struct instance {
@@ -132,6 +133,7 @@ struct engine {
     atomic_uint_fast64_t refused_sessions, refused_session_bytes;
     atomic_uint_fast64_t expired_workers, pruned_transfers, pruned_reservations;
     uint64_t read_ttl_ns, write_ttl_ns; /* L1's lock TTLs: transfer and pending records older are pruned */
+    atomic_uint_fast64_t freed_since_trim; /* bytes sweeps freed since the last malloc_trim (tests sweep too) */
     uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
     atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
@@ -176,7 +178,9 @@ enum session_mode { SESSION_FIND, SESSION_CREATE, SESSION_CREATE_WORKER };
 #define WORKER_SESSION_TTL_S 60
 /* Pins the session of rid; returns it with its mu held, or NULL (absent
  * with SESSION_FIND; errno ENOSPC when --max-sessions refused a new one,
- * ENOMEM when out of memory). */
+ * ENOMEM when out of memory). Sessions made by worker requests may take
+ * only half of each session limit, so a flood of them never leaves a
+ * LOOKUP without room. */
 struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode);
 /* Like SESSION_FIND, but never waits for the session's mutex: *busy is set
  * (and NULL returned) when another thread holds it. For the loop thread. */

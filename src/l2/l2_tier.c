@@ -103,6 +103,13 @@ struct l2_tier {
 
 static void wake_store(struct l2_tier *t) { pthread_cond_signal(&t->store_cv); }
 
+/* Waits on cv (a CLOCK_MONOTONIC condvar) until signalled or clock_mono_ns() reaches deadline. */
+static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t deadline_ns)
+{
+    struct timespec ts = { (time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull) };
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 /* ================================================================ store */
 
 static void sjob_free(struct sjob *j)
@@ -302,12 +309,7 @@ static void *store_main(void *arg)
             }
             if (t->stopping || (t->sq_head && t->store_tasks < t->store_max_tasks))
                 break;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t abs = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (next_renew - now);
-            ts.tv_sec = (time_t)(abs / 1000000000ull);
-            ts.tv_nsec = (long)(abs % 1000000000ull);
-            pthread_cond_timedwait(&t->store_cv, &t->mu, &ts);
+            wait_until(&t->store_cv, &t->mu, next_renew);
         }
         if (t->stopping)
             break;
@@ -853,12 +855,7 @@ static void *pf_main(void *arg)
         }
         if (next_renew < wake)
             wake = next_renew;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t abs = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (wake - now);
-        ts.tv_sec = (time_t)(abs / 1000000000ull);
-        ts.tv_nsec = (long)(abs % 1000000000ull);
-        pthread_cond_timedwait(&t->pf_cv, &t->mu, &ts);
+        wait_until(&t->pf_cv, &t->mu, wake);
     }
     pthread_mutex_unlock(&t->mu);
     return NULL;
