@@ -82,8 +82,10 @@ class Redis:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", self.host, "--dir", self.dir, "--save", "",
                 "--appendonly", "no", "--logfile", "redis.log", "--protected-mode", "no"]
         if self.cluster:
+            # a generous node timeout: on a loaded CI box a short one lets a master
+            # think it lost the majority and answer CLUSTERDOWN
             args += ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port), "--cluster-config-file",
-                     "nodes.conf", "--cluster-require-full-coverage", "no", "--cluster-node-timeout", "2000"]
+                     "nodes.conf", "--cluster-require-full-coverage", "no", "--cluster-node-timeout", "10000"]
         self.proc = subprocess.Popen(self.prefix + args + self.extra, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -84,6 +84,18 @@ def drop_l1(srv, c):
              what="L1 empty")
 
 
+def store_until(w, sched, rng, seed, n, done, what):
+    """Stores fresh n-chunk prompts until done() holds (bounded: 30 s)."""
+    count = iter(range(10000))
+
+    def step():
+        i = next(count)
+        w.store(tokens(seed + i, n), f"u{seed}-{i}", 0, n, rng)
+        sched.end_session(f"u{seed}-{i}")
+        return done()
+    wait_for(step, 30, interval=0.1, what=what)
+
+
 def store_then_reload(srv, clients, count_in_l2, seed=11, n=6):
     """Stores n chunks, waits until L2 holds them, empties L1, looks up
     (prefetch from L2) and retrieves; returns (written, got)."""
@@ -226,15 +238,7 @@ def test_redis_killed_mid_run_service_continues_and_recovers(lmcd_factory, clien
     # a miss in L1 looks L2 up: it must answer at once (L2 empty), not hang
     assert lookup(sched, tokens(999, 2), "miss") == 0
     r.start()  # same port, empty
-    stored = iter(range(1000))
-
-    def store_reaches_redis():
-        i = next(stored)
-        t3 = tokens(300 + i, 2)
-        w.store(t3, f"c{i}", 0, 2, rng)
-        sched.end_session(f"c{i}")
-        return r.dbsize() > 0
-    wait_for(store_reaches_redis, 30, interval=0.1, what="a store reaching Redis after it came back")
+    store_until(w, sched, rng, 300, 2, lambda: r.dbsize() > 0, "a store reaching Redis after it came back")
     srv.wait_log("Redis answers again", timeout=TIMEOUT)
     assert srv.log().count("no Redis server answers") == 1, "the outage is logged once"
     wait_for(lambda: all(a["is_healthy"] for a in adapters_status(srv)), TIMEOUT, what="healthy again")
@@ -271,14 +275,6 @@ def test_cluster_master_killed_mid_run_other_slots_keep_working(lmcd_factory, cl
     assert srv.log().count(f"{dead.host}:{dead.port} unreachable") == 1, "a node's outage is logged once"
     assert "no Redis server answers" not in srv.log(), "two masters answer: the adapter is not down"
     dead.start()
-    stored = iter(range(1000))
-
-    def dead_slots_store_again():
-        i = next(stored)
-        t3 = tokens(900 + i, 4)
-        w.store(t3, f"c{i}", 0, 4, rng)
-        sched.end_session(f"c{i}")
-        return dead.dbsize() > 0
-    wait_for(dead_slots_store_again, 30, interval=0.2, what="stores reaching the restarted master")
+    store_until(w, sched, rng, 900, 4, lambda: dead.dbsize() > 0, "stores reaching the restarted master")
     srv.wait_log(f"{dead.host}:{dead.port} reachable again", timeout=TIMEOUT)
     w.close()
