@@ -430,9 +430,6 @@ static void run_config(const struct config *cfg)
     if (st != 0)
         fprintf(stderr, "bench_ed: lmcd exited with status 0x%x on SIGTERM\n", st);
 
-    double per = (double)(cfg->rounds - STEADY) * cfg->requests * 1e3;
-    printf("    store per request, worker 0: prepare %.1f us, copy %.1f us, commit %.1f us\n", wk[0].prep_ns / per,
-           wk[0].copy_ns / per, wk[0].commit_ns / per);
     baseline_free(cfg, bw);
     char name[128], size[48];
     snprintf(size, sizeof(size), "%s%s", cfg->obj >= (32u << 20) ? "32 MiB" : "1 MiB",
@@ -442,6 +439,9 @@ static void run_config(const struct config *cfg)
            cfg->requests, cfg->rounds);
     printf("    store, fresh L1 %7.2f (%6.2f) %5.2fx   store %7.2f (%6.2f) %5.2fx   retrieve %7.2f (%6.2f) %5.2fx\n",
            fresh, bs, fresh / bs, store, bs, store / bs, retrieve, br, retrieve / br);
+    double per = (double)(cfg->rounds - STEADY) * cfg->requests * 1e3;
+    printf("    store per request, worker 0: prepare %.1f us, copy %.1f us, commit %.1f us\n", wk[0].prep_ns / per,
+           wk[0].copy_ns / per, wk[0].commit_ns / per);
     snprintf(name, sizeof(name), "ed store %s, %d worker%s, fresh L1", size, cfg->workers, ws);
     bench_report(name, "GB/s", fresh, "memcpy", bs, true);
     snprintf(name, sizeof(name), "ed store %s, %d worker%s", size, cfg->workers, ws);

@@ -31,6 +31,8 @@ redis-server
 redis-tools
 b3sum
 gnuplot-nox
+prometheus
+chromium
 "
 
 FUZZ_PKGS="

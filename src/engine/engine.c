@@ -74,6 +74,12 @@ static const struct dtype *dtype_find(const char *s, size_t len)
 /* ------------------------------------------------------------ keys */
 
 /* Checks the parts of a key that give objects their identity. */
+/* The metrics row of a request's model and salt (this thread's). */
+static struct met_row *key_row(const struct engine_key *k)
+{
+    return metrics_row(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
+}
+
 static int check_key(const struct engine_key *k, bool need_worker)
 {
     if (keys_check_model(k->model_name, k->model_name_len) || keys_check_salt(k->cache_salt, k->cache_salt_len))
@@ -488,7 +494,13 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
         s->has_lookup = true;
         s->lookup_world = (uint32_t)k->world_size;
         s->lookup_ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
-        atomic_fetch_add(&e->lookup_chunks, s->chain.len);
+        /* L1's part of the hit now; L2's comes with its answer (engine_l2.c) */
+        struct met_row *mr = key_row(k);
+        uint64_t cs = (uint64_t)e->o.chunk_size, hit = (uint64_t)(chunks > 0 ? chunks : 0);
+        metrics_row_add(mr, MET_ROW_LOOKUP_REQUESTED, (uint64_t)s->chain.len * cs);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT, hit * cs);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L1, hit * cs);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L1_KEYS, hit * (uint64_t)k->world_size);
         /* the rest may sit in L2: the job completes when the tier answers */
         if (rc == 0)
             l2_pending = lookup_l2(e, s, k, chunks, readers, obj_size);
@@ -498,8 +510,8 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
         s->job_chunks = chunks;
     }
     session_put(e, s);
-    atomic_fetch_add(&e->lookups, 1);
-    atomic_fetch_add(&e->lookup_hit_chunks, (uint64_t)chunks); /* L1's part; L2's comes with its answer */
+    if (!rc)
+        metrics_row_add(key_row(k), MET_ROW_LOOKUPS, 1);
     if (!l2_pending && e->o.on_job_done)
         e->o.on_job_done(e->o.on_job_done_ctx, k->request_id, k->request_id_len);
     return rc;
@@ -678,7 +690,8 @@ void engine_ping(struct engine *e, bool has_instance, int64_t instance_id)
 
 void engine_report_block_allocation(struct engine *e, size_t n_records)
 {
-    atomic_fetch_add(&e->block_alloc_records, n_records);
+    (void)e;
+    metrics_add(MET_BLOCK_ALLOC_RECORDS, n_records);
 }
 
 /* ------------------------------------------------------------ registration */
@@ -874,10 +887,11 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
     back_reservations(e, keys, n, (uint64_t)instance_id, st, refs);
     uint64_t tag = store_tag(k, keys, n), now = engine_now(e);
     rc = 0;
-    size_t skipped = 0;
+    size_t skipped = 0, nomem = 0;
     for (size_t i = 0; i < n; i++) {
         if (st[i] != L1_OK) {
             skipped += st[i] != L1_EXISTS;
+            nomem += st[i] == L1_NOMEM;
             continue;
         }
         if (lockvec_push(&in->pending, &keys[i], refs[i].id, 0, 0)) {
@@ -890,7 +904,9 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
         fill_slot(in, &refs[i], &out->slots[out->n]);
         out->chunk_indices[out->n++] = (int64_t)i;
     }
-    atomic_fetch_add(&e->store_skipped_chunks, skipped);
+    metrics_add(MET_STORE_SKIPPED, skipped);
+    if (nomem)
+        metrics_row_add(key_row(k), MET_ROW_L1_ALLOC_FAILURE, nomem);
 done:
     instance_put(e, in);
     free(sizes);
@@ -952,7 +968,11 @@ int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t in
         } else {
             enum l1_status *st = got ? malloc(got * sizeof(*st)) : NULL;
             int pub = got ? l1_publish(e->l1, pk, ids, got, (uint64_t)instance_id, st) : 0;
-            atomic_fetch_add(&e->stored_chunks, (uint64_t)(pub > 0 ? pub : 0));
+            if (pub > 0) {
+                struct met_row *mr = key_row(k);
+                metrics_row_add(mr, MET_ROW_L1_WRITE, (uint64_t)pub);
+                metrics_row_add(mr, MET_ROW_L1_WRITE_BYTES, (uint64_t)pub * in->object_bytes);
+            }
             rc = pub > 0 ? 0 : -ENOENT;
             if (pub > 0 && st) { /* write-behind to L2: the published ones */
                 size_t m = 0;
@@ -994,8 +1014,11 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
     rc = -ENOMEM;
     if (!refs || !out->slots)
         goto done;
-    if ((rc = n ? l1_lock(e->l1, keys, n, 1, refs) : 0))
+    if ((rc = n ? l1_lock(e->l1, keys, n, 1, refs) : 0)) {
+        if (rc == -ENOENT)
+            metrics_row_add(key_row(k), MET_ROW_L1_READ_FAILURE, 1);
         goto done;
+    }
     for (size_t i = 0; i < n; i++) {
         if (refs[i].length != in->object_bytes) { /* stored under another layout: not ours to read */
             l1_unlock_refs(e->l1, keys, refs, n, 1);
@@ -1015,7 +1038,9 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
         fill_slot(in, &refs[i], &out->slots[i]);
     }
     out->n = n;
-    atomic_fetch_add(&e->retrieved_chunks, n);
+    struct met_row *mr = key_row(k);
+    metrics_row_add(mr, MET_ROW_L1_READ, n);
+    metrics_row_add(mr, MET_ROW_L1_READ_BYTES, n * in->object_bytes);
 done:
     instance_put(e, in);
     free(refs);
@@ -1090,7 +1115,9 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
         back_reservations(e, keys, nk, writer, st, refs);
         uint8_t *base = l1_base(e->l1);
         int64_t stored = 0;
+        uint64_t bytes = 0, nomem = 0;
         for (size_t i = 0; i < nk; i++) {
+            nomem += st[i] == L1_NOMEM;
             if (st[i] == L1_EXISTS) {
                 (*present)++;
             } else if (st[i] == L1_OK) {
@@ -1099,10 +1126,14 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
                 if (l1_publish(e->l1, &keys[i], &refs[i].id, 1, writer, &ps) == 1) {
                     (*present)++;
                     keys[stored++] = keys[i]; /* i >= stored: compacts the published ones */
+                    bytes += chunks[i].iov_len;
                 }
             }
         }
-        atomic_fetch_add(&e->stored_chunks, (uint64_t)stored);
+        struct met_row *mr = key_row(k);
+        metrics_row_add(mr, MET_ROW_L1_WRITE, (uint64_t)stored);
+        metrics_row_add(mr, MET_ROW_L1_WRITE_BYTES, bytes);
+        metrics_row_add(mr, MET_ROW_L1_ALLOC_FAILURE, nomem);
         engine_l2_stored(e, k, keys, (size_t)stored, nk ? chunks[0].iov_len : 0);
         rc = 0;
     }
@@ -1188,7 +1219,12 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
         out->n = h->n;
     }
     out->handle_ = h;
-    atomic_fetch_add(&e->retrieved_chunks, out->n);
+    struct met_row *mr = key_row(k);
+    metrics_row_add(mr, MET_ROW_L1_READ, out->n);
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < out->n; i++)
+        bytes += out->chunks[i].iov_len;
+    metrics_row_add(mr, MET_ROW_L1_READ_BYTES, bytes);
     return 0;
 }
 
@@ -1242,7 +1278,7 @@ json_t *engine_status_json(struct engine *e)
     size_t sessions = e->sessions.count, instances = e->instances.count;
     pthread_mutex_unlock(&e->mu);
     json_t *l1 = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
         "total_object_count", (json_int_t)st.total_object_count, "write_locked_count",
         (json_int_t)st.write_locked_count, "read_locked_count", (json_int_t)st.read_locked_count, "temporary_count",
         (json_int_t)st.temporary_count, "memory_used_bytes", (json_int_t)st.memory_used_bytes, "memory_total_bytes",
@@ -1250,7 +1286,8 @@ json_t *engine_status_json(struct engine *e)
         (int)st.write_ttl_s, "read_ttl_seconds", (int)st.read_ttl_s, "shm_name", l1_shm_name(e->l1), "pool_size",
         (json_int_t)l1_pool_size(e->l1), "evicted_count", (json_int_t)st.evicted_count, "demand_evicted_count",
         (json_int_t)st.demand_evicted_count, "allocation_failures", (json_int_t)st.alloc_failures,
-        "expired_reservations", (json_int_t)st.expired_reservations, "pending_free_count",
+        "expired_reservations", (json_int_t)st.expired_reservations, "expired_read_locks",
+        (json_int_t)st.expired_read_locks, "pending_free_count",
         (json_int_t)st.pending_free_count);
     /* lmcd.retrieve_inline frames not yet released by ZeroMQ */
     json_object_set_new(l1, "pinned_count", json_integer((json_int_t)st.pinned_count));
@@ -1261,14 +1298,17 @@ json_t *engine_status_json(struct engine *e)
                               "rounds_triggered", (json_int_t)st.eviction_rounds_triggered);
     json_t *sm = json_pack("{s:b, s:o, s:o}", "is_healthy", 1, "l1_manager", l1, "l1_eviction_controller", evict);
     l2_tier_status(e->l2, sm);
+    /* process-wide sums (src/metrics): one engine per lmcd */
+    uint64_t cs = e->o.chunk_size > 0 ? (uint64_t)e->o.chunk_size : 1;
     json_t *counters = json_pack(
-        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "lookups", (json_int_t)atomic_load(&e->lookups),
-        "lookup_chunks", (json_int_t)atomic_load(&e->lookup_chunks), "lookup_hit_chunks",
-        (json_int_t)atomic_load(&e->lookup_hit_chunks), "stored_chunks", (json_int_t)atomic_load(&e->stored_chunks),
-        "store_skipped_chunks", (json_int_t)atomic_load(&e->store_skipped_chunks), "retrieved_chunks",
-        (json_int_t)atomic_load(&e->retrieved_chunks), "reaped_workers", (json_int_t)atomic_load(&e->reaped_workers),
-        "expired_sessions", (json_int_t)atomic_load(&e->expired_sessions), "block_allocation_records",
-        (json_int_t)atomic_load(&e->block_alloc_records));
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "lookups", (json_int_t)metrics_row_sum(MET_ROW_LOOKUPS),
+        "lookup_chunks", (json_int_t)(metrics_row_sum(MET_ROW_LOOKUP_REQUESTED) / cs), "lookup_hit_chunks",
+        (json_int_t)(metrics_row_sum(MET_ROW_LOOKUP_HIT) / cs), "stored_chunks",
+        (json_int_t)metrics_row_sum(MET_ROW_L1_WRITE), "store_skipped_chunks",
+        (json_int_t)metrics_sum(MET_STORE_SKIPPED), "retrieved_chunks", (json_int_t)metrics_row_sum(MET_ROW_L1_READ),
+        "reaped_workers", (json_int_t)atomic_load(&e->reaped_workers), "expired_sessions",
+        (json_int_t)atomic_load(&e->expired_sessions), "block_allocation_records",
+        (json_int_t)metrics_sum(MET_BLOCK_ALLOC_RECORDS));
     json_object_update_new(
         counters, json_pack("{s:I, s:I, s:I, s:I, s:I}", "refused_sessions",
                             (json_int_t)atomic_load(&e->refused_sessions), "refused_session_bytes",

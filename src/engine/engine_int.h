@@ -27,6 +27,7 @@
 #include "engine/keys.h"
 #include "l1/l1.h"
 #include "l2/l2_tier.h"
+#include "metrics/metrics.h"
 #include "util/htab.h"
 
 /* A group of read holders one request took on one object. */
@@ -116,10 +117,9 @@ struct engine {
     pthread_mutex_t sweep_mu;
     pthread_cond_t sweep_cv;
     bool stopping; /* guarded by sweep_mu */
-    /* counters (atomic, for /status and /metrics) */
-    atomic_uint_fast64_t lookups, lookup_hit_chunks, lookup_chunks;
-    atomic_uint_fast64_t stored_chunks, retrieved_chunks, store_skipped_chunks;
-    atomic_uint_fast64_t reaped_workers, expired_sessions, block_alloc_records;
+    /* per-engine counters off the request path (sweeper); the request
+     * path counts in src/metrics, per thread */
+    atomic_uint_fast64_t reaped_workers, expired_sessions;
     /* L2 (engine_l2.c) */
     struct l2_tier *l2;
     pthread_mutex_t size_mu; /* leaf: the object sizes learnt from stores */

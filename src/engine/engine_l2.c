@@ -99,7 +99,7 @@ struct pf_ctx {
     uint64_t gen;
     int64_t l1_chunks;
     uint32_t readers, world;
-    size_t rid_len;
+    size_t rid_len, model_len, salt_len; /* model and salt follow rid in rid[] (metrics labels) */
     char rid[];
 };
 
@@ -134,8 +134,15 @@ static void pf_on_done(void *arg, const struct l1_key *keys, const struct l1_ref
             s->job_hits = c->l1_chunks + (int64_t)(kept / c->world);
         s->job = JOB_DONE;
         s->job_chunks = c->l1_chunks + (int64_t)(kept / c->world);
-        atomic_fetch_add(&e->lookup_hit_chunks, kept / c->world); /* the L1 part was counted at LOOKUP */
         atomic_fetch_add(&e->l2_hit_chunks, kept / c->world);
+        /* the L1 part was counted at LOOKUP; this thread's own metrics row */
+        const char *model = c->rid + c->rid_len + 1, *salt = model + c->model_len + 1;
+        struct met_row *mr = metrics_row(model, c->model_len, salt, c->salt_len);
+        uint64_t toks = (uint64_t)(kept / c->world) * (uint64_t)e->o.chunk_size;
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT, toks);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L2, toks);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L2_KEYS, kept);
+        metrics_add(MET_L2_PREFETCH_HIT, kept / c->world);
     }
     if (s)
         session_put(e, s);
@@ -152,7 +159,7 @@ int engine_l2_prefetch(struct engine *e, struct session *s, const struct engine_
 {
     if (!e->l2 || !n || !obj_size)
         return -ENOENT;
-    struct pf_ctx *c = malloc(sizeof(*c) + k->request_id_len + 1);
+    struct pf_ctx *c = malloc(sizeof(*c) + k->request_id_len + 1 + k->model_name_len + 1 + k->cache_salt_len + 1);
     if (!c)
         return -ENOMEM;
     c->e = e;
@@ -163,6 +170,15 @@ int engine_l2_prefetch(struct engine *e, struct session *s, const struct engine_
     c->rid_len = k->request_id_len;
     memcpy(c->rid, k->request_id, k->request_id_len);
     c->rid[k->request_id_len] = 0;
+    c->model_len = k->model_name_len;
+    c->salt_len = k->cache_salt_len;
+    char *model = c->rid + c->rid_len + 1, *salt = model + c->model_len + 1;
+    if (c->model_len)
+        memcpy(model, k->model_name, c->model_len);
+    model[c->model_len] = 0;
+    if (c->salt_len)
+        memcpy(salt, k->cache_salt, c->salt_len);
+    salt[c->salt_len] = 0;
     struct l2_prefetch_req r = {
         .model = k->model_name,
         .model_len = k->model_name_len,

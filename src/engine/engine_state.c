@@ -413,6 +413,7 @@ static uint64_t sweep_sessions(struct engine *e, uint64_t now, size_t *count)
     while (dead) {
         struct session *next = (struct session *)dead->node.next;
         atomic_fetch_add(&e->expired_sessions, 1);
+        metrics_add(MET_SESSIONS_EXPIRED, 1);
         log_debug("session %s expired after %u s without requests", dead->rid, dead->ttl_s);
         bytes += dead->acct + sizeof(*dead) + dead->rid_len;
         (*count)++;
@@ -498,6 +499,7 @@ static uint64_t sweep_instances(struct engine *e, uint64_t now)
             instance_release(e, in);
             __atomic_store_n(&in->reaped, true, __ATOMIC_RELAXED);
             atomic_fetch_add(&e->reaped_workers, 1);
+            metrics_add(MET_WORKERS_REAPED, 1);
             log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
                      "locks (its registration stays; it resumes if it comes back)",
                      (long long)in->id, e->o.worker_reap_timeout_s, np, nt);

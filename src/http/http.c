@@ -43,10 +43,37 @@ static void reply_json(struct http_reply *out, unsigned status, json_t *j)
  * refuse non-UTF-8, and pyjson writes invalid bytes as U+FFFD. */
 static json_t *req_text(const char *s) { return json_string_nocheck(s ? s : ""); }
 
-static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+/* The dashboard page (src/http/dashboard.html, embedded at build time). */
+extern const char lmcd_dashboard_html[];
+
+static void r_dashboard(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)srv;
     (void)c;
+    out->status = 200;
+    out->ctype = "text/html; charset=utf-8";
+    out->body = strdup(lmcd_dashboard_html);
+    if (!out->body)
+        reply_json(out, 500, json_pack("{s:s}", "error", "out of memory"));
+}
+
+/* True when the client's Accept lists text/html before any JSON type (a
+ * browser), so GET / shows the dashboard; probes and scripts keep JSON. */
+static bool wants_html(struct MHD_Connection *c)
+{
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
+    if (!a)
+        return false;
+    const char *h = strstr(a, "text/html"), *j = strstr(a, "json");
+    return h && (!j || h < j);
+}
+
+static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    if (wants_html(c)) {
+        r_dashboard(srv, c, out);
+        return;
+    }
     reply_json(out, 200, json_pack("{s:s, s:s}", "status", "ok", "service", "LMCache HTTP API"));
 }
 
@@ -126,9 +153,14 @@ static char *http_metrics(struct http_server *srv, char *server_text)
 static void r_metrics(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)c;
+    char *text = srv->h.metrics ? srv->h.metrics(srv->h.ctx) : NULL;
+    if (!text) { /* --disable-metrics / --disable-observability */
+        reply_json(out, 404, json_pack("{s:s}", "error", "metrics are disabled"));
+        return;
+    }
     out->status = 200;
     out->ctype = "text/plain; version=0.0.4; charset=utf-8";
-    out->body = http_metrics(srv, srv->h.metrics(srv->h.ctx));
+    out->body = http_metrics(srv, text);
 }
 
 static void r_clear(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
@@ -224,6 +256,7 @@ static const struct route {
     { "GET", "/conf", r_conf, 0 },
     { "GET", "/version", r_version, 0 },
     { "GET", "/metrics", r_metrics, 0 },
+    { "GET", "/dashboard", r_dashboard, 0 },
     { "POST", "/clear-cache", r_clear, R_MUTATES },
     { "GET", "/l2/keys", r_l2_keys, 0 },
     { "DELETE", "/cache/objects", r_delete_objects, R_MUTATES },
@@ -259,6 +292,14 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r
     }
     r->body = NULL; /* owned by the response now */
     MHD_add_response_header(resp, "Content-Type", r->ctype ? r->ctype : "application/json");
+    if (r->ctype && !strncmp(r->ctype, "text/html", 9)) {
+        /* the dashboard: its own inline script and style, fetches to this origin, nothing else */
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
+        MHD_add_response_header(resp, "Cache-Control", "no-store");
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    }
     if (challenge)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"lmcd\"");
     enum MHD_Result rc = MHD_queue_response(c, r->status, resp);
@@ -303,9 +344,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct http_reply r = { 0 };
     r.req_body = takes_body ? *con_cls : NULL;
     int known;
+    static const struct route metrics_route = { "GET", "/metrics", r_metrics, 0 };
     const struct route *rt = find_route(url, method, &known);
     const char *why = NULL;
     unsigned deny = rt && (rt->flags & R_MUTATES) ? http_auth_mutation(srv, c, &why) : 0;
+    if (srv->h.metrics_only) {
+        known = 1;
+        deny = 0;
+        rt = (!strcmp(method, "GET") || !strcmp(method, "HEAD")) ? &metrics_route : NULL;
+    }
     if (deny)
         reply_json(&r, deny, json_pack("{s:s, s:s}", "error", deny == 401 ? "unauthorized" : "forbidden", "reason", why));
     else if (rt)

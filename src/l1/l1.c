@@ -155,6 +155,8 @@ void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o)
 /* A READY object's holders expired: it becomes unlocked. */
 static void drop_holders(struct l1 *l1, struct l1_obj *o)
 {
+    if (o->holders)
+        l1->st.expired_read_locks++; /* readers that never released: a metric to alert on */
     o->holders = 0;
     if (o->q.next && o->state == L1_OBJ_READY) {
         list_del(&o->q);

@@ -248,6 +248,7 @@ struct l1_stats {
     uint64_t demand_evicted_count;
     uint64_t alloc_failures;      /* keys answered L1_NOMEM */
     uint64_t expired_reservations;
+    uint64_t expired_read_locks;  /* objects whose read holders outlived read_ttl */
     uint64_t eviction_rounds;     /* background ticks */
     uint64_t eviction_rounds_triggered;
     uint64_t segment_losses;      /* truncations of the segment detected */

@@ -147,7 +147,10 @@ static const struct flag flags[] = {
     { "event-bus-queue-size", F_INT, OFF(obs.max_queue_size), G_OBS, "obs_config.max_queue_size", 1, INT_MAX, NULL,
       "N", "event queue bound (default 10000)" },
     { "prometheus-port", F_INT, OFF(obs.prometheus_port), G_OBS, "obs_config.prometheus_port", 0, 65535, NULL,
-      "PORT", "kept for compatibility; lmcd serves /metrics on the HTTP port (default 9090)" },
+      "PORT", "also serve /metrics on this port (default 9090; 0 = only on the HTTP port)" },
+    /* Observability, lmcd only (obs engineer) */
+    { "prometheus-host", F_STR, OFF(obs.prometheus_host), G_OBS, NULL, 0, 0, NULL, "HOST",
+      "bind address of the --prometheus-port listener (default 127.0.0.1)" },
     /* HTTP group */
     { "http-host", F_STR, OFF(http.http_host), G_HTTP, "http_config.http_host", 0, 0, NULL, "HOST",
       "HTTP bind host (default 127.0.0.1; LMCache's is 0.0.0.0)" },
@@ -311,6 +314,7 @@ static void set_defaults(struct lmcd_config *c)
     c->obs.otlp_endpoint = NULL;
     c->obs.max_queue_size = 10000;
     c->obs.prometheus_port = 9090;
+    c->obs.prometheus_host = xstrdup("127.0.0.1");
     c->http.enabled = true;
     c->http.http_host = xstrdup("127.0.0.1");
     c->http.http_port = 8080;
@@ -349,6 +353,7 @@ void config_free(struct lmcd_config *c)
     free(c->storage.l2_prefetch_policy);
     free(c->obs.otlp_endpoint);
     free(c->http.http_host);
+    free(c->obs.prometheus_host);
     free(c->access.ipc_mode);
     free(c->access.allowed_uids);
     free(c->access.allowed_gids);

@@ -84,7 +84,8 @@ struct cfg_obs {
     bool tracing_enabled;
     char *otlp_endpoint; /* NULL = unset */
     int max_queue_size;
-    int prometheus_port;
+    int prometheus_port;    /* 0 = no separate metrics listener */
+    char *prometheus_host;  /* lmcd: bind address of that listener (127.0.0.1) */
 };
 
 struct cfg_http {
