@@ -46,7 +46,7 @@ LDFLAGS := -pthread $(SANFLAGS) $(EXTRA_LDFLAGS)
 LDLIBS := $(PKG_LIBS) -lm
 
 # Module folders in include order: each may include only folders to its right.
-SERVER_MODULES := server http plugin engine wire l2 l1 metrics util
+SERVER_MODULES := server http plugin engine transfer wire l2 l1 metrics util
 LIB_SRCS := $(foreach m,$(filter-out server,$(SERVER_MODULES)),$(wildcard src/$(m)/*.c)) \
 	$(filter-out src/server/main.c,$(wildcard src/server/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
