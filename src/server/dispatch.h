@@ -29,6 +29,7 @@ struct srv_req {
     struct wire_req req;
     struct wire_resp resp;
     bool no_reply; /* the handler leaves the request unanswered (spec 9.3) */
+    uint8_t gpu_event[64]; /* STORE/RETRIEVE reply's event handle (resp.event views it) */
     bool error_frame; /* reply is an LMCACHE_RPC_ERROR_V1 frame (2609 opt-in) */
     char error_type[32];
     char error_msg[256];

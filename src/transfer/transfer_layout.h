@@ -33,12 +33,12 @@
 #ifndef LMCD_TRANSFER_LAYOUT_H
 #define LMCD_TRANSFER_LAYOUT_H
 
+#include <stdint.h>
 #ifdef __CUDACC__
-#define TL_HD __host__ __device__ __forceinline__
+#define TL_HD __host__ __device__
 #else
 #include <stdbool.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 #define TL_HD
 #endif
