@@ -155,7 +155,7 @@ static void h_register_kv_cache(struct server *s, struct srv_req *r)
 {
     if (s->gpu) { /* GPU path (src/server/gpu.c): None on success, no reply on failure (spec 9.3) */
         char why[400] = "";
-        int rc = s->gpu_ops->register_kv(s->gpu, r->req.instance_id, &r->req.reg, why, sizeof(why));
+        int rc = srv_gpu_register(s, r, why, sizeof(why));
         if (rc == 0) {
             resp_none(r);
             return;
@@ -183,16 +183,10 @@ static void h_gpu_transfer(struct server *s, struct srv_req *r)
 {
     if (s->gpu) {
         char why[300] = "";
-        bool ok = false;
-        int rc = s->gpu_ops->transfer(s->gpu, r->req.instance_id, r->req.op == WIRE_OP_STORE, &r->req,
-                                      r->gpu_event, &ok, why, sizeof(why));
-        if (rc == 0) {
-            r->resp.kind = WIRE_RESP_EVENT_BOOL;
-            r->resp.event.ptr = r->gpu_event;
-            r->resp.event.len = sizeof(r->gpu_event);
-            r->resp.b = ok;
+        KEY_OF(r, k);
+        int rc = srv_gpu_transfer(s, r, &k, why, sizeof(why));
+        if (rc == 0)
             return;
-        }
         if (nocuda_first(r->req.instance_id))
             log_error("%s from instance %lld left unanswered: %s", r->req.op_name, (long long)r->req.instance_id,
                       why[0] ? why : strerror(-rc));

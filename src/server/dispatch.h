@@ -66,4 +66,9 @@ void dispatch_wait_timeout(struct srv_req *r);
 /* Releases what a handler attached to r (slots, inline locks...). */
 void dispatch_req_cleanup(struct server *s, struct srv_req *r);
 
+/* GPU path (src/server/gpu.c), called when s->gpu is set. 0 = answered
+ * (None / (event, ok)); else no reply and *why says what went wrong. */
+int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_len);
+int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_key *k, char *why, size_t why_len);
+
 #endif

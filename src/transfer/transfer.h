@@ -9,12 +9,12 @@
  * Without it the server answers GPU requests as spec 9.3 says for a server
  * without CUDA. The engine and L1 know nothing of this module.
  *
- * STATUS: registration (wrapper decoding, device mapping, IPC mapping,
- * layout detection, refusals) and the STORE/RETRIEVE event protocol are
- * written against the driver API; the copy path into L1 is NOT wired yet:
- * STORE and RETRIEVE answer `(valid interprocess event, false)` (store
- * skipped; retrieve fails so the worker recomputes), the spec 9.3 answer of
- * a CUDA server that cannot serve the request. None of it has run on a GPU.
+ * STATUS: written against the driver API and compiled; NOTHING HERE HAS
+ * RUN ON A GPU. The copy is synchronous within the calling pool thread (the
+ * reply follows the completed copy, its event already complete), L1 is
+ * pinned at the first registration (blocking that registration), and the
+ * kernels write straight into mapped pinned L1 (no device staging); see
+ * docs/gpu.md for what the design still lacks.
  *
  * Threads: every call may come from any pool thread; the backend locks its
  * own registration table. Errors: 0 / -errno; `why` gets one line.
@@ -38,20 +38,50 @@ struct transfer_opts {
 /* The event handle every STORE/RETRIEVE reply carries (64 bytes). */
 #define TRANSFER_EVENT_BYTES 64
 
+/* What a registration looks like to the engine (its engine-driven twin:
+ * same chunk object layout, spec 7.4). */
+struct transfer_geom {
+    int64_t block_size;
+    int64_t num_layers;
+    int64_t hidden; /* NH*HS, or HS for MLA */
+    bool mla;
+    char dtype[24]; /* torch name as sent, e.g. "bfloat16", "uint8" */
+};
+
+/* One STORE (gather into L1) or RETRIEVE (scatter from L1). */
+struct transfer_copy {
+    int64_t instance;
+    bool store;
+    const int64_t *block_ids; /* the range's blocks, chunk after chunk */
+    size_t n_blocks;
+    uint32_t chunk_tokens;
+    const int64_t *chunk_index; /* [n_chunks] which chunk of the range each object is */
+    void *const *chunk_ptr;     /* [n_chunks] the objects in L1 (host addresses) */
+    size_t n_chunks;            /* 0: only wait on the client and record the event */
+    int64_t skip_blocks;        /* RETRIEVE: leading blocks of the range left alone */
+    const uint8_t *client_event;
+    size_t client_event_len;
+};
+
 struct transfer_ops {
     const char *name;
     /* -ENODEV (no driver / no GPU), -ENOTSUP (a mode not served); why says
-     * which. Creates no GPU context. */
-    int (*open)(const struct transfer_opts *o, struct transfer_backend **out, char *why, size_t why_len);
+     * which. Creates no GPU context. host_base/host_len: the L1 segment,
+     * pinned (portable, device-mapped) at the first registration. */
+    int (*open)(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
+                char *why, size_t why_len);
     /* Replaces any earlier registration of the instance. */
     int (*register_kv)(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
-                       char *why, size_t why_len);
+                       struct transfer_geom *geom, char *why, size_t why_len);
     void (*unregister)(struct transfer_backend *b, int64_t instance);
-    /* STORE / RETRIEVE: fills `event` with an interprocess event handle
-     * recorded after the work (if any) and sets *ok. -ENOENT when the
-     * instance is not registered (the caller then does not reply). */
-    int (*transfer)(struct transfer_backend *b, int64_t instance, bool store, const struct wire_req *req,
-                    uint8_t event[TRANSFER_EVENT_BYTES], bool *ok, char *why, size_t why_len);
+    /* Waits on the client's event, moves the bytes, waits for the copy,
+     * then fills `event` with an interprocess event handle recorded after
+     * it. 0: the event is valid, *copied says whether the bytes moved (a
+     * block id outside the cache, a null block in a stored chunk or a failed
+     * kernel leave it false: nothing may be published). -ENOENT: instance
+     * not registered; other errors: no valid event. */
+    int (*copy)(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],
+                bool *copied, char *why, size_t why_len);
     void (*close)(struct transfer_backend *b);
 };
 

@@ -52,7 +52,16 @@ extern const unsigned long lmcd_cuda_fatbin_len;
     X(StreamWaitEvent, "cuStreamWaitEvent", (CUstream, CUevent, unsigned))                                \
     X(EventCreate, "cuEventCreate", (CUevent *, unsigned))                                                \
     X(EventRecord, "cuEventRecord", (CUevent, CUstream))                                                  \
-    X(EventDestroy, "cuEventDestroy_v2", (CUevent))
+    X(EventDestroy, "cuEventDestroy_v2", (CUevent))                                                       \
+    X(MemAlloc, "cuMemAlloc_v2", (CUdeviceptr *, size_t))                                                 \
+    X(MemFree, "cuMemFree_v2", (CUdeviceptr))                                                             \
+    X(MemcpyHtoD, "cuMemcpyHtoD_v2", (CUdeviceptr, const void *, size_t))                                 \
+    X(MemHostRegister, "cuMemHostRegister_v2", (void *, size_t, unsigned))                                \
+    X(MemHostUnregister, "cuMemHostUnregister", (void *))                                                 \
+    X(MemHostGetDevicePointer, "cuMemHostGetDevicePointer_v2", (CUdeviceptr *, void *, unsigned))         \
+    X(LaunchKernel, "cuLaunchKernel",                                                                     \
+      (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, \
+       void **))
 
 #define CU_FIELD_(f, sym, args) CUresult(CUDAAPI *f) args;
 struct cu_api {
@@ -69,6 +78,7 @@ struct cu_dev {
     CUcontext ctx; /* primary context, retained on first registration */
     CUmodule mod;
     CUfunction gather, scatter;
+    CUdeviceptr host_dev; /* the pinned L1 segment as this device addresses it */
 };
 
 struct cu_map {
@@ -85,6 +95,9 @@ struct cu_reg {
     uint64_t *layer_base;
     uint32_t nlayers;
     struct tl_layout lay;
+    CUdeviceptr d_layers;  /* layer_base[] on the device */
+    CUdeviceptr d_scratch; /* block ids and chunk addresses of one copy */
+    size_t scratch_cap;
     CUevent pool[CU_EVENT_POOL];
     unsigned n_pool, next_pool;
     pthread_mutex_t lock; /* this registration's stream and pool */
@@ -94,6 +107,9 @@ struct transfer_backend {
     void *lib;
     struct cu_api cu;
     struct transfer_opts o;
+    void *host_base; /* the L1 segment */
+    size_t host_len;
+    bool host_pinned;
     int ndev;
     struct cu_dev devs[CU_MAX_DEVICES];
     pthread_mutex_t lock; /* regs[] and devs[].ctx/mod (registration is rare) */
@@ -116,7 +132,8 @@ static void fmt_uuid(const CUuuid *u, char out[40])
              p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]);
 }
 
-static int cu_open(const struct transfer_opts *o, struct transfer_backend **out, char *why, size_t why_len)
+static int cu_open(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
+                   char *why, size_t why_len)
 {
     *out = NULL;
     if (o->isolated_ipc) {
@@ -136,6 +153,8 @@ static int cu_open(const struct transfer_opts *o, struct transfer_backend **out,
     }
     b->lib = lib;
     b->o = *o;
+    b->host_base = host_base;
+    b->host_len = host_len;
     pthread_mutex_init(&b->lock, NULL);
 #define CU_LOAD_(f, sym, args)                                                                            \
     if (!(*(void **)&b->cu.f = dlsym(lib, sym))) {                                                        \
@@ -198,6 +217,25 @@ static int dev_ready(struct transfer_backend *b, int i, char *why, size_t why_le
             return -EIO;
         }
     }
+    /* Pin L1 once, portable (every context) and device-mapped, so kernels
+     * write objects straight into it. Done at the first registration, in
+     * the context of a device a worker uses; it blocks that registration
+     * (LMCache pins at start, ~45 s for 80 GB: #4018). */
+    if (!b->host_pinned && b->host_base && b->host_len) {
+        r = b->cu.MemHostRegister(b->host_base, b->host_len, CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP);
+        if (r != CUDA_SUCCESS) {
+            snprintf(why, why_len, "pinning L1 (%zu bytes): %s (raise the memlock limit?)", b->host_len, cu_err(b, r));
+            return -EIO;
+        }
+        b->host_pinned = true;
+    }
+    if (!d->host_dev && b->host_pinned) {
+        if ((r = b->cu.MemHostGetDevicePointer(&d->host_dev, b->host_base, 0)) != CUDA_SUCCESS) {
+            d->host_dev = 0;
+            snprintf(why, why_len, "device %d: mapping pinned L1: %s", i, cu_err(b, r));
+            return -EIO;
+        }
+    }
     return 0;
 }
 
@@ -205,6 +243,9 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
 {
     if (!g)
         return;
+    /* A copy that found g before it left the table holds g->lock: wait. */
+    pthread_mutex_lock(&g->lock);
+    pthread_mutex_unlock(&g->lock);
     if (b->devs[g->dev].ctx)
         b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
     if (g->stream) {
@@ -213,6 +254,10 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
     }
     for (unsigned i = 0; i < g->n_pool; i++)
         b->cu.EventDestroy(g->pool[i]);
+    if (g->d_layers)
+        b->cu.MemFree(g->d_layers);
+    if (g->d_scratch)
+        b->cu.MemFree(g->d_scratch);
     for (size_t i = 0; i < g->n_maps; i++)
         b->cu.IpcCloseMemHandle(g->maps[i].base);
     pthread_mutex_destroy(&g->lock);
@@ -280,8 +325,8 @@ static void reg_remove(struct transfer_backend *b, int64_t instance)
     reg_free(b, g);
 }
 
-static int cu_register(struct transfer_backend *b, int64_t instance, const struct wire_register *reg, char *why,
-                       size_t why_len)
+static int cu_register(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
+                       struct transfer_geom *geom, char *why, size_t why_len)
 {
     if (!reg->n_descs) {
         snprintf(why, why_len, "no layers");
@@ -349,8 +394,10 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
                      (int)ipc->dtype.len, ipc->dtype.ptr, ipc->ndim, lwhy);
             goto fail;
         }
-        if (l == 0)
+        if (l == 0) {
             g->lay = lay;
+            snprintf(geom->dtype, sizeof(geom->dtype), "%.*s", (int)ipc->dtype.len, ipc->dtype.ptr);
+        }
         else if (memcmp(&lay, &g->lay, sizeof(lay))) {
             snprintf(why, why_len, "layer %zu: layout differs from layer 0 (mixed layouts are not served)", l);
             rc = -ENOTSUP;
@@ -362,10 +409,15 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
             snprintf(why, why_len, "layer %zu: %s", l, hwhy);
             goto fail;
         }
-        int64_t off = ipc->storage_offset_bytes + ipc->storage_offset * lay.elem;
-        if (ipc->storage_offset_bytes < 0 || ipc->storage_offset < 0 || off + lay.span > ipc->storage_size_bytes) {
+        /* storage_offset_bytes places the storage in its allocation; the
+         * tensor lives storage_offset elements into the storage. */
+        bool sane = ipc->storage_offset >= 0 && ipc->storage_offset <= (1ll << 44) &&
+                    ipc->storage_offset_bytes >= 0 && ipc->storage_offset_bytes <= (1ll << 50);
+        int64_t in_storage = sane ? ipc->storage_offset * lay.elem : 0;
+        int64_t off = ipc->storage_offset_bytes + in_storage;
+        if (!sane || in_storage + lay.span > ipc->storage_size_bytes) {
             snprintf(why, why_len, "layer %zu: the cache reaches past its storage (%lld + %lld > %lld bytes)", l,
-                     (long long)off, (long long)lay.span, (long long)ipc->storage_size_bytes);
+                     (long long)in_storage, (long long)lay.span, (long long)ipc->storage_size_bytes);
             rc = -EINVAL;
             goto fail;
         }
@@ -396,6 +448,17 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         rc = -EIO;
         goto fail;
     }
+    size_t lb = g->nlayers * sizeof(*g->layer_base);
+    if ((r = b->cu.MemAlloc(&g->d_layers, lb)) != CUDA_SUCCESS ||
+        (r = b->cu.MemcpyHtoD(g->d_layers, g->layer_base, lb)) != CUDA_SUCCESS) {
+        snprintf(why, why_len, "uploading the layer table: %s", cu_err(b, r));
+        rc = -EIO;
+        goto fail;
+    }
+    geom->block_size = g->lay.bs;
+    geom->num_layers = g->nlayers;
+    geom->hidden = g->lay.nh * g->lay.hs;
+    geom->mla = g->lay.kind == TL_MLA;
     if (b->n_regs == b->cap_regs) {
         size_t cap = b->cap_regs ? 2 * b->cap_regs : 8;
         struct cu_reg **n = realloc(b->regs, cap * sizeof(*n));
@@ -455,21 +518,120 @@ static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t ev
     return 0;
 }
 
-static int cu_transfer(struct transfer_backend *b, int64_t instance, bool store, const struct wire_req *req,
-                       uint8_t event[TRANSFER_EVENT_BYTES], bool *ok, char *why, size_t why_len)
+/* Grows the registration's device scratch to `need` bytes. Under g->lock. */
+static int scratch(struct transfer_backend *b, struct cu_reg *g, size_t need)
 {
-    (void)store;
-    *ok = false;
+    if (need <= g->scratch_cap)
+        return 0;
+    if (g->d_scratch)
+        b->cu.MemFree(g->d_scratch);
+    g->d_scratch = 0;
+    g->scratch_cap = 0;
+    size_t cap = need < 4096 ? 4096 : need * 2;
+    if (b->cu.MemAlloc(&g->d_scratch, cap) != CUDA_SUCCESS) {
+        g->d_scratch = 0;
+        return -ENOMEM;
+    }
+    g->scratch_cap = cap;
+    return 0;
+}
+
+/* The batch on the device: compacted block ids of the chunks to move and
+ * their objects' device addresses, one kernel launch, then a wait for it. */
+static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct transfer_copy *c, char *why,
+                    size_t why_len)
+{
+    const struct tl_layout *l = &g->lay;
+    if (c->chunk_tokens == 0 || c->chunk_tokens % (uint64_t)l->bs) {
+        snprintf(why, why_len, "chunk size %u is not a multiple of the block size %lld", c->chunk_tokens,
+                 (long long)l->bs);
+        return -EINVAL;
+    }
+    uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs;
+    size_t nb = c->n_chunks * bpc;
+    size_t bytes = nb * sizeof(int64_t) + c->n_chunks * sizeof(uint64_t);
+    uint8_t *host = malloc(bytes);
+    if (!host)
+        return -ENOMEM;
+    int64_t *blocks = (int64_t *)host;
+    uint64_t *addrs = (uint64_t *)(host + nb * sizeof(int64_t));
+    int rc = 0;
+    for (size_t k = 0; k < c->n_chunks; k++) {
+        uint64_t first = (uint64_t)c->chunk_index[k] * bpc;
+        for (uint64_t j = 0; j < bpc; j++) {
+            int64_t id = first + j < c->n_blocks ? c->block_ids[first + j] : b->o.null_block_id;
+            /* A store must not publish bytes it never read; a retrieve
+             * writes only real blocks. */
+            if (id != b->o.null_block_id && (id < 0 || id >= l->nb)) {
+                snprintf(why, why_len, "block id %lld outside the cache's %lld blocks", (long long)id,
+                         (long long)l->nb);
+                rc = -EINVAL;
+                goto out;
+            }
+            if (c->store && id == b->o.null_block_id) {
+                snprintf(why, why_len, "chunk %lld has a null block: not stored", (long long)c->chunk_index[k]);
+                rc = -EINVAL;
+                goto out;
+            }
+            blocks[k * bpc + j] = id;
+        }
+        addrs[k] = (uint64_t)b->devs[g->dev].host_dev + (uint64_t)((uint8_t *)c->chunk_ptr[k] - (uint8_t *)b->host_base);
+    }
+    CUresult r;
+    if ((rc = scratch(b, g, bytes)) || (r = b->cu.MemcpyHtoD(g->d_scratch, host, bytes)) != CUDA_SUCCESS) {
+        snprintf(why, why_len, "uploading the block table failed");
+        rc = rc ? rc : -EIO;
+        goto out;
+    }
+    struct tl_xfer x = {
+        .lay = *l,
+        .nlayers = g->nlayers,
+        .nchunks = (uint32_t)c->n_chunks,
+        .chunk_tokens = c->chunk_tokens,
+        .last_tokens = c->chunk_tokens,
+        .null_block = b->o.null_block_id,
+        .skip_blocks = c->store ? 0 : c->skip_blocks,
+        .layer_base = (const uint64_t *)(uintptr_t)g->d_layers,
+        .block_ids = (const int64_t *)(uintptr_t)g->d_scratch,
+        .chunk_addr = (const uint64_t *)(uintptr_t)(g->d_scratch + nb * sizeof(int64_t)),
+    };
+    /* The chunk ranges passed here are whole chunks, but a RETRIEVE skips
+     * by position in the range: chunk k of the batch is chunk index k. */
+    uint64_t items = (uint64_t)c->n_chunks * tl_items_per_chunk(&x);
+    uint64_t grid = (items + 255) / 256;
+    if (grid > 65535)
+        grid = 65535; /* grid-stride loop covers the rest */
+    void *params[] = { &x };
+    r = b->cu.LaunchKernel(c->store ? b->devs[g->dev].gather : b->devs[g->dev].scatter, (unsigned)grid, 1, 1, 256, 1,
+                           1, 0, g->stream, params, NULL);
+    if (r == CUDA_SUCCESS)
+        r = b->cu.StreamSynchronize(g->stream);
+    if (r != CUDA_SUCCESS) {
+        snprintf(why, why_len, "the %s kernel failed: %s", c->store ? "gather" : "scatter", cu_err(b, r));
+        rc = -EIO;
+    }
+out:
+    free(host);
+    return rc;
+}
+
+static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],
+                   bool *copied, char *why, size_t why_len)
+{
+    *copied = false;
     pthread_mutex_lock(&b->lock);
-    struct cu_reg **s = reg_slot(b, instance);
+    struct cu_reg **s = reg_slot(b, c->instance);
     if (!s) {
         pthread_mutex_unlock(&b->lock);
         snprintf(why, why_len, "instance not registered");
         return -ENOENT;
     }
-    /* Registration changes hold b->lock, so g stays valid while used. */
     struct cu_reg *g = *s;
+    /* Only this registration's copies serialise; b->lock is dropped first so
+     * other workers' copies run in parallel. Unregistering takes b->lock and
+     * then g->lock (reg_free syncs the stream), so g stays valid here. */
     pthread_mutex_lock(&g->lock);
+    pthread_mutex_unlock(&b->lock);
     int rc = 0;
     CUresult r = b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
     if (r != CUDA_SUCCESS) {
@@ -477,26 +639,25 @@ static int cu_transfer(struct transfer_backend *b, int64_t instance, bool store,
         rc = -EIO;
         goto out;
     }
-    if (req->event_ipc_handle.len == CU_IPC_HANDLE_SIZE) {
+    if (c->client_event_len == CU_IPC_HANDLE_SIZE) {
         CUipcEventHandle h;
         CUevent cev;
-        memcpy(h.reserved, req->event_ipc_handle.ptr, CU_IPC_HANDLE_SIZE);
+        memcpy(h.reserved, c->client_event, CU_IPC_HANDLE_SIZE);
         if ((r = b->cu.IpcOpenEventHandle(&cev, h)) == CUDA_SUCCESS) {
             b->cu.StreamWaitEvent(g->stream, cev, 0);
             b->cu.EventDestroy(cev); /* the wait is queued; the handle may go */
         }
-    } else if (req->event_ipc_handle.len) {
+    } else if (c->client_event_len) {
         snprintf(why, why_len, "a %u-byte event handle (isolated IPC) is not served; run the client with "
-                               "lmcache.mp.isolated_ipc=false", (unsigned)req->event_ipc_handle.len);
+                               "lmcache.mp.isolated_ipc=false", (unsigned)c->client_event_len);
         rc = -ENOTSUP;
         goto out;
     }
-    /* The copy path into L1 is not wired yet (transfer.h STATUS): the
-     * answer is spec 9.3's `(valid event, false)`. */
+    int crc = c->n_chunks ? run_copy(b, g, c, why, why_len) : 0;
     rc = record_event(b, g, event, why, why_len);
+    *copied = crc == 0 && rc == 0;
 out:
     pthread_mutex_unlock(&g->lock);
-    pthread_mutex_unlock(&b->lock);
     return rc;
 }
 
@@ -507,6 +668,8 @@ static void cu_close(struct transfer_backend *b)
     pthread_mutex_lock(&b->lock);
     while (b->n_regs)
         reg_remove(b, b->regs[0]->instance);
+    if (b->host_pinned)
+        b->cu.MemHostUnregister(b->host_base);
     for (int i = 0; i < b->ndev; i++)
         if (b->devs[i].ctx)
             b->cu.PrimaryCtxRelease(b->devs[i].dev);
@@ -522,7 +685,7 @@ static const struct transfer_ops cuda_ops = {
     .open = cu_open,
     .register_kv = cu_register,
     .unregister = cu_unregister,
-    .transfer = cu_transfer,
+    .copy = cu_copy,
     .close = cu_close,
 };
 
@@ -530,8 +693,8 @@ const struct transfer_ops *transfer_cuda(void) { return &cuda_ops; }
 
 const char *transfer_build_desc(void)
 {
-    return "GPU backend: CUDA driver API via dlopen, kernels embedded (sm_80, sm_90, PTX); copy path into L1 not "
-           "wired yet, unrun on a GPU";
+    return "GPU backend: CUDA driver API via dlopen, kernels embedded (sm_80, sm_90, PTX); built and host-tested, "
+           "unrun on a GPU";
 }
 
 #else /* built without nvcc */

@@ -33,22 +33,18 @@ __device__ __forceinline__ void tl_move(uint64_t dst, uint64_t src, int vec)
     }
 }
 
-extern "C" __global__ void lmcd_gather(struct tl_xfer x)
+/* One body for both directions: gather reads the paged cache into the
+ * chunk objects, scatter writes them back. */
+__device__ __forceinline__ void tl_run(const struct tl_xfer &x, bool gather)
 {
     uint64_t n = (uint64_t)x.nchunks * tl_items_per_chunk(&x);
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
         struct tl_loc loc;
         if (tl_item(&x, i, &loc))
-            tl_move(loc.chunk, loc.paged, x.lay.vec);
+            tl_move(gather ? loc.chunk : loc.paged, gather ? loc.paged : loc.chunk, x.lay.vec);
     }
 }
 
-extern "C" __global__ void lmcd_scatter(struct tl_xfer x)
-{
-    uint64_t n = (uint64_t)x.nchunks * tl_items_per_chunk(&x);
-    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
-        struct tl_loc loc;
-        if (tl_item(&x, i, &loc))
-            tl_move(loc.paged, loc.chunk, x.lay.vec);
-    }
-}
+extern "C" __global__ void lmcd_gather(struct tl_xfer x) { tl_run(x, true); }
+
+extern "C" __global__ void lmcd_scatter(struct tl_xfer x) { tl_run(x, false); }

@@ -9,7 +9,6 @@ keep serving engine-driven workers on the same server. Also: the GPU flags
 `lmcd --version` line naming the build. Nothing here touches a GPU.
 """
 import os
-import re
 import subprocess
 
 import msgpack
@@ -17,8 +16,9 @@ import pytest
 
 from conftest import wait_for
 from lmcd_client import Segment
-from test_protocol import NO_REPLY_WAIT, clients  # noqa: F401
-from test_protocol_engine import CHUNK, register, store, worker_key
+from test_protocol import clients  # noqa: F401
+from test_protocol_engine import CHUNK, error_lines, register, store, worker_key
+from test_protocol_engine import expect_unanswered as unanswered
 
 BUILD = os.environ.get("LMCD_BUILD", "build")
 LMCD = os.path.join(BUILD, "lmcd")
@@ -39,17 +39,6 @@ def wrapper(variant="cuda"):
     hexs = subprocess.run(["/usr/bin/python3", GEN, "4", variant], capture_output=True, text=True, timeout=20,
                           check=True).stdout
     return msgpack.ExtType(1, bytes.fromhex(hexs))
-
-
-def error_lines(s, iid):
-    pat = re.compile(rf"ERROR.*instance {iid}\b.*engine_driven")
-    return [line for line in s.log().splitlines() if pat.search(line)]
-
-
-def unanswered(c, op, *args):
-    uid = c.submit(op, *args)
-    with pytest.raises(TimeoutError):
-        c.wait_frames(uid, NO_REPLY_WAIT)
 
 
 def test_version_names_the_build():
