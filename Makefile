@@ -103,7 +103,16 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/libserver.a: $(LIB_OBJS)
+# The dashboard page, embedded as a C array (src/http/http.c serves it).
+GEN_OBJS := $(BUILD)/obj/gen/dashboard_html.o
+$(BUILD)/gen/dashboard_html.c: src/http/dashboard.html mk/embed.sh
+	@mkdir -p $(dir $@)
+	sh mk/embed.sh src/http/dashboard.html lmcd_dashboard_html > $@.tmp && mv $@.tmp $@
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libserver.a: $(LIB_OBJS) $(GEN_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 

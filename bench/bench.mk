@@ -35,8 +35,8 @@ QUICK ?=
 .PHONY: bench
 bench: $(BENCH_BINS)
 	@mkdir -p $(BENCH_OUT) && rm -f $(BENCH_OUT)/results.jsonl
-	@for b in $(BENCH_BINS); do echo "== $$b"; LMCD_BUILD=$(BUILD) LMCD_BENCH_OUT=$(BENCH_OUT) \
-		LMCD_BENCH_QUICK=$(QUICK) ./$$b $(BENCH_ARGS) || exit 1; done
+	@for b in $(BENCH_BINS); do echo "== $$b"; t0=$$(date +%s); LMCD_BUILD=$(BUILD) LMCD_BENCH_OUT=$(BENCH_OUT) \
+		LMCD_BENCH_QUICK=$(QUICK) ./$$b $(BENCH_ARGS) || exit 1; echo "   ($$(( $$(date +%s) - t0 )) s)"; done
 	@/usr/bin/python3 bench/report.py $(BENCH_OUT)
 
 $(BUILD)/bench/%: bench/%.c bench/common.c bench/common.h $(BUILD)/libserver.a $(BUILD)/liblmcd.a

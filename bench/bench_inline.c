@@ -15,6 +15,7 @@
  * Usage: bench_inline [ROUNDS, default 3]. Never asserts on speed.
  */
 #include <hiredis.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,6 +257,12 @@ static void bench_size(struct bench *b, size_t size, int rounds)
             printf("  %6.2fx redis GET", mbs[p] / mbs[P_REDIS_GET]);
         printf("\n");
     }
+    char fig[96];
+    snprintf(fig, sizeof(fig), "inline store %zu KiB vs redis SET", size >> 10);
+    bench_report(fig, "MB/s", mbs[P_LMCD_STORE], "redis SET", mbs[P_REDIS_SET] ? mbs[P_REDIS_SET] : NAN, true);
+    snprintf(fig, sizeof(fig), "inline retrieve %zu KiB vs redis GET", size >> 10);
+    bench_report(fig, "MB/s", mbs[P_LMCD_RETRIEVE], "redis GET", mbs[P_REDIS_GET] ? mbs[P_REDIS_GET] : NAN,
+                 true);
 }
 
 static redisContext *redis_start(struct bench_proc *proc)
@@ -284,7 +291,7 @@ static redisContext *redis_start(struct bench_proc *proc)
 
 int main(int argc, char **argv)
 {
-    int rounds = argc > 1 ? atoi(argv[1]) : 3;
+    int rounds = argc > 1 ? atoi(argv[1]) : bench_quick() ? 1 : 3;
     if (rounds < 1 || rounds > MAX_ROUNDS)
         rounds = 3;
     static struct bench b;

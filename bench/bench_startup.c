@@ -37,6 +37,12 @@ static void report(const char *what, double *ms, int n, double base)
     if (base > 0)
         printf("  %7.1fx --version", ms[n / 2] / base);
     printf("\n");
+    char fig[96];
+    snprintf(fig, sizeof(fig), "startup %s", what[0] == ' ' ? what + 2 : what);
+    if (base > 0)
+        bench_report(fig, "ms", ms[n / 2], "lmcd --version", base, false);
+    else
+        bench_report(fig, "ms", ms[n / 2], NULL, 0, false);
 }
 
 /* exec to exit of `lmcd --version`, output discarded; -1 on failure. */
@@ -69,7 +75,7 @@ static double version_ms(void)
 
 int main(int argc, char **argv)
 {
-    int runs = argc > 1 ? atoi(argv[1]) : 5;
+    int runs = argc > 1 ? atoi(argv[1]) : bench_quick() ? 3 : 5;
     if (runs < 1 || runs > MAX_RUNS)
         runs = 5;
     double ms[MAX_RUNS], stop_ms[MAX_RUNS];
@@ -104,7 +110,9 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_startup: lmcd exited with status 0x%x on SIGTERM\n", st);
         }
         report(cfgs[c].name, ms, runs, base);
-        report("  SIGTERM to exit", stop_ms, runs, 0);
+        char what[96];
+        snprintf(what, sizeof(what), "  SIGTERM to exit, %s", cfgs[c].name + strlen("exec to ready, "));
+        report(what, stop_ms, runs, 0);
     }
     return 0;
 }

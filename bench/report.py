@@ -54,6 +54,7 @@ GROUPS = [
     ("engine_driven", "engine-driven path, lmcd / memcpy (higher is better)", ("ed ",)),
     ("control_path", "control path p50, lmcd / ZeroMQ echo (lower is better)", ("rpc ",)),
     ("plugins_hash", "plugin launch and hashing, lmcd / baseline", ("plugins ", "hash ")),
+    ("data_baselines", "inline ops vs Redis, L2 adapter vs hiredis (higher is better)", ("inline ", "l2 ")),
 ]
 
 
@@ -85,6 +86,7 @@ set yrange [0:*]
 set xtics rotate by -35 left font ',9'
 set grid ytics
 set bmargin 12
+set rmargin 14
 unset key
 plot '%s' using 2:xtic(1) lc rgb '#3b75af', 1 with lines lc rgb '#c03030' dt 2
 """ % (520, png, title, dat))

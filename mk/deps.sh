@@ -28,8 +28,11 @@ python3-pytest
 python3-zmq
 python3-msgpack
 redis-server
+redis-tools
 b3sum
 gnuplot-nox
+prometheus
+chromium
 "
 
 FUZZ_PKGS="

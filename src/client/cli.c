@@ -1,7 +1,8 @@
 /*
  * lmcd-cli: LMCache's MP CLI commands (clear, end-session, get-chunk-size,
- * noop, ping) over liblmcd, plus `status` (GET /status) and `plugins`
- * (src/client/cli_plugins.c).
+ * noop, ping) over liblmcd, plus `status` (GET /status), `plugins`
+ * (src/client/cli_plugins.c), `l2 keys` (src/client/cli_l2.c) and `top`
+ * (src/client/cli_top.c).
  *
  *   lmcd-cli COMMAND [options]      exit 0 ok, 1 failure (timeout, no
  *                                   server, refused), 2 usage error
@@ -19,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/cli_l2.h"
 #include "client/cli_plugins.h"
+#include "client/cli_top.h"
 #include "client/client_http.h"
 #include "lmcd/client.h"
 #include "version.h"
@@ -91,6 +94,8 @@ static void usage_main(FILE *f)
     }
     fprintf(f, "  %-26s %s\n", "plugins [restart PATH...]",
             "list or restart runtime plugins (lmcd-cli plugins --help)");
+    fprintf(f, "  %-26s %s\n", "l2 keys MODEL", "list an L2 adapter's keys of MODEL (lmcd-cli l2 --help)");
+    fprintf(f, "  %-26s %s\n", "top", "live view of the server in the terminal; q quits (lmcd-cli top --help)");
     fprintf(f, "\nRun `lmcd-cli COMMAND --help` for a command's options.\n"
                "Exit status: 0 ok, 1 failure (timeout, no server), 2 usage error.\n");
 }
@@ -355,6 +360,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(name, "plugins"))
         return cli_plugins_main(argc - 1, argv + 1);
+    if (!strcmp(name, "l2"))
+        return cli_l2_main(argc - 1, argv + 1);
+    if (!strcmp(name, "top"))
+        return cli_top_main(argc - 1, argv + 1);
     for (size_t k = 0; k < N_COMMANDS; k++) {
         if (strcmp(name, commands[k].name))
             continue;

@@ -18,27 +18,6 @@
 
 #define HTTP_TIMEOUT_MS 10000
 
-/* Percent-encodes everything but RFC 3986 unreserved characters and '/'. */
-static char *urlencode(const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    char *out = malloc(strlen(s) * 3 + 1), *o = out;
-    if (!out)
-        return NULL;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~/", *p)) {
-            *o++ = (char)*p;
-        } else {
-            *o++ = '%';
-            *o++ = hex[*p >> 4];
-            *o++ = hex[*p & 15];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 static void print_table(json_t *list)
 {
     printf("%-9s %-8s %-8s %-5s %-9s %s\n", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "PATH");
@@ -102,7 +81,7 @@ static int cmd_restart(const char *host, const char *port, int as_json, char **p
 {
     int rc = 0;
     for (int i = 0; i < n; i++) {
-        char *enc = urlencode(paths[i]), *target = NULL, err[256];
+        char *enc = client_http_urlencode(paths[i]), *target = NULL, err[256];
         if (!enc || asprintf(&target, "/plugins/restart?path=%s", enc) < 0) {
             free(enc);
             fprintf(stderr, "lmcd-cli: out of memory\n");

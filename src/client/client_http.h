@@ -30,5 +30,8 @@ int client_http_request(const char *host, const char *port, const char *method,
                         const char *target, int timeout_ms, struct client_http_reply *out,
                         char *err, size_t errlen);
 void client_http_reply_free(struct client_http_reply *r);
+/* Percent-encodes all but RFC 3986 unreserved characters and '/'; malloc'd
+ * (NULL on ENOMEM). For query values. */
+char *client_http_urlencode(const char *s);
 
 #endif

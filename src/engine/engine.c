@@ -74,6 +74,12 @@ static const struct dtype *dtype_find(const char *s, size_t len)
 /* ------------------------------------------------------------ keys */
 
 /* Checks the parts of a key that give objects their identity. */
+/* The metrics row of a request's model and salt (this thread's). */
+static struct met_row *key_row(const struct engine_key *k)
+{
+    return metrics_row(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
+}
+
 static int check_key(const struct engine_key *k, bool need_worker)
 {
     if (keys_check_model(k->model_name, k->model_name_len) || keys_check_salt(k->cache_salt, k->cache_salt_len))
@@ -256,6 +262,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     e->shm_name_opt = strdup(o->shm_name ? o->shm_name : "");
     e->shm_group_opt = strdup(o->shm_group ? o->shm_group : "");
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->size_mu, NULL);
     htab_init(&e->sessions);
     htab_init(&e->instances);
     atomic_init(&e->inline_writer, 0);
@@ -321,6 +328,10 @@ int engine_create(const struct engine_opts *o, struct engine **out)
         goto fail;
     }
     hasher_log_init(&e->hasher);
+    if ((rc = engine_l2_create(e))) {
+        log_error("cannot start the L2 tier: %s", strerror(-rc));
+        goto fail;
+    }
     if ((rc = engine_sweeper_start(e))) {
         log_error("cannot start the session sweeper: %s", strerror(-rc));
         goto fail;
@@ -336,6 +347,7 @@ void engine_destroy(struct engine *e)
 {
     if (!e)
         return;
+    engine_l2_destroy(e); /* first: its answers still find their sessions */
     engine_sweeper_stop(e);
     struct htab_node *n, *tmp;
     HTAB_FOREACH_SAFE(&e->sessions, n, tmp) {
@@ -353,6 +365,7 @@ void engine_destroy(struct engine *e)
     htab_free(&e->instances);
     l1_destroy(e->l1);
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->size_mu);
     free(e->hash_name);
     free(e->policy_name);
     free(e->shm_name_opt);
@@ -427,9 +440,34 @@ out:
     return chunks;
 }
 
+/* LOOKUP's L2 part: the chunks after the L1 prefix (at most
+ * L2_PREFETCH_MAX_KEYS objects) go to the tier. Under s->mu. True when the
+ * job now waits for the tier's answer. */
+#define L2_PREFETCH_MAX_KEYS 65536
+static bool lookup_l2(struct engine *e, struct session *s, const struct engine_key *k, int64_t l1_chunks,
+                      uint32_t readers, uint64_t obj_size)
+{
+    size_t world = (size_t)k->world_size, c0 = (size_t)l1_chunks, c1 = s->chain.len;
+    if (!e->l2 || !obj_size || c0 >= c1)
+        return false;
+    if ((c1 - c0) * world > L2_PREFETCH_MAX_KEYS)
+        c1 = c0 + (L2_PREFETCH_MAX_KEYS / world ? L2_PREFETCH_MAX_KEYS / world : 1);
+    size_t cap = (c1 - c0) * world;
+    struct obj_key *ok = malloc(cap * sizeof(*ok));
+    struct l1_key *keys = malloc(cap * sizeof(*keys));
+    long n = ok && keys ? chain_keys_into(&s->chain, k, c0, c1, KEYS_WORKER_ALL, ok, keys, cap) : -ENOMEM;
+    bool pending = n > 0 && engine_l2_prefetch(e, s, k, keys, (size_t)n, (uint32_t)world, l1_chunks, readers,
+                                               obj_size) == 0;
+    free(ok);
+    free(keys);
+    return pending;
+}
+
 int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
 {
     int rc = check_key(k, false);
+    /* before the session: it takes engine.mu */
+    uint64_t obj_size = rc ? 0 : engine_l2_object_size(e, k);
     struct session *s = session_get(e, k->request_id, k->request_id_len, SESSION_CREATE);
     if (!s && errno == ENOSPC) {
         atomic_fetch_add(&e->refused_sessions, 1);
@@ -441,7 +479,12 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
     if (!s)
         return -ENOMEM;
     lockvec_release_all(e, &s->locks); /* a new LOOKUP replaces the old job and its locks */
+    s->job_gen++;
+    if (s->job == JOB_NONE)
+        atomic_fetch_add(&e->active_jobs, 1);
+    s->job = JOB_DONE; /* a failed lookup still answers: 0 hits */
     int64_t chunks = 0;
+    bool l2_pending = false;
     if (rc) {
         log_bad_key("LOOKUP", k);
     } else if ((rc = session_set_tokens(e, s, k->token_ids, k->n_tokens)) == -ENOSPC) {
@@ -452,21 +495,30 @@ int engine_lookup(struct engine *e, const struct engine_key *k, int64_t tp_size)
                (int)k->request_id_len, k->request_id, k->n_tokens,
                (unsigned long long)atomic_load(&e->session_bytes));
     } else if (rc == 0 && s->chain.len) {
-        chunks = lookup_lock_prefix(e, s, k, readers_of(k, tp_size), &rc);
+        uint32_t readers = readers_of(k, tp_size);
+        chunks = lookup_lock_prefix(e, s, k, readers, &rc);
         s->has_lookup = true;
         s->lookup_world = (uint32_t)k->world_size;
         s->lookup_ns = keys_ns(k->model_name, k->model_name_len, k->cache_salt, k->cache_salt_len);
-        atomic_fetch_add(&e->lookup_chunks, s->chain.len);
+        /* L1's part of the hit now; L2's comes with its answer (engine_l2.c) */
+        struct met_row *mr = key_row(k);
+        uint64_t cs = (uint64_t)e->o.chunk_size, hit = (uint64_t)(chunks > 0 ? chunks : 0);
+        metrics_row_add(mr, MET_ROW_LOOKUP_REQUESTED, (uint64_t)s->chain.len * cs);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT, hit * cs);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L1, hit * cs);
+        metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L1_KEYS, hit * (uint64_t)k->world_size);
+        /* the rest may sit in L2: the job completes when the tier answers */
+        if (rc == 0)
+            l2_pending = lookup_l2(e, s, k, chunks, readers, obj_size);
     }
-    if (s->job == JOB_NONE)
-        atomic_fetch_add(&e->active_jobs, 1);
-    s->job = JOB_DONE; /* a failed lookup still answers: 0 hits */
-    s->job_hits = chunks;
-    s->job_chunks = chunks;
+    if (!l2_pending) {
+        s->job_hits = chunks;
+        s->job_chunks = chunks;
+    }
     session_put(e, s);
-    atomic_fetch_add(&e->lookups, 1);
-    atomic_fetch_add(&e->lookup_hit_chunks, (uint64_t)chunks);
-    if (e->o.on_job_done)
+    if (!rc)
+        metrics_row_add(key_row(k), MET_ROW_LOOKUPS, 1);
+    if (!l2_pending && e->o.on_job_done)
         e->o.on_job_done(e->o.on_job_done_ctx, k->request_id, k->request_id_len);
     return rc;
 }
@@ -644,7 +696,8 @@ void engine_ping(struct engine *e, bool has_instance, int64_t instance_id)
 
 void engine_report_block_allocation(struct engine *e, size_t n_records)
 {
-    atomic_fetch_add(&e->block_alloc_records, n_records);
+    (void)e;
+    metrics_add(MET_BLOCK_ALLOC_RECORDS, n_records);
 }
 
 /* ------------------------------------------------------------ registration */
@@ -686,6 +739,13 @@ int engine_register_ed(struct engine *e, const struct engine_ed_register *r, str
     if (r->has_num_physical_slots && r->num_physical_slots != C)
         return refuse(e, out, "num_physical_slots %lld differs from the server chunk size %lld",
                       (long long)r->num_physical_slots, (long long)C);
+    /* An instance id is also its L1 writer id: the top of the range belongs
+     * to lmcd's own writers (inline stores, L2 prefetch), whose reservations
+     * an UNREGISTER or a reap of a same-numbered worker would otherwise drop
+     * while bytes are still being written into them. */
+    if (r->instance_id < 0 || r->instance_id >= ENGINE_RESERVED_WRITERS)
+        return refuse(e, out, "instance_id %lld outside 0..%lld", (long long)r->instance_id,
+                      (long long)ENGINE_RESERVED_WRITERS - 1);
     struct instance *in = calloc(1, sizeof(*in));
     if (!in || !(in->model = strndup(r->model_name, r->model_name_len))) {
         free(in);
@@ -833,10 +893,11 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
     back_reservations(e, keys, n, (uint64_t)instance_id, st, refs);
     uint64_t tag = store_tag(k, keys, n), now = engine_now(e);
     rc = 0;
-    size_t skipped = 0;
+    size_t skipped = 0, nomem = 0;
     for (size_t i = 0; i < n; i++) {
         if (st[i] != L1_OK) {
             skipped += st[i] != L1_EXISTS;
+            nomem += st[i] == L1_NOMEM;
             continue;
         }
         if (lockvec_push(&in->pending, &keys[i], refs[i].id, 0, 0)) {
@@ -849,7 +910,9 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
         fill_slot(in, &refs[i], &out->slots[out->n]);
         out->chunk_indices[out->n++] = (int64_t)i;
     }
-    atomic_fetch_add(&e->store_skipped_chunks, skipped);
+    metrics_add(MET_STORE_SKIPPED, skipped);
+    if (nomem)
+        metrics_row_add(key_row(k), MET_ROW_L1_ALLOC_FAILURE, nomem);
 done:
     instance_put(e, in);
     free(sizes);
@@ -909,9 +972,22 @@ int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t in
             l1_abort(e->l1, pk, ids, got, (uint64_t)instance_id);
             rc = -ENOTSUP;
         } else {
-            int pub = got ? l1_publish(e->l1, pk, ids, got, (uint64_t)instance_id, NULL) : 0;
-            atomic_fetch_add(&e->stored_chunks, (uint64_t)(pub > 0 ? pub : 0));
+            enum l1_status *st = got ? malloc(got * sizeof(*st)) : NULL;
+            int pub = got ? l1_publish(e->l1, pk, ids, got, (uint64_t)instance_id, st) : 0;
+            if (pub > 0) {
+                struct met_row *mr = key_row(k);
+                metrics_row_add(mr, MET_ROW_L1_WRITE, (uint64_t)pub);
+                metrics_row_add(mr, MET_ROW_L1_WRITE_BYTES, (uint64_t)pub * in->object_bytes);
+            }
             rc = pub > 0 ? 0 : -ENOENT;
+            if (pub > 0 && st) { /* write-behind to L2: the published ones */
+                size_t m = 0;
+                for (size_t i = 0; i < got; i++)
+                    if (st[i] == L1_OK)
+                        pk[m++] = pk[i];
+                engine_l2_stored(e, k, pk, m, in->object_bytes);
+            }
+            free(st);
         }
     }
     instance_put(e, in);
@@ -944,8 +1020,11 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
     rc = -ENOMEM;
     if (!refs || !out->slots)
         goto done;
-    if ((rc = n ? l1_lock(e->l1, keys, n, 1, refs) : 0))
+    if ((rc = n ? l1_lock(e->l1, keys, n, 1, refs) : 0)) {
+        if (rc == -ENOENT)
+            metrics_row_add(key_row(k), MET_ROW_L1_READ_FAILURE, 1);
         goto done;
+    }
     for (size_t i = 0; i < n; i++) {
         if (refs[i].length != in->object_bytes) { /* stored under another layout: not ours to read */
             l1_unlock_refs(e->l1, keys, refs, n, 1);
@@ -965,7 +1044,9 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
         fill_slot(in, &refs[i], &out->slots[i]);
     }
     out->n = n;
-    atomic_fetch_add(&e->retrieved_chunks, n);
+    struct met_row *mr = key_row(k);
+    metrics_row_add(mr, MET_ROW_L1_READ, n);
+    metrics_row_add(mr, MET_ROW_L1_READ_BYTES, n * in->object_bytes);
 done:
     instance_put(e, in);
     free(refs);
@@ -1040,7 +1121,9 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
         back_reservations(e, keys, nk, writer, st, refs);
         uint8_t *base = l1_base(e->l1);
         int64_t stored = 0;
+        uint64_t bytes = 0, nomem = 0;
         for (size_t i = 0; i < nk; i++) {
+            nomem += st[i] == L1_NOMEM;
             if (st[i] == L1_EXISTS) {
                 (*present)++;
             } else if (st[i] == L1_OK) {
@@ -1048,11 +1131,16 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
                 enum l1_status ps;
                 if (l1_publish(e->l1, &keys[i], &refs[i].id, 1, writer, &ps) == 1) {
                     (*present)++;
-                    stored++;
+                    keys[stored++] = keys[i]; /* i >= stored: compacts the published ones */
+                    bytes += chunks[i].iov_len;
                 }
             }
         }
-        atomic_fetch_add(&e->stored_chunks, (uint64_t)stored);
+        struct met_row *mr = key_row(k);
+        metrics_row_add(mr, MET_ROW_L1_WRITE, (uint64_t)stored);
+        metrics_row_add(mr, MET_ROW_L1_WRITE_BYTES, bytes);
+        metrics_row_add(mr, MET_ROW_L1_ALLOC_FAILURE, nomem);
+        engine_l2_stored(e, k, keys, (size_t)stored, nk ? chunks[0].iov_len : 0);
         rc = 0;
     }
     free(sizes);
@@ -1137,7 +1225,12 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
         out->n = h->n;
     }
     out->handle_ = h;
-    atomic_fetch_add(&e->retrieved_chunks, out->n);
+    struct met_row *mr = key_row(k);
+    metrics_row_add(mr, MET_ROW_L1_READ, out->n);
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < out->n; i++)
+        bytes += out->chunks[i].iov_len;
+    metrics_row_add(mr, MET_ROW_L1_READ_BYTES, bytes);
     return 0;
 }
 
@@ -1191,7 +1284,7 @@ json_t *engine_status_json(struct engine *e)
     size_t sessions = e->sessions.count, instances = e->instances.count;
     pthread_mutex_unlock(&e->mu);
     json_t *l1 = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
         "total_object_count", (json_int_t)st.total_object_count, "write_locked_count",
         (json_int_t)st.write_locked_count, "read_locked_count", (json_int_t)st.read_locked_count, "temporary_count",
         (json_int_t)st.temporary_count, "memory_used_bytes", (json_int_t)st.memory_used_bytes, "memory_total_bytes",
@@ -1199,7 +1292,8 @@ json_t *engine_status_json(struct engine *e)
         (int)st.write_ttl_s, "read_ttl_seconds", (int)st.read_ttl_s, "shm_name", l1_shm_name(e->l1), "pool_size",
         (json_int_t)l1_pool_size(e->l1), "evicted_count", (json_int_t)st.evicted_count, "demand_evicted_count",
         (json_int_t)st.demand_evicted_count, "allocation_failures", (json_int_t)st.alloc_failures,
-        "expired_reservations", (json_int_t)st.expired_reservations, "pending_free_count",
+        "expired_reservations", (json_int_t)st.expired_reservations, "expired_read_locks",
+        (json_int_t)st.expired_read_locks, "pending_free_count",
         (json_int_t)st.pending_free_count);
     /* lmcd.retrieve_inline frames not yet released by ZeroMQ */
     json_object_set_new(l1, "pinned_count", json_integer((json_int_t)st.pinned_count));
@@ -1208,16 +1302,19 @@ json_t *engine_status_json(struct engine *e)
                               "eviction_policy", e->policy_name, "trigger_watermark", e->o.eviction_trigger_watermark,
                               "eviction_ratio", e->o.eviction_ratio, "rounds", (json_int_t)st.eviction_rounds,
                               "rounds_triggered", (json_int_t)st.eviction_rounds_triggered);
-    json_t *sm = json_pack("{s:b, s:o, s:o, s:[], s:i}", "is_healthy", 1, "l1_manager", l1,
-                           "l1_eviction_controller", evict, "l2_adapters", "num_l2_adapters", 0);
+    json_t *sm = json_pack("{s:b, s:o, s:o}", "is_healthy", 1, "l1_manager", l1, "l1_eviction_controller", evict);
+    l2_tier_status(e->l2, sm);
+    /* process-wide sums (src/metrics): one engine per lmcd */
+    uint64_t cs = e->o.chunk_size > 0 ? (uint64_t)e->o.chunk_size : 1;
     json_t *counters = json_pack(
-        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "lookups", (json_int_t)atomic_load(&e->lookups),
-        "lookup_chunks", (json_int_t)atomic_load(&e->lookup_chunks), "lookup_hit_chunks",
-        (json_int_t)atomic_load(&e->lookup_hit_chunks), "stored_chunks", (json_int_t)atomic_load(&e->stored_chunks),
-        "store_skipped_chunks", (json_int_t)atomic_load(&e->store_skipped_chunks), "retrieved_chunks",
-        (json_int_t)atomic_load(&e->retrieved_chunks), "reaped_workers", (json_int_t)atomic_load(&e->reaped_workers),
-        "expired_sessions", (json_int_t)atomic_load(&e->expired_sessions), "block_allocation_records",
-        (json_int_t)atomic_load(&e->block_alloc_records));
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "lookups", (json_int_t)metrics_row_sum(MET_ROW_LOOKUPS),
+        "lookup_chunks", (json_int_t)(metrics_row_sum(MET_ROW_LOOKUP_REQUESTED) / cs), "lookup_hit_chunks",
+        (json_int_t)(metrics_row_sum(MET_ROW_LOOKUP_HIT) / cs), "stored_chunks",
+        (json_int_t)metrics_row_sum(MET_ROW_L1_WRITE), "store_skipped_chunks",
+        (json_int_t)metrics_sum(MET_STORE_SKIPPED), "retrieved_chunks", (json_int_t)metrics_row_sum(MET_ROW_L1_READ),
+        "reaped_workers", (json_int_t)atomic_load(&e->reaped_workers), "expired_sessions",
+        (json_int_t)atomic_load(&e->expired_sessions), "block_allocation_records",
+        (json_int_t)metrics_sum(MET_BLOCK_ALLOC_RECORDS));
     json_object_update_new(
         counters, json_pack("{s:I, s:I, s:I, s:I, s:I}", "refused_sessions",
                             (json_int_t)atomic_load(&e->refused_sessions), "refused_session_bytes",

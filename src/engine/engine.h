@@ -85,6 +85,13 @@ struct engine_opts {
     void (*on_job_done)(void *ctx, const char *request_id, size_t len);
     void *on_job_done_ctx;
     const struct clock_src *clock; /* NULL = monotonic */
+    /* L2 tier (src/l2): --l2-adapter objects (borrowed for create; NULL or
+     * empty = none), --l2-store-policy, --l2-prefetch-max-in-flight, and the
+     * prefetch load deadline (ms; 0 = l2_tier's default). */
+    const json_t *l2_adapters;
+    const char *l2_store_policy;
+    int l2_prefetch_max_in_flight;
+    uint32_t l2_load_timeout_ms;
 };
 
 /* Creates L1 (the shared segment), the hasher and the engine threads, and
@@ -227,6 +234,19 @@ struct engine_inline_read {
 };
 int engine_retrieve_inline(struct engine *e, const struct engine_key *key, struct engine_inline_read *out);
 void engine_inline_release(struct engine *e, struct engine_inline_read *r);
+
+/* GET /l2/keys and `lmcd-cli l2 keys`: one page of the keys adapter
+ * `adapter` holds for `model` ({"keys":[...], "next_page_token": str|null,
+ * "adapter": name}). -ENOENT (no such adapter), -ENOTSUP (cannot list). */
+int engine_l2_keys(struct engine *e, size_t adapter, const char *model, size_t page_size, const char *cursor,
+                   json_t **out);
+/* DELETE /cache/objects: removes objects named by LMCache key strings
+ * ("<model>@<rank %08x>@<group %x>@<hash>[@salt]") from tier "l1", "l2" or
+ * "all". force: L1 objects are removed even when locked (freed when their
+ * holders finish). *l1_removed / *l2_removed count what went. -EINVAL for
+ * a bad tier; unparsable keys are counted in *invalid. */
+int engine_delete_objects(struct engine *e, const char *const *keys, size_t n, const char *tier, bool force,
+                          size_t *l1_removed, size_t *l2_removed, size_t *invalid);
 
 /* Counts REPORT_BLOCK_ALLOCATION records (observability only). */
 void engine_report_block_allocation(struct engine *e, size_t n_records);

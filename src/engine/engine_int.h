@@ -26,6 +26,8 @@
 #include "engine/hasher.h"
 #include "engine/keys.h"
 #include "l1/l1.h"
+#include "l2/l2_tier.h"
+#include "metrics/metrics.h"
 #include "util/htab.h"
 
 /* A group of read holders one request took on one object. */
@@ -61,6 +63,7 @@ struct session {
      * LOOKUP; an L2 tier completes them later and calls on_job_done. */
     enum job_state { JOB_NONE, JOB_LOOKUP, JOB_LOAD, JOB_DONE } job;
     int64_t job_hits;   /* valid from JOB_LOAD on */
+    uint64_t job_gen;   /* +1 per LOOKUP: a late L2 answer for an older job is ignored */
     int64_t job_chunks; /* valid at JOB_DONE */
     bool has_lookup; /* the lookup key, for END_SESSION's touch */
     uint64_t lookup_ns;
@@ -69,6 +72,7 @@ struct session {
     uint64_t last_used_ns; /* atomic (__atomic builtins): the sweeper reads it */
     uint32_t ttl_s;        /* guarded by engine.mu: idle time before the sweeper drops it */
     size_t acct;           /* guarded by mu: bytes counted in engine.session_bytes */
+    bool worker_made;      /* atomic (__atomic): made by a worker request, no LOOKUP since */
 };
 
 struct instance {
@@ -113,10 +117,15 @@ struct engine {
     pthread_mutex_t sweep_mu;
     pthread_cond_t sweep_cv;
     bool stopping; /* guarded by sweep_mu */
-    /* counters (atomic, for /status and /metrics) */
-    atomic_uint_fast64_t lookups, lookup_hit_chunks, lookup_chunks;
-    atomic_uint_fast64_t stored_chunks, retrieved_chunks, store_skipped_chunks;
-    atomic_uint_fast64_t reaped_workers, expired_sessions, block_alloc_records;
+    /* per-engine counters off the request path (sweeper); the request
+     * path counts in src/metrics, per thread */
+    atomic_uint_fast64_t reaped_workers, expired_sessions;
+    /* L2 (engine_l2.c) */
+    struct l2_tier *l2;
+    pthread_mutex_t size_mu; /* leaf: the object sizes learnt from stores */
+    struct { uint64_t ns, size; } sizes[64];
+    size_t sizes_next;
+    atomic_uint_fast64_t l2_hit_chunks;
     /* bounds (issue 11): resolved options and what they refused */
     size_t max_sessions;
     uint64_t max_session_bytes;
@@ -124,9 +133,31 @@ struct engine {
     atomic_uint_fast64_t refused_sessions, refused_session_bytes;
     atomic_uint_fast64_t expired_workers, pruned_transfers, pruned_reservations;
     uint64_t read_ttl_ns, write_ttl_ns; /* L1's lock TTLs: transfer and pending records older are pruned */
+    atomic_uint_fast64_t freed_since_trim; /* bytes sweeps freed since the last malloc_trim (tests sweep too) */
     uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
     atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
 };
+
+/* L1 writer ids at and above this (as int64: every negative id too) are
+ * lmcd's own: inline stores (1 << 63 | n) and L2 prefetch reservations. */
+#define ENGINE_RESERVED_WRITERS (INT64_MAX - 15)
+#define ENGINE_L2_WRITER ((uint64_t)INT64_MAX - 1)
+
+/* engine_l2.c: the engine's side of the L2 tier. */
+int engine_l2_create(struct engine *e);
+void engine_l2_destroy(struct engine *e);
+/* After L1 published keys of this request's model/salt (write-behind). */
+void engine_l2_stored(struct engine *e, const struct engine_key *k, const struct l1_key *keys, size_t n,
+                      uint64_t obj_size);
+/* The bytes of one object of k's model and world (registered workers, else
+ * what stores taught), or 0. Takes engine.mu: never call with a session held. */
+uint64_t engine_l2_object_size(struct engine *e, const struct engine_key *k);
+/* LOOKUP, under s->mu: asks L2 for keys[0..n) (chunk-major, `world` shards
+ * per chunk) that follow the `l1_chunks` L1 prefix. 0: the job is now
+ * JOB_LOOKUP and completes later; < 0: no prefetch (the caller finishes). */
+int engine_l2_prefetch(struct engine *e, struct session *s, const struct engine_key *k, const struct l1_key *keys,
+                       size_t n, uint32_t world, int64_t l1_chunks, uint32_t readers, uint64_t obj_size);
+
 
 /* engine_state.c */
 int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64_t epoch, uint32_t holders);
@@ -147,7 +178,9 @@ enum session_mode { SESSION_FIND, SESSION_CREATE, SESSION_CREATE_WORKER };
 #define WORKER_SESSION_TTL_S 60
 /* Pins the session of rid; returns it with its mu held, or NULL (absent
  * with SESSION_FIND; errno ENOSPC when --max-sessions refused a new one,
- * ENOMEM when out of memory). */
+ * ENOMEM when out of memory). Sessions made by worker requests may take
+ * only half of each session limit, so a flood of them never leaves a
+ * LOOKUP without room. */
 struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode);
 /* Like SESSION_FIND, but never waits for the session's mutex: *busy is set
  * (and NULL returned) when another thread holds it. For the loop thread. */

@@ -122,7 +122,8 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
     pthread_mutex_lock(&e->mu);
     struct htab_node *n = htab_find(&e->sessions, rid, len);
     struct session *s = n ? htab_entry(n, struct session, node) : NULL;
-    if (!s && mode != SESSION_FIND && e->sessions.count >= e->max_sessions) {
+    if (!s && mode != SESSION_FIND &&
+        e->sessions.count >= (mode == SESSION_CREATE_WORKER ? e->max_sessions / 2 : e->max_sessions)) {
         pthread_mutex_unlock(&e->mu);
         errno = ENOSPC;
         return NULL;
@@ -130,14 +131,17 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
     if (!s && mode != SESSION_FIND && (s = session_new(rid, len))) {
         s->ttl_s = mode == SESSION_CREATE_WORKER && WORKER_SESSION_TTL_S < full_ttl ? WORKER_SESSION_TTL_S
                                                                                      : full_ttl;
+        s->worker_made = mode == SESSION_CREATE_WORKER;
         if (htab_insert(&e->sessions, &s->node)) {
             session_free(e, s);
             s = NULL;
         }
     }
     if (s) {
-        if (mode == SESSION_CREATE)
+        if (mode == SESSION_CREATE) {
             s->ttl_s = full_ttl; /* a LOOKUP makes it a real session */
+            __atomic_store_n(&s->worker_made, false, __ATOMIC_RELAXED);
+        }
         s->refs++;
     } else if (mode != SESSION_FIND) {
         errno = ENOMEM;
@@ -220,7 +224,9 @@ int session_set_tokens(struct engine *e, struct session *s, const uint32_t *toke
         uint64_t want = (uint64_t)(n + n / 4 + 64) * sizeof(*tokens) +
                         2 * (uint64_t)(n / (size_t)e->o.chunk_size + 8) * HASHER_DIGEST_LEN;
         uint64_t held = atomic_load(&e->session_bytes);
-        if (want > s->acct && held - s->acct + want > e->max_session_bytes)
+        uint64_t cap = __atomic_load_n(&s->worker_made, __ATOMIC_RELAXED) ? e->max_session_bytes / 2
+                                                                          : e->max_session_bytes;
+        if (want > s->acct && held - s->acct + want > cap)
             return -ENOSPC;
     }
     int rc = session_fill(e, s, tokens, n, keep);
@@ -407,6 +413,7 @@ static uint64_t sweep_sessions(struct engine *e, uint64_t now, size_t *count)
     while (dead) {
         struct session *next = (struct session *)dead->node.next;
         atomic_fetch_add(&e->expired_sessions, 1);
+        metrics_add(MET_SESSIONS_EXPIRED, 1);
         log_debug("session %s expired after %u s without requests", dead->rid, dead->ttl_s);
         bytes += dead->acct + sizeof(*dead) + dead->rid_len;
         (*count)++;
@@ -449,8 +456,9 @@ static void instance_expire(struct engine *e, struct instance *in, uint64_t now,
  * records pruned, a silent worker reaped, a long-silent registration
  * forgotten. Linear in instances plus records.
  */
-static void sweep_instances(struct engine *e, uint64_t now)
+static uint64_t sweep_instances(struct engine *e, uint64_t now)
 {
+    uint64_t freed = 0;
     pthread_mutex_lock(&e->mu);
     size_t cnt = e->instances.count, k = 0;
     struct instance **all = cnt ? malloc(cnt * sizeof(*all)) : NULL;
@@ -464,7 +472,7 @@ static void sweep_instances(struct engine *e, uint64_t now)
     pthread_mutex_unlock(&e->mu);
     if (cnt && !all) {
         log_error("sweeper: out of memory listing %zu worker instances; retrying next sweep", cnt);
-        return;
+        return 0;
     }
     uint64_t timeout = (uint64_t)(e->o.worker_reap_timeout_s > 0 ? e->o.worker_reap_timeout_s : 0) * SEC;
     uint64_t grace = (uint64_t)REGISTRATION_GRACE_S * SEC;
@@ -480,6 +488,7 @@ static void sweep_instances(struct engine *e, uint64_t now)
         lockvec_shrink(&in->pending);
         atomic_fetch_add(&e->pruned_transfers, pt);
         atomic_fetch_add(&e->pruned_reservations, pp);
+        freed += (pt + pp) * sizeof(struct lockrec);
         if (pt || pp)
             log_debug("worker instance %lld: pruned %zu transfer and %zu reservation records past the L1 TTL",
                       (long long)in->id, pt, pp);
@@ -490,6 +499,7 @@ static void sweep_instances(struct engine *e, uint64_t now)
             instance_release(e, in);
             __atomic_store_n(&in->reaped, true, __ATOMIC_RELAXED);
             atomic_fetch_add(&e->reaped_workers, 1);
+            metrics_add(MET_WORKERS_REAPED, 1);
             log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
                      "locks (its registration stays; it resumes if it comes back)",
                      (long long)in->id, e->o.worker_reap_timeout_s, np, nt);
@@ -501,22 +511,26 @@ static void sweep_instances(struct engine *e, uint64_t now)
         instance_put(e, in);
     }
     free(all);
+    return freed;
 }
 
-/* A sweep that freed this much makes glibc hand free pages back to the
- * kernel (freed chunks spread over arenas are otherwise kept). */
-#define TRIM_AFTER_BYTES (64u << 20)
+/* Once sweeps have freed this much since the last trim, glibc is asked to
+ * hand free pages back to the kernel (freed chunks spread over the pool
+ * threads' arenas are otherwise kept: 100k expired worker sessions stayed
+ * 1.4 GB resident). */
+#define TRIM_AFTER_BYTES (32u << 20)
 
 void engine_sweep(struct engine *e)
 {
     uint64_t now = engine_now(e);
     size_t expired;
     uint64_t freed = sweep_sessions(e, now, &expired);
-    sweep_instances(e, now);
-    if (freed >= TRIM_AFTER_BYTES) {
+    freed += sweep_instances(e, now);
+    freed += atomic_fetch_add(&e->freed_since_trim, freed);
+    if (freed >= TRIM_AFTER_BYTES && atomic_exchange(&e->freed_since_trim, 0) >= TRIM_AFTER_BYTES) {
+        log_debug("sweeper: %llu bytes of sessions and records freed since the last trim: memory returned to the "
+                  "system", (unsigned long long)freed);
         malloc_trim(0);
-        log_debug("sweeper: %zu sessions expired (%llu bytes): memory returned to the system", expired,
-                  (unsigned long long)freed);
     }
 }
 

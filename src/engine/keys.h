@@ -7,14 +7,12 @@
  *
  * struct obj_key has the field order and size of L1's struct l1_key (the
  * engine fills these, L1 stores them; the engine does not include l1.h).
- * The L2 key string and fs file name are LMCache's seed-era forms, so a
- * Python server pinned to the fallback NONE_HASH finds the same objects.
+ * The L2 key string and fs file name of an object are in src/l2/l2_key.h.
  *
  * Strings are (pointer, length) because wire strings may hold NUL bytes.
  * Everything here is pure: any thread, no allocation.
  *
- * Left out: the newest key forms carrying object_group_id, parsing file
- * names back into keys, and the nixl name form.
+ * Left out: the L2 string forms (l2_key.h) and the nixl name form.
  */
 #ifndef LMCD_ENGINE_KEYS_H
 #define LMCD_ENGINE_KEYS_H
@@ -35,8 +33,6 @@ static_assert(sizeof(struct obj_key) == 48, "obj_key must match struct l1_key (4
 #define KEYS_WORKER_ALL (-1)
 #define KEYS_WORLD_MAX 255
 #define KEYS_SALT_MAX 128
-/* L2 key / file name of a model name of len bytes and a salt, with NUL. */
-#define KEYS_NAME_MAX(model_len) (5 * (model_len) + KEYS_SALT_MAX + 96)
 
 /* 0 and *out, or -EINVAL unless 1 <= world_size <= 255 and worker_id < world_size. */
 int keys_kv_rank(uint32_t world_size, uint32_t worker_id, uint32_t *out);
@@ -57,15 +53,5 @@ uint64_t keys_ns(const char *model, size_t model_len, const char *salt, size_t s
  * worker_id) or -ENOSPC (cap too small; nothing written). */
 long keys_expand(const uint8_t (*hashes)[32], size_t nchunks, uint32_t world_size, int worker_id,
                  uint64_t ns, uint32_t group, struct obj_key *out, size_t cap);
-
-/* "<model>@<kv_rank %08x>@<hash hex>[@<salt>]" (native Redis/fs connectors).
- * Returns the length written (NUL-terminated), -EINVAL on a bad model or
- * salt, -ENOSPC when cap is too small. */
-int keys_l2_name(char *buf, size_t cap, const char *model, size_t model_len, uint32_t kv_rank,
-                 const uint8_t hash[32], const char *salt, size_t salt_len);
-/* "<model, '/' as -SEP->@0x<kv_rank %08x>@<hash hex>[@<salt>].data" (fs
- * adapter file name). Same returns as keys_l2_name(). */
-int keys_fs_name(char *buf, size_t cap, const char *model, size_t model_len, uint32_t kv_rank,
-                 const uint8_t hash[32], const char *salt, size_t salt_len);
 
 #endif

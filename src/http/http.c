@@ -18,10 +18,12 @@
 #include "util/log.h"
 #include "util/pyjson.h"
 
+struct body;
 struct http_reply {
     unsigned status;
     char *body; /* malloc'd */
     const char *ctype;
+    struct body *req_body; /* in: the request body (routes that take one) */
 };
 
 typedef void (*route_fn)(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out);
@@ -41,10 +43,37 @@ static void reply_json(struct http_reply *out, unsigned status, json_t *j)
  * refuse non-UTF-8, and pyjson writes invalid bytes as U+FFFD. */
 static json_t *req_text(const char *s) { return json_string_nocheck(s ? s : ""); }
 
-static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+/* The dashboard page (src/http/dashboard.html, embedded at build time). */
+extern const char lmcd_dashboard_html[];
+
+static void r_dashboard(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)srv;
     (void)c;
+    out->status = 200;
+    out->ctype = "text/html; charset=utf-8";
+    out->body = strdup(lmcd_dashboard_html);
+    if (!out->body)
+        reply_json(out, 500, json_pack("{s:s}", "error", "out of memory"));
+}
+
+/* True when the client's Accept lists text/html before any JSON type (a
+ * browser), so GET / shows the dashboard; probes and scripts keep JSON. */
+static bool wants_html(struct MHD_Connection *c)
+{
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
+    if (!a)
+        return false;
+    const char *h = strstr(a, "text/html"), *j = strstr(a, "json");
+    return h && (!j || h < j);
+}
+
+static void r_root(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    if (wants_html(c)) {
+        r_dashboard(srv, c, out);
+        return;
+    }
     reply_json(out, 200, json_pack("{s:s, s:s}", "status", "ok", "service", "LMCache HTTP API"));
 }
 
@@ -124,9 +153,14 @@ static char *http_metrics(struct http_server *srv, char *server_text)
 static void r_metrics(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
 {
     (void)c;
+    char *text = srv->h.metrics ? srv->h.metrics(srv->h.ctx) : NULL;
+    if (!text) { /* --disable-metrics / --disable-observability */
+        reply_json(out, 404, json_pack("{s:s}", "error", "metrics are disabled"));
+        return;
+    }
     out->status = 200;
     out->ctype = "text/plain; version=0.0.4; charset=utf-8";
-    out->body = http_metrics(srv, srv->h.metrics(srv->h.ctx));
+    out->body = http_metrics(srv, text);
 }
 
 static void r_clear(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
@@ -164,6 +198,51 @@ static void r_plugin_restart(struct http_server *srv, struct MHD_Connection *c, 
 
 #define R_MUTATES 1 /* changes state: token, Host and Origin checks (http_auth.c) */
 
+/* Request bodies (DELETE /cache/objects): accumulated up to BODY_MAX. */
+#define BODY_MAX (4u << 20)
+struct body {
+    char *buf;
+    size_t len;
+    bool too_big;
+};
+
+static void r_l2_keys(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    const char *model = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "model_name");
+    const char *ps = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "page_size");
+    const char *tok = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "page_token");
+    const char *ad = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "adapter");
+    long page = ps ? strtol(ps, NULL, 10) : 500, idx = ad ? strtol(ad, NULL, 10) : 0;
+    if (!model || !*model || page < 1 || page > 10000 || idx < 0 || !srv->h.l2_keys) {
+        reply_json(out, 400, json_pack("{s:s}", "error", "model_name (and page_size 1..10000) required"));
+        return;
+    }
+    unsigned st = 200;
+    json_t *j = srv->h.l2_keys(srv->h.ctx, model, (size_t)page, tok, (size_t)idx, &st);
+    reply_json(out, st, j);
+}
+
+static void r_delete_objects(struct http_server *srv, struct MHD_Connection *c, struct http_reply *out)
+{
+    (void)c;
+    struct body *b = out->req_body;
+    if (!b || b->too_big || !srv->h.delete_objects) {
+        reply_json(out, b && b->too_big ? 413 : 400, json_pack("{s:s}", "error", "a JSON body is required"));
+        return;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(b->buf ? b->buf : "", b->len, 0, &je);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        reply_json(out, 400, json_pack("{s:s, s:s}", "error", "invalid JSON body", "detail", je.text));
+        return;
+    }
+    unsigned st = 200;
+    json_t *r = srv->h.delete_objects(srv->h.ctx, j, &st);
+    json_decref(j);
+    reply_json(out, st, r);
+}
+
 static const struct route {
     const char *method;
     const char *path; /* also served under /api */
@@ -177,7 +256,10 @@ static const struct route {
     { "GET", "/conf", r_conf, 0 },
     { "GET", "/version", r_version, 0 },
     { "GET", "/metrics", r_metrics, 0 },
+    { "GET", "/dashboard", r_dashboard, 0 },
     { "POST", "/clear-cache", r_clear, R_MUTATES },
+    { "GET", "/l2/keys", r_l2_keys, 0 },
+    { "DELETE", "/cache/objects", r_delete_objects, R_MUTATES },
     { "GET", "/plugins", r_plugins, 0 },
     { "POST", "/plugins/restart", r_plugin_restart, R_MUTATES },
 };
@@ -210,6 +292,14 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *r
     }
     r->body = NULL; /* owned by the response now */
     MHD_add_response_header(resp, "Content-Type", r->ctype ? r->ctype : "application/json");
+    if (r->ctype && !strncmp(r->ctype, "text/html", 9)) {
+        /* the dashboard: its own inline script and style, fetches to this origin, nothing else */
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
+        MHD_add_response_header(resp, "Cache-Control", "no-store");
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    }
     if (challenge)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"lmcd\"");
     enum MHD_Result rc = MHD_queue_response(c, r->status, resp);
@@ -224,14 +314,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   void **con_cls)
 {
     (void)version;
-    (void)upload_data;
     struct http_server *srv = cls;
+    bool takes_body = !strcmp(method, "DELETE");
     if (!*con_cls) { /* first call: headers only; bodies come next */
-        *con_cls = &marker;
+        *con_cls = takes_body ? calloc(1, sizeof(struct body)) : (void *)&marker;
+        if (!*con_cls)
+            return MHD_NO;
         if (strcmp(method, "GET") && strcmp(method, "HEAD"))
             return MHD_YES;
     }
-    if (*upload_data_size) { /* lmcd's routes take no body: drain and ignore it */
+    if (*upload_data_size) { /* kept for the routes that read a body, else drained */
+        struct body *b = takes_body ? *con_cls : NULL;
+        if (b && !b->too_big) {
+            char *nb = b->len + *upload_data_size <= BODY_MAX ? realloc(b->buf, b->len + *upload_data_size) : NULL;
+            if (nb) {
+                memcpy(nb + b->len, upload_data, *upload_data_size);
+                b->buf = nb;
+                b->len += *upload_data_size;
+            } else {
+                b->too_big = true;
+            }
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -239,10 +342,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
      * so a body trickled in slowly is as evictable as slow headers. */
     http_gov_request_started(srv, c);
     struct http_reply r = { 0 };
+    r.req_body = takes_body ? *con_cls : NULL;
     int known;
+    static const struct route metrics_route = { "GET", "/metrics", r_metrics, 0 };
     const struct route *rt = find_route(url, method, &known);
     const char *why = NULL;
     unsigned deny = rt && (rt->flags & R_MUTATES) ? http_auth_mutation(srv, c, &why) : 0;
+    if (srv->h.metrics_only) {
+        known = 1;
+        deny = 0;
+        rt = (!strcmp(method, "GET") || !strcmp(method, "HEAD")) ? &metrics_route : NULL;
+    }
     if (deny)
         reply_json(&r, deny, json_pack("{s:s, s:s}", "error", deny == 401 ? "unauthorized" : "forbidden", "reason", why));
     else if (rt)
@@ -265,6 +375,18 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = 0;
     log_warn("libmicrohttpd: %s", msg);
+}
+
+/* Frees a request's body, then the governor's bookkeeping. */
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    if (*con_cls && *con_cls != &marker) {
+        struct body *b = *con_cls;
+        free(b->buf);
+        free(b);
+        *con_cls = &marker;
+    }
+    http_gov_request_done(cls, c, con_cls, toe);
 }
 
 static void free_hosts(char **l)
@@ -338,7 +460,7 @@ int http_start(const struct http_opts *o, const struct http_handlers *h, struct 
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : 10),
                               MHD_OPTION_CONNECTION_LIMIT, cap + cap / 4 + 8, MHD_OPTION_NOTIFY_CONNECTION,
                               http_gov_notify, srv,
-                              MHD_OPTION_NOTIFY_COMPLETED, http_gov_request_done, srv, MHD_OPTION_END);
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->d) {
         http_free(srv);

@@ -10,8 +10,15 @@
  *   GET  /config             the aggregated config tree (as plugins get it)
  *   GET  /conf               the same under LMCache's /conf names
  *   GET  /version            {"version", "server", "protocol"}
- *   GET  /metrics            Prometheus text
+ *   GET  /metrics            Prometheus text (404 when metrics are disabled)
+ *   GET  /dashboard          the live dashboard (one HTML page built into
+ *                            the binary); also GET / when Accept asks for
+ *                            text/html before JSON
  *   POST /clear-cache        force-clears L1 -> {"status":"ok"}
+ *   GET  /l2/keys?model_name=M&page_size=500&page_token=T&adapter=0
+ *                            one page of an L2 adapter's keys (501 if it cannot list)
+ *   DELETE /cache/objects    body {"keys":[LMCache key strings], "tier":"l1"|"l2"|"all",
+ *                            "force":false} -> counts removed per tier
  *   GET  /plugins            plugin states (JSON array)
  *   POST /plugins/restart?path=P
  * Unknown paths: 404 {"error":"not found","path":...}; a known path with
@@ -45,6 +52,14 @@ struct http_handlers {
     int (*clear)(void *ctx);                        /* 0 or -errno */
     json_t *(*plugins)(void *ctx);                  /* new reference; NULL = [] */
     int (*plugin_restart)(void *ctx, const char *path); /* 0, -ENOENT */
+    /* L2 (docs/l2.md): new references; *status gets the HTTP status. NULL = 404. */
+    json_t *(*l2_keys)(void *ctx, const char *model, size_t page_size, const char *cursor, size_t adapter,
+                       unsigned *status);
+    json_t *(*delete_objects)(void *ctx, const json_t *body, unsigned *status);
+    /* A metrics-only listener (--prometheus-port): every path answers the
+     * Prometheus text, as prometheus_client's server does; only
+     * `metrics` is called. */
+    bool metrics_only;
 };
 
 struct http_server;

@@ -155,6 +155,8 @@ void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o)
 /* A READY object's holders expired: it becomes unlocked. */
 static void drop_holders(struct l1 *l1, struct l1_obj *o)
 {
+    if (o->holders)
+        l1->st.expired_read_locks++; /* readers that never released: a metric to alert on */
     o->holders = 0;
     if (o->q.next && o->state == L1_OBJ_READY) {
         list_del(&o->q);
@@ -1011,7 +1013,7 @@ int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size
     return done;
 }
 
-int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n)
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, bool force)
 {
     if (n && !keys)
         return -EINVAL;
@@ -1020,10 +1022,15 @@ int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, siz
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
         struct l1_obj *o = ready_find(l1, &keys[i]);
-        if (o && (!ids || o->id == ids[i]) && l1_evictable_locked(o, now)) {
+        if (!o || (ids && o->id != ids[i]))
+            continue;
+        if (l1_evictable_locked(o, now))
             obj_free(l1, o);
-            done++;
-        }
+        else if (force)
+            obj_make_pending(l1, o); /* freed when its last holder unlocks */
+        else
+            continue;
+        done++;
     }
     pthread_mutex_unlock(&l1->mu);
     return done;

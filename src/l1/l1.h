@@ -226,8 +226,10 @@ int l1_clear(struct l1 *l1, bool force);
 int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, uint64_t writer);
 /* Frees READY objects that nobody holds (skip_l1 after an L2 store, DELETE
  * /cache/objects). ids may be NULL (any object under the key); with ids a
- * newer object under the key is left alone. Returns the number freed. */
-int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n);
+ * newer object under the key is left alone. force: a held object leaves the
+ * index now and is freed when its last holder unlocks (as clear(true)).
+ * Returns the number removed. */
+int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n, bool force);
 
 struct l1_stats {
     uint64_t total_object_count;  /* READY + live reservations */
@@ -246,6 +248,7 @@ struct l1_stats {
     uint64_t demand_evicted_count;
     uint64_t alloc_failures;      /* keys answered L1_NOMEM */
     uint64_t expired_reservations;
+    uint64_t expired_read_locks;  /* objects whose read holders outlived read_ttl */
     uint64_t eviction_rounds;     /* background ticks */
     uint64_t eviction_rounds_triggered;
     uint64_t segment_losses;      /* truncations of the segment detected */

@@ -43,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "l1/l1_commit.h"
 #include "l1/l1_guard.h"
 #include "util/log.h"
 
@@ -389,6 +390,9 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
         log_debug("madvise(MADV_DONTFORK) on the L1 segment: %s", strerror(errno));
     if (!lazy)
         lock_pages(s);
+    if (lazy && (rc = l1_commit_start(fd, size, &s->commit)) < 0)
+        log_warn("L1 segment /%s: no commit-ahead thread (%s); pages are committed per reservation", s->name,
+                 strerror(-rc));
     log_info("L1 segment /%s: %" PRIu64 " bytes, mode %04o%s%s, %s%s, owner lock held", s->name,
              size, (unsigned)mode, group ? ", group " : "", group ? group : "",
              lazy ? "lazy" : "pre-faulted", s->mlocked ? ", locked" : "");
@@ -420,7 +424,7 @@ int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len)
 {
     if (len == 0)
         return 0;
-    int rc = s->lazy ? fallocate_keep(s->fd, off, len) : 0;
+    int rc = !s->lazy ? 0 : s->commit ? l1_commit_back(s->commit, off, len) : fallocate_keep(s->fd, off, len);
     if (rc == 0 && !l1_shm_intact(s))
         rc = -EIO; /* pages past a truncation would fault: never hand them out */
     return rc;
@@ -441,11 +445,14 @@ int l1_shm_restore(struct l1_shm *s)
     s->mlocked = false;
     if (!s->lazy)
         lock_pages(s);
+    l1_commit_reset(s->commit); /* the truncation took every page: nothing is backed now */
     return 0;
 }
 
 void l1_shm_destroy(struct l1_shm *s)
 {
+    l1_commit_stop(s->commit); /* before the fd it backs through closes */
+    s->commit = NULL;
     l1_guard_unregister(s->guard);
     if (s->base) {
         if (s->mlocked)

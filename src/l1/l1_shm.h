@@ -88,6 +88,7 @@ struct l1_shm {
     uint64_t size;
     uint64_t meta_bytes; /* header + table: committed at create and restore */
     int fd;              /* open for life: holds the owner lock, backs ranges */
+    struct l1_commit *commit; /* lazy: which regions are backed, commit-ahead (l1_commit.h) */
     uint64_t dev, ino;   /* the inode we created */
     uint8_t instance_id[16];
     struct l1_guard *guard;
@@ -108,7 +109,9 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
                   uint64_t meta_bytes, bool lazy);
 /* Commits the tmpfs pages behind [off, off+len) now, so a write into them
  * can never raise SIGBUS because /dev/shm filled up. 0, -ENOSPC (no room),
- * -EIO (the segment was truncated), -errno. Thread-safe; takes no lock. */
+ * -EIO (the segment was truncated), -errno. Ranges backed before cost no
+ * fallocate, and the space after each range is backed ahead by a thread
+ * (l1_commit.h). Thread-safe. */
 int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len);
 /* False when another process truncated the segment (fstat shorter than
  * its size, or an access faulted: l1_guard). Takes no lock. */

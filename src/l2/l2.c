@@ -25,6 +25,15 @@ const struct l2_ops *l2_ops_find(const char *type)
     return NULL;
 }
 
+void l2_ops_names(char *buf, size_t cap)
+{
+    size_t o = 0;
+    if (cap)
+        buf[0] = 0;
+    for (size_t i = 0; i < REG_MAX && registry[i] && o < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "", registry[i]->type);
+}
+
 int l2_ops_register(const struct l2_ops *ops)
 {
     if (l2_ops_find(ops->type))

@@ -218,6 +218,8 @@ L2_BACKENDS(L2_DECLARE_OPS)
 
 /* The ops serving `type`, or NULL. */
 const struct l2_ops *l2_ops_find(const char *type);
+/* The registered type names, comma-separated, into buf ("mock, fs"). */
+void l2_ops_names(char *buf, size_t cap);
 /* Adds ops for a type at run time (tests); -EEXIST if the type is taken,
  * -ENOSPC past 16. Not thread-safe: call before any adapter is created. */
 int l2_ops_register(const struct l2_ops *ops);

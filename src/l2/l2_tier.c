@@ -25,11 +25,12 @@ enum kstate { K_NONE, K_LOADING, K_LOADED, K_FAILED, K_EXISTS };
 enum phase { P_QUEUED, P_LOOKUP, P_LOAD, P_DONE };
 
 struct sjob {
-    struct sjob *next;
+    struct sjob *next;   /* queue link, then in-flight list link (guarded by t->mu) */
     struct l2_tier *t;
     size_t n, nl;
     struct l1_key *keys;
     struct l1_ref *refs;
+    uint32_t *holders;   /* read holders taken per key, renewals included (guarded by t->mu) */
     struct l2_key *lk;
     struct iovec *iov;
     atomic_int pending;
@@ -84,6 +85,8 @@ struct l2_tier {
     bool stopping;
     /* store controller (guarded by mu) */
     struct sjob *sq_head, *sq_tail;
+    struct sjob *st_inflight; /* read-locked jobs whose adapters are still reading */
+    uint64_t store_renew_ns;
     size_t pending_keys;
     int store_tasks;
     pthread_t store_th, pf_th;
@@ -100,6 +103,13 @@ struct l2_tier {
 
 static void wake_store(struct l2_tier *t) { pthread_cond_signal(&t->store_cv); }
 
+/* Waits on cv (a CLOCK_MONOTONIC condvar) until signalled or clock_mono_ns() reaches deadline. */
+static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t deadline_ns)
+{
+    struct timespec ts = { (time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull) };
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 /* ================================================================ store */
 
 static void sjob_free(struct sjob *j)
@@ -108,6 +118,7 @@ static void sjob_free(struct sjob *j)
         return;
     free(j->keys);
     free(j->refs);
+    free(j->holders);
     free(j->lk);
     free(j->iov);
     free(j->model);
@@ -117,13 +128,21 @@ static void sjob_free(struct sjob *j)
 static void sjob_finish(struct sjob *j)
 {
     struct l2_tier *t = j->t;
-    l1_unlock_refs(t->l1, j->keys, j->refs, j->nl, 1);
+    pthread_mutex_lock(&t->mu);
+    for (struct sjob **pp = &t->st_inflight; *pp; pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+    for (size_t i = 0; i < j->nl; i++) /* no renewal can run now: it is off the list */
+        l1_unlock_refs(t->l1, &j->keys[i], &j->refs[i], 1, j->holders[i]);
     if (t->skip_l1 && atomic_load(&j->all_ok)) {
         uint64_t *ids = malloc(j->nl * sizeof(*ids));
         if (ids) {
             for (size_t i = 0; i < j->nl; i++)
                 ids[i] = j->refs[i].id;
-            l1_remove(t->l1, j->keys, ids, j->nl);
+            l1_remove(t->l1, j->keys, ids, j->nl, false);
             free(ids);
         }
     }
@@ -203,9 +222,10 @@ void l2_tier_stored(struct l2_tier *t, const char *model, size_t model_len, cons
 static void store_submit(struct l2_tier *t, struct sjob *j)
 {
     j->refs = malloc(j->n * sizeof(*j->refs));
+    j->holders = malloc(j->n * sizeof(*j->holders));
     j->lk = malloc(j->n * sizeof(*j->lk));
     j->iov = malloc(j->n * sizeof(*j->iov));
-    if (!j->refs || !j->lk || !j->iov) {
+    if (!j->refs || !j->holders || !j->lk || !j->iov) {
         pthread_mutex_lock(&t->mu);
         t->st_dropped_keys += j->n;
         pthread_mutex_unlock(&t->mu);
@@ -218,6 +238,7 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
         if (l1_lock(t->l1, &j->keys[i], 1, 1, &j->refs[nl]) < 0)
             continue; /* evicted or cleared meanwhile */
         j->keys[nl] = j->keys[i];
+        j->holders[nl] = 1;
         struct l2_key *k = &j->lk[nl];
         k->model = j->model;
         k->model_len = j->ml;
@@ -242,6 +263,8 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
     atomic_init(&j->pending, (int)t->nads + 1); /* +1: ours until every submit is made */
     pthread_mutex_lock(&t->mu);
     t->store_tasks += (int)t->nads;
+    j->next = t->st_inflight;
+    t->st_inflight = j;
     pthread_mutex_unlock(&t->mu);
     for (size_t a = 0; a < t->nads; a++) {
         struct l2_cb cb = { store_done, j };
@@ -255,19 +278,46 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
         sjob_finish(j);
 }
 
+/* Under mu: a read lock lasts read_ttl; an adapter still reading a buffer
+ * near then (a stalled disk or Redis) gets it extended, so L1 never evicts
+ * what is being stored. One more holder per renewal, all released at the end. */
+static void store_renew_locked(struct l2_tier *t)
+{
+    for (struct sjob *j = t->st_inflight; j; j = j->next)
+        for (size_t i = 0; i < j->nl; i++) {
+            struct l1_ref r;
+            if (l1_lock(t->l1, &j->keys[i], 1, 1, &r) == 0) {
+                if (r.id == j->refs[i].id && r.lock_epoch == j->refs[i].lock_epoch)
+                    j->holders[i]++;
+                else /* another object, or our holders lapsed: not ours to keep */
+                    l1_unlock_refs(t->l1, &j->keys[i], &r, 1, 1);
+            }
+        }
+}
+
 static void *store_main(void *arg)
 {
     struct l2_tier *t = arg;
+    uint64_t next_renew = clock_mono_ns() + t->store_renew_ns;
     pthread_mutex_lock(&t->mu);
     for (;;) {
-        while (!t->stopping && (!t->sq_head || t->store_tasks >= t->store_max_tasks))
-            pthread_cond_wait(&t->store_cv, &t->mu);
+        for (;;) {
+            uint64_t now = clock_mono_ns();
+            if (now >= next_renew) {
+                store_renew_locked(t);
+                next_renew = now + t->store_renew_ns;
+            }
+            if (t->stopping || (t->sq_head && t->store_tasks < t->store_max_tasks))
+                break;
+            wait_until(&t->store_cv, &t->mu, next_renew);
+        }
         if (t->stopping)
             break;
         struct sjob *j = t->sq_head;
         t->sq_head = j->next;
         if (!t->sq_head)
             t->sq_tail = NULL;
+        j->next = NULL;
         t->pending_keys -= j->n;
         pthread_mutex_unlock(&t->mu);
         store_submit(t, j);
@@ -481,8 +531,9 @@ static void pf_start(struct l2_tier *t, struct preq *p)
     }
 }
 
-/* Unlocks, per adapter, the planned keys [from, n) it holds for p. */
-static void unlock_adapters(struct l2_tier *t, struct preq *p, size_t from, bool only_not_loading)
+/* Unlocks, per adapter, the planned keys [from, n) it holds for p; with st,
+ * only those not still loading in that snapshot (their callback unlocks them). */
+static void unlock_adapters(struct l2_tier *t, struct preq *p, size_t from, const enum kstate *st)
 {
     size_t n = p->r.n;
     struct l2_key *ks = malloc((n ? n : 1) * sizeof(*ks));
@@ -491,7 +542,7 @@ static void unlock_adapters(struct l2_tier *t, struct preq *p, size_t from, bool
     for (size_t a = 0; a < t->nads; a++) {
         size_t m = 0;
         for (size_t i = from; i < n; i++)
-            if (p->found[a * n + i] && (!only_not_loading || p->st[i] != K_LOADING)) {
+            if (p->found[a * n + i] && (!st || st[i] != K_LOADING)) {
                 ks[m++] = p->lk[i];
                 p->found[a * n + i] = 0;
             }
@@ -579,59 +630,71 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
             l1_abort(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer);
             p->st[i] = K_FAILED;
         }
-    unlock_adapters(t, p, got * w, false);
+    unlock_adapters(t, p, got * w, NULL);
     for (size_t i = 0; i < got * w; i++) /* already in L1: the adapter's copy is not needed */
         if (p->st[i] == K_EXISTS && p->src[i] >= 0 && p->found[(size_t)p->src[i] * n + i]) {
             l2_unlock(t->ads[(size_t)p->src[i]], &p->lk[i], 1);
             p->found[(size_t)p->src[i] * n + i] = 0;
         }
-    /* one load task per adapter */
+    /* one load task per adapter, built before any is submitted: once one is
+     * out, its callback may change p->st (under mu) */
     uint8_t *base = l1_base(t->l1);
-    struct iovec *iov = malloc((got ? got * w : 1) * sizeof(*iov));
-    struct l2_key *ks = malloc((got ? got * w : 1) * sizeof(*ks));
+    struct dctx *ctxs[MAX_ADAPTERS] = { 0 };
     int tasks = 0;
-    pthread_mutex_lock(&t->mu);
-    p->loads_left = 1; /* ours until every submit is made */
-    pthread_mutex_unlock(&t->mu);
-    for (size_t a = 0; iov && ks && a < t->nads; a++) {
+    for (size_t a = 0; a < t->nads; a++) {
         size_t m = 0;
         for (size_t i = 0; i < got * w; i++)
-            if (p->st[i] == K_LOADING && p->src[i] == (int8_t)a)
-                m++;
+            m += p->st[i] == K_LOADING && p->src[i] == (int8_t)a;
         if (!m)
             continue;
         struct dctx *c = malloc(sizeof(*c) + m * sizeof(size_t));
-        if (!c)
-            continue;
-        c->p = p;
-        c->a = (int)a;
-        c->n = 0;
-        for (size_t i = 0; i < got * w; i++)
-            if (p->st[i] == K_LOADING && p->src[i] == (int8_t)a) {
-                c->idx[c->n] = i;
-                ks[c->n] = p->lk[i];
-                iov[c->n].iov_base = base + p->res[i].offset;
-                iov[c->n].iov_len = p->r.obj_size;
-                c->n++;
+        if (c)
+            c->n = 0;
+        for (size_t i = 0; i < got * w; i++) {
+            if (p->st[i] != K_LOADING || p->src[i] != (int8_t)a)
+                continue;
+            if (!c) { /* no memory for the task: these keys fail */
+                l1_abort(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer);
+                p->st[i] = K_FAILED;
+                continue;
             }
-        pthread_mutex_lock(&t->mu);
-        p->loads_left++;
-        pthread_mutex_unlock(&t->mu);
-        struct l2_cb cb = { load_done, c };
-        if (l2_submit_load(t->ads[a], ks, iov, m, &cb, NULL) < 0) {
-            struct l2_result r = { 0, -EIO, m, NULL, 0 };
-            load_done(c, &r);
-        } else {
+            c->idx[c->n++] = i;
+        }
+        if (c) {
+            c->p = p;
+            c->a = (int)a;
+            ctxs[a] = c;
             tasks++;
         }
     }
-    free(iov);
-    free(ks);
-    /* keys that got no task (ENOMEM above) fail */
     pthread_mutex_lock(&t->mu);
-    for (size_t i = 0; i < got * w; i++)
-        if (p->st[i] == K_LOADING && !tasks)
-            p->st[i] = K_FAILED;
+    p->loads_left = tasks + 1; /* +1: ours until every submit is made */
+    pthread_mutex_unlock(&t->mu);
+    for (size_t a = 0; a < t->nads; a++) {
+        struct dctx *c = ctxs[a];
+        if (!c)
+            continue;
+        struct iovec *iov = malloc(c->n * sizeof(*iov));
+        struct l2_key *ks = malloc(c->n * sizeof(*ks));
+        int rc = -ENOMEM;
+        if (iov && ks) {
+            for (size_t j = 0; j < c->n; j++) {
+                size_t i = c->idx[j];
+                ks[j] = p->lk[i];
+                iov[j].iov_base = base + p->res[i].offset;
+                iov[j].iov_len = p->r.obj_size;
+            }
+            struct l2_cb cb = { load_done, c };
+            rc = l2_submit_load(t->ads[a], ks, iov, c->n, &cb, NULL);
+        }
+        free(iov);
+        free(ks);
+        if (rc < 0) {
+            struct l2_result r = { 0, rc, c->n, NULL, 0 };
+            load_done(c, &r);
+        }
+    }
+    pthread_mutex_lock(&t->mu);
     bool now = --p->loads_left == 0;
     if (!now) {
         p->next = t->active;
@@ -676,7 +739,8 @@ static void pf_finish(struct l2_tier *t, struct preq *p, bool timed_out)
                 l1_abort(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer);
         }
     }
-    unlock_adapters(t, p, 0, true);
+    if (st)
+        unlock_adapters(t, p, 0, st);
     struct l1_ref *refs = malloc((keep ? keep : 1) * sizeof(*refs));
     size_t locked = 0;
     if (refs && keep) {
@@ -791,12 +855,7 @@ static void *pf_main(void *arg)
         }
         if (next_renew < wake)
             wake = next_renew;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t abs = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (wake - now);
-        ts.tv_sec = (time_t)(abs / 1000000000ull);
-        ts.tv_nsec = (long)(abs % 1000000000ull);
-        pthread_cond_timedwait(&t->pf_cv, &t->mu, &ts);
+        wait_until(&t->pf_cv, &t->mu, wake);
     }
     pthread_mutex_unlock(&t->mu);
     return NULL;
@@ -829,11 +888,12 @@ int l2_tier_create(const struct l2_tier_opts *o, struct l2_tier **out)
     struct l1_stats ls;
     l1_stats_get(t->l1, &ls);
     t->renew_ns = (uint64_t)(ls.write_ttl_s ? ls.write_ttl_s : 600) * 1000000000ull / 4;
+    t->store_renew_ns = (uint64_t)(ls.read_ttl_s ? ls.read_ttl_s : 300) * 1000000000ull / 3;
     pthread_mutex_init(&t->mu, NULL);
-    pthread_cond_init(&t->store_cv, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->store_cv, &ca);
     pthread_cond_init(&t->pf_cv, &ca);
     pthread_condattr_destroy(&ca);
     int rc = 0;

@@ -152,12 +152,12 @@ void srv_access_on_monitor(struct server *s)
         const char *ad = zmq_msg_data(&addr);
         if (event == ZMQ_EVENT_ACCEPT_FAILED && value == 0 && filtered(s)) {
             /* libzmq's credential filter closed it (it reports no errno) */
-            atomic_fetch_add(&s->stats.refused[SRV_REFUSED_IPC_PEER], 1);
+            metrics_add(MET_REFUSED + SRV_REFUSED_IPC_PEER, 1);
             log_rl(&refused_rl, LOG_WARNING,
                    "refused a connection on %.*s: the peer's uid/gid is not in --allowed-uids/--allowed-gids",
                    alen, ad);
         } else if (event == ZMQ_EVENT_ACCEPT_FAILED) {
-            atomic_fetch_add(&s->stats.refused[SRV_REFUSED_ACCEPT], 1);
+            metrics_add(MET_REFUSED + SRV_REFUSED_ACCEPT, 1);
             log_rl(&accept_rl, LOG_WARNING, "cannot accept a connection on %.*s: %s", alen, ad,
                    value ? strerror((int)value) : "closed by the peer");
         }
@@ -171,7 +171,7 @@ bool srv_access_refuse_op(struct server *s, struct srv_req *r)
     if (s->cfg->access.inline_ops ||
         (r->req.op != WIRE_OP_STORE_INLINE && r->req.op != WIRE_OP_RETRIEVE_INLINE))
         return false;
-    atomic_fetch_add(&s->stats.refused[SRV_REFUSED_INLINE_OP], 1);
+    metrics_add(MET_REFUSED + SRV_REFUSED_INLINE_OP, 1);
     log_rl(&inline_rl, LOG_WARNING, "%s refused: lmcd runs with --no-inline-ops (answered with 0 chunks)",
            r->req.op_name);
     wire_resp_safe(r->req.op, &r->resp);

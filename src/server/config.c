@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "l2/l2.h"
 #include "transfer/transfer.h"
 #include "util/log.h"
 #include "util/netaddr.h"
@@ -120,16 +121,20 @@ static const struct flag flags[] = {
       "storage_manager_config.eviction_config.eviction_ratio", 0, 1, NULL, "F",
       "share of used bytes freed per round, 0..1 (default 0.2)" },
     { "l2-store-policy", F_CHOICE, OFF(storage.l2_store_policy), G_STORAGE, "storage_manager_config.store_policy",
-      0, 0, store_policy_choices, "NAME", "L2 store policy: default or skip_l1 (L2 is served by a later lmcd)" },
+      0, 0, store_policy_choices, "NAME", "L2 store policy: default (write behind, keep L1) or skip_l1 (drop from L1 once stored)" },
     { "l2-prefetch-policy", F_CHOICE, OFF(storage.l2_prefetch_policy), G_STORAGE,
       "storage_manager_config.prefetch_policy", 0, 0, prefetch_policy_choices, "NAME",
-      "L2 prefetch policy: default or retain (validated; L2 is served by a later lmcd)" },
+      "L2 prefetch policy: default or retain (both keep loaded objects in L1 as ordinary objects)" },
     { "l2-prefetch-max-in-flight", F_INT, OFF(storage.l2_prefetch_max_in_flight), G_STORAGE,
       "storage_manager_config.prefetch_max_in_flight", 1, 1 << 20, NULL, "N",
       "concurrent L2 prefetch requests (default 8)" },
     { "l2-adapter", F_JSON_APPEND, OFF(storage.l2_adapters), G_STORAGE,
       "storage_manager_config.l2_adapter_config.adapters", 0, 0, NULL, "JSON",
-      "one L2 adapter per occurrence, a JSON object with \"type\" (mock, fs, resp); validated now, served by a later lmcd" },
+      "one L2 adapter per occurrence, a JSON object with \"type\" (docs/l2.md), in lookup order" },
+    /* L2 tier (lmcd, docs/l2.md) */
+    { "l2-prefetch-load-timeout", F_FLOAT, OFF(storage.l2_prefetch_load_timeout), G_STORAGE,
+      "storage_manager_config.prefetch_load_timeout", 0.001, 3600, NULL, "S",
+      "L2 prefetch deadline in seconds: a request is answered with what loaded by then (default 10)" },
     /* Observability group (LMCache) */
     { "disable-observability", F_SET_FALSE, OFF(obs.enabled), G_OBS, "obs_config.enabled", 0, 0, NULL, NULL,
       "master switch for metrics and event logging" },
@@ -144,7 +149,10 @@ static const struct flag flags[] = {
     { "event-bus-queue-size", F_INT, OFF(obs.max_queue_size), G_OBS, "obs_config.max_queue_size", 1, INT_MAX, NULL,
       "N", "event queue bound (default 10000)" },
     { "prometheus-port", F_INT, OFF(obs.prometheus_port), G_OBS, "obs_config.prometheus_port", 0, 65535, NULL,
-      "PORT", "kept for compatibility; lmcd serves /metrics on the HTTP port (default 9090)" },
+      "PORT", "also serve /metrics on this port (default 9090; 0 = only on the HTTP port)" },
+    /* Observability, lmcd only (obs engineer) */
+    { "prometheus-host", F_STR, OFF(obs.prometheus_host), G_OBS, NULL, 0, 0, NULL, "HOST",
+      "bind address of the --prometheus-port listener (default 127.0.0.1)" },
     /* HTTP group */
     { "http-host", F_STR, OFF(http.http_host), G_HTTP, "http_config.http_host", 0, 0, NULL, "HOST",
       "HTTP bind host (default 127.0.0.1; LMCache's is 0.0.0.0)" },
@@ -234,7 +242,6 @@ static const struct flag flags[] = {
 
 #define N_FLAGS (sizeof(flags) / sizeof(flags[0]))
 
-static const char *const l2_types[] = { "mock", "fs", "resp", "valkey", NULL };
 
 /* ---------------------------------------------------------------- errors */
 
@@ -311,6 +318,7 @@ static void set_defaults(struct lmcd_config *c)
     c->storage.l2_store_policy = xstrdup("default");
     c->storage.l2_prefetch_policy = xstrdup("default");
     c->storage.l2_prefetch_max_in_flight = 8;
+    c->storage.l2_prefetch_load_timeout = 10.0;
     c->obs.enabled = true;
     c->obs.metrics_enabled = true;
     c->obs.logging_enabled = true;
@@ -318,6 +326,7 @@ static void set_defaults(struct lmcd_config *c)
     c->obs.otlp_endpoint = NULL;
     c->obs.max_queue_size = 10000;
     c->obs.prometheus_port = 9090;
+    c->obs.prometheus_host = xstrdup("127.0.0.1");
     c->http.enabled = true;
     c->http.http_host = xstrdup("127.0.0.1");
     c->http.http_port = 8080;
@@ -357,6 +366,7 @@ void config_free(struct lmcd_config *c)
     free(c->storage.l2_prefetch_policy);
     free(c->obs.otlp_endpoint);
     free(c->http.http_host);
+    free(c->obs.prometheus_host);
     free(c->access.ipc_mode);
     free(c->access.allowed_uids);
     free(c->access.allowed_gids);
@@ -472,9 +482,9 @@ static int check_adapter(struct perr *pe, json_t *v, size_t index)
         fail(pe, "--l2-adapter #%zu: missing 'type'", index);
         return -EINVAL;
     }
-    if (!json_is_string(t) || !in_choices(l2_types, json_string_value(t))) {
+    if (!json_is_string(t) || !l2_ops_find(json_string_value(t))) {
         char buf[128];
-        choices_text(l2_types, buf, sizeof(buf));
+        l2_ops_names(buf, sizeof(buf));
         fail(pe, "--l2-adapter #%zu: unknown L2 adapter type %s%s%s (known types: %s)", index,
              json_is_string(t) ? "'" : "", json_is_string(t) ? json_string_value(t) : "(not a string)",
              json_is_string(t) ? "'" : "", buf);

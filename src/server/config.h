@@ -78,6 +78,7 @@ struct cfg_storage {
     char *l2_store_policy;
     char *l2_prefetch_policy;
     int l2_prefetch_max_in_flight;
+    double l2_prefetch_load_timeout; /* seconds */
 };
 
 struct cfg_obs {
@@ -87,7 +88,8 @@ struct cfg_obs {
     bool tracing_enabled;
     char *otlp_endpoint; /* NULL = unset */
     int max_queue_size;
-    int prometheus_port;
+    int prometheus_port;    /* 0 = no separate metrics listener */
+    char *prometheus_host;  /* lmcd: bind address of that listener (127.0.0.1) */
 };
 
 struct cfg_http {

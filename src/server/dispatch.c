@@ -166,7 +166,7 @@ static void h_register_kv_cache(struct server *s, struct srv_req *r)
         r->no_reply = true;
         return;
     }
-    atomic_fetch_add(&s->stats.bad[SRV_BAD_NO_CUDA], 1);
+    metrics_add(MET_BAD_INPUT + SRV_BAD_NO_CUDA, 1);
     if (nocuda_first(r->req.instance_id)) {
         char what[512];
         describe_descriptors(&r->req.reg, what, sizeof(what));
@@ -193,7 +193,7 @@ static void h_gpu_transfer(struct server *s, struct srv_req *r)
         r->no_reply = true;
         return;
     }
-    atomic_fetch_add(&s->stats.bad[SRV_BAD_NO_CUDA], 1);
+    metrics_add(MET_BAD_INPUT + SRV_BAD_NO_CUDA, 1);
     if (nocuda_first(r->req.instance_id))
         log_error("%s from instance %lld needs CUDA, which this lmcd lacks (%s): left unanswered (a reply without a "
                   "valid CUDA event would be taken for success); use mp_transfer_mode=engine_driven",
@@ -211,7 +211,6 @@ static void h_unregister(struct server *s, struct srv_req *r)
 
 static void h_report(struct server *s, struct srv_req *r)
 {
-    atomic_fetch_add(&s->stats.block_allocation_records, r->req.report.n_records);
     engine_report_block_allocation(s->engine, r->req.report.n_records);
     resp_none(r);
 }

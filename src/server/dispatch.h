@@ -47,6 +47,7 @@ struct srv_req {
     size_t bytes;   /* frames + decoded tokens, counted while in a pool */
     /* WAIT_PREFETCH_STATUS parking (loop only) */
     uint64_t deadline_ns;
+    uint64_t t0_ns; /* decoded at (latency histogram); 0 = not counted */
     struct srv_req *next;
     /* reply queue link */
     struct srv_req *qnext;

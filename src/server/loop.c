@@ -104,7 +104,7 @@ static void bad_input(struct server *s, const zmq_msg_t *id, enum srv_bad kind, 
         SRV_BAD_KINDS(SRV_BAD_TEXT_)
 #undef SRV_BAD_TEXT_
     };
-    atomic_fetch_add(&s->stats.bad[kind], 1);
+    metrics_add(MET_BAD_INPUT + (unsigned)kind, 1);
     uint32_t supp;
     if (!peer_log_ok(s, id, kind, &supp))
         return;
@@ -373,8 +373,10 @@ static void send_reply(struct server *s, struct srv_req *r)
         if (raw)
             send_inline_frames(s, r);
     }
-    atomic_fetch_add(&s->stats.replies, 1);
+    metrics_add(MET_REPLIES, 1);
 done:
+    if (r->t0_ns) /* one writer (this thread) per histogram shard: no shared line */
+        metrics_observe_ns(MET_H_OP_LATENCY + (unsigned)r->req.op, clock_mono_ns() - r->t0_ns);
     req_free(s, r);
 }
 
@@ -497,8 +499,8 @@ static void handle_decode_error(struct server *s, struct srv_req *r, int rc)
         return;
     }
     unsigned code = (unsigned)(-rc - WIRE_EFRAMES);
-    if (code < sizeof(s->stats.decode_errors) / sizeof(s->stats.decode_errors[0]))
-        atomic_fetch_add(&s->stats.decode_errors[code], 1);
+    if (code < 32)
+        metrics_add(MET_DECODE_ERRORS + code, 1);
     snprintf(what, sizeof(what), "%s%s%s", wire_strerror(rc), r->req.op_name ? " in " : "",
              r->req.op_name ? r->req.op_name : "");
     bad_input(s, &r->frames[0], SRV_BAD_DECODE, what);
@@ -535,7 +537,8 @@ static void dispatch(struct server *s, struct srv_req *r)
         handle_decode_error(s, r, rc);
         return;
     }
-    atomic_fetch_add(&s->stats.requests[r->req.op], 1);
+    metrics_add(MET_REQUESTS + (unsigned)r->req.op, 1);
+    r->t0_ns = clock_mono_ns();
     if (r->req.op == WIRE_OP_WAIT_PREFETCH_STATUS) {
         /* Never holds a pool thread: answered now, or parked on the loop. */
         if (dispatch_wait_ready(s, r)) {
@@ -795,7 +798,7 @@ int server_run(struct server *s)
     int n_items = srv_access_monitor(s) ? 4 : 3;
     for (;;) {
         items[0].events = can_read(s) ? ZMQ_POLLIN : 0;
-        int rc = zmq_poll(items, n_items, parked_timeout_ms(s));
+        int rc = zmq_poll(items, n_items, server_watchdog(s, parked_timeout_ms(s)));
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;

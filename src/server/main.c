@@ -7,7 +7,9 @@
  *   2. flags + --config -> one read-only struct lmcd_config
  *   3. engine: L1 segment, eviction controller, token hasher
  *   4. ZeroMQ ROUTER bound, pools started
- *   5. HTTP listens -> "LMCache cache server is running..."
+ *   5. HTTP listens (and the --prometheus-port metrics listener) ->
+ *      "LMCache cache server is running..." -> systemd READY=1 (sd_notify
+ *      protocol, when $NOTIFY_SOCKET is set; the loop sends WATCHDOG=1)
  *   6. runtime plugins launched (after HTTP listens, unlike LMCache, so a
  *      plugin can call the API at once)
  * Stop (SIGINT or SIGTERM; bounded):
@@ -39,6 +41,7 @@
 #include "server/server.h"
 #include "util/log.h"
 #include "util/pyjson.h"
+#include "util/sdnotify.h"
 #include "version.h"
 
 /* What a fast exit must not leave behind: the L1 segment and the plugins'
@@ -97,6 +100,7 @@ struct app {
     struct engine *engine;
     struct plugin_sup *plugins;
     struct http_server *http;
+    struct http_server *prom; /* --prometheus-port listener, or NULL */
 };
 
 static bool app_healthy(void *ctx)
@@ -125,8 +129,6 @@ static json_t *app_version(void *ctx)
                      wire_profile_name(a->srv.profile), "protocols", "lmcache-2604", "lmcache-2609");
 }
 
-static char *app_metrics(void *ctx) { return server_metrics_text(&((struct app *)ctx)->srv); }
-
 static int app_clear(void *ctx)
 {
     struct app *a = ctx;
@@ -135,14 +137,76 @@ static int app_clear(void *ctx)
     return engine_clear(a->engine, true);
 }
 
+/* GET /l2/keys (docs/l2.md). */
+static json_t *app_l2_keys(void *ctx, const char *model, size_t page_size, const char *cursor, size_t adapter,
+                           unsigned *status)
+{
+    struct app *a = ctx;
+    json_t *out = NULL;
+    int rc = a->engine ? engine_l2_keys(a->engine, adapter, model, page_size, cursor, &out) : -EAGAIN;
+    if (rc == 0)
+        return out;
+    *status = rc == -ENOTSUP ? 501 : rc == -ENOENT ? 404 : 503;
+    return json_pack("{s:s}", "error", rc == -ENOTSUP ? "this L2 adapter cannot list its keys"
+                                       : rc == -ENOENT ? "no such L2 adapter"
+                                                       : strerror(-rc));
+}
+
+/* DELETE /cache/objects {"keys":[...], "tier":"l1"|"l2"|"all", "force":bool}. */
+static json_t *app_delete_objects(void *ctx, const json_t *body, unsigned *status)
+{
+    struct app *a = ctx;
+    const json_t *keys = json_object_get(body, "keys");
+    const json_t *tier = json_object_get(body, "tier");
+    const json_t *force = json_object_get(body, "force");
+    size_t n = json_array_size(keys);
+    if (!json_is_array(keys) || n > 10000 || (tier && !json_is_string(tier)) || (force && !json_is_boolean(force))) {
+        *status = 400;
+        return json_pack("{s:s}", "error", "body: {\"keys\": [key strings, at most 10000], \"tier\": "
+                                           "\"l1\"|\"l2\"|\"all\", \"force\": bool}");
+    }
+    const char **v = calloc(n ? n : 1, sizeof(*v));
+    size_t m = 0;
+    for (size_t i = 0; v && i < n; i++)
+        if (json_is_string(json_array_get(keys, i)))
+            v[m++] = json_string_value(json_array_get(keys, i));
+    size_t l1 = 0, l2 = 0, invalid = n - m;
+    const char *t = tier ? json_string_value(tier) : "all";
+    int rc = !v ? -ENOMEM
+             : a->engine ? engine_delete_objects(a->engine, v, m, t, json_is_true(force), &l1, &l2, &invalid)
+                         : -EAGAIN;
+    invalid += n - m;
+    free(v);
+    if (rc < 0) {
+        *status = rc == -EINVAL ? 400 : 503;
+        return json_pack("{s:s}", "error", rc == -EINVAL ? "tier must be l1, l2 or all" : strerror(-rc));
+    }
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "status", "ok", "tier", t, "requested", (json_int_t)n,
+                     "l1_deleted", (json_int_t)l1, "l2_deleted", (json_int_t)l2, "invalid_keys", (json_int_t)invalid);
+}
+
 /*
  * a->plugins is read by HTTP threads (GET /plugins, POST /plugins/restart)
  * while main() publishes it after start-up and takes it away at shutdown.
  * A reader holds the lock for its whole call, so plugin_sup_stop() never
  * frees the supervisor under a snapshot in progress. Process-wide because
- * struct app is; taken only on those two routes and twice by main().
+ * struct app is; taken on those two routes, by /metrics and twice by main().
  */
 static pthread_rwlock_t plugins_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+/* NULL (the route answers 404) when metrics are off, as LMCache. */
+static char *app_metrics(void *ctx)
+{
+    struct app *a = ctx;
+    if (!a->cfg.obs.enabled || !a->cfg.obs.metrics_enabled)
+        return NULL;
+    pthread_rwlock_rdlock(&plugins_lock);
+    json_t *plugins = plugin_sup_snapshot(a->plugins);
+    pthread_rwlock_unlock(&plugins_lock);
+    char *text = server_metrics_text(&a->srv, plugins);
+    json_decref(plugins);
+    return text;
+}
 
 static json_t *app_plugins(void *ctx)
 {
@@ -232,11 +296,30 @@ static int start_http(struct app *a)
     static const struct http_handlers h0 = {
         .healthy = app_healthy, .status = app_status, .config = app_config, .conf = app_conf,
         .version = app_version, .metrics = app_metrics, .clear = app_clear, .plugins = app_plugins,
-        .plugin_restart = app_plugin_restart,
+        .plugin_restart = app_plugin_restart, .l2_keys = app_l2_keys, .delete_objects = app_delete_objects,
     };
     struct http_handlers h = h0;
     h.ctx = a;
     return http_start(&o, &h, &a->http);
+}
+
+/* /metrics on --prometheus-port too (LMCache's ZeroMQ-only entry point
+ * serves it there; `lmcache server` on the HTTP port: lmcd does both).
+ * Not fatal: a Prometheus or another lmcd may hold 9090 on this host. */
+static void start_prometheus(struct app *a)
+{
+    const struct cfg_obs *o = &a->cfg.obs;
+    if (!o->enabled || !o->metrics_enabled || o->prometheus_port == 0)
+        return;
+    struct http_handlers h = { .ctx = a, .metrics = app_metrics, .metrics_only = true };
+    /* read-only and scraped by one or two Prometheus servers: a few connections */
+    struct http_opts ho = { .host = o->prometheus_host, .port = o->prometheus_port, .max_connections = 16,
+                            .timeout_s = (unsigned)a->cfg.access.http_timeout_seconds };
+    if (http_start(&ho, &h, &a->prom))
+        log_warn("metrics stay on the HTTP port only: cannot listen on --prometheus-port %d (--prometheus-host %s)",
+                 o->prometheus_port, o->prometheus_host);
+    else
+        log_info("Prometheus metrics on http://%s:%d/metrics", o->prometheus_host, o->prometheus_port);
 }
 
 static int start_engine(struct app *a)
@@ -265,6 +348,10 @@ static int start_engine(struct app *a)
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
         .clock = NULL,
+        .l2_adapters = c->storage.l2_adapters,
+        .l2_store_policy = c->storage.l2_store_policy,
+        .l2_prefetch_max_in_flight = c->storage.l2_prefetch_max_in_flight,
+        .l2_load_timeout_ms = (uint32_t)(c->storage.l2_prefetch_load_timeout * 1000.0),
     };
     int rc = engine_create(&o, &a->engine);
     if (rc)
@@ -299,9 +386,6 @@ static void start_plugins(struct app *a)
 
 static void warn_unserved_config(const struct lmcd_config *c)
 {
-    if (json_array_size(c->storage.l2_adapters))
-        log_warn("%zu --l2-adapter given: validated, but this lmcd serves L1 only; L2 tiers come with a later "
-                 "release", json_array_size(c->storage.l2_adapters));
     if (c->obs.tracing_enabled)
         log_warn("--enable-tracing: validated, but this lmcd sends no OTLP spans yet");
 }
@@ -317,6 +401,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    sdnotify_init(); /* before any thread: it unsets NOTIFY_SOCKET for children */
 
     switch (config_load(&a.cfg, argc, argv, stdout, stderr)) {
     case CONFIG_EXIT_OK: return 0;
@@ -364,11 +449,17 @@ int main(int argc, char **argv)
     log_info("LMCache ZMQ cache server is running on %s", a.srv.endpoint);
     if (start_http(&a))
         goto out;
+    start_prometheus(&a);
     log_info("LMCache cache server is running...");
+    int nrc = sdnotify_send("READY=1\nSTATUS=serving");
+    if (nrc)
+        log_warn("cannot tell systemd we are ready ($NOTIFY_SOCKET): %s", strerror(-nrc));
+    a.srv.watchdog_ns = sdnotify_watchdog_ns();
     start_plugins(&a);
 
     int sig = server_run(&a.srv);
     atomic_store(&a.srv.healthy, false); /* probes see 503 while we stop */
+    sdnotify_send("STOPPING=1");
     const char *seg = a.engine ? engine_shm_name(a.engine) : NULL;
     if (seg && *seg)
         snprintf(fast_exit_shm, sizeof(fast_exit_shm), "/%s", seg);
@@ -393,6 +484,8 @@ int main(int argc, char **argv)
 out:
     http_stop(a.http); /* before what its handlers read goes away */
     a.http = NULL;
+    http_stop(a.prom);
+    a.prom = NULL;
     stop_plugins(&a);
     server_destroy(&a.srv);
     engine_destroy(a.engine);

@@ -38,6 +38,7 @@
 #include <stdint.h>
 #include <zmq.h>
 
+#include "metrics/metrics.h"
 #include "server/config.h"
 #include "server/pool.h"
 #include "util/htab.h"
@@ -84,14 +85,15 @@ enum srv_shed { SRV_SHED_KINDS(SRV_SHED_ENUM_) SRV_SHED_COUNT };
 enum srv_refused { SRV_REFUSED_KINDS(SRV_REFUSED_ENUM_) SRV_REFUSED_COUNT };
 #undef SRV_REFUSED_ENUM_
 
-/* Counters: atomics, bumped by any thread, summed by nobody (one copy). */
+/* Counters live in src/metrics (per thread, summed at scrape): requests by
+ * op, replies, bad input by kind, decode errors, refusals, latency by op. */
+_Static_assert(WIRE_OP_COUNT <= MET_MAX_OPS, "metrics: raise MET_MAX_OPS");
+_Static_assert(SRV_BAD_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
+_Static_assert(SRV_REFUSED_COUNT <= MET_MAX_KINDS, "metrics: raise MET_MAX_KINDS");
+
+/* Sheds happen only under overload, off the normal request path: plain
+ * atomics, rendered beside the engine's own refusals (status.c). */
 struct srv_stats {
-    atomic_uint_fast64_t requests[WIRE_OP_COUNT]; /* decoded, by op */
-    atomic_uint_fast64_t replies;                 /* reply messages sent */
-    atomic_uint_fast64_t bad[SRV_BAD_COUNT];
-    atomic_uint_fast64_t decode_errors[32];       /* by wire error code - WIRE_EFRAMES */
-    atomic_uint_fast64_t block_allocation_records;
-    atomic_uint_fast64_t refused[SRV_REFUSED_COUNT];
     atomic_uint_fast64_t shed[SRV_SHED_COUNT];
 };
 
@@ -140,6 +142,8 @@ struct server {
     atomic_bool healthy;
     atomic_int stopping; /* 0 running, 1 draining, 2 stopped (no more sends) */
     uint64_t started_ns;
+    uint64_t watchdog_ns;      /* loop only: systemd WATCHDOG=1 every this/2; 0 = off */
+    uint64_t watchdog_next_ns; /* loop only */
 };
 
 /* Creates the context, binds the ROUTER, starts the pools. 0 or -errno
@@ -164,8 +168,12 @@ void server_destroy(struct server *s);
 
 /* Snapshots for HTTP (any thread). */
 json_t *server_status_json(struct server *s);
-/* Prometheus text, malloc'd. */
-char *server_metrics_text(struct server *s);
+/* Prometheus text, malloc'd; plugins: GET /plugins' array, or NULL. */
+char *server_metrics_text(struct server *s, json_t *plugins);
+
+/* Loop only (notify.c): sends systemd's WATCHDOG=1 when due and returns
+ * the poll timeout (ms, -1 = none) shortened to the next ping. */
+int server_watchdog(struct server *s, int timeout_ms);
 
 /* Called by the engine (any thread) when a lookup job finished. */
 void server_on_job_done(void *ctx, const char *request_id, size_t len);

@@ -9,6 +9,7 @@
  * a bool is not an int and an int is not a bool; str is never bin; a float
  * field accepts an int.
  */
+#include <endian.h>
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -263,28 +264,31 @@ static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out,
     for (uint32_t k = 0; k < n; k++) {
         /* The forms encoders give token ids (positive fixint, uint8/16/32),
          * read in place; anything else, and truncation, through mp_next. */
-        const uint8_t *p = r->p;
-        size_t left = mp_left(r);
-        if (left >= 1 && p[0] <= 0x7f) {
-            v[k] = p[0];
-            r->p += 1;
-            continue;
+        const uint8_t *p = r->p, *end = r->end;
+        for (; k < n; k++) {
+            if (p < end && p[0] <= 0x7f) {
+                v[k] = p[0];
+                p += 1;
+            } else if (end - p >= 5 && p[0] == 0xce) {
+                uint32_t be32;
+                memcpy(&be32, p + 1, 4);
+                v[k] = be32toh(be32);
+                p += 5;
+            } else if (end - p >= 3 && p[0] == 0xcd) {
+                uint16_t be16;
+                memcpy(&be16, p + 1, 2);
+                v[k] = be16toh(be16);
+                p += 3;
+            } else if (end - p >= 2 && p[0] == 0xcc) {
+                v[k] = p[1];
+                p += 2;
+            } else {
+                break;
+            }
         }
-        if (left >= 2 && p[0] == 0xcc) {
-            v[k] = p[1];
-            r->p += 2;
-            continue;
-        }
-        if (left >= 3 && p[0] == 0xcd) {
-            v[k] = (uint32_t)p[1] << 8 | p[2];
-            r->p += 3;
-            continue;
-        }
-        if (left >= 5 && p[0] == 0xce) {
-            v[k] = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
-            r->p += 5;
-            continue;
-        }
+        r->p = p;
+        if (k == n)
+            break;
         struct mp_obj o;
         if ((rc = wire_rd_typed(r, MP_INT, &o)) < 0)
             return rc;

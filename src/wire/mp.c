@@ -214,18 +214,19 @@ int mp_next(struct mp_rd *r, struct mp_obj *o)
 /* Bytes after the type byte of a fixed-size scalar (nil, bool, int, float),
  * or -1 for anything else. Lets skip() step over the long int arrays of
  * token ids without decoding each element (a 32K-token LOOKUP). */
-static int scalar_width(uint8_t c)
-{
-    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
-        return 0;
-    switch (c) {
-    case 0xcc: case 0xd0: return 1;
-    case 0xcd: case 0xd1: return 2;
-    case 0xca: case 0xce: case 0xd2: return 4;
-    case 0xcb: case 0xcf: case 0xd3: return 8;
-    default: return -1;
-    }
-}
+#define W1(c) [c] = 1 + 1
+#define W2(c) [c] = 2 + 1
+#define W4(c) [c] = 4 + 1
+#define W8(c) [c] = 8 + 1
+/* width + 1 per type byte; 0 = not a fixed-size scalar */
+static const uint8_t scalar_w1[256] = {
+    [0x00 ... 0x7f] = 1, [0xe0 ... 0xff] = 1, [0xc0] = 1, [0xc2] = 1, [0xc3] = 1,
+    W1(0xcc), W1(0xd0), W2(0xcd), W2(0xd1), W4(0xca), W4(0xce), W4(0xd2), W8(0xcb), W8(0xcf), W8(0xd3),
+};
+#undef W1
+#undef W2
+#undef W4
+#undef W8
 
 /* Skips one value. Recursion depth is bounded by WIRE_MAX_DEPTH, so the C
  * stack use is bounded too. `check_ext` rejects ext codes other than 1. */
@@ -243,13 +244,17 @@ static int skip(struct mp_rd *r, int depth, bool check_ext)
         return -WIRE_EDEPTH;
     uint64_t items = o.type == MP_MAP ? 2ull * o.n : o.n;
     for (uint64_t k = 0; k < items; k++) {
-        if (r->p < r->end) { /* a whole fixed-size scalar: step over it */
-            int w = scalar_width(*r->p);
-            if (w >= 0 && mp_left(r) > (size_t)w) {
-                r->p += 1 + w;
-                continue;
-            }
+        const uint8_t *p = r->p, *end = r->end;
+        while (k < items && p < end) { /* whole fixed-size scalars: step over them */
+            unsigned w1 = scalar_w1[*p];
+            if (!w1 || (size_t)(end - p) < w1)
+                break;
+            p += w1;
+            k++;
         }
+        r->p = p;
+        if (k == items)
+            break;
         if ((rc = skip(r, depth + 1, check_ext)) < 0) /* truncation and the rest: the full reader */
             return rc;
     }

@@ -100,6 +100,8 @@ class Lmcd:
         self.shm_name = args[args.index("--shm-name") + 1]
         self.args = [LMCD, "--host", "127.0.0.1", "--port", str(self.port),
                      "--http-host", "127.0.0.1", "--http-port", str(self.http_port)] + args
+        if "--prometheus-port" not in self.args:  # never the shared default 9090 in tests
+            self.args += ["--prometheus-port", "0"]
         full_env = dict(os.environ)
         full_env.setdefault("LMCACHE_LOG_LEVEL", "INFO")
         full_env["TMPDIR"] = RUN_TMP

@@ -156,3 +156,28 @@ def test_sigterm_with_a_backlog_stops_within_the_stop_timeout(lmcd_factory):
     # generous: 0.5 s of draining, one running LOOKUP, the replies, the rest of the stop
     print(f"stop took {took:.2f}s")
     assert took < 20, f"stop took {took:.1f}s"
+
+
+def test_global_in_flight_bytes_is_back_pressure(lmcd_factory):
+    cap = 1 << 20
+    s = lmcd_factory(["--chunk-size", str(CHUNK), "--l1-size-gb", "0.2", "--max-workers", "1",
+                      "--max-in-flight-bytes", str(cap)])
+    toks = list(range(CHUNKS * CHUNK))
+    n = 1200
+    with Client(s.url, timeout=120) as a:
+        fill_shards(a, "bp/m", toks)
+        payloads = heavy_lookups("bp/m", toks, n, "bp")
+        one = sum(len(f) for f in payloads[0]) + 4 * len(toks) + 64
+        uids = [a.submit_frames("lookup", p) for p in payloads]
+        seen = []
+        while len(seen) < 400:
+            pools = status(s)["server"]["pools"]
+            seen.append(pools["in_flight_bytes"])
+            if lookups_done(s) >= n - 50:
+                break
+        for u in uids:
+            assert a.wait(u, 120) is None, "held back, never refused"
+        shed = status(s)["server"]["shed_requests"]
+    assert max(seen) > cap // 2, f"the cap was never approached ({max(seen)} bytes): the test proves nothing"
+    assert max(seen) <= cap + one, f"{max(seen)} bytes in flight past the {cap} cap"
+    assert sum(shed.values()) == 0

@@ -123,7 +123,8 @@ def test_http_token_guards_mutations(lmcd_factory):
 
 def test_http_config_is_redacted_without_the_token(lmcd_factory):
     extra = '{"hf_token": "s3cret-one", "upstream": {"url": "http://inner:9/", "retries": 3}}'
-    adapter = '{"type": "resp", "host": "127.0.0.1", "password": "pw-two"}'
+    # no Redis listens there: the adapter starts and reconnects in the background
+    adapter = '{"type": "resp", "host": "127.0.0.1", "port": %d, "password": "pw-two"}' % conftest.free_port()
     for env, authed in (({}, False), ({"LMCD_HTTP_TOKEN": TOKEN}, False), ({"LMCD_HTTP_TOKEN": TOKEN}, True)):
         srv = lmcd_factory(server_args(["--runtime-plugin-config", extra, "--l2-adapter", adapter]), env=env)
         for path in ("/config", "/conf", "/api/config"):

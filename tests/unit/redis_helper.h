@@ -107,10 +107,12 @@ static inline void rh_spawn(struct rh *h, int i)
                              "--dir", h->dir, "--save", "", "--appendonly", "no",
                              "--logfile", "", "--loglevel", "warning" };
     int a = 15;
+    /* A generous node timeout: on a loaded 2-core CI box a 2 s one lets a
+     * master think it lost the majority and answer CLUSTERDOWN. */
     if (h->cluster) {
         const char *more[] = { "--cluster-enabled", "yes", "--cluster-port", bus, "--cluster-config-file",
                                conf, "--cluster-require-full-coverage", "no", "--cluster-node-timeout",
-                               "2000" };
+                               "10000" };
         for (size_t k = 0; k < sizeof(more) / sizeof(more[0]); k++)
             argv[a++] = more[k];
     }

@@ -298,3 +298,28 @@ Test(engine_bounds, expired_worker_sessions_give_their_memory_back)
 #endif
     engine_destroy(e);
 }
+
+/* A flood of worker requests for unknown request ids (each would make a
+ * session) takes at most half the session cap: LOOKUPs still find room. */
+Test(engine_bounds, worker_sessions_leave_room_for_lookups)
+{
+    struct engine *e = bounded(8, 0, 0);
+    te_register(e, 3, 1, false);
+    static uint32_t tok[4 * CHUNK];
+    te_tokens(tok, 4 * CHUNK, 12);
+    char rid[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(rid, sizeof(rid), "flood-%d", i);
+        struct engine_key k = te_key(tok, 4 * CHUNK, rid, 1, 0, 0, 4);
+        struct engine_slots s;
+        cr_assert_eq(engine_prepare_retrieve(e, &k, 3, &s), -ENOENT, "a miss, served");
+    }
+    cr_assert_eq(te_status_int(e, "active_sessions"), 4);
+    for (int i = 0; i < 4; i++) {
+        snprintf(rid, sizeof(rid), "lookup-%d", i);
+        do_lookup(e, tok, 4 * CHUNK, rid, 1, 0);
+    }
+    do_lookup(e, tok, 4 * CHUNK, "lookup-4", 1, -ENOSPC);
+    cr_assert_eq(te_status_int(e, "active_sessions"), 8);
+    engine_destroy(e);
+}

@@ -152,7 +152,8 @@ Test(l2_cluster_live, pipelined_batch_spreads_over_three_masters)
     }
     cr_assert_eq(l2_cluster_exec(c, cmd, N), N);
     for (int i = 0; i < N; i++) {
-        cr_assert_eq(cmd[i].reply->type, REDIS_REPLY_STATUS);
+        cr_assert_eq(cmd[i].reply->type, REDIS_REPLY_STATUS, "SET %d: %s", i,
+                     cmd[i].reply->type == REDIS_REPLY_ERROR ? cmd[i].reply->str : "not a status");
         freeReplyObject(cmd[i].reply);
         argv[i][0] = "GET";
         lens[i][0] = 3;
@@ -268,7 +269,7 @@ Test(l2_cluster_live, dead_master_fails_fast_and_recovers)
     cr_assert_eq(l2_cluster_health_down(&health), 1);
     uint64_t t0 = clock_mono_ms();
     cr_assert_eq(set_get(c, k[1], "y"), -ECONNREFUSED, "in backoff: fails at once");
-    cr_assert_lt(clock_mono_ms() - t0, 500);
+    cr_assert_lt(clock_mono_ms() - t0, 1000); /* bound for a loaded box; the point is the rc */
     cr_assert_eq(set_get(c, k[0], "y"), 0);
     cr_assert_eq(set_get(c, k[2], "y"), 0);
     /* Restart it on its port with its nodes file: the client reconnects
@@ -337,16 +338,16 @@ Test(l2_cluster_live, silent_server_times_out_then_backs_off)
     char node[32];
     snprintf(node, sizeof(node), "127.0.0.1:%d", ntohs(a.sin_port));
     struct l2_cluster *c = NULL;
-    struct l2_cluster_config cfg = { .nodes = node, .connect_timeout_ms = 300, .request_timeout_ms = 300 };
+    struct l2_cluster_config cfg = { .nodes = node, .connect_timeout_ms = 2000, .request_timeout_ms = 2000 };
     cr_assert_eq(l2_cluster_new(&cfg, &c), 0);
     uint64_t t0 = clock_mono_ms();
     cr_assert_eq(set_get(c, "k", "v"), -EIO);
     uint64_t took = clock_mono_ms() - t0;
-    cr_assert_geq(took, 250);
-    cr_assert_lt(took, 5000);
+    cr_assert_geq(took, 1900);
+    cr_assert_lt(took, 20000);
     t0 = clock_mono_ms();
     cr_assert_eq(set_get(c, "k", "v"), -ECONNREFUSED);
-    cr_assert_lt(clock_mono_ms() - t0, 100, "backoff answers without waiting");
+    cr_assert_lt(clock_mono_ms() - t0, 1000, "backoff answers without waiting out the 2 s timeout");
     l2_cluster_free(c);
     close(fd);
 }

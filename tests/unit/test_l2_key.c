@@ -113,3 +113,19 @@ Test(l2_key, format_refuses_bad_keys_and_short_buffers)
     int n = l2_key_format(b, sizeof(b), &k);
     cr_assert_eq(l2_key_format(b, (size_t)n + 1, &k), n, "exact fit");
 }
+
+Test(l2_key, worst_case_fits_the_name_bound)
+{
+    /* every model byte a '/' (5 bytes each as -SEP-), the longest salt */
+    static char model[L2_KEY_MODEL_MAX], salt[L2_KEY_SALT_MAX], b[L2_KEY_NAME_MAX], mb[L2_KEY_MODEL_MAX + 1];
+    memset(model, '/', sizeof(model));
+    memset(salt, 's', sizeof(salt));
+    struct l2_key k = { model, sizeof(model), salt, sizeof(salt), 0xffffffffu, 0xffffffffu, { 0 } }, p;
+    int n = l2_key_fs_name(b, sizeof(b), &k);
+    cr_assert_gt(n, 0);
+    cr_assert_eq(l2_key_parse_fs(b, (size_t)n, &p, mb, sizeof(mb), NULL), 0);
+    cr_assert(l2_key_equal(&k, &p));
+    cr_assert_gt(l2_key_format(b, sizeof(b), &k), 0);
+    k.model_len = L2_KEY_MODEL_MAX + 1;
+    cr_assert_eq(l2_key_format(b, sizeof(b), &k), -EINVAL);
+}

@@ -1,0 +1,65 @@
+/* l1_commit: ranges are backed once, the space after them ahead of use, and
+ * bad ranges refused. A memfd is a tmpfs file like the L1 segment; its
+ * st_blocks says which pages exist. (A full /dev/shm: tests/e2e/test_l1_shm_full.py.) */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "l1/l1_commit.h"
+
+#define MIB (1ull << 20)
+
+static uint64_t backed_bytes(int fd)
+{
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+Test(l1_commit, backs_whole_regions_then_ahead_forgets_on_reset_and_refuses_bad_ranges, .timeout = 30)
+{
+    int fd = memfd_create("l1_commit_test", MFD_CLOEXEC);
+    cr_assert(fd >= 0);
+    uint64_t size = 64 * MIB + 12345; /* a partial last region */
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    struct l1_commit *c;
+    cr_assert_eq(l1_commit_start(fd, size, &c), 0);
+    cr_assert_eq(backed_bytes(fd), 0);
+
+    cr_assert_eq(l1_commit_back(c, 4096, MIB), 0);
+    cr_assert_geq(backed_bytes(fd), MIB, "the reservation is backed at once");
+    /* commit-ahead: at least 16 MiB after the region, soon (bounded wait) */
+    for (int i = 0; i < 500 && backed_bytes(fd) < 18 * MIB; i++)
+        usleep(10000);
+    cr_assert_geq(backed_bytes(fd), 17 * MIB, "the space after it is committed ahead");
+    cr_assert_leq(backed_bytes(fd), 2 * MIB + 256 * MIB);
+
+    /* A whole region is remembered. A truncation (here: a hole punched by
+     * "someone else") takes the pages; the bitmap still says backed until a
+     * reset, then the region is backed again. */
+    cr_assert_eq(l1_commit_back(c, 2 * MIB, 2 * MIB), 0);
+    for (int i = 0; i < 500 && backed_bytes(fd) < 18 * MIB; i++) /* commit-ahead settles */
+        usleep(10000);
+    cr_assert_eq(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)(64 * MIB)), 0);
+    uint64_t gone = backed_bytes(fd);
+    cr_assert_lt(gone, MIB);
+    cr_assert_eq(l1_commit_back(c, 2 * MIB, 2 * MIB), 0);
+    cr_assert_eq(backed_bytes(fd), gone, "a backed region costs no fallocate");
+    l1_commit_reset(c);
+    cr_assert_eq(l1_commit_back(c, 2 * MIB, 2 * MIB), 0);
+    cr_assert_geq(backed_bytes(fd), 2 * MIB, "after a reset the region is backed again");
+
+    /* the tail region, partial */
+    cr_assert_eq(l1_commit_back(c, size - 100, 100), 0);
+    cr_assert_eq(l1_commit_back(c, 0, 0), 0);
+    cr_assert_eq(l1_commit_back(c, size, 1), -EINVAL);
+    cr_assert_eq(l1_commit_back(c, size - 10, 11), -EINVAL);
+    cr_assert_eq(l1_commit_back(c, 1, UINT64_MAX), -EINVAL);
+    l1_commit_stop(c);
+    l1_commit_stop(NULL);
+    close(fd);
+}
