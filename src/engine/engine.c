@@ -376,6 +376,12 @@ void engine_destroy(struct engine *e)
 int engine_chunk_size(const struct engine *e) { return e->o.chunk_size; }
 const char *engine_shm_name(const struct engine *e) { return l1_shm_name(e->l1); }
 
+void *engine_l1_base(const struct engine *e, uint64_t *size)
+{
+    *size = l1_pool_size(e->l1);
+    return l1_base(e->l1);
+}
+
 /* ------------------------------------------------------------ lookups */
 
 /* Keys a LOOKUP expands at once: memory stays this bound whatever the

@@ -122,6 +122,9 @@ struct engine_key {
 int engine_chunk_size(const struct engine *e);
 /* The L1 segment's name, without a leading slash (valid until destroy). */
 const char *engine_shm_name(const struct engine *e);
+/* The L1 segment in this process: base address and size (the GPU path
+ * pins it and copies chunk objects at slot offsets from it). */
+void *engine_l1_base(const struct engine *e, uint64_t *size);
 
 /* LOOKUP: starts (or replaces) the lookup job of key->request_id. -ENOSPC
  * when the session caps refuse it (its job then reads as 0 hits or unknown).

@@ -191,6 +191,7 @@ struct node {
     int port;
     char addr[272]; /* "host:port" for logs */
     redisContext *ctx;
+    bool answered;        /* ctx has delivered a reply since it connected */
     uint64_t retry_at_ms; /* while ctx == NULL after a failure */
     uint32_t backoff_ms;
 };
@@ -309,6 +310,10 @@ static struct timeval ms_tv(uint32_t ms)
 
 static void node_fail(struct l2_cluster *c, struct node *nd, const char *why)
 {
+    /* The first break of a connection that worked (a server restart leaves
+     * every idle connection dead) may reconnect at once and is not news;
+     * a failed connect, or a second failure in a row, backs off and is. */
+    bool was_healthy = nd->ctx && nd->answered;
     if (nd->ctx) {
         redisFree(nd->ctx);
         nd->ctx = NULL;
@@ -316,10 +321,11 @@ static void node_fail(struct l2_cluster *c, struct node *nd, const char *why)
     nd->backoff_ms = nd->backoff_ms ? nd->backoff_ms * 2 : BACKOFF_MIN_MS;
     if (nd->backoff_ms > BACKOFF_MAX_MS)
         nd->backoff_ms = BACKOFF_MAX_MS;
-    nd->retry_at_ms = clock_mono_ms() + nd->backoff_ms;
+    nd->retry_at_ms = was_healthy ? 0 : clock_mono_ms() + nd->backoff_ms;
     if (c->cfg.cluster)
         c->map_stale = true;
-    health_mark(c->cfg.health, nd->addr, true, why);
+    if (!was_healthy)
+        health_mark(c->cfg.health, nd->addr, true, why);
 }
 
 /* A status or error reply that should read "OK". */
@@ -328,13 +334,15 @@ static bool reply_ok(const redisReply *r)
     return r && r->type == REDIS_REPLY_STATUS && !strcasecmp(r->str, "OK");
 }
 
-/* Connects nd if needed. 0, or -ECONNREFUSED when down or in backoff. */
+/* Connects nd if needed. 0, -ECONNREFUSED when this attempt failed, or
+ * -EAGAIN when an earlier failure's backoff has not run out (nothing was
+ * tried: callers must not read it as fresh news that the node is down). */
 static int node_connect(struct l2_cluster *c, struct node *nd)
 {
     if (nd->ctx)
         return 0;
     if (nd->retry_at_ms && clock_mono_ms() < nd->retry_at_ms)
-        return -ECONNREFUSED;
+        return -EAGAIN;
     char why[160];
     redisReply *r = NULL;
     struct timeval ct = ms_tv(c->cfg.connect_timeout_ms ? c->cfg.connect_timeout_ms : 10000);
@@ -375,6 +383,7 @@ static int node_connect(struct l2_cluster *c, struct node *nd)
         r = NULL;
     }
     nd->ctx = ctx;
+    nd->answered = false;
     nd->backoff_ms = 0;
     nd->retry_at_ms = 0;
     health_mark(c->cfg.health, nd->addr, false, NULL);
@@ -440,6 +449,7 @@ int l2_cluster_refresh(struct l2_cluster *c)
             node_fail(c, nd, nd->ctx->errstr);
             continue;
         }
+        nd->answered = true;
         for (int s = 0; s < L2_CLUSTER_SLOTS; s++)
             fresh[s] = NODE_NONE;
         rc = parse_slots(c, nd, r, fresh);
@@ -518,9 +528,10 @@ static void run_node(struct l2_cluster *c, int ni, struct l2_cluster_cmd *cmds, 
                      const size_t *idx, size_t n, bool *again)
 {
     struct node *nd = &c->nodes[ni];
-    if (node_connect(c, nd) < 0) {
+    int crc = node_connect(c, nd);
+    if (crc < 0) {
         for (size_t k = 0; k < n; k++) {
-            cmds[idx[k]].err = -ECONNREFUSED;
+            cmds[idx[k]].err = crc;
             rt[idx[k]].done = true;
         }
         return;
@@ -558,6 +569,7 @@ static void run_node(struct l2_cluster *c, int ni, struct l2_cluster_cmd *cmds, 
             if (redisGetReply(nd->ctx, &raw) != REDIS_OK)
                 goto io_fail;
             redisReply *rep = raw;
+            nd->answered = true;
             bool ask = false;
             unsigned slot = 0;
             int to = c->cfg.cluster ? parse_redirect(c, rep, &ask, &slot) : -1;

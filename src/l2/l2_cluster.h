@@ -15,8 +15,10 @@
  *     SELECT db on each new connection, connect and request timeouts;
  *   - a node that fails (refused, reset, timed out, bad AUTH) is closed and
  *     left alone for a backoff (100 ms doubling to 5 s); commands for it fail
- *     at once with -ECONNREFUSED meanwhile, so a dead server costs a caller
- *     one timeout at most, then nothing.
+ *     at once with -EAGAIN meanwhile, so a dead server costs a caller one
+ *     timeout at most, then nothing. The first break of a connection that
+ *     had answered is not a node failure (a restarted server leaves idle
+ *     connections dead): it may reconnect at once and is not logged.
  *
  * Commands are run in batches: per node they are pipelined (a window of
  * bytes and count), so a batch of N commands costs about one round trip
@@ -96,7 +98,8 @@ void l2_cluster_free(struct l2_cluster *c);
 /* One command of a batch. argv[0] is the command name; key/keylen is the
  * routing key (usually argv[1]). Output: reply (the server's reply, possibly
  * an error reply other than MOVED/ASK; caller frees) or err (-ECONNREFUSED
- * node down or in backoff, -EIO connection lost or timed out mid-command,
+ * connecting failed now, -EAGAIN node in backoff after an earlier failure
+ * (not tried), -EIO connection lost or timed out mid-command,
  * -ELOOP too many redirects, -ENOMEM). */
 struct l2_cluster_cmd {
     const char *key;

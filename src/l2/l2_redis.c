@@ -205,7 +205,7 @@ static void task_free(struct rtask *t)
     free(t);
 }
 
-static bool conn_err(int err) { return err == -ECONNREFUSED || err == -EIO; }
+static bool conn_err(int err) { return err == -ECONNREFUSED || err == -EIO || err == -EAGAIN; }
 
 static void task_finish(struct l2_redis *r, struct rtask *t)
 {
@@ -274,7 +274,15 @@ static void run_part(struct worker *w, struct rpart *p)
     }
     if (m)
         l2_cluster_exec(w->cl, cmds, m);
-    size_t cfail = 0;
+    /* Every command lost to a connection that broke (e.g. the server
+     * restarted since this worker last used it): one more try on a fresh
+     * connection. SET, GET and EXISTS are idempotent. */
+    bool all_io = m > 0;
+    for (size_t j = 0; j < m; j++)
+        all_io = all_io && !cmds[j].reply && cmds[j].err == -EIO;
+    if (all_io)
+        l2_cluster_exec(w->cl, cmds, m);
+    size_t cfail = 0, tried = 0; /* tried: failures of a real attempt, not a backoff */
     uint64_t bytes = 0;
     for (size_t j = 0; j < m; j++) {
         size_t i = p->lo + j;
@@ -283,6 +291,7 @@ static void run_part(struct worker *w, struct rpart *p)
         struct l2_key k;
         if (!rep) {
             cfail += conn_err(cmds[j].err);
+            tried += cmds[j].err == -ECONNREFUSED || cmds[j].err == -EIO;
         } else if (t->op == OP_STORE) {
             ok = rep->type == REDIS_REPLY_STATUS && !strcasecmp(rep->str, "OK");
             if (ok) {
@@ -316,8 +325,11 @@ static void run_part(struct worker *w, struct rpart *p)
     if (m && cfail == m) {
         atomic_fetch_add(&t->conn_failed_parts, 1);
         /* Every command failed for a connection reason. Standalone: the
-         * server is gone. Cluster: gone only if no node serves the map. */
-        if (!r->cfg.cluster || l2_cluster_refresh(w->cl) < 0)
+         * server is gone. Cluster: gone only if no node serves the map.
+         * Failures that were only this worker's backoff (-EAGAIN) are old
+         * news: after the probe found the server again they must not mark
+         * it down a second time. */
+        if (tried && (!r->cfg.cluster || l2_cluster_refresh(w->cl) < 0))
             mark_down(r);
     }
     part_done(r, p);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "l2/l2.h"
+#include "transfer/transfer.h"
 #include "util/log.h"
 #include "util/netaddr.h"
 #include "util/pyjson.h"
@@ -61,6 +62,7 @@ struct flag {
 static const char *const eviction_choices[] = { "LRU", "noop", NULL };
 static const char *const hash_choices[] = { "blake3", "xxh3_128", NULL };
 static const char *const engine_choices[] = { "default", NULL };
+static const char *const transfer_mode_choices[] = { "auto", "lmcache_driven", "engine_driven", NULL };
 static const char *const store_policy_choices[] = { "default", "skip_l1", NULL };
 static const char *const prefetch_policy_choices[] = { "default", "retain", NULL };
 /* "help": main() prints the profile list and exits (it owns the wire tables) */
@@ -201,6 +203,15 @@ static const struct flag flags[] = {
     { "inline-max-pinned-ratio", F_FLOAT, OFF(mp.inline_max_pinned_ratio), G_LMCD,
       "mp_config.inline_max_pinned_ratio", 0.01, 1, NULL, "R",
       "most of L1 that unsent lmcd.retrieve_inline replies may pin; past it replies are cut short (default 0.5)" },
+    /* GPU path (issue 8, docs/gpu.md): one block */
+    { "supported-transfer-mode", F_CHOICE, OFF(mp.supported_transfer_mode), G_MP,
+      "mp_config.supported_transfer_mode", 0, 0, transfer_mode_choices, "MODE",
+      "auto (default: GPU requests use the CUDA backend when a driver and GPU exist), lmcache_driven, or "
+      "engine_driven (no GPU backend); engine-driven requests are served in every mode" },
+    { "null-block-id", F_INT64, OFF(mp.null_block_id), G_MP, "mp_config.null_block_id", -(double)(1ll << 62),
+      (double)(1ll << 62), NULL, "N", "paged-KV block id meaning \"no data\" (default 0; ATOM uses -1)" },
+    { "isolated-ipc", F_BOOL_PAIR, OFF(mp.isolated_ipc), G_MP, "mp_config.isolated_ipc", 0, 0, NULL, NULL,
+      "clients use isolated IPC (81-byte events): not served, refused at start with one log line" },
     /* Who may use the cache, and HTTP limits (issue 11 items 6-8; docs/security.md). One block. */
     { "ipc-mode", F_STR, OFF(access.ipc_mode), G_LMCD, "mp_config.ipc_mode", 0, 0, NULL, "MODE",
       "octal mode of an ipc:// socket file (default 0600; 0660 with --shm-group, which also becomes its group)" },
@@ -293,6 +304,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.worker_expire_seconds = 86400;
     c->mp.stop_timeout_seconds = 5.0;
     c->mp.inline_max_pinned_ratio = 0.5;
+    c->mp.supported_transfer_mode = xstrdup("auto");
     c->storage.l1_size_bytes = 1ull << 30;
     c->storage.l1_use_lazy = true;
     c->storage.l1_init_size_gb = 20;
@@ -341,6 +353,7 @@ void config_free(struct lmcd_config *c)
     free(c->mp.host);
     free(c->mp.hash_algorithm);
     free(c->mp.engine_type);
+    free(c->mp.supported_transfer_mode);
     free_list(c->mp.plugin_locations);
     json_decref(c->mp.plugin_extra_config);
     free(c->mp.protocol);
@@ -998,7 +1011,7 @@ enum config_action config_load(struct lmcd_config *c, int argc, char **argv, FIL
             return CONFIG_EXIT_OK;
         }
         if (!strcmp(argv[i], "--version")) {
-            fprintf(out, "lmcd %s\n", LMCD_VERSION);
+            fprintf(out, "lmcd %s\n%s\n", LMCD_VERSION, transfer_build_desc());
             config_free(c);
             return CONFIG_EXIT_OK;
         }
@@ -1073,6 +1086,9 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "runtime_plugin_max_restarts", json_integer(m->plugin_max_restarts));
     json_object_set_new(mp, "runtime_plugin_stop_timeout", json_real(m->plugin_stop_timeout_seconds));
     json_object_set_new(mp, "inline_max_pinned_ratio", json_real(m->inline_max_pinned_ratio));
+    json_object_set_new(mp, "supported_transfer_mode", json_string(m->supported_transfer_mode));
+    json_object_set_new(mp, "null_block_id", json_integer(m->null_block_id));
+    json_object_set_new(mp, "isolated_ipc", json_boolean(m->isolated_ipc));
     json_object_set_new(mp, "ipc_mode", json_string(c->access.ipc_mode));
     json_object_set_new(mp, "allowed_uids", json_string(c->access.allowed_uids));
     json_object_set_new(mp, "allowed_gids", json_string(c->access.allowed_gids));

@@ -57,6 +57,10 @@ struct cfg_mp {
     int worker_expire_seconds;        /* forget a silent registration; 0 = never */
     double stop_timeout_seconds;      /* SIGTERM: queued requests run this long, then safe replies */
     double inline_max_pinned_ratio; /* share of L1 unsent retrieve_inline replies may pin */
+    /* GPU path (issue 8, docs/gpu.md) */
+    char *supported_transfer_mode; /* lmcache_driven | engine_driven | auto */
+    int64_t null_block_id;         /* blocks with this id are neither read nor written */
+    bool isolated_ipc;             /* clients' lmcache.mp.isolated_ipc: refused (not served) */
 };
 
 struct cfg_storage {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "transfer/transfer.h"
 #include "util/log.h"
 #include "wire/pickle.h"
 
@@ -152,32 +153,58 @@ static void describe_descriptors(const struct wire_register *reg, char *buf, siz
 
 static void h_register_kv_cache(struct server *s, struct srv_req *r)
 {
-    (void)s;
+    if (s->gpu) { /* GPU path (src/server/gpu.c): None on success, no reply on failure (spec 9.3) */
+        char why[400] = "";
+        int rc = srv_gpu_register(s, r, why, sizeof(why));
+        if (rc == 0) {
+            resp_none(r);
+            return;
+        }
+        if (nocuda_first(r->req.instance_id))
+            log_error("REGISTER_KV_CACHE from instance %lld refused, left unanswered (the worker times out): %s",
+                      (long long)r->req.instance_id, why[0] ? why : strerror(-rc));
+        r->no_reply = true;
+        return;
+    }
     metrics_add(MET_BAD_INPUT + SRV_BAD_NO_CUDA, 1);
     if (nocuda_first(r->req.instance_id)) {
         char what[512];
         describe_descriptors(&r->req.reg, what, sizeof(what));
-        log_error("REGISTER_KV_CACHE from instance %lld (model %.*s, %s): this lmcd has no CUDA, so GPU "
+        log_error("REGISTER_KV_CACHE from instance %lld (model %.*s, %s): this lmcd has no CUDA (%s), so GPU "
                   "registrations are not answered and the worker will time out; configure the vLLM connector "
                   "with lmcache.mp.mp_transfer_mode=engine_driven",
-                  (long long)r->req.instance_id, (int)r->req.model_name.len, r->req.model_name.ptr, what);
+                  (long long)r->req.instance_id, (int)r->req.model_name.len, r->req.model_name.ptr, what,
+                  s->gpu_why);
     }
     r->no_reply = true;
 }
 
 static void h_gpu_transfer(struct server *s, struct srv_req *r)
 {
-    (void)s;
+    if (s->gpu) {
+        char why[300] = "";
+        KEY_OF(r, k);
+        int rc = srv_gpu_transfer(s, r, &k, why, sizeof(why));
+        if (rc == 0)
+            return;
+        if (nocuda_first(r->req.instance_id))
+            log_error("%s from instance %lld left unanswered: %s", r->req.op_name, (long long)r->req.instance_id,
+                      why[0] ? why : strerror(-rc));
+        r->no_reply = true;
+        return;
+    }
     metrics_add(MET_BAD_INPUT + SRV_BAD_NO_CUDA, 1);
     if (nocuda_first(r->req.instance_id))
-        log_error("%s from instance %lld needs CUDA, which this lmcd lacks: left unanswered (a reply without a "
+        log_error("%s from instance %lld needs CUDA, which this lmcd lacks (%s): left unanswered (a reply without a "
                   "valid CUDA event would be taken for success); use mp_transfer_mode=engine_driven",
-                  r->req.op_name, (long long)r->req.instance_id);
+                  r->req.op_name, (long long)r->req.instance_id, s->gpu_why);
     r->no_reply = true;
 }
 
 static void h_unregister(struct server *s, struct srv_req *r)
 {
+    if (s->gpu)
+        s->gpu_ops->unregister(s->gpu, r->req.instance_id);
     engine_unregister(s->engine, r->req.instance_id);
     resp_none(r);
 }

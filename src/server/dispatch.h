@@ -29,6 +29,7 @@ struct srv_req {
     struct wire_req req;
     struct wire_resp resp;
     bool no_reply; /* the handler leaves the request unanswered (spec 9.3) */
+    uint8_t gpu_event[64]; /* STORE/RETRIEVE reply's event handle (resp.event views it) */
     bool error_frame; /* reply is an LMCACHE_RPC_ERROR_V1 frame (2609 opt-in) */
     char error_type[32];
     char error_msg[256];
@@ -65,5 +66,10 @@ void dispatch_wait_timeout(struct srv_req *r);
 
 /* Releases what a handler attached to r (slots, inline locks...). */
 void dispatch_req_cleanup(struct server *s, struct srv_req *r);
+
+/* GPU path (src/server/gpu.c), called when s->gpu is set. 0 = answered
+ * (None / (event, ok)); else no reply and *why says what went wrong. */
+int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_len);
+int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_key *k, char *why, size_t why_len);
 
 #endif

@@ -735,6 +735,7 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
     s->sigfd = sigfd;
     s->replyq.efd = -1;
     s->started_ns = clock_mono_ns();
+    srv_gpu_open(s); /* before the pools: their threads read s->gpu */
     atomic_init(&s->healthy, true);
     htab_init(&s->peer_flight);
     pthread_mutex_init(&s->replyq.lock, NULL);
@@ -871,6 +872,7 @@ void server_stop(struct server *s, int timeout_ms)
     pool_destroy(s->aff_pool);
     pool_destroy(s->norm_pool);
     s->aff_pool = s->norm_pool = NULL;
+    srv_gpu_close(s); /* after the pools: no handler uses it any more */
     if (s->router) {
         drain_replies(s);
         while (s->parked) { /* a stopping server answers WAITs now: nil */

@@ -46,6 +46,8 @@
 
 struct engine;
 struct plugin_sup;
+struct transfer_ops;
+struct transfer_backend;
 struct http_server;
 
 /* Bad-input kinds the loop counts (metrics and logs). */
@@ -122,6 +124,10 @@ struct server {
     struct pool *aff_pool;
     struct pool *norm_pool;
     struct engine *engine;
+    /* GPU path (src/server/gpu.c): set by server_init, NULL without one */
+    const struct transfer_ops *gpu_ops;
+    struct transfer_backend *gpu;
+    char gpu_why[256]; /* why GPU requests are not served, for their log line */
     struct plugin_sup *plugins;
     struct http_server *http;
     struct srv_stats stats;
@@ -147,6 +153,11 @@ int server_init(struct server *s, const struct lmcd_config *cfg, enum wire_profi
 /* Runs the loop until SIGINT/SIGTERM/SIGQUIT arrives on sigfd; returns the
  * signal, or 0 when the loop itself failed (logged). */
 int server_run(struct server *s);
+
+/* GPU path (src/server/gpu.c): opens the transfer backend the config and
+ * host allow, logging one line either way; never fails the start. */
+void srv_gpu_open(struct server *s);
+void srv_gpu_close(struct server *s);
 /* Stops intake: the pools run what they hold for up to
  * --stop-timeout-seconds while their replies go out; what is still queued
  * then gets its safe reply (spec 9.3) without running. Replies get

@@ -155,7 +155,9 @@ class RedisCluster:
         for nd in self.nodes:
             info = nd.cmd("CLUSTER", "INFO")
             info = info.decode() if isinstance(info, bytes) else info
-            if "cluster_state:ok" not in info or f"cluster_known_nodes:{len(self.nodes)}" not in info:
+            # state ok is not enough with require-full-coverage off: every slot must be known
+            if ("cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info
+                    or f"cluster_known_nodes:{len(self.nodes)}" not in info):
                 return False
         return True
 

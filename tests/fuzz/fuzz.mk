@@ -15,7 +15,7 @@ WIRE_SRCS := $(wildcard src/wire/*.c)
 # fuzz_engine drives the whole server library (engine, L1, handlers), so it
 # builds every module the server links, with the same libraries.
 PKGS := libzmq jansson libmicrohttpd hiredis libxxhash msgpack
-SERVER_SRCS := $(filter-out src/server/main.c,$(foreach m,server http plugin engine l2 wire l1 metrics util,$(wildcard src/$(m)/*.c)))
+SERVER_SRCS := $(filter-out src/server/main.c,$(foreach m,server http plugin engine transfer l2 wire l1 metrics util,$(wildcard src/$(m)/*.c)))
 TARGETS := request pickle engine
 
 .PHONY: all build run $(TARGETS:%=run-%)

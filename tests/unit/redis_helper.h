@@ -201,7 +201,10 @@ static inline void rh_stop(struct rh *h)
 static inline bool rh_cluster_ok(int port)
 {
     redisReply *r = rh_cmd(port, "CLUSTER INFO");
-    bool ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:ok");
+    /* with require-full-coverage off, state ok does not mean every slot is
+     * known yet: wait for all 16384 */
+    bool ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:ok") &&
+              strstr(r->str, "cluster_slots_ok:16384");
     if (r)
         freeReplyObject(r);
     return ok;

@@ -1,0 +1,94 @@
+/*
+ * transfer: backends that move KV bytes between a worker's device memory
+ * and L1 for the LMCache-driven path (REGISTER_KV_CACHE, STORE, RETRIEVE).
+ *
+ * One backend today: CUDA (transfer_cuda.c), built only when nvcc was found
+ * at build time (LMCD_CUDA=1; its kernels are embedded as a fatbin) and
+ * usable only when libcuda.so.1 and a GPU are present at run time (the
+ * driver API is loaded with dlopen; lmcd never links libcudart/libcuda).
+ * Without it the server answers GPU requests as spec 9.3 says for a server
+ * without CUDA. The engine and L1 know nothing of this module.
+ *
+ * STATUS: written against the driver API and compiled; NOTHING HERE HAS
+ * RUN ON A GPU. The copy is synchronous within the calling pool thread (the
+ * reply follows the completed copy, its event already complete), L1 is
+ * pinned at the first registration (blocking that registration), and the
+ * kernels write straight into mapped pinned L1 (no device staging); see
+ * docs/gpu.md for what the design still lacks.
+ *
+ * Threads: every call may come from any pool thread; the backend locks its
+ * own registration table. Errors: 0 / -errno; `why` gets one line.
+ */
+#ifndef LMCD_TRANSFER_TRANSFER_H
+#define LMCD_TRANSFER_TRANSFER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire/wire.h"
+
+struct transfer_backend;
+
+struct transfer_opts {
+    int64_t null_block_id;
+    bool isolated_ipc; /* client's lmcache.mp.isolated_ipc: refused */
+};
+
+/* The event handle every STORE/RETRIEVE reply carries (64 bytes). */
+#define TRANSFER_EVENT_BYTES 64
+
+/* What a registration looks like to the engine (its engine-driven twin:
+ * same chunk object layout, spec 7.4). */
+struct transfer_geom {
+    int64_t block_size;
+    int64_t num_layers;
+    int64_t hidden; /* NH*HS, or HS for MLA */
+    bool mla;
+    char dtype[24]; /* torch name as sent, e.g. "bfloat16", "uint8" */
+};
+
+/* One STORE (gather into L1) or RETRIEVE (scatter from L1). */
+struct transfer_copy {
+    int64_t instance;
+    bool store;
+    const int64_t *block_ids; /* the range's blocks, chunk after chunk */
+    size_t n_blocks;
+    uint32_t chunk_tokens;
+    const int64_t *chunk_index; /* [n_chunks] which chunk of the range each object is */
+    void *const *chunk_ptr;     /* [n_chunks] the objects in L1 (host addresses) */
+    size_t n_chunks;            /* 0: only wait on the client and record the event */
+    int64_t skip_blocks;        /* RETRIEVE: leading blocks of the range left alone */
+    const uint8_t *client_event;
+    size_t client_event_len;
+};
+
+struct transfer_ops {
+    const char *name;
+    /* -ENODEV (no driver / no GPU), -ENOTSUP (a mode not served); why says
+     * which. Creates no GPU context. host_base/host_len: the L1 segment,
+     * pinned (portable, device-mapped) at the first registration. */
+    int (*open)(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
+                char *why, size_t why_len);
+    /* Replaces any earlier registration of the instance. */
+    int (*register_kv)(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
+                       struct transfer_geom *geom, char *why, size_t why_len);
+    void (*unregister)(struct transfer_backend *b, int64_t instance);
+    /* Waits on the client's event, moves the bytes, waits for the copy,
+     * then fills `event` with an interprocess event handle recorded after
+     * it. 0: the event is valid, *copied says whether the bytes moved (a
+     * block id outside the cache, a null block in a stored chunk or a failed
+     * kernel leave it false: nothing may be published). -ENOENT: instance
+     * not registered; other errors: no valid event. */
+    int (*copy)(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],
+                bool *copied, char *why, size_t why_len);
+    void (*close)(struct transfer_backend *b);
+};
+
+/* The CUDA backend, or NULL in a build without nvcc. */
+const struct transfer_ops *transfer_cuda(void);
+
+/* One line for `lmcd --version`: which GPU backend this binary carries. */
+const char *transfer_build_desc(void);
+
+#endif
