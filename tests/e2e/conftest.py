@@ -66,11 +66,21 @@ def remove_unlocked(paths):
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, never one this
+    test process was given before: the kernel may hand a just-closed port out
+    again, and one lmcd got the same port for ZeroMQ and HTTP that way."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise AssertionError("no fresh loopback port in 1000 tries")
 
 
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
