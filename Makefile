@@ -96,8 +96,15 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 # The binaries are built once their entry files exist (modules land one by one).
 ALL := $(BUILD)/libserver.a $(BUILD)/liblmcd.a \
 	$(if $(wildcard src/server/main.c),$(BUILD)/lmcd) \
-	$(if $(wildcard src/client/cli.c),$(BUILD)/lmcd-cli)
+	$(if $(wildcard src/client/cli.c),$(BUILD)/lmcd-cli) \
+	$(BUILD)/lmcd-plugin-guard
 all: $(ALL)
+
+# The runtime-plugin guard lmcd execs beside each plugin (src/plugin/plugin_guard.c):
+# that one file, libc only, so it starts at once; it lives next to lmcd.
+$(BUILD)/lmcd-plugin-guard: src/plugin/plugin_guard.c src/plugin/plugin_int.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DPLUGIN_GUARD_MAIN -o $@ $< $(LDFLAGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

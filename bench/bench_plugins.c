@@ -161,12 +161,32 @@ static double run_spawn(void)
     return (double)(t1 - t0) / 1e6;
 }
 
+/* Removes what main() made, also on an early exit(1) (atexit). */
+static void cleanup(void)
+{
+    char path[320];
+    if (!root[0])
+        return;
+    clear_marks();
+    for (int i = 0; i < N; i++) {
+        snprintf(path, sizeof(path), "%s/p%03d.sh", scripts, i);
+        unlink(path);
+    }
+    rmdir(scripts);
+    rmdir(marks);
+    rmdir(root);
+    root[0] = '\0';
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/lmcd_bench_plugins_%d", (int)getpid());
     snprintf(scripts, sizeof(scripts), "%s/scripts", root);
     snprintf(marks, sizeof(marks), "%s/marks", root);
-    if (mkdir(root, 0700) || mkdir(scripts, 0700) || mkdir(marks, 0700))
+    if (mkdir(root, 0700))
+        die(root);
+    atexit(cleanup);
+    if (mkdir(scripts, 0700) || mkdir(marks, 0700))
         die(root);
     setenv("LMCD_BENCH_MARKS", marks, 1);
     for (int i = 0; i < N; i++) {
@@ -190,14 +210,5 @@ int main(void)
     printf("  launch %d plugins: lmcd %.1f ms, posix_spawn %.1f ms: %.2fx\n", N, lm, sp, lm / sp);
     bench_report("plugins launch of 100 (ready line to all running)", "ms", lm, "posix_spawn", sp, false);
 
-    char path[320];
-    clear_marks();
-    for (int i = 0; i < N; i++) {
-        snprintf(path, sizeof(path), "%s/p%03d.sh", scripts, i);
-        unlink(path);
-    }
-    rmdir(scripts);
-    rmdir(marks);
-    rmdir(root);
-    return 0;
+    return 0; /* cleanup() runs at exit */
 }

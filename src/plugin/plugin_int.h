@@ -193,6 +193,9 @@ int plugin_proc_spawn(char *const argv[], char *const envp[], unsigned grace_ms,
 /* The guard's argv: its name, PLUGIN_GUARD_ARG, lmcd's pid, grace_ms, then
  * plugin_argv (borrowed). Free with plugin_guard_argv_free. NULL: no memory. */
 char **plugin_guard_argv(int lmcd_pid, unsigned grace_ms, char *const plugin_argv[]);
+/* What to exec as the guard: lmcd-plugin-guard beside this binary, else
+ * /proc/self/exe. Resolved once; any thread. */
+const char *plugin_guard_exe(void);
 void plugin_guard_argv_free(char **v);
 
 #endif

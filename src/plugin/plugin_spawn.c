@@ -173,9 +173,10 @@ static int fd_above_stdio(int fd)
 /* Runs in the forked child: async-signal-safe calls only. Sets up the fds
  * the guard expects (0 /dev/null, 1 and 2 the output pipe, 3 the report
  * pipe, nothing else) and execs the guard (this same binary). */
-static void child_exec_guard(int out_w, int rep_w, int devnull, char *const gargv[], char *const envp[])
-    __attribute__((noreturn));
-static void child_exec_guard(int out_w, int rep_w, int devnull, char *const gargv[], char *const envp[])
+static void child_exec_guard(int out_w, int rep_w, int devnull, const char *gexe, char *const gargv[],
+                             char *const envp[]) __attribute__((noreturn));
+static void child_exec_guard(int out_w, int rep_w, int devnull, const char *gexe, char *const gargv[],
+                             char *const envp[])
 {
     if (dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(out_w, 2) < 0)
         goto fail;
@@ -189,7 +190,7 @@ static void child_exec_guard(int out_w, int rep_w, int devnull, char *const garg
     if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0)
         for (int fd = 4; fd < 65536; fd++)
             (void)close(fd);
-    execve("/proc/self/exe", gargv, envp);
+    execve(gexe, gargv, envp);
 fail:;
     int32_t m[2] = { 2, errno };
     ssize_t w = write(rep_w, m, sizeof(m));
@@ -199,7 +200,8 @@ fail:;
 
 struct child_args {
     int out_w, rep_w, devnull;
-    char *const *gargv; /* the guard's */
+    const char *gexe;   /* the guard's binary */
+    char *const *gargv; /* and argv */
     char *const *envp;
 };
 
@@ -219,7 +221,7 @@ struct child_args {
 static int child_entry(void *arg)
 {
     const struct child_args *a = arg;
-    child_exec_guard(a->out_w, a->rep_w, a->devnull, a->gargv, a->envp);
+    child_exec_guard(a->out_w, a->rep_w, a->devnull, a->gexe, a->gargv, a->envp);
 }
 #endif
 
@@ -244,7 +246,7 @@ static pid_t start_child(const struct child_args *a)
 #else
     pid_t pid = fork();
     if (pid == 0)
-        child_exec_guard(a->out_w, a->rep_w, a->devnull, a->gargv, a->envp);
+        child_exec_guard(a->out_w, a->rep_w, a->devnull, a->gexe, a->gargv, a->envp);
     return pid;
 #endif
 }
@@ -290,7 +292,7 @@ int plugin_proc_spawn(char *const argv[], char *const envp[], unsigned grace_ms,
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    struct child_args ca = { outp[1], repp[1], devnull, gargv, envp };
+    struct child_args ca = { outp[1], repp[1], devnull, plugin_guard_exe(), gargv, envp };
     pid = start_child(&ca);
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
