@@ -36,10 +36,6 @@ static void met_l2_gbps(unsigned base, size_t a, uint64_t bytes, uint64_t t0)
     if (a < MET_MAX_L2 && bytes)
         metrics_observe(base + (unsigned)a, (double)bytes / (double)(ns ? ns : 1)); /* bytes/ns = GB/s */
 }
-static struct met_row *met_salt_row(const char *model, size_t ml, const char *salt, size_t sl)
-{
-    return metrics_row(model, ml, salt, sl);
-}
 
 enum kstate { K_NONE, K_LOADING, K_LOADED, K_FAILED, K_EXISTS };
 enum phase { P_QUEUED, P_LOOKUP, P_LOAD, P_DONE };
@@ -189,7 +185,7 @@ static void store_done(void *arg, const struct l2_result *r)
         size_t stored = 0;
         for (size_t i = 0; i < r->n; i++)
             stored += !r->ok || r->ok[i];
-        metrics_row_add(met_salt_row(j->model, j->ml, j->salt, j->sl), MET_ROW_L2_STORE_COMPLETED_OBJECTS, stored);
+        metrics_row_add(metrics_row(j->model, j->ml, j->salt, j->sl), MET_ROW_L2_STORE_COMPLETED_OBJECTS, stored);
         met_l2_gbps(MET_H_L2_STORE_THROUGHPUT, sc->a, r->bytes ? r->bytes : j->bytes, j->t0);
     }
     if (r->rc < 0)
@@ -306,7 +302,7 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
     j->next = t->st_inflight;
     t->st_inflight = j;
     pthread_mutex_unlock(&t->mu);
-    struct met_row *mr = met_salt_row(j->model, j->ml, j->salt, j->sl);
+    struct met_row *mr = metrics_row(j->model, j->ml, j->salt, j->sl);
     j->t0 = clock_mono_ns();
     for (size_t a = 0; a < t->nads; a++) {
         /* one store request per adapter: submitted = sum of completed{l2_name} once they land */
@@ -559,7 +555,7 @@ static void pf_start(struct l2_tier *t, struct preq *p)
 {
     p->deadline_ns = clock_mono_ns() + t->timeout_ns;
     metrics_add(MET_L2_PREFETCH_LOOKUP, 1);
-    metrics_row_add(met_salt_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
+    metrics_row_add(metrics_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
                     MET_ROW_L2_PREFETCH_LOOKUP_OBJECTS, p->r.n);
     pthread_mutex_lock(&t->mu);
     p->phase = P_LOOKUP;
@@ -748,7 +744,7 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
                 iov[j].iov_len = p->r.obj_size;
             }
             metrics_add(MET_L2_PREFETCH_LOAD_SUBMITTED, 1);
-            metrics_row_add(met_salt_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
+            metrics_row_add(metrics_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
                             MET_ROW_L2_PREFETCH_LOAD_SUBMITTED_OBJECTS, c->n);
             c->t0 = clock_mono_ns();
             struct l2_cb cb = { load_done, c };
@@ -821,7 +817,7 @@ static void pf_finish(struct l2_tier *t, struct preq *p, bool timed_out)
     }
     free(st);
     if (published) /* objects (keys) that came from L2 into L1 */
-        metrics_row_add(met_salt_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
+        metrics_row_add(metrics_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
                         MET_ROW_L2_PREFETCH_LOAD_COMPLETED, published);
     pthread_mutex_lock(&t->mu);
     t->pf_loaded += locked / w;
