@@ -60,6 +60,7 @@ struct sjob {
     struct iovec *iov;
     atomic_int pending;
     atomic_bool all_ok;
+    uint64_t gen;        /* l1_check() before the adapters were handed L1 addresses */
     char *model, *salt;
     size_t ml, sl;
 };
@@ -112,6 +113,7 @@ struct l2_tier {
     /* store controller (guarded by mu) */
     struct sjob *sq_head, *sq_tail;
     struct sjob *st_inflight; /* read-locked jobs whose adapters are still reading */
+    struct sjob *st_purge;    /* finished jobs whose L1 was truncated while read: delete from L2 */
     uint64_t store_renew_ns;
     size_t pending_keys;
     int store_tasks;
@@ -123,7 +125,7 @@ struct l2_tier {
     struct preq *active;            /* in LOOKUP / LOAD, or DONE with loads out (zombies) */
     size_t n_queued, n_active, n_lookup, n_load, n_zombie;
     /* counters (guarded by mu) */
-    uint64_t st_submitted_keys, st_dropped_keys, st_stored_keys, st_failed_tasks, st_skipped_keys;
+    uint64_t st_submitted_keys, st_dropped_keys, st_stored_keys, st_failed_tasks, st_skipped_keys, st_purged_keys;
     uint64_t pf_requests, pf_lookup_hits, pf_loaded, pf_timeouts, pf_completed;
 };
 
@@ -151,9 +153,15 @@ static void sjob_free(struct sjob *j)
     free(j);
 }
 
+/* Every adapter has finished reading j's L1 bytes. If the segment was
+ * truncated meanwhile (another process; docs/l1.md), what they stored may
+ * be zeros: the job goes to the store thread, which deletes its keys from
+ * every adapter (delete is synchronous and may block: never from an
+ * adapter's callback). */
 static void sjob_finish(struct sjob *j)
 {
     struct l2_tier *t = j->t;
+    bool torn = l1_check(t->l1) != j->gen;
     pthread_mutex_lock(&t->mu);
     for (struct sjob **pp = &t->st_inflight; *pp; pp = &(*pp)->next)
         if (*pp == j) {
@@ -163,6 +171,23 @@ static void sjob_finish(struct sjob *j)
     pthread_mutex_unlock(&t->mu);
     for (size_t i = 0; i < j->nl; i++) /* no renewal can run now: it is off the list */
         l1_unlock_refs(t->l1, &j->keys[i], &j->refs[i], 1, j->holders[i]);
+    if (torn) {
+        pthread_mutex_lock(&t->mu);
+        bool queued = !t->stopping;
+        if (queued) {
+            j->next = t->st_purge;
+            t->st_purge = j;
+            wake_store(t);
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (queued)
+            return;
+        log_warn("L2 StoreController: L1 truncated while %zu keys were being stored during shutdown; "
+                    "they may hold zeros in L2",
+                    j->nl);
+        sjob_free(j);
+        return;
+    }
     if (t->skip_l1 && atomic_load(&j->all_ok)) {
         uint64_t *ids = malloc(j->nl * sizeof(*ids));
         if (ids) {
@@ -267,6 +292,9 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
         sjob_free(j);
         return;
     }
+    /* Before any address is handed out: a truncation already done is
+     * noticed here (its objects are dropped, so not locked below). */
+    j->gen = l1_check(t->l1);
     uint8_t *base = l1_base(t->l1);
     size_t nl = 0;
     for (size_t i = 0; i < j->n; i++) {
@@ -349,12 +377,27 @@ static void *store_main(void *arg)
                 store_renew_locked(t);
                 next_renew = now + t->store_renew_ns;
             }
-            if (t->stopping || (t->sq_head && t->store_tasks < t->store_max_tasks))
+            if (t->stopping || t->st_purge || (t->sq_head && t->store_tasks < t->store_max_tasks))
                 break;
             wait_until(&t->store_cv, &t->mu, next_renew);
         }
         if (t->stopping)
             break;
+        if (t->st_purge) {
+            struct sjob *pj = t->st_purge;
+            t->st_purge = pj->next;
+            pthread_mutex_unlock(&t->mu);
+            for (size_t a = 0; a < t->nads; a++)
+                l2_delete(t->ads[a], pj->lk, pj->nl);
+            log_warn("L2 StoreController: L1 truncated while %zu keys were being stored; deleted them from L2",
+                        pj->nl);
+            pthread_mutex_lock(&t->mu);
+            t->st_purged_keys += pj->nl;
+            pthread_mutex_unlock(&t->mu);
+            sjob_free(pj);
+            pthread_mutex_lock(&t->mu);
+            continue;
+        }
         struct sjob *j = t->sq_head;
         t->sq_head = j->next;
         if (!t->sq_head)
@@ -1032,6 +1075,12 @@ void l2_tier_destroy(struct l2_tier *t)
      * their L1 objects, loads mark their keys */
     for (size_t i = 0; i < t->nads; i++)
         l2_adapter_destroy(t->ads[i]);
+    while (t->st_purge) { /* queued before the stop: the adapters are gone now */
+        struct sjob *j = t->st_purge;
+        t->st_purge = j->next;
+        log_warn("L2 StoreController: %zu keys stored from a truncated L1 were not deleted (shutdown)", j->nl);
+        sjob_free(j);
+    }
     struct preq *lists[3] = { t->pq_head, t->ready, t->active };
     t->pq_head = t->ready = t->active = NULL;
     for (int l = 0; l < 3; l++)
@@ -1067,13 +1116,14 @@ void l2_tier_status(struct l2_tier *t, json_t *sm)
         return;
     }
     pthread_mutex_lock(&t->mu);
-    json_t *store = json_pack("{s:b, s:b, s:s, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
+    json_t *store = json_pack("{s:b, s:b, s:s, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "is_healthy", 1,
                               "thread_alive", t->store_started, "store_policy", t->skip_l1 ? "skip_l1" : "default",
                               "pending_keys_count", (json_int_t)t->pending_keys, "in_flight_task_count",
                               t->store_tasks, "num_l2_adapters", (int)t->nads, "submitted_keys",
                               (json_int_t)t->st_submitted_keys, "stored_keys", (json_int_t)t->st_stored_keys,
                               "dropped_keys", (json_int_t)t->st_dropped_keys, "failed_tasks",
-                              (json_int_t)t->st_failed_tasks, "skipped_keys", (json_int_t)t->st_skipped_keys);
+                              (json_int_t)t->st_failed_tasks, "skipped_keys", (json_int_t)t->st_skipped_keys,
+                              "purged_keys", (json_int_t)t->st_purged_keys);
     json_t *pf = json_pack("{s:b, s:b, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:I}",
                            "is_healthy", 1, "thread_alive", t->pf_started, "max_in_flight", t->max_in_flight,
                            "submission_queue_size", (json_int_t)t->n_queued, "pending_queue_size",

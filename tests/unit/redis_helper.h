@@ -1,7 +1,12 @@
 /*
  * Test helper: real redis-server processes on free 127.0.0.1 ports, a
  * standalone one or a cluster of masters formed by hand (ADDSLOTSRANGE +
- * MEET), killed with the test. Each server is started with
+ * MEET), killed with the test. Each port the helper picks stays reserved
+ * by a bound, non-listening SO_REUSEADDR socket of the test's own until
+ * rh_stop: redis-server (which sets SO_REUSEADDR too) can bind beside it,
+ * but nobody else can take the port -- not while the server starts, and not
+ * while a test has killed it to restart it on the same port (tests run
+ * concurrently with other suites on one host). Each server is started with
  * PR_SET_PDEATHSIG so a crashed test leaves none behind; its files live in
  * a mkdtemp directory removed at stop.
  *
@@ -35,7 +40,8 @@ struct rh_server {
     pid_t pid;
     int port;
     int bus_port;
-    char id[48]; /* cluster node id */
+    int hold, bus_hold; /* the reservations of port and bus_port (0: none) */
+    char id[48];        /* cluster node id */
 };
 
 struct rh {
@@ -51,15 +57,18 @@ static inline bool rh_available(void)
     return access("/usr/bin/redis-server", X_OK) == 0;
 }
 
-static inline int rh_free_port(void)
+/* Picks a free loopback port and keeps it bound (see the top); *hold
+ * receives the reserving socket, closed by rh_stop. */
+static inline int rh_reserve_port(int *hold)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t l = sizeof(a);
     cr_assert_geq(fd, 0);
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
     cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-    close(fd);
+    *hold = fd + 1; /* 0 stays "none" in a zeroed struct */
     return ntohs(a.sin_port);
 }
 
@@ -135,12 +144,18 @@ static inline void rh_spawn(struct rh *h, int i)
         _exit(127);
     }
     sv->pid = pid;
-    /* Bounded wait for PING. */
-    for (int t = 0; t < 500; t++) {
+    /* Bounded wait for an answer (any: a password-protected server says
+     * NOAUTH); the port is reserved, so it can only be this server. */
+    for (int t = 0; t < 1000; t++) {
         redisReply *r = rh_cmd(sv->port, "PING");
         if (r) {
             freeReplyObject(r);
             return;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            sv->pid = 0;
+            cr_assert_fail("redis-server on port %d exited (status %#x)", sv->port, st);
         }
         rh_sleep_ms(10);
     }
@@ -158,8 +173,14 @@ static inline void rh_kill(struct rh *h, int i)
 
 static inline void rh_stop(struct rh *h)
 {
-    for (int i = 0; i < h->n; i++)
+    for (int i = 0; i < h->n; i++) {
         rh_kill(h, i);
+        if (h->s[i].hold)
+            close(h->s[i].hold - 1);
+        if (h->s[i].bus_hold)
+            close(h->s[i].bus_hold - 1);
+        h->s[i].hold = h->s[i].bus_hold = 0;
+    }
     if (!h->dir[0])
         return;
     DIR *d = opendir(h->dir);
@@ -217,10 +238,10 @@ static inline void rh_start(struct rh *h, int n, bool cluster)
     snprintf(h->dir, sizeof(h->dir), "/tmp/lmcd_test_redis_XXXXXX");
     cr_assert_not_null(mkdtemp(h->dir));
     for (int i = 0; i < n; i++) {
-        h->s[i].port = rh_free_port();
-        do
-            h->s[i].bus_port = rh_free_port();
-        while (h->s[i].bus_port == h->s[i].port);
+        /* Both stay reserved, so the two always differ. */
+        h->s[i].port = rh_reserve_port(&h->s[i].hold);
+        if (cluster)
+            h->s[i].bus_port = rh_reserve_port(&h->s[i].bus_hold);
         rh_spawn(h, i);
     }
     if (!cluster)

@@ -252,6 +252,9 @@ static int default_name_fallback_in_child(void)
     struct l1 *l1 = NULL;
     test_opts(&o, 1 << 20);
     o.shm_name = NULL;
+    /* Eager: a lazy L1 starts its committer thread, and ThreadSanitizer
+     * refuses new threads in the child of a multi-threaded process. */
+    o.use_lazy = false;
     if (!rc && l1_create(&o, &l1) != 0)
         rc = 2;
     if (!rc && (!strcmp(l1_shm_name(l1), dflt) || strncmp(l1_shm_name(l1), dflt, strlen(dflt))))
