@@ -125,7 +125,10 @@ class Lmcd:
     def wait_log(self, text, timeout=10.0):
         return wait_for(lambda: text in self.log(), timeout, what=f"log line {text!r}\n--- log ---\n{self.log()}")
 
-    def wait_ready(self, timeout=10.0):
+    def wait_ready(self, timeout=60.0):
+        # Generous: a sanitizer build on a loaded 2-core CI box took over 10 s
+        # to start (test_l2_fs_reads_lmcache_directory_with_crc32 under TSan);
+        # lmcd exiting instead fails at once below.
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"lmcd exited with {self.proc.returncode}:\n{self.log()}")

@@ -23,10 +23,16 @@ all: run
 build: $(TARGETS:%=$(OUT)/fuzz_%)
 run: $(TARGETS:%=run-%)
 
-$(OUT)/fuzz_engine: tests/fuzz/fuzz_engine.c tests/fuzz/fuzz_frames.h $(SERVER_SRCS) $(wildcard src/*/*.h)
+# The dashboard page the HTTP module serves, embedded as the top Makefile does.
+GEN_SRCS := $(OUT)/gen/dashboard_html.c
+$(OUT)/gen/dashboard_html.c: src/http/dashboard.html mk/embed.sh
+	@mkdir -p $(dir $@)
+	sh mk/embed.sh src/http/dashboard.html lmcd_dashboard_html > $@.tmp && mv $@.tmp $@
+
+$(OUT)/fuzz_engine: tests/fuzz/fuzz_engine.c tests/fuzz/fuzz_frames.h $(SERVER_SRCS) $(GEN_SRCS) $(wildcard src/*/*.h)
 	@mkdir -p $(OUT)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -D_GNU_SOURCE -pthread $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(SERVER_SRCS) \
-		$(shell pkg-config --libs $(PKGS)) -lm
+		$(GEN_SRCS) $(shell pkg-config --libs $(PKGS)) -lm
 
 $(OUT)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_frames.h $(WIRE_SRCS) $(wildcard src/wire/*.h)
 	@mkdir -p $(OUT)
