@@ -396,7 +396,7 @@ def test_l2_worker_ids_cannot_take_lmcds_own_writer_ids(lmcd_factory):
 # exact throughput names (compatibility) and lmcd's per-adapter average
 # latency gauges (src/server/status.c).
 UNIT_LINT_OK = {"lmcache_mp_l2_store_throughput_GB_per_second", "lmcache_mp_l2_load_throughput_GB_per_second",
-                "lmcd_l2_store_latency_avg_ms", "lmcd_l2_lookup_latency_avg_ms", "lmcd_l2_load_latency_avg_ms"}
+                "lmcd_l2_store_latency_avg_seconds", "lmcd_l2_lookup_latency_avg_seconds", "lmcd_l2_load_latency_avg_seconds"}
 
 
 def promtool_lint_only_units(text):
