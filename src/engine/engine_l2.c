@@ -142,7 +142,6 @@ static void pf_on_done(void *arg, const struct l1_key *keys, const struct l1_ref
         metrics_row_add(mr, MET_ROW_LOOKUP_HIT, toks);
         metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L2, toks);
         metrics_row_add(mr, MET_ROW_LOOKUP_HIT_L2_KEYS, kept);
-        metrics_add(MET_L2_PREFETCH_HIT, kept / c->world);
     }
     if (s)
         session_put(e, s);

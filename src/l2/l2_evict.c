@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "l2/l2_tier.h"
+#include "metrics/metrics.h"
 #include "util/htab.h"
 #include "util/log.h"
 
@@ -151,6 +152,11 @@ static int lru_round(struct lru *l)
         if (victims[i] && l2_key_parse(victims[i], strlen(victims[i]), &ks[nk]) == 0)
             nk++;
     int del = ks && nk ? l2_delete(l->a, ks, nk) : 0;
+    /* lmcache_mp_l2_evicted_objects_chunks_total{cache_salt}: the total is
+     * exact; l2_delete does not say which keys went, so a partial delete is
+     * attributed to the leading victims' salts */
+    for (size_t i = 0; del > 0 && i < nk && i < (size_t)del; i++)
+        metrics_row_add(metrics_row("", 0, ks[i].salt, ks[i].salt_len), MET_ROW_L2_EVICTED_OBJECTS, 1);
     free(ks);
     for (size_t i = 0; i < m; i++)
         free(victims[i]);

@@ -16,15 +16,40 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics/metrics.h"
 #include "util/clock.h"
 #include "util/log.h"
 
 #define MAX_ADAPTERS 16
 
+/* LMCache's L2 families (src/metrics), counted on whichever thread runs the
+ * step (controller thread or adapter callback): per-thread shards, no lock.
+ * Adapters past MET_MAX_L2 count only in the unlabelled families. */
+static void met_l2_add(unsigned base, size_t a)
+{
+    if (a < MET_MAX_L2)
+        metrics_add(base + (unsigned)a, 1);
+}
+static void met_l2_gbps(unsigned base, size_t a, uint64_t bytes, uint64_t t0)
+{
+    uint64_t ns = clock_mono_ns() - t0;
+    if (a < MET_MAX_L2 && bytes)
+        metrics_observe(base + (unsigned)a, (double)bytes / (double)(ns ? ns : 1)); /* bytes/ns = GB/s */
+}
+
 enum kstate { K_NONE, K_LOADING, K_LOADED, K_FAILED, K_EXISTS };
 enum phase { P_QUEUED, P_LOOKUP, P_LOAD, P_DONE };
 
+struct sjob;
+struct sctx { /* one adapter's store task of a job */
+    struct sjob *j;
+    size_t a;
+};
+
 struct sjob {
+    struct sctx cbs[MAX_ADAPTERS];
+    uint64_t t0;         /* submit time (throughput) */
+    uint64_t bytes;      /* payload of the read-locked keys */
     struct sjob *next;   /* queue link, then in-flight list link (guarded by t->mu) */
     struct l2_tier *t;
     size_t n, nl;
@@ -65,6 +90,7 @@ struct lctx { /* one lookup task */
 struct dctx { /* one load task */
     struct preq *p;
     int a;
+    uint64_t t0;
     size_t n;
     size_t idx[];
 };
@@ -176,8 +202,17 @@ static void sjob_finish(struct sjob *j)
 
 static void store_done(void *arg, const struct l2_result *r)
 {
-    struct sjob *j = arg;
+    struct sctx *sc = arg;
+    struct sjob *j = sc->j;
     struct l2_tier *t = j->t;
+    met_l2_add(MET_L2_STORE_COMPLETED, sc->a);
+    if (r->rc >= 0) {
+        size_t stored = 0;
+        for (size_t i = 0; i < r->n; i++)
+            stored += !r->ok || r->ok[i];
+        metrics_row_add(metrics_row(j->model, j->ml, j->salt, j->sl), MET_ROW_L2_STORE_COMPLETED_OBJECTS, stored);
+        met_l2_gbps(MET_H_L2_STORE_THROUGHPUT, sc->a, r->bytes ? r->bytes : j->bytes, j->t0);
+    }
     if (r->rc < 0)
         atomic_store(&j->all_ok, false);
     pthread_mutex_lock(&t->mu);
@@ -277,6 +312,7 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
         memcpy(k->hash, j->keys[i].chunk_hash, 32);
         j->iov[nl].iov_base = base + j->refs[nl].offset;
         j->iov[nl].iov_len = j->refs[nl].length;
+        j->bytes += j->refs[nl].length;
         nl++;
     }
     j->nl = nl;
@@ -294,12 +330,18 @@ static void store_submit(struct l2_tier *t, struct sjob *j)
     j->next = t->st_inflight;
     t->st_inflight = j;
     pthread_mutex_unlock(&t->mu);
+    struct met_row *mr = metrics_row(j->model, j->ml, j->salt, j->sl);
+    j->t0 = clock_mono_ns();
     for (size_t a = 0; a < t->nads; a++) {
-        struct l2_cb cb = { store_done, j };
+        /* one store request per adapter: submitted = sum of completed{l2_name} once they land */
+        metrics_add(MET_L2_STORE_SUBMITTED, 1);
+        metrics_row_add(mr, MET_ROW_L2_STORE_SUBMITTED_OBJECTS, nl);
+        j->cbs[a] = (struct sctx){ j, a };
+        struct l2_cb cb = { store_done, &j->cbs[a] };
         int rc = l2_submit_store(t->ads[a], j->lk, j->iov, nl, &cb, NULL);
         if (rc < 0) {
             struct l2_result r = { 0, rc, nl, NULL, 0 };
-            store_done(j, &r);
+            store_done(&j->cbs[a], &r);
         }
     }
     if (atomic_fetch_sub(&j->pending, 1) == 1)
@@ -450,6 +492,14 @@ static void load_done(void *arg, const struct l2_result *r)
     struct dctx *c = arg;
     struct preq *p = c->p;
     struct l2_tier *t = p->t;
+    size_t loaded = 0;
+    for (size_t i = 0; i < c->n; i++)
+        loaded += r->rc == 0 && (r->ok ? r->ok[i] : 1);
+    met_l2_add(MET_L2_LOAD_COMPLETED, (size_t)c->a);
+    if (loaded)
+        met_l2_gbps(MET_H_L2_LOAD_THROUGHPUT, (size_t)c->a, r->bytes ? r->bytes : loaded * p->r.obj_size, c->t0);
+    if (loaded < c->n) /* L2 said present at lookup, then could not give it */
+        metrics_add(MET_L2_PREFETCH_FAILURE + 1, c->n - loaded);
     pthread_mutex_lock(&t->mu);
     for (size_t i = 0; i < c->n; i++)
         p->st[c->idx[i]] = r->rc == 0 && (r->ok ? r->ok[i] : 1) ? K_LOADED : K_FAILED;
@@ -547,6 +597,9 @@ int l2_tier_prefetch(struct l2_tier *t, const struct l2_prefetch_req *r)
 static void pf_start(struct l2_tier *t, struct preq *p)
 {
     p->deadline_ns = clock_mono_ns() + t->timeout_ns;
+    metrics_add(MET_L2_PREFETCH_LOOKUP, 1);
+    metrics_row_add(metrics_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
+                    MET_ROW_L2_PREFETCH_LOOKUP_OBJECTS, p->r.n);
     pthread_mutex_lock(&t->mu);
     p->phase = P_LOOKUP;
     p->lookups_left = (int)t->nads;
@@ -641,6 +694,7 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
     pthread_mutex_lock(&t->mu);
     t->pf_lookup_hits += chunks;
     pthread_mutex_unlock(&t->mu);
+    metrics_add(MET_L2_PREFETCH_HIT, chunks);
     if (p->r.on_lookup)
         p->r.on_lookup(p->r.arg, chunks);
     size_t plan = chunks * w;
@@ -661,7 +715,11 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
                     memset(&p->res[i], 0, sizeof(p->res[i])); /* only L1_OK refs are meaningful */
                     p->st[i] = rst[i] == L1_EXISTS ? K_EXISTS : K_FAILED;
                 }
+                if (p->st[i] == K_FAILED) /* found in L2, no L1 buffer for it */
+                    metrics_add(MET_L2_PREFETCH_FAILURE + 0, 1);
             }
+        } else if (plan) {
+            metrics_add(MET_L2_PREFETCH_FAILURE + 0, plan);
         }
         free(sizes);
         free(rst);
@@ -706,6 +764,7 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
         if (c) {
             c->p = p;
             c->a = (int)a;
+            c->t0 = 0;
             ctxs[a] = c;
             tasks++;
         }
@@ -727,6 +786,10 @@ static void pf_plan_and_load(struct l2_tier *t, struct preq *p)
                 iov[j].iov_base = base + p->res[i].offset;
                 iov[j].iov_len = p->r.obj_size;
             }
+            metrics_add(MET_L2_PREFETCH_LOAD_SUBMITTED, 1);
+            metrics_row_add(metrics_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
+                            MET_ROW_L2_PREFETCH_LOAD_SUBMITTED_OBJECTS, c->n);
+            c->t0 = clock_mono_ns();
             struct l2_cb cb = { load_done, c };
             rc = l2_submit_load(t->ads[a], ks, iov, c->n, &cb, NULL);
         }
@@ -769,12 +832,13 @@ static void pf_finish(struct l2_tier *t, struct preq *p, bool timed_out)
         view.st = st;
         chunks = prefix_chunks(&view, n, loaded_or_exists);
     }
-    size_t keep = chunks * w;
+    size_t keep = chunks * w, published = 0;
     /* publish the loaded prefix, drop loaded objects past it */
     for (size_t i = 0; st && i < n; i++) {
         if (st[i] == K_LOADED && i < keep) {
             enum l1_status ps = L1_NOTFOUND;
             l1_publish(t->l1, &p->r.keys[i], &p->res[i].id, 1, t->writer, &ps);
+            published += ps == L1_OK;
             if (ps != L1_OK && (i / w) * w < keep)
                 keep = (i / w) * w; /* expired or cleared: the prefix ends before this chunk */
         } else if (st[i] == K_LOADED || st[i] == K_FAILED) {
@@ -795,6 +859,9 @@ static void pf_finish(struct l2_tier *t, struct preq *p, bool timed_out)
         locked = whole;
     }
     free(st);
+    if (published) /* objects (keys) that came from L2 into L1 */
+        metrics_row_add(metrics_row(p->r.model, p->r.model_len, p->r.salt, p->r.salt_len),
+                        MET_ROW_L2_PREFETCH_LOAD_COMPLETED, published);
     pthread_mutex_lock(&t->mu);
     t->pf_loaded += locked / w;
     t->pf_completed++;
@@ -947,6 +1014,8 @@ int l2_tier_create(const struct l2_tier_opts *o, struct l2_tier **out)
             goto fail;
         }
         t->nads++;
+        if (i < MET_MAX_L2) /* l2_name of the per-adapter families: "fs0", as /status names it */
+            metrics_l2_register((unsigned)i, t->ads[i]->name);
     }
     t->store_max_tasks = (o->store_max_in_flight > 0 ? o->store_max_in_flight : 64) * (int)t->nads;
     log_info("Starting L2EvictionController...");

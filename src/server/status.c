@@ -235,9 +235,9 @@ static void l2_metrics(FILE *b, json_t *st)
         { "load", "failed", "lmcd_l2_load_failures_total", "counter", "Keys whose L2 load failed." },
         { "load", "bytes", "lmcd_l2_loaded_bytes_total", "counter", "Bytes loaded from L2." },
         { NULL, "errors", "lmcd_l2_errors_total", "counter", "L2 tasks that failed as a whole." },
-        { "store", "avg_latency_ms", "lmcd_l2_store_latency_avg_ms", "gauge", "Mean L2 store task latency." },
-        { "lookup", "avg_latency_ms", "lmcd_l2_lookup_latency_avg_ms", "gauge", "Mean L2 lookup task latency." },
-        { "load", "avg_latency_ms", "lmcd_l2_load_latency_avg_ms", "gauge", "Mean L2 load task latency." },
+        { "store", "avg_latency_ms", "lmcd_l2_store_latency_avg_seconds", "gauge", "Mean L2 store task latency." },
+        { "lookup", "avg_latency_ms", "lmcd_l2_lookup_latency_avg_seconds", "gauge", "Mean L2 lookup task latency." },
+        { "load", "avg_latency_ms", "lmcd_l2_load_latency_avg_seconds", "gauge", "Mean L2 load task latency." },
     };
     if (!json_array_size(ads))
         return;
@@ -250,7 +250,8 @@ static void l2_metrics(FILE *b, json_t *st)
             json_t *v = json_object_get(g[i].obj ? json_object_get(a, g[i].obj) : a, g[i].key);
             fprintf(b, "%s{adapter=\"%s\",type=\"%s\"} %.17g\n", g[i].name,
                     json_string_value(json_object_get(a, "name")), json_string_value(json_object_get(a, "type")),
-                    json_number_value(v));
+                    /* /status keeps milliseconds; Prometheus wants base units */
+                    json_number_value(v) / (strcmp(g[i].key, "avg_latency_ms") ? 1.0 : 1000.0));
         }
     }
 }

@@ -11,6 +11,7 @@ capacity.
 """
 import json
 import os
+import shutil
 import subprocess
 import urllib.request
 import zlib
@@ -389,3 +390,62 @@ def test_l2_worker_ids_cannot_take_lmcds_own_writer_ids(lmcd_factory):
         assert c.register_ed(ed_payload(5, num_layers=LAYERS, hidden_dim_size=HIDDEN)).get("error") is None
     finally:
         c.close()
+
+
+# Names promtool 2.42's lint calls "abbreviated units" that stay: LMCache's
+# exact throughput names (compatibility) and lmcd's per-adapter average
+# latency gauges (src/server/status.c).
+UNIT_LINT_OK = {"lmcache_mp_l2_store_throughput_GB_per_second", "lmcache_mp_l2_load_throughput_GB_per_second",
+                "lmcd_l2_store_latency_avg_seconds", "lmcd_l2_lookup_latency_avg_seconds", "lmcd_l2_load_latency_avg_seconds"}
+
+
+def promtool_lint_only_units(text):
+    """`promtool check metrics`: the text parses (exit 1 is a format error)
+    and the only lint findings (exit 3) are the unit names above."""
+    if not shutil.which("promtool"):
+        pytest.skip("promtool not installed (Debian package prometheus; mk/deps.sh installs it)")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode in (0, 3), f"promtool check metrics failed:\n{r.stdout}{r.stderr}"
+    for line in (r.stdout + r.stderr).splitlines():
+        if line.strip():
+            name, _, why = line.partition(" ")
+            assert name in UNIT_LINT_OK and "abbreviated units" in why, f"promtool: {line}"
+
+
+def test_l2_lmcache_metric_families_count_the_round_trip(lmcd_factory, tmp_path):
+    """LMCache's lmcache_mp_l2_* families, labelled with the adapter's
+    l2_name, count exactly what one store, one L1 clear and one lookup that
+    L2 serves did; the scrape passes promtool."""
+    from test_metrics import parse, total
+    srv = lmcd_factory(["--l1-size-gb", "0.05", "--l2-adapter", fs_adapter(tmp_path / "l2")])
+    n = 4
+    round_trip(srv, n=n, seed=5)
+    text = urllib.request.urlopen(srv.http + "/metrics", timeout=5).read().decode()
+    promtool_lint_only_units(text)
+    s, types = parse(text)
+    p = "lmcache_mp_l2_"
+    # store: one request to the one adapter, n objects, all landed
+    assert total(s, p + "store_submitted_requests_total") == 1, text
+    assert total(s, p + "store_completed_requests_total", l2_name="fs0") == 1
+    assert total(s, p + "store_submitted_objects_chunks_total") == n
+    assert total(s, p + "store_completed_objects_chunks_total") == n
+    # the lookup after the clear: one prefetch, every chunk found and loaded
+    assert total(s, p + "prefetch_lookup_requests_total") == 1
+    assert total(s, p + "prefetch_lookup_objects_chunks_total") == n
+    assert total(s, p + "prefetch_hit_chunks_total") == n
+    assert total(s, p + "prefetch_load_submitted_requests_total") == 1
+    assert total(s, p + "prefetch_load_submitted_objects_chunks_total") == n
+    assert total(s, p + "load_completed_requests_total", l2_name="fs0") == 1
+    assert total(s, p + "prefetch_load_completed_chunks_total") == n
+    assert types[p + "prefetch_failure_total"] == "counter"
+    assert total(s, p + "prefetch_failure_total") == 0
+    assert types[p + "evicted_objects_chunks_total"] == "counter"
+    assert total(s, p + "evicted_objects_chunks_total") == 0  # unbounded adapter: nothing evicted
+    for d in ("store", "load"):
+        h = p + d + "_throughput_GB_per_second"
+        assert types[h] == "histogram"
+        assert total(s, h + "_count", l2_name="fs0") == 1, text
+        assert total(s, h + "_sum", l2_name="fs0") > 0
+    # the lookup split the engine already counted agrees with the tier
+    assert total(s, "lmcache_mp_lookup_hit_l2_keys_total") == n
+    assert srv.stop() == 0

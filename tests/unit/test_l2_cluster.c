@@ -227,6 +227,25 @@ Test(l2_cluster_live, follows_ask_during_migration_and_moved_after)
         cr_assert(r && r->type == REDIS_REPLY_STATUS, "SETSLOT NODE on %d: %s", i, r ? r->str : "");
         freeReplyObject(r);
     }
+    /* SETSLOT NODE reaches each node at once, but a node may still take an
+     * older owner from gossip for a moment on a loaded machine: wait (bounded)
+     * until every node routes foo to `to`, so the client meets one MOVED. */
+    char moved_to[64];
+    snprintf(moved_to, sizeof(moved_to), " 127.0.0.1:%d", rh.s[to].port);
+    for (int tries = 0, agreed = 0; !agreed; tries++) {
+        cr_assert_lt(tries, 500, "the cluster never agreed that slot %u belongs to node %d", slot, to);
+        agreed = 1;
+        for (int i = 0; i < 3 && agreed; i++) {
+            r = rh_cmd(rh.s[i].port, "GET foo");
+            agreed = r && (i == to ? r->type == REDIS_REPLY_STRING
+                                   : r->type == REDIS_REPLY_ERROR && strstr(r->str, "MOVED") &&
+                                         strstr(r->str, moved_to));
+            if (r)
+                freeReplyObject(r);
+        }
+        if (!agreed)
+            usleep(20 * 1000);
+    }
     cr_assert_eq(set_get(c, "foo", "v2"), 0);
     l2_cluster_redirects(c, &moved, &ask);
     cr_assert_geq(moved, 1, "the old owner answered MOVED");
