@@ -85,6 +85,15 @@ $(BUILD)/obj/src/transfer/transfer_cuda_fatbin.c: $(BUILD)/obj/src/transfer/tran
 	  echo 'const unsigned long lmcd_cuda_fatbin_len = sizeof(lmcd_cuda_fatbin);'; } > $@.tmp && mv $@.tmp $@
 $(BUILD)/obj/src/transfer/transfer_cuda_fatbin.o: $(BUILD)/obj/src/transfer/transfer_cuda_fatbin.c
 	$(CC) $(CFLAGS) -c $< -o $@
+# The emulated CUDA driver the e2e tests load into lmcd (tests/gpu/fakecuda/,
+# docs/gpu.md): plain C, built with lmcd's flags (sanitizers included), only
+# beside the CUDA backend (it needs cuda.h, not nvcc).
+ifneq ($(NVCC),)
+FAKECUDA := $(BUILD)/tests/fakecuda/libcuda.so.1
+$(FAKECUDA): tests/gpu/fakecuda/fake_cuda.c src/transfer/transfer_layout.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -isystem $(CUDA_INC) -o $@ $< $(LDFLAGS)
+endif
 
 CLIENT_SRCS := $(wildcard src/client/client*.c) $(wildcard src/wire/*.c) $(wildcard src/util/*.c)
 CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -147,7 +156,7 @@ GPU_BUNDLE_SKIP := linux-vdso ld-linux libc.so libm.so libpthread.so libdl.so li
 	libstdc++.so libgcc_s.so
 gpu-bundle: all
 	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/lib
-	cp $(BUILD)/lmcd tests/gpu/run.sh tests/gpu/gpu_test.py tests/gpu/ctzmq.py clients/python/lmcd_client.py \
+	cp $(BUILD)/lmcd tests/gpu/run.sh tests/gpu/gpu_test.py tests/gpu/ctzmq.py tests/gpu/ipc_wrapper.py clients/python/lmcd_client.py \
 		$(GPU_BUNDLE)/
 	ldd $(BUILD)/lmcd | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | while read -r lib; do \
 		skip=; for p in $(GPU_BUNDLE_SKIP); do case "$$(basename $$lib)" in $$p*) skip=1;; esac; done; \
@@ -160,7 +169,7 @@ run: all
 unit: all $(UNIT_BINS)
 e2e: all
 
-test: all $(UNIT_BINS)
+test: all $(UNIT_BINS) $(FAKECUDA)
 	@LMCD_BUILD=$(BUILD) SAN=$(SAN) LMCD_EXPECT_CUDA=$(if $(NVCC),1,0) sh tests/run.sh
 
 fuzz:

@@ -55,7 +55,7 @@ extern const unsigned long lmcd_cuda_fatbin_len;
     X(EventDestroy, "cuEventDestroy_v2", (CUevent))                                                       \
     X(MemAlloc, "cuMemAlloc_v2", (CUdeviceptr *, size_t))                                                 \
     X(MemFree, "cuMemFree_v2", (CUdeviceptr))                                                             \
-    X(MemcpyHtoD, "cuMemcpyHtoD_v2", (CUdeviceptr, const void *, size_t))                                 \
+    X(MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", (CUdeviceptr, const void *, size_t, CUstream))              \
     X(MemHostRegister, "cuMemHostRegister_v2", (void *, size_t, unsigned))                                \
     X(MemHostUnregister, "cuMemHostUnregister", (void *))                                                 \
     X(MemHostGetDevicePointer, "cuMemHostGetDevicePointer_v2", (CUdeviceptr *, void *, unsigned))         \
@@ -110,6 +110,7 @@ struct transfer_backend {
     void *host_base; /* the L1 segment */
     size_t host_len;
     bool host_pinned;
+    int pin_dev; /* the device whose context pinned L1 */
     int ndev;
     struct cu_dev devs[CU_MAX_DEVICES];
     pthread_mutex_t lock; /* regs[] and devs[].ctx/mod (registration is rare) */
@@ -228,6 +229,7 @@ static int dev_ready(struct transfer_backend *b, int i, char *why, size_t why_le
             return -EIO;
         }
         b->host_pinned = true;
+        b->pin_dev = i;
     }
     if (!d->host_dev && b->host_pinned) {
         if ((r = b->cu.MemHostGetDevicePointer(&d->host_dev, b->host_base, 0)) != CUDA_SUCCESS) {
@@ -449,8 +451,13 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         goto fail;
     }
     size_t lb = g->nlayers * sizeof(*g->layer_base);
+    /* On the registration's stream: a plain cuMemcpyHtoD from pageable
+     * memory runs on the legacy NULL stream and may still be in flight when
+     * it returns, and a non-blocking stream's kernel does not wait for it
+     * (found by the emulated driver, tests/gpu/fakecuda). The source is
+     * staged at the call, so layer_base may change later. */
     if ((r = b->cu.MemAlloc(&g->d_layers, lb)) != CUDA_SUCCESS ||
-        (r = b->cu.MemcpyHtoD(g->d_layers, g->layer_base, lb)) != CUDA_SUCCESS) {
+        (r = b->cu.MemcpyHtoDAsync(g->d_layers, g->layer_base, lb, g->stream)) != CUDA_SUCCESS) {
         snprintf(why, why_len, "uploading the layer table: %s", cu_err(b, r));
         rc = -EIO;
         goto fail;
@@ -578,7 +585,9 @@ static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct t
         addrs[k] = (uint64_t)b->devs[g->dev].host_dev + (uint64_t)((uint8_t *)c->chunk_ptr[k] - (uint8_t *)b->host_base);
     }
     CUresult r;
-    if ((rc = scratch(b, g, bytes)) || (r = b->cu.MemcpyHtoD(g->d_scratch, host, bytes)) != CUDA_SUCCESS) {
+    /* Ordered before the kernel on the same stream (see cu_register). */
+    if ((rc = scratch(b, g, bytes)) ||
+        (r = b->cu.MemcpyHtoDAsync(g->d_scratch, host, bytes, g->stream)) != CUDA_SUCCESS) {
         snprintf(why, why_len, "uploading the block table failed");
         rc = rc ? rc : -EIO;
         goto out;
@@ -668,7 +677,9 @@ static void cu_close(struct transfer_backend *b)
     pthread_mutex_lock(&b->lock);
     while (b->n_regs)
         reg_remove(b, b->regs[0]->instance);
-    if (b->host_pinned)
+    /* Unregistering needs a current context, and this thread (the one
+     * that stops the server) may never have had one. */
+    if (b->host_pinned && b->cu.CtxSetCurrent(b->devs[b->pin_dev].ctx) == CUDA_SUCCESS)
         b->cu.MemHostUnregister(b->host_base);
     for (int i = 0; i < b->ndev; i++)
         if (b->devs[i].ctx)

@@ -47,41 +47,17 @@ def check(cond, what):
 
 # ---------------------------------------------------------------- the wrapper LMCache pickles
 
-def _module(name):
-    parts = name.split(".")
-    for k in range(1, len(parts) + 1):
-        sub = ".".join(parts[:k])
-        if sub not in sys.modules:
-            sys.modules[sub] = types.ModuleType(sub)
-            if k > 1:
-                setattr(sys.modules[".".join(parts[:k - 1])], parts[k - 1], sys.modules[sub])
-    return sys.modules[name]
+from ipc_wrapper import CudaIPCWrapper  # noqa: E402  (shared with tests/e2e/test_gpu_emulated.py)
 
 
-_ct = _module("lmcache.v1.multiprocess.custom_types")
-
-
-class CudaIPCWrapper:
-    """Same module/name and __dict__ as LMCache's (spec 10): pickles identically."""
-
-    def __init__(self, tensor):
-        import torch
-        storage = tensor.untyped_storage()
-        self.handle = storage._share_cuda_()
-        self.dtype = tensor.dtype
-        self.shape = tuple(tensor.shape)
-        self.stride = tuple(tensor.stride())
-        self.storage_offset = tensor.storage_offset()
-        self.device_uuid = str(torch.cuda.get_device_properties(tensor.device.index).uuid)
-
-
-CudaIPCWrapper.__module__ = _ct.__name__
-CudaIPCWrapper.__qualname__ = "CudaIPCWrapper"
-_ct.CudaIPCWrapper = CudaIPCWrapper
+def wrap(tensor):
+    import torch
+    return CudaIPCWrapper(tensor.untyped_storage()._share_cuda_(), tensor.dtype, tensor.shape, tensor.stride(),
+                          tensor.storage_offset(), str(torch.cuda.get_device_properties(tensor.device.index).uuid))
 
 
 def ext(tensor):
-    return msgpack.ExtType(1, pickle.dumps(CudaIPCWrapper(tensor)))
+    return msgpack.ExtType(1, pickle.dumps(wrap(tensor)))
 
 
 # ---------------------------------------------------------------- lmcd
@@ -160,10 +136,9 @@ def dry_run(lmcd):
             seg.close()
         # a GPU registration on a driverless lmcd: unanswered (spec 9.3), one log line
         w = types.SimpleNamespace(handle=(0, b"\x02c" + bytes(64), 1 << 20, 0, b"", 0, bytes(64), False))
-        fake = CudaIPCWrapper.__new__(CudaIPCWrapper)
-        fake.__dict__.update(handle=w.handle, dtype=torch.bfloat16, shape=(2, 16, 16, 8, 128),
-                             stride=(16 * 16 * 8 * 128, 16 * 8 * 128, 8 * 128, 128, 1), storage_offset=0,
-                             device_uuid="00000000-0000-0000-0000-000000000000")
+        fake = CudaIPCWrapper(w.handle, torch.bfloat16, (2, 16, 16, 8, 128),
+                              (16 * 16 * 8 * 128, 16 * 8 * 128, 8 * 128, 128, 1), 0,
+                              "00000000-0000-0000-0000-000000000000")
         uid = c.submit("register_kv_cache", 12, [msgpack.ExtType(1, pickle.dumps(fake))], "m", 1, "vllm",
                        {"kv_layout": "NHD"}, [])
         try:

@@ -1,0 +1,401 @@
+"""The GPU (LMCache-driven) path end to end, on the emulated CUDA driver.
+
+The real lmcd loads build/tests/fakecuda/libcuda.so.1 (tests/gpu/fakecuda/
+fake_cuda.c) through LD_LIBRARY_PATH instead of NVIDIA's driver, so every
+line of src/transfer/transfer_cuda.c and src/server/gpu.c runs: device
+lookup by UUID, primary context, IPC mappings, streams, interprocess events,
+pinned-L1 registration, and lmcd's kernels executed on the CPU by the index
+function the .cu kernels use. This test is the vLLM worker: its "device
+memory" is a memfd the fake maps from its handle, its paged KV caches
+(flash-attention NHD and HND, flashinfer, MLA; bf16 and fp8 as uint8) live
+there, and it pickles LMCache's CudaIPCWrapper (tests/gpu/ipc_wrapper.py, as
+the GPU run does). Real ZeroMQ, real wire. Nothing here ran on a GPU: the
+emulation checks lmcd against the driver's documented behaviour only.
+"""
+import mmap
+import os
+import struct
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from conftest import ROOT, wait_for
+from lmcd_client import Segment, ed_payload, make_key
+from test_protocol import clients  # noqa: F401
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "gpu"))
+from ipc_wrapper import CudaIPCWrapper, dumps, share_handle, torch_dtype  # noqa: E402
+
+BUILD = os.environ.get("LMCD_BUILD", "build")
+FAKE_DIR = os.path.join(ROOT, BUILD, "tests", "fakecuda")
+CHUNK = 256
+
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(FAKE_DIR, "libcuda.so.1")),
+                                reason="built without nvcc: no CUDA backend, so no emulated driver to load")
+
+MEM_MAGIC = b"fkcudaM\0"
+EV_MAGIC = b"fkcudaE\0"
+
+
+def uuid(dev):
+    return f"fa4ec0da-0000-4000-8000-0000000000{dev:02x}"
+
+
+# ---------------------------------------------------------------- the worker's "device"
+
+class DevBlock:
+    """One device allocation of the worker (a caching-allocator block): a
+    memfd that the fake driver in lmcd maps from its IPC handle."""
+
+    def __init__(self, size, dev=0):
+        self.fd = os.memfd_create("fakecuda-kv", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.mm = mmap.mmap(self.fd, size)
+        self.size = size
+        self.handle64 = struct.pack("<8sIIQI", MEM_MAGIC, os.getpid(), self.fd, size, dev).ljust(64, b"\0")
+
+    def torch_handle(self):
+        """PyTorch's shareable handle: [version]['c'][cudaIpcMemHandle_t]."""
+        return bytes([1, ord("c")]) + self.handle64
+
+    def close(self):
+        os.close(self.fd)  # the mapping (and numpy views of it) stay valid
+
+
+class Event:
+    """An interprocess event of the worker, in the fake's page format."""
+
+    def __init__(self):
+        self.fd = os.memfd_create("fakecuda-ev", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, 4096)
+        self.mm = mmap.mmap(self.fd, 4096)
+        self.mm[0:8] = EV_MAGIC
+        self.handle = struct.pack("<8sII", EV_MAGIC, os.getpid(), self.fd).ljust(64, b"\0")
+
+    def record(self):
+        """Work queued that the event will mark (not complete yet)."""
+        n = struct.unpack_from("<Q", self.mm, 8)[0] + 1
+        struct.pack_into("<Q", self.mm, 8, n)
+
+    def complete(self):
+        struct.pack_into("<Q", self.mm, 16, struct.unpack_from("<Q", self.mm, 8)[0])
+
+    def close(self):
+        self.mm.close()
+        os.close(self.fd)
+
+
+def wait_reply_event(srv, handle, timeout=20.0):
+    """What torch.cuda.Event.from_ipc_handle(...).synchronize() does: wait for
+    the record current when the reply was sent."""
+    assert len(handle) == 64 and handle[:8] == EV_MAGIC, handle
+    pid, fd = struct.unpack_from("<II", handle, 8)
+    assert pid == srv.proc.pid, "the reply event belongs to lmcd"
+    with open(f"/proc/{pid}/fd/{fd}", "r+b") as f, mmap.mmap(f.fileno(), 24) as m:
+        target = struct.unpack_from("<Q", m, 8)[0]
+        assert target >= 1, "the reply event was recorded"
+        deadline = time.monotonic() + timeout
+        while struct.unpack_from("<Q", m, 16)[0] < target:
+            assert time.monotonic() < deadline, "the reply event never completed"
+            time.sleep(0.002)
+
+
+class Cache:
+    """A vLLM-shaped paged KV cache: every layer in one device block, at
+    storage_offset elements into a storage that starts 512 bytes in."""
+
+    KINDS = ("fa_nhd", "fa_hnd", "fi_nhd", "mla")
+
+    def __init__(self, kind, dtype, layers=3, nb=80, bs=16, nh=4, hs=64, dev=0, seed=1):
+        self.kind, self.dtype, self.layers, self.nb, self.bs, self.nh = kind, dtype, layers, nb, bs, nh
+        self.hs = 576 if kind == "mla" and hs == 64 else hs
+        self.npdt = np.uint16 if dtype == "bf16" else np.uint8
+        self.elem = np.dtype(self.npdt).itemsize
+        hs = self.hs
+        if kind == "mla":
+            self.shape, phys = (nb, bs, hs), (nb, bs, hs)
+        elif kind == "fi_nhd":
+            self.shape, phys = (nb, 2, bs, nh, hs), (nb, 2, bs, nh, hs)
+        else:
+            self.shape = (2, nb, bs, nh, hs)
+            phys = (2, nb, nh, bs, hs) if kind == "fa_hnd" else self.shape
+        cs = [1] * len(phys)
+        for i in range(len(phys) - 2, -1, -1):
+            cs[i] = cs[i + 1] * phys[i + 1]
+        if kind == "fa_hnd":  # logical NHD shape over HND memory (vLLM's HND view)
+            self.stride = (cs[0], cs[1], cs[3], cs[2], cs[4])
+        else:
+            self.stride = tuple(cs)
+        self.layer_elems = int(np.prod(phys))
+        self.off0 = 512
+        size = self.off0 + layers * self.layer_elems * self.elem
+        self.block = DevBlock(size, dev)
+        self.dev = dev
+        raw = np.frombuffer(self.block.mm, dtype=np.uint8)
+        raw[:] = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+        self.arr = []
+        for la in range(layers):
+            off = self.off0 + la * self.layer_elems * self.elem
+            self.arr.append(np.ndarray(self.shape, self.npdt, buffer=self.block.mm, offset=off,
+                                       strides=tuple(s * self.elem for s in self.stride)))
+
+    def wrappers(self):
+        h = share_handle(self.dev, self.block.torch_handle(), self.block.size - self.off0, self.off0)
+        name = "bfloat16" if self.dtype == "bf16" else "uint8"
+        return [msgpack.ExtType(1, dumps(CudaIPCWrapper(h, torch_dtype(name), self.shape, self.stride,
+                                                        la * self.layer_elems, uuid(self.dev))))
+                for la in range(self.layers)]
+
+    def hints(self):
+        return {"kv_layout": "HND" if self.kind == "fa_hnd" else "NHD"}
+
+    def _blk(self, a, ids):
+        ids = list(ids)
+        return a[:, ids] if self.kind.startswith("fa") else a[ids]
+
+    def blocks(self, ids):
+        """The bytes of these blocks, every layer, in logical order."""
+        return b"".join(np.ascontiguousarray(self._blk(a, ids)).tobytes() for a in self.arr)
+
+    def fill(self, ids, seed):
+        rng = np.random.default_rng(seed)
+        for a in self.arr:
+            v = self._blk(a, ids)
+            new = rng.integers(0, 256, v.size * self.elem, dtype=np.uint8).view(self.npdt).reshape(v.shape)
+            if self.kind.startswith("fa"):
+                a[:, list(ids)] = new
+            else:
+                a[list(ids)] = new
+
+    def chunk_object(self, ids):
+        """Spec 7.4: [2, L, T, NH*HS] (MLA: [L, T, HS]) of these blocks."""
+        t = len(ids) * self.bs
+        if self.kind == "mla":
+            return np.stack([a[list(ids)].reshape(t, self.hs) for a in self.arr]).tobytes()
+        kv = []
+        for k in range(2):
+            kv.append(np.stack([(a[k, list(ids)] if self.kind.startswith("fa") else a[list(ids), k])
+                                .reshape(t, self.nh * self.hs) for a in self.arr]))
+        return np.stack(kv).tobytes()
+
+    def geom(self):
+        return dict(block_size=self.bs, num_layers=self.layers,
+                    hidden_dim_size=self.hs if self.kind == "mla" else self.nh * self.hs)
+
+
+# ---------------------------------------------------------------- lmcd and the wire
+
+@pytest.fixture
+def gpu_lmcd(lmcd_factory):
+    def start(args=(), devices=1):
+        env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": str(devices)}
+        s = lmcd_factory(["--l1-size-gb", "0.1", *args], env=env)
+        wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+        return s
+    return start
+
+
+def fake_errors(s):
+    return [ln for ln in s.log().splitlines() if "fakecuda:" in ln]
+
+
+def register(c, iid, cache, model="m", world_size=1):
+    assert c.call("register_kv_cache", iid, cache.wrappers(), model, world_size, "vllm", cache.hints(), []) is None
+
+
+def key_of(toks, start, end, rid, model="m", world_size=1, worker_id=0):
+    return make_key(model, toks, start, end, rid, world_size=world_size, worker_id=worker_id)
+
+
+def store(srv, c, iid, key, blocks, on_wait=None):
+    """STORE with a client event recorded but not complete: lmcd must wait
+    for it before reading (on_wait runs meanwhile: the worker's last writes)."""
+    ev = Event()
+    try:
+        ev.record()
+        uid = c.submit("store", key, iid, [list(blocks)], ev.handle)
+        time.sleep(0.05)
+        if on_wait:
+            on_wait()
+        ev.complete()
+        handle, ok = c.wait(uid, 60.0)
+        wait_reply_event(srv, handle)
+        return ok
+    finally:
+        ev.close()
+
+
+def retrieve(srv, c, iid, key, blocks, skip=0):
+    ev = Event()
+    try:
+        handle, ok = c.call("retrieve", key, iid, [list(blocks)], ev.handle, skip, timeout=60.0)
+        wait_reply_event(srv, handle)
+        return ok
+    finally:
+        ev.close()
+
+
+def lookup(c, toks, end, rid, model="m", tp=1):
+    c.lookup(make_key(model, toks, 0, end, rid, world_size=tp), tp_size=tp)
+    return c.poll_prefetch_status(rid, timeout=20.0)
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("kind,dtype", [("fa_nhd", "bf16"), ("fa_nhd", "fp8"), ("fa_hnd", "bf16"),
+                                        ("fi_nhd", "bf16"), ("mla", "bf16"), ("mla", "fp8")])
+def test_store_lookup_retrieve_bit_for_bit(gpu_lmcd, clients, kind, dtype):  # noqa: F811
+    s = gpu_lmcd()
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    cache = Cache(kind, dtype)
+    register(c, 11, cache)
+    bpc = CHUNK // cache.bs
+    # two full chunks and a partial one (96 tokens): only full chunks are cached
+    toks = list(range(500, 500 + 2 * CHUNK + 96))
+    src = list(range(1, 1 + 2 * bpc + 6))
+    dst = list(range(cache.nb - 2 * bpc, cache.nb))
+    assert set(src).isdisjoint(dst)
+    # the worker's last kernel writes the source blocks while lmcd waits on its event
+    assert store(s, c, 11, key_of(toks, 0, len(toks), "st"), src, on_wait=lambda: cache.fill(src, 7))
+    assert lookup(sched, toks, len(toks), "lk") == 2
+    before_tail = cache.blocks(src[2 * bpc:])
+    assert retrieve(s, c, 11, key_of(toks, 0, 2 * CHUNK, "lk"), dst)
+    assert cache.blocks(dst) == cache.blocks(src[:2 * bpc]), "retrieved blocks differ from the stored ones"
+    assert cache.blocks(src[2 * bpc:]) == before_tail
+    # a miss: (valid event, false), nothing written
+    other = list(range(9000, 9000 + CHUNK))
+    snap = cache.blocks(dst[:bpc])
+    assert retrieve(s, c, 11, key_of(other, 0, CHUNK, "miss"), dst[:bpc]) is False
+    assert cache.blocks(dst[:bpc]) == snap
+    assert fake_errors(s) == [], s.log()
+
+
+def test_gpu_store_read_by_engine_driven_worker_and_back(gpu_lmcd, clients):  # noqa: F811
+    """Same bytes in L1 whichever path wrote them (spec 7.4)."""
+    s = gpu_lmcd()
+    g, ed, sched = clients(s.url, timeout=60.0), clients(s.url), clients(s.url)
+    cache = Cache("fa_hnd", "bf16", layers=2)
+    register(g, 21, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(3, 3 + CHUNK))
+    src = list(range(5, 5 + bpc))
+    assert store(s, g, 21, key_of(toks, 0, CHUNK, "mx"), src)
+    reg = ed.register_ed(ed_payload(22, **cache.geom()))
+    assert reg.get("error") is None, reg
+    seg = Segment(reg["shm_name"])
+    try:
+        assert lookup(sched, toks, CHUNK, "mxl") == 1
+        r = ed.prepare_retrieve(key_of(toks, 0, CHUNK, "mxl"), 22)
+        assert r["success"]
+        slot = r["context"]["slots"][0]
+        assert seg.read(slot["offset"], slot["length"]) == cache.chunk_object(src), \
+            "the engine-driven worker reads other bytes than the GPU worker's blocks in the spec 7.4 layout"
+        assert ed.commit_retrieve(key_of(toks, 0, CHUNK, "mxl"), 22) is True
+        # the other way: an engine-driven store, retrieved by the GPU worker
+        toks2 = list(range(70000, 70000 + CHUNK))
+        k2 = key_of(toks2, 0, CHUNK, "ed2")
+        ctx = ed.prepare_store(k2, 22)["context"]
+        obj = np.random.default_rng(5).integers(0, 256, ctx["slots"][0]["length"], dtype=np.uint8).tobytes()
+        seg.write(ctx["slots"][0]["offset"], obj)
+        assert ed.commit_store(k2, 22) is True
+    finally:
+        seg.close()
+    assert lookup(sched, toks2, CHUNK, "ed2l") == 1
+    dst = list(range(cache.nb - bpc, cache.nb))
+    assert retrieve(s, g, 21, key_of(toks2, 0, CHUNK, "ed2l"), dst)
+    assert cache.chunk_object(dst) == obj
+    assert fake_errors(s) == [], s.log()
+
+
+@pytest.mark.parametrize("null", [0, -1])
+def test_null_blocks_and_skip_first_tokens(gpu_lmcd, clients, null):  # noqa: F811
+    s = gpu_lmcd(["--null-block-id", str(null)])
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16")
+    register(c, 31, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(40, 40 + CHUNK))
+    # with -1 as the sentinel, block 0 is an ordinary block
+    src = list(range(0 if null == -1 else 1, bpc + (0 if null == -1 else 1)))
+    assert store(s, c, 31, key_of(toks, 0, CHUNK, "n1"), src)
+    assert lookup(sched, toks, CHUNK, "n1l") == 1
+    dst = list(range(cache.nb - bpc, cache.nb))
+    # null blocks in a retrieve are left alone, the others written
+    dst_null = [null if i in (3, 9) else b for i, b in enumerate(dst)]
+    before = {b: cache.blocks([b]) for b in dst}
+    assert retrieve(s, c, 31, key_of(toks, 0, CHUNK, "n1l"), dst_null)
+    for i, b in enumerate(dst):
+        if i in (3, 9):
+            assert cache.blocks([b]) == before[b], f"block {i}, null in the request, was written"
+        else:
+            assert cache.blocks([b]) == cache.blocks([src[i]]), f"block {i} not retrieved"
+    # skip_first_n_tokens: whole leading blocks belong to vLLM's prefix cache
+    assert lookup(sched, toks, CHUNK, "n2l") == 1
+    dst2 = list(range(cache.nb - 2 * bpc, cache.nb - bpc))
+    before2 = cache.blocks(dst2[:2])
+    assert retrieve(s, c, 31, key_of(toks, 0, CHUNK, "n2l"), dst2, skip=2 * cache.bs)
+    assert cache.blocks(dst2[:2]) == before2, "skipped blocks were written"
+    assert cache.blocks(dst2[2:]) == cache.blocks(src[2:])
+    # a STORE whose chunk has a null block: that chunk's bytes do not exist, it is not cached
+    toks3 = list(range(80000, 80000 + CHUNK))
+    src3 = [null if i == 4 else b for i, b in enumerate(range(1, 1 + bpc))]
+    store(s, c, 31, key_of(toks3, 0, CHUNK, "n3"), src3)
+    assert lookup(sched, toks3, CHUNK, "n3l") == 0
+    assert fake_errors(s) == [], s.log()
+
+
+def test_tp2_two_workers(gpu_lmcd, clients):  # noqa: F811
+    s = gpu_lmcd(devices=2)
+    sched = clients(s.url, timeout=30.0)
+    workers = []
+    for rank in range(2):
+        c = clients(s.url, timeout=60.0)
+        cache = Cache("fa_nhd", "bf16", nh=2, dev=rank, seed=10 + rank)
+        register(c, 40 + rank, cache, world_size=2)
+        workers.append((c, cache))
+    bpc = CHUNK // 16
+    toks = list(range(600, 600 + 2 * CHUNK))
+    src = list(range(1, 1 + 2 * bpc))
+    dst = list(range(80 - 2 * bpc, 80))
+    for rank, (c, cache) in enumerate(workers):
+        assert store(s, c, 40 + rank, key_of(toks, 0, 2 * CHUNK, "tp", world_size=2, worker_id=rank), src)
+    assert lookup(sched, toks, 2 * CHUNK, "tpl", tp=2) == 2
+    for rank, (c, cache) in enumerate(workers):
+        assert retrieve(s, c, 40 + rank, key_of(toks, 0, 2 * CHUNK, "tpl", world_size=2, worker_id=rank), dst)
+        assert cache.blocks(dst) == cache.blocks(src), f"rank {rank}"
+    assert workers[0][1].blocks(src) != workers[1][1].blocks(src), "the ranks hold different shards"
+    # stopping with both registrations alive closes every mapping, stream and event
+    s.stop()
+    assert "fakecuda: leak" not in s.log(), s.log()
+    assert fake_errors(s) == [], s.log()
+
+
+def test_reregister_unregister_and_clean_shutdown(gpu_lmcd, clients):  # noqa: F811
+    s = gpu_lmcd()
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    old = Cache("mla", "bf16", seed=3)
+    register(c, 51, old)
+    bpc = CHUNK // old.bs
+    toks = list(range(900, 900 + CHUNK))
+    src = list(range(1, 1 + bpc))
+    assert store(s, c, 51, key_of(toks, 0, CHUNK, "rr"), src)
+    # the worker restarts with a new cache: re-registering replaces the mappings
+    new = Cache("mla", "bf16", seed=4)
+    register(c, 51, new)
+    register(c, 51, new)  # twice: the same handle must open again after the replace
+    assert lookup(sched, toks, CHUNK, "rrl") == 1
+    dst = list(range(new.nb - bpc, new.nb))
+    assert retrieve(s, c, 51, key_of(toks, 0, CHUNK, "rrl"), dst)
+    assert new.blocks(dst) == old.blocks(src)
+    assert c.call("unregister_kv_cache", 51) is None
+    # after UNREGISTER a GPU request of that instance is refused (left unanswered, logged)
+    uid = c.submit("store", key_of(toks, 0, CHUNK, "after"), 51, [src], bytes(64))
+    with pytest.raises(TimeoutError):
+        c.wait_frames(uid, 1.0)
+    s.stop()
+    log = s.log()
+    assert "fakecuda: leak" not in log, log
+    assert fake_errors(s) == [], log
