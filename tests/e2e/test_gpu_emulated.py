@@ -399,3 +399,30 @@ def test_reregister_unregister_and_clean_shutdown(gpu_lmcd, clients):  # noqa: F
     log = s.log()
     assert "fakecuda: leak" not in log, log
     assert fake_errors(s) == [], log
+
+
+def test_incremental_stores_and_ranges_not_at_zero(gpu_lmcd, clients):  # noqa: F811
+    """vLLM stores a request's chunks as they fill: a range that is partly
+    cached already, and a range that starts past token 0 with only its own
+    block ids."""
+    s = gpu_lmcd()
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    cache = Cache("fi_nhd", "fp8", layers=2, nb=200)
+    register(c, 61, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(1200, 1200 + 4 * CHUNK))
+    src = list(range(1, 1 + 4 * bpc))
+    assert store(s, c, 61, key_of(toks, 0, CHUNK, "i1"), src[:bpc])
+    assert store(s, c, 61, key_of(toks, 0, 3 * CHUNK, "i2"), src[:3 * bpc])
+    assert store(s, c, 61, key_of(toks, 3 * CHUNK, 4 * CHUNK, "i3"), src[3 * bpc:])
+    assert lookup(sched, toks, 4 * CHUNK, "il") == 4
+    dst = list(range(cache.nb - 4 * bpc, cache.nb))
+    assert retrieve(s, c, 61, key_of(toks, 0, 4 * CHUNK, "il"), dst)
+    for k in range(4):
+        assert cache.blocks(dst[k * bpc:(k + 1) * bpc]) == cache.blocks(src[k * bpc:(k + 1) * bpc]), f"chunk {k}"
+    # a retrieve of a range past token 0, with that range's blocks only
+    assert lookup(sched, toks, 4 * CHUNK, "il2") == 4
+    dst2 = list(range(cache.nb - 6 * bpc, cache.nb - 4 * bpc))
+    assert retrieve(s, c, 61, key_of(toks, 2 * CHUNK, 4 * CHUNK, "il2"), dst2)
+    assert cache.blocks(dst2) == cache.blocks(src[2 * bpc:])
+    assert fake_errors(s) == [], s.log()
