@@ -73,7 +73,11 @@ int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_
     int64_t iid = r->req.instance_id;
     struct transfer_geom g;
     memset(&g, 0, sizeof(g));
-    engine_unregister(s->engine, iid); /* re-registering replaces, on both sides */
+    /* Re-registering replaces, on both sides: the GPU side first, which
+     * waits out the copies in flight (their completions commit to the
+     * engine), so no kernel writes into reservations the engine dropped. */
+    s->gpu_ops->unregister(s->gpu, iid);
+    engine_unregister(s->engine, iid);
     int rc = s->gpu_ops->register_kv(s->gpu, iid, &r->req.reg, &g, why, why_len);
     if (rc)
         return rc;
@@ -104,65 +108,194 @@ int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_
     return rc;
 }
 
-int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_key *k, char *why, size_t why_len)
+/* What a queued copy's completion does to the engine: publish (or drop)
+ * a STORE's reservations, release a RETRIEVE's read locks. Owns a deep copy
+ * of the key: the request is long gone by then. */
+struct gpu_done {
+    struct engine *e;
+    int64_t iid;
+    bool store;
+    struct engine_key k;
+};
+
+static char *dup_into(char **p, const char *src, size_t n)
 {
-    bool store = r->req.op == WIRE_OP_STORE;
-    int64_t iid = r->req.instance_id;
-    struct engine_slots sl;
-    memset(&sl, 0, sizeof(sl));
-    /* STORE: reservations for the chunks not present (none: nothing to do).
-     * RETRIEVE: every chunk present and read-locked, else a miss. */
-    int prc = store ? engine_prepare_store(s->engine, k, iid, &sl) : engine_prepare_retrieve(s->engine, k, iid, &sl);
-    if (prc)
-        memset(&sl, 0, sizeof(sl));
+    char *d = *p;
+    if (n)
+        memcpy(d, src, n);
+    d[n] = '\0';
+    *p += n + 1;
+    return d;
+}
+
+static struct gpu_done *gpu_done_new(struct server *s, int64_t iid, bool store, const struct engine_key *k,
+                                     int64_t start, int64_t end)
+{
+    size_t tb = k->n_tokens * sizeof(uint32_t);
+    struct gpu_done *d =
+        malloc(sizeof(*d) + tb + k->model_name_len + k->request_id_len + k->cache_salt_len + 3);
+    if (!d)
+        return NULL;
+    d->e = s->engine;
+    d->iid = iid;
+    d->store = store;
+    d->k = *k;
+    d->k.start = start;
+    d->k.end = end;
+    char *p = (char *)(d + 1); /* sizeof(*d) keeps the tokens aligned */
+    if (tb)
+        memcpy(p, k->token_ids, tb);
+    d->k.token_ids = (const uint32_t *)p;
+    p += tb;
+    d->k.model_name = dup_into(&p, k->model_name, k->model_name_len);
+    d->k.request_id = dup_into(&p, k->request_id, k->request_id_len);
+    d->k.cache_salt = dup_into(&p, k->cache_salt, k->cache_salt_len);
+    return d;
+}
+
+/* On the backend's completion thread. */
+static void gpu_done_cb(void *arg, bool ok)
+{
+    struct gpu_done *d = arg;
+    if (d->store)
+        engine_commit_store(d->e, &d->k, d->iid, ok ? 0 : 1); /* 1: drop, never publish */
+    else
+        engine_commit_retrieve(d->e, &d->k, d->iid);
+    if (!ok)
+        log_warn("%s from instance %lld: the copy failed; %s", d->store ? "STORE" : "RETRIEVE", (long long)d->iid,
+                 d->store ? "nothing of it was published" : "the worker's blocks hold undefined bytes");
+    free(d);
+}
+
+/* Queues one copy of the chunks `sl` names (for a STORE, chunk_indices
+ * relative to `sub`), whose completion commits `sub`. Records the reply
+ * event into r->gpu_event. 0 with *queued: the completion owns the
+ * engine side; otherwise the caller releases it. */
+static int gpu_copy(struct server *s, struct srv_req *r, bool store, const struct engine_key *sub,
+                    const struct engine_slots *sl, const int64_t *ids, size_t nb, int64_t skip_blocks,
+                    bool *queued, char *why, size_t why_len)
+{
+    *queued = false;
     uint64_t len = 0;
     uint8_t *base = engine_l1_base(s->engine, &len);
-    void **ptrs = sl.n ? calloc(sl.n, sizeof(*ptrs)) : NULL;
-    int64_t *idx = sl.n && !store ? calloc(sl.n, sizeof(*idx)) : NULL;
+    void **ptrs = sl->n ? calloc(sl->n, sizeof(*ptrs)) : NULL;
+    int64_t *idx = sl->n && !store ? calloc(sl->n, sizeof(*idx)) : NULL;
+    struct gpu_done *d = sl->n ? gpu_done_new(s, r->req.instance_id, store, sub, sub->start, sub->end) : NULL;
     int rc = -ENOMEM;
-    if (sl.n && (!ptrs || (!store && !idx)))
+    if (sl->n && (!ptrs || (!store && !idx) || !d))
         goto out;
-    for (size_t i = 0; i < sl.n; i++) {
-        ptrs[i] = base + sl.slots[i].offset;
+    for (size_t i = 0; i < sl->n; i++) {
+        ptrs[i] = base + sl->slots[i].offset;
         if (!store)
             idx[i] = (int64_t)i;
     }
-    const struct wire_block_ids *b = &r->req.blocks;
-    size_t nb = b->n_groups ? b->group_off[1] - b->group_off[0] : b->n_ids; /* one KV group is served */
-    const int64_t *ids = b->n_groups ? b->ids + b->group_off[0] : b->ids;
-    int64_t bs = 0;
-    if (nb)
-        bs = (k->end - k->start) / (int64_t)nb;
     struct transfer_copy c = {
-        .instance = iid,
+        .instance = r->req.instance_id,
         .store = store,
         .block_ids = ids,
         .n_blocks = nb,
         .chunk_tokens = (uint32_t)s->cfg->mp.chunk_size,
-        .chunk_index = store ? sl.chunk_indices : idx,
+        .chunk_index = store ? sl->chunk_indices : idx,
         .chunk_ptr = ptrs,
-        .n_chunks = sl.n,
-        .skip_blocks = bs > 0 ? r->req.skip_first_n_tokens / bs : 0,
+        .n_chunks = sl->n,
+        .skip_blocks = skip_blocks,
         .client_event = r->req.event_ipc_handle.ptr,
         .client_event_len = r->req.event_ipc_handle.len,
+        .done = gpu_done_cb,
+        .done_arg = d,
     };
-    bool copied = false;
-    rc = s->gpu_ops->copy(s->gpu, &c, r->gpu_event, &copied, why, why_len);
-    if (store && sl.n) /* publish what was copied; a failed copy drops its reservations */
-        engine_commit_store(s->engine, k, iid, copied ? 0 : 1);
-    if (!store && prc == 0) /* the copy is complete (or failed): release the locks */
-        engine_commit_retrieve(s->engine, k, iid);
-    if (rc == 0) {
-        r->resp.kind = WIRE_RESP_EVENT_BOOL;
-        r->resp.event.ptr = r->gpu_event;
-        r->resp.event.len = TRANSFER_EVENT_BYTES;
-        r->resp.b = store ? (sl.n == 0 || copied) : (prc == 0 && copied);
-        if (store && !copied && sl.n && why[0])
-            log_warn("STORE from instance %lld skipped: %s", (long long)iid, why);
-    }
+    rc = s->gpu_ops->copy(s->gpu, &c, r->gpu_event, queued, why, why_len);
+    if (rc == 0 && *queued)
+        d = NULL; /* the completion frees it */
 out:
+    free(d);
     free(ptrs);
     free(idx);
-    engine_slots_free(&sl);
     return rc;
+}
+
+/* Whether chunk `c` of the range has a block whose bytes do not exist (the
+ * null block id, or none sent). */
+static bool chunk_has_null(const int64_t *ids, size_t nb, int64_t bpc, int64_t c, int64_t null_id)
+{
+    for (int64_t j = c * bpc; j < (c + 1) * bpc; j++)
+        if ((size_t)j >= nb || ids[j] == null_id)
+            return true;
+    return false;
+}
+
+int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_key *k, char *why, size_t why_len)
+{
+    bool store = r->req.op == WIRE_OP_STORE;
+    int64_t iid = r->req.instance_id;
+    struct transfer_geom geo;
+    if (s->gpu_ops->geometry(s->gpu, iid, &geo)) {
+        snprintf(why, why_len, "instance not registered");
+        return -ENOENT;
+    }
+    const struct wire_block_ids *b = &r->req.blocks;
+    size_t nb = b->n_groups ? b->group_off[1] - b->group_off[0] : b->n_ids; /* one KV group is served */
+    const int64_t *ids = b->n_groups ? b->ids + b->group_off[0] : b->ids;
+    int64_t C = s->cfg->mp.chunk_size, bs = geo.block_size, bpc = C / bs;
+    struct engine_slots sl;
+    bool queued = false, ok = true, evented = false;
+    int rc = 0;
+    if (store) {
+        /* Chunks with a null block are skipped (their bytes do not exist),
+         * the others stored: one reservation and copy per run of chunks
+         * without one, each committed by its completion. The reply event is
+         * the last one recorded, so it covers every copy of the request. */
+        int64_t n_full = k->end > k->start ? (k->end - k->start) / C : 0;
+        for (int64_t a = 0, e; a < n_full; a = e) {
+            while (a < n_full && chunk_has_null(ids, nb, bpc, a, s->cfg->mp.null_block_id))
+                a++;
+            for (e = a; e < n_full && !chunk_has_null(ids, nb, bpc, e, s->cfg->mp.null_block_id); e++)
+                ;
+            if (a == e)
+                break;
+            struct engine_key sub = *k;
+            sub.start = k->start + a * C;
+            sub.end = k->start + e * C;
+            memset(&sl, 0, sizeof(sl));
+            if (engine_prepare_store(s->engine, &sub, iid, &sl) || !sl.n) {
+                engine_slots_free(&sl);
+                continue; /* all present (or nothing to reserve) */
+            }
+            rc = gpu_copy(s, r, true, &sub, &sl, ids + a * bpc, (size_t)((e - a) * bpc), 0, &queued, why, why_len);
+            if (!queued) { /* not queued: drop the reservations now */
+                engine_commit_store(s->engine, &sub, iid, 1);
+                ok = false;
+            }
+            engine_slots_free(&sl);
+            if (rc)
+                return rc; /* no valid event */
+            evented = true;
+        }
+    } else {
+        memset(&sl, 0, sizeof(sl));
+        int prc = engine_prepare_retrieve(s->engine, k, iid, &sl);
+        if (prc)
+            memset(&sl, 0, sizeof(sl));
+        int64_t skip = r->req.skip_first_n_tokens > 0 ? r->req.skip_first_n_tokens / bs : 0;
+        rc = gpu_copy(s, r, false, k, &sl, ids, nb, skip, &queued, why, why_len);
+        if (prc == 0 && !queued) /* nothing will complete: release the locks now */
+            engine_commit_retrieve(s->engine, k, iid);
+        engine_slots_free(&sl);
+        if (rc)
+            return rc;
+        ok = prc == 0 && queued;
+        evented = true;
+    }
+    if (!evented) { /* nothing to copy: the reply still carries an event, after the client's */
+        memset(&sl, 0, sizeof(sl));
+        if ((rc = gpu_copy(s, r, store, k, &sl, ids, nb, 0, &queued, why, why_len)))
+            return rc;
+    }
+    r->resp.kind = WIRE_RESP_EVENT_BOOL;
+    r->resp.event.ptr = r->gpu_event;
+    r->resp.event.len = TRANSFER_EVENT_BYTES;
+    r->resp.b = ok;
+    if (store && !ok && why[0])
+        log_warn("STORE from instance %lld: some chunks not stored: %s", (long long)iid, why);
+    return 0;
 }

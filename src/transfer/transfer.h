@@ -9,15 +9,19 @@
  * Without it the server answers GPU requests as spec 9.3 says for a server
  * without CUDA. The engine and L1 know nothing of this module.
  *
- * STATUS: written against the driver API and compiled; NOTHING HERE HAS
- * RUN ON A GPU. The copy is synchronous within the calling pool thread (the
- * reply follows the completed copy, its event already complete), L1 is
- * pinned at the first registration (blocking that registration), and the
- * kernels write straight into mapped pinned L1 (no device staging); see
- * docs/gpu.md for what the design still lacks.
+ * STATUS: written against the driver API, compiled, and run end to end
+ * against an emulated driver (tests/gpu/fakecuda); NOTHING HERE HAS RUN ON
+ * A GPU. A copy is queued on the registration's stream and the call returns
+ * at once with the reply event; each registration's completion thread
+ * waits for its copies in order and reports each through the caller's
+ * `done` callback. L1 is pinned at the first registration (blocking that
+ * registration), and the kernels write straight into mapped pinned L1 (no
+ * device staging); see docs/gpu.md for what the design still lacks.
  *
  * Threads: every call may come from any pool thread; the backend locks its
- * own registration table. Errors: 0 / -errno; `why` gets one line.
+ * own registration table. `done` callbacks run on a completion thread of
+ * the backend, never the caller's. Errors: 0 / -errno; `why` gets one
+ * line.
  */
 #ifndef LMCD_TRANSFER_TRANSFER_H
 #define LMCD_TRANSFER_TRANSFER_H
@@ -61,7 +65,15 @@ struct transfer_copy {
     int64_t skip_blocks;        /* RETRIEVE: leading blocks of the range left alone */
     const uint8_t *client_event;
     size_t client_event_len;
+    /* Called once, on the registration's completion thread, when a queued
+     * copy completed (ok) or failed; NULL: copy() waits for the copy. */
+    void (*done)(void *arg, bool ok);
+    void *done_arg;
 };
+
+/* Copies one registration may have queued and not yet completed; copy()
+ * blocks past it (back-pressure on the calling pool thread). */
+#define TRANSFER_QUEUE_DEPTH 32
 
 struct transfer_ops {
     const char *name;
@@ -73,13 +85,19 @@ struct transfer_ops {
     /* Replaces any earlier registration of the instance. */
     int (*register_kv)(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
                        struct transfer_geom *geom, char *why, size_t why_len);
+    /* Waits for the instance's queued copies (their `done` callbacks run
+     * first), then closes its mappings, stream and events. */
     void (*unregister)(struct transfer_backend *b, int64_t instance);
-    /* Waits on the client's event, moves the bytes, waits for the copy,
-     * then fills `event` with an interprocess event handle recorded after
-     * it. 0: the event is valid, *copied says whether the bytes moved (a
-     * block id outside the cache, a null block in a stored chunk or a failed
-     * kernel leave it false: nothing may be published). -ENOENT: instance
-     * not registered; other errors: no valid event. */
+    /* The geometry of a registered instance; -ENOENT when not registered. */
+    int (*geometry)(struct transfer_backend *b, int64_t instance, struct transfer_geom *out);
+    /* Queues, on the instance's stream: a wait on the client's event, the
+     * copy, and an interprocess event (filled into `event`) recorded after
+     * it. 0: the event is valid; *copied says whether a copy was queued:
+     * then c->done runs exactly once, later, with whether the bytes moved
+     * (with c->done NULL the call waits and *copied says so itself). Not
+     * queued (a block id outside the cache, a null block in a stored chunk,
+     * n_chunks 0): done never runs and nothing may be published. -ENOENT:
+     * instance not registered; other errors: no valid event. */
     int (*copy)(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],
                 bool *copied, char *why, size_t why_len);
     void (*close)(struct transfer_backend *b);

@@ -53,6 +53,7 @@ extern const unsigned long lmcd_cuda_fatbin_len;
     X(EventCreate, "cuEventCreate", (CUevent *, unsigned))                                                \
     X(EventRecord, "cuEventRecord", (CUevent, CUstream))                                                  \
     X(EventDestroy, "cuEventDestroy_v2", (CUevent))                                                       \
+    X(EventSynchronize, "cuEventSynchronize", (CUevent))                                                  \
     X(MemAlloc, "cuMemAlloc_v2", (CUdeviceptr *, size_t))                                                 \
     X(MemFree, "cuMemFree_v2", (CUdeviceptr))                                                             \
     X(MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", (CUdeviceptr, const void *, size_t, CUstream))              \
@@ -71,6 +72,9 @@ struct cu_api {
 
 #define CU_MAX_DEVICES 64
 #define CU_EVENT_POOL 64 /* interprocess events per registration, reused round-robin */
+/* An event is recorded again only CU_EVENT_POOL copies later; the queue
+ * bound keeps the completion thread done with it by then. */
+_Static_assert(CU_EVENT_POOL >= 2 * TRANSFER_QUEUE_DEPTH, "event pool smaller than twice the copy queue");
 
 struct cu_dev {
     CUdevice dev;
@@ -86,9 +90,18 @@ struct cu_map {
     CUdeviceptr base;
 };
 
+/* A queued copy the completion thread waits for. */
+struct cu_pending {
+    void (*done)(void *arg, bool ok);
+    void *arg;
+    unsigned ev; /* index in pool[] of the event recorded after the copy */
+};
+
 struct cu_reg {
     int64_t instance;
     int dev;
+    struct transfer_backend *b;
+    struct transfer_geom geom;
     CUstream stream;
     struct cu_map *maps;
     size_t n_maps;
@@ -100,7 +113,14 @@ struct cu_reg {
     size_t scratch_cap;
     CUevent pool[CU_EVENT_POOL];
     unsigned n_pool, next_pool;
-    pthread_mutex_t lock; /* this registration's stream and pool */
+    pthread_mutex_t lock; /* this registration's stream, pool and queue */
+    pthread_cond_t cv;    /* queue changed, stop, users */
+    struct cu_pending q[TRANSFER_QUEUE_DEPTH];
+    unsigned q_head, q_n;
+    unsigned users; /* copy() calls inside, which reg_free waits out */
+    bool stop;
+    bool thr_started;
+    pthread_t thr; /* the completion thread */
 };
 
 struct transfer_backend {
@@ -245,9 +265,17 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
 {
     if (!g)
         return;
-    /* A copy that found g before it left the table holds g->lock: wait. */
+    /* g has left the table (or never entered it): copy() calls that found
+     * it earlier leave (one waiting for queue room sees stop), then the
+     * completion thread reports every queued copy and ends. */
     pthread_mutex_lock(&g->lock);
+    g->stop = true;
+    pthread_cond_broadcast(&g->cv);
+    while (g->users)
+        pthread_cond_wait(&g->cv, &g->lock);
     pthread_mutex_unlock(&g->lock);
+    if (g->thr_started)
+        pthread_join(g->thr, NULL);
     if (b->devs[g->dev].ctx)
         b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
     if (g->stream) {
@@ -263,6 +291,7 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
     for (size_t i = 0; i < g->n_maps; i++)
         b->cu.IpcCloseMemHandle(g->maps[i].base);
     pthread_mutex_destroy(&g->lock);
+    pthread_cond_destroy(&g->cv);
     free(g->maps);
     free(g->layer_base);
     free(g);
@@ -327,6 +356,36 @@ static void reg_remove(struct transfer_backend *b, int64_t instance)
     reg_free(b, g);
 }
 
+/* One per registration: waits for its queued copies in queue (= stream)
+ * order and reports each, so a reply never waits for its copy and the
+ * ZeroMQ loop and pool threads never wait on the GPU. */
+static void *completion_main(void *arg)
+{
+    struct cu_reg *g = arg;
+    struct transfer_backend *b = g->b;
+    bool ctx_ok = b->cu.CtxSetCurrent(b->devs[g->dev].ctx) == CUDA_SUCCESS;
+    pthread_mutex_lock(&g->lock);
+    for (;;) {
+        while (!g->q_n && !g->stop)
+            pthread_cond_wait(&g->cv, &g->lock);
+        if (!g->q_n)
+            break;
+        struct cu_pending p = g->q[g->q_head];
+        CUevent ev = g->pool[p.ev];
+        pthread_mutex_unlock(&g->lock);
+        CUresult r = ctx_ok ? b->cu.EventSynchronize(ev) : CUDA_ERROR_INVALID_CONTEXT;
+        if (r != CUDA_SUCCESS)
+            log_warn("instance %lld: a copy failed on the GPU: %s", (long long)g->instance, cu_err(b, r));
+        p.done(p.arg, r == CUDA_SUCCESS);
+        pthread_mutex_lock(&g->lock);
+        g->q_head = (g->q_head + 1) % TRANSFER_QUEUE_DEPTH;
+        g->q_n--;
+        pthread_cond_broadcast(&g->cv); /* room for a blocked copy() */
+    }
+    pthread_mutex_unlock(&g->lock);
+    return NULL;
+}
+
 static int cu_register(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
                        struct transfer_geom *geom, char *why, size_t why_len)
 {
@@ -342,7 +401,9 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         return -ENOMEM;
     }
     pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cv, NULL);
     g->instance = instance;
+    g->b = b;
     g->dev = -1;
     g->nlayers = (uint32_t)reg->n_descs;
     g->layer_base = calloc(reg->n_descs, sizeof(*g->layer_base));
@@ -466,6 +527,13 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
     geom->num_layers = g->nlayers;
     geom->hidden = g->lay.nh * g->lay.hs;
     geom->mla = g->lay.kind == TL_MLA;
+    g->geom = *geom;
+    if (pthread_create(&g->thr, NULL, completion_main, g)) {
+        snprintf(why, why_len, "no completion thread");
+        rc = -EAGAIN;
+        goto fail;
+    }
+    g->thr_started = true;
     if (b->n_regs == b->cap_regs) {
         size_t cap = b->cap_regs ? 2 * b->cap_regs : 8;
         struct cu_reg **n = realloc(b->regs, cap * sizeof(*n));
@@ -500,10 +568,20 @@ static void cu_unregister(struct transfer_backend *b, int64_t instance)
     pthread_mutex_unlock(&b->lock);
 }
 
+static int cu_geometry(struct transfer_backend *b, int64_t instance, struct transfer_geom *out)
+{
+    pthread_mutex_lock(&b->lock);
+    struct cu_reg **s = reg_slot(b, instance);
+    if (s)
+        *out = (*s)->geom;
+    pthread_mutex_unlock(&b->lock);
+    return s ? 0 : -ENOENT;
+}
+
 /* The event a reply carries: from the registration's pool, recorded on its
  * stream after everything queued so far. Under g->lock. */
-static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t event[TRANSFER_EVENT_BYTES], char *why,
-                        size_t why_len)
+static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t event[TRANSFER_EVENT_BYTES],
+                        unsigned *idx, char *why, size_t why_len)
 {
     CUresult r;
     if (g->n_pool < CU_EVENT_POOL) {
@@ -514,6 +592,7 @@ static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t ev
         }
         g->n_pool++;
     }
+    *idx = g->next_pool;
     CUevent ev = g->pool[g->next_pool];
     g->next_pool = (g->next_pool + 1) % CU_EVENT_POOL;
     CUipcEventHandle h;
@@ -544,7 +623,8 @@ static int scratch(struct transfer_backend *b, struct cu_reg *g, size_t need)
 }
 
 /* The batch on the device: compacted block ids of the chunks to move and
- * their objects' device addresses, one kernel launch, then a wait for it. */
+ * their objects' device addresses, one kernel launch (queued, not waited
+ * for). */
 static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct transfer_copy *c, char *why,
                     size_t why_len)
 {
@@ -613,8 +693,6 @@ static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct t
     void *params[] = { &x };
     r = b->cu.LaunchKernel(c->store ? b->devs[g->dev].gather : b->devs[g->dev].scatter, (unsigned)grid, 1, 1, 256, 1,
                            1, 0, g->stream, params, NULL);
-    if (r == CUDA_SUCCESS)
-        r = b->cu.StreamSynchronize(g->stream);
     if (r != CUDA_SUCCESS) {
         snprintf(why, why_len, "the %s kernel failed: %s", c->store ? "gather" : "scatter", cu_err(b, r));
         rc = -EIO;
@@ -637,11 +715,21 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     }
     struct cu_reg *g = *s;
     /* Only this registration's copies serialise; b->lock is dropped first so
-     * other workers' copies run in parallel. Unregistering takes b->lock and
-     * then g->lock (reg_free syncs the stream), so g stays valid here. */
+     * other workers' copies run in parallel. `users` keeps g alive until we
+     * leave (reg_free waits for it after setting stop). */
     pthread_mutex_lock(&g->lock);
+    g->users++;
     pthread_mutex_unlock(&b->lock);
     int rc = 0;
+    /* Back-pressure: a worker with a full queue waits here, in its pool
+     * thread, never in the ZeroMQ loop. */
+    while (c->n_chunks && g->q_n >= TRANSFER_QUEUE_DEPTH && !g->stop)
+        pthread_cond_wait(&g->cv, &g->lock);
+    if (g->stop) {
+        snprintf(why, why_len, "instance unregistered meanwhile");
+        rc = -ENOENT;
+        goto out;
+    }
     CUresult r = b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
     if (r != CUDA_SUCCESS) {
         snprintf(why, why_len, "set context: %s", cu_err(b, r));
@@ -662,10 +750,26 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         rc = -ENOTSUP;
         goto out;
     }
-    int crc = c->n_chunks ? run_copy(b, g, c, why, why_len) : 0;
-    rc = record_event(b, g, event, why, why_len);
-    *copied = crc == 0 && rc == 0;
+    int crc = c->n_chunks ? run_copy(b, g, c, why, why_len) : -ENODATA;
+    unsigned ev = 0;
+    if ((rc = record_event(b, g, event, &ev, why, why_len)))
+        goto out; /* no valid event: the caller drops what it reserved */
+    if (crc)
+        goto out;
+    if (!c->done) { /* the caller waits */
+        r = b->cu.EventSynchronize(g->pool[ev]);
+        if (r != CUDA_SUCCESS)
+            snprintf(why, why_len, "the copy failed: %s", cu_err(b, r));
+        *copied = r == CUDA_SUCCESS;
+        goto out;
+    }
+    g->q[(g->q_head + g->q_n) % TRANSFER_QUEUE_DEPTH] = (struct cu_pending){c->done, c->done_arg, ev};
+    g->q_n++;
+    pthread_cond_broadcast(&g->cv);
+    *copied = true;
 out:
+    g->users--;
+    pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->lock);
     return rc;
 }
@@ -696,6 +800,7 @@ static const struct transfer_ops cuda_ops = {
     .open = cu_open,
     .register_kv = cu_register,
     .unregister = cu_unregister,
+    .geometry = cu_geometry,
     .copy = cu_copy,
     .close = cu_close,
 };

@@ -238,9 +238,18 @@ def retrieve(srv, c, iid, key, blocks, skip=0):
         ev.close()
 
 
-def lookup(c, toks, end, rid, model="m", tp=1):
-    c.lookup(make_key(model, toks, 0, end, rid, world_size=tp), tp_size=tp)
-    return c.poll_prefetch_status(rid, timeout=20.0)
+def lookup(c, toks, end, rid, model="m", tp=1, want=None):
+    """LOOKUP hits. With `want`: repeated (same request id) until it hits
+    that many or 10 s passed: a STORE is published by lmcd's completion
+    thread right after its copy completed, which may trail the moment the
+    worker sees the reply event complete."""
+    deadline = time.monotonic() + 10
+    while True:
+        c.lookup(make_key(model, toks, 0, end, rid, world_size=tp), tp_size=tp)
+        got = c.poll_prefetch_status(rid, timeout=20.0)
+        if want is None or got >= want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- tests
@@ -260,7 +269,7 @@ def test_store_lookup_retrieve_bit_for_bit(gpu_lmcd, clients, kind, dtype):  # n
     assert set(src).isdisjoint(dst)
     # the worker's last kernel writes the source blocks while lmcd waits on its event
     assert store(s, c, 11, key_of(toks, 0, len(toks), "st"), src, on_wait=lambda: cache.fill(src, 7))
-    assert lookup(sched, toks, len(toks), "lk") == 2
+    assert lookup(sched, toks, len(toks), "lk", want=2) == 2
     before_tail = cache.blocks(src[2 * bpc:])
     assert retrieve(s, c, 11, key_of(toks, 0, 2 * CHUNK, "lk"), dst)
     assert cache.blocks(dst) == cache.blocks(src[:2 * bpc]), "retrieved blocks differ from the stored ones"
@@ -287,7 +296,7 @@ def test_gpu_store_read_by_engine_driven_worker_and_back(gpu_lmcd, clients):  # 
     assert reg.get("error") is None, reg
     seg = Segment(reg["shm_name"])
     try:
-        assert lookup(sched, toks, CHUNK, "mxl") == 1
+        assert lookup(sched, toks, CHUNK, "mxl", want=1) == 1
         r = ed.prepare_retrieve(key_of(toks, 0, CHUNK, "mxl"), 22)
         assert r["success"]
         slot = r["context"]["slots"][0]
@@ -303,7 +312,7 @@ def test_gpu_store_read_by_engine_driven_worker_and_back(gpu_lmcd, clients):  # 
         assert ed.commit_store(k2, 22) is True
     finally:
         seg.close()
-    assert lookup(sched, toks2, CHUNK, "ed2l") == 1
+    assert lookup(sched, toks2, CHUNK, "ed2l", want=1) == 1
     dst = list(range(cache.nb - bpc, cache.nb))
     assert retrieve(s, g, 21, key_of(toks2, 0, CHUNK, "ed2l"), dst)
     assert cache.chunk_object(dst) == obj
@@ -321,7 +330,7 @@ def test_null_blocks_and_skip_first_tokens(gpu_lmcd, clients, null):  # noqa: F8
     # with -1 as the sentinel, block 0 is an ordinary block
     src = list(range(0 if null == -1 else 1, bpc + (0 if null == -1 else 1)))
     assert store(s, c, 31, key_of(toks, 0, CHUNK, "n1"), src)
-    assert lookup(sched, toks, CHUNK, "n1l") == 1
+    assert lookup(sched, toks, CHUNK, "n1l", want=1) == 1
     dst = list(range(cache.nb - bpc, cache.nb))
     # null blocks in a retrieve are left alone, the others written
     dst_null = [null if i in (3, 9) else b for i, b in enumerate(dst)]
@@ -333,17 +342,28 @@ def test_null_blocks_and_skip_first_tokens(gpu_lmcd, clients, null):  # noqa: F8
         else:
             assert cache.blocks([b]) == cache.blocks([src[i]]), f"block {i} not retrieved"
     # skip_first_n_tokens: whole leading blocks belong to vLLM's prefix cache
-    assert lookup(sched, toks, CHUNK, "n2l") == 1
+    assert lookup(sched, toks, CHUNK, "n2l", want=1) == 1
     dst2 = list(range(cache.nb - 2 * bpc, cache.nb - bpc))
     before2 = cache.blocks(dst2[:2])
     assert retrieve(s, c, 31, key_of(toks, 0, CHUNK, "n2l"), dst2, skip=2 * cache.bs)
     assert cache.blocks(dst2[:2]) == before2, "skipped blocks were written"
     assert cache.blocks(dst2[2:]) == cache.blocks(src[2:])
-    # a STORE whose chunk has a null block: that chunk's bytes do not exist, it is not cached
-    toks3 = list(range(80000, 80000 + CHUNK))
-    src3 = [null if i == 4 else b for i, b in enumerate(range(1, 1 + bpc))]
-    store(s, c, 31, key_of(toks3, 0, CHUNK, "n3"), src3)
-    assert lookup(sched, toks3, CHUNK, "n3l") == 0
+    # a STORE whose middle chunk has a null block: that chunk's bytes do not
+    # exist, so it alone is skipped; the chunks around it are stored
+    toks3 = list(range(80000, 80000 + 3 * CHUNK))
+    src3 = list(range(1, 1 + 3 * bpc))
+    src3[bpc + 4] = null
+    assert store(s, c, 31, key_of(toks3, 0, 3 * CHUNK, "n3"), src3) is True
+    assert lookup(sched, toks3, 3 * CHUNK, "n3l", want=1) == 1, "the prefix stops at the skipped chunk"
+    dst3 = list(range(cache.nb - bpc, cache.nb))
+    assert retrieve(s, c, 31, key_of(toks3, 0, CHUNK, "n3l"), dst3)
+    assert cache.blocks(dst3) == cache.blocks(src3[:bpc])
+    assert lookup(sched, toks3, 3 * CHUNK, "n4l", want=1) == 1
+    # the chunk after the null one (its own copy: published a moment after the first's)
+    wait_for(lambda: retrieve(s, c, 31, key_of(toks3, 2 * CHUNK, 3 * CHUNK, "n4l"), dst3), 10.0,
+             what="the chunk after the null one")
+    assert cache.blocks(dst3) == cache.blocks(src3[2 * bpc:])
+    assert retrieve(s, c, 31, key_of(toks3, CHUNK, 2 * CHUNK, "n4l"), dst3) is False
     assert fake_errors(s) == [], s.log()
 
 
@@ -362,7 +382,7 @@ def test_tp2_two_workers(gpu_lmcd, clients):  # noqa: F811
     dst = list(range(80 - 2 * bpc, 80))
     for rank, (c, cache) in enumerate(workers):
         assert store(s, c, 40 + rank, key_of(toks, 0, 2 * CHUNK, "tp", world_size=2, worker_id=rank), src)
-    assert lookup(sched, toks, 2 * CHUNK, "tpl", tp=2) == 2
+    assert lookup(sched, toks, 2 * CHUNK, "tpl", tp=2, want=2) == 2
     for rank, (c, cache) in enumerate(workers):
         assert retrieve(s, c, 40 + rank, key_of(toks, 0, 2 * CHUNK, "tpl", world_size=2, worker_id=rank), dst)
         assert cache.blocks(dst) == cache.blocks(src), f"rank {rank}"
@@ -386,7 +406,7 @@ def test_reregister_unregister_and_clean_shutdown(gpu_lmcd, clients):  # noqa: F
     new = Cache("mla", "bf16", seed=4)
     register(c, 51, new)
     register(c, 51, new)  # twice: the same handle must open again after the replace
-    assert lookup(sched, toks, CHUNK, "rrl") == 1
+    assert lookup(sched, toks, CHUNK, "rrl", want=1) == 1
     dst = list(range(new.nb - bpc, new.nb))
     assert retrieve(s, c, 51, key_of(toks, 0, CHUNK, "rrl"), dst)
     assert new.blocks(dst) == old.blocks(src)
@@ -415,14 +435,93 @@ def test_incremental_stores_and_ranges_not_at_zero(gpu_lmcd, clients):  # noqa: 
     assert store(s, c, 61, key_of(toks, 0, CHUNK, "i1"), src[:bpc])
     assert store(s, c, 61, key_of(toks, 0, 3 * CHUNK, "i2"), src[:3 * bpc])
     assert store(s, c, 61, key_of(toks, 3 * CHUNK, 4 * CHUNK, "i3"), src[3 * bpc:])
-    assert lookup(sched, toks, 4 * CHUNK, "il") == 4
+    assert lookup(sched, toks, 4 * CHUNK, "il", want=4) == 4
     dst = list(range(cache.nb - 4 * bpc, cache.nb))
     assert retrieve(s, c, 61, key_of(toks, 0, 4 * CHUNK, "il"), dst)
     for k in range(4):
         assert cache.blocks(dst[k * bpc:(k + 1) * bpc]) == cache.blocks(src[k * bpc:(k + 1) * bpc]), f"chunk {k}"
     # a retrieve of a range past token 0, with that range's blocks only
-    assert lookup(sched, toks, 4 * CHUNK, "il2") == 4
+    assert lookup(sched, toks, 4 * CHUNK, "il2", want=4) == 4
     dst2 = list(range(cache.nb - 6 * bpc, cache.nb - 4 * bpc))
     assert retrieve(s, c, 61, key_of(toks, 2 * CHUNK, 4 * CHUNK, "il2"), dst2)
     assert cache.blocks(dst2) == cache.blocks(src[2 * bpc:])
+    assert fake_errors(s) == [], s.log()
+
+
+def event_done(handle):
+    pid, fd = struct.unpack_from("<II", handle, 8)
+    with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+        rec, done = struct.unpack_from("<QQ", f.read(24), 8)
+    return done >= rec
+
+
+def test_reply_at_once_publish_on_completion(gpu_lmcd, clients):  # noqa: F811
+    """STORE and RETRIEVE answer (event, true) before the copy ran (it waits
+    for the worker's event); a STORE is published, a RETRIEVE's blocks
+    written, only once the copy completed."""
+    s = gpu_lmcd()
+    c, sched = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=2)
+    register(c, 71, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(5000, 5000 + CHUNK))
+    src = list(range(1, 1 + bpc))
+    ev = Event()
+    ev.record()
+    handle, ok = c.call("store", key_of(toks, 0, CHUNK, "a1"), 71, [src], ev.handle, timeout=10.0)
+    assert ok is True and not event_done(handle), "the reply came before the copy"
+    assert lookup(sched, toks, CHUNK, "a1l") == 0, "published before the copy completed"
+    cache.fill(src, 99)  # the worker's last writes, before its event completes
+    ev.complete()
+    wait_reply_event(s, handle)
+    wait_for(lambda: lookup(sched, toks, CHUNK, f"a2l{time.monotonic()}", want=1) == 1, 10.0, what="publication")
+    assert lookup(sched, toks, CHUNK, "a3l", want=1) == 1
+    dst = list(range(cache.nb - bpc, cache.nb))
+    before = cache.blocks(dst)
+    ev.record()
+    handle, ok = c.call("retrieve", key_of(toks, 0, CHUNK, "a3l"), 71, [dst], ev.handle, 0, timeout=10.0)
+    assert ok is True and not event_done(handle)
+    time.sleep(0.1)
+    assert cache.blocks(dst) == before, "written before the worker's event completed"
+    ev.complete()
+    wait_reply_event(s, handle)
+    assert cache.blocks(dst) == cache.blocks(src)
+    ev.close()
+    assert fake_errors(s) == [], s.log()
+
+
+def test_copy_queue_back_pressure_loop_stays_responsive(gpu_lmcd, clients):  # noqa: F811
+    """A worker whose copies cannot start (its event is not complete) fills
+    its queue: past the bound its STOREs wait (in a pool thread), while the
+    server keeps answering everyone else; completing the event drains all."""
+    s = gpu_lmcd()
+    c, other = clients(s.url, timeout=30.0), clients(s.url, timeout=5.0)
+    cache = Cache("fa_nhd", "bf16", layers=1)
+    register(c, 81, cache)
+    bpc = CHUNK // cache.bs
+    ev = Event()
+    ev.record()
+    n = 40  # > TRANSFER_QUEUE_DEPTH (32)
+    uids = [c.submit("store", key_of(list(range(10 ** 6 + i * CHUNK, 10 ** 6 + (i + 1) * CHUNK)), 0, CHUNK,
+                                     f"bp{i}"), 81, [list(range(1, 1 + bpc))], ev.handle) for i in range(n)]
+    def arrived(until):
+        while time.monotonic() < until and len([u for u in uids if u in c._replies]) < n:
+            c._pump(min(until, time.monotonic() + 0.05))
+            if len([u for u in uids if u in c._replies]) >= 32 and until - time.monotonic() > 0.5:
+                until = time.monotonic() + 0.5  # then a little longer: no 33rd may come
+        return [u for u in uids if u in c._replies]
+
+    early = arrived(time.monotonic() + 20)
+    assert len(early) == 32, f"{len(early)} of {n} replies before the event completed (the queue holds 32)"
+    assert other.noop() == "OK" and other.get_chunk_size() == CHUNK
+    assert lookup(other, list(range(10 ** 6, 10 ** 6 + CHUNK)), CHUNK, "bpl") == 0
+    ev.complete()
+    got = [c.wait(u, 30.0) for u in uids]
+    assert all(ok is True for _, ok in got)
+    for h, _ in got:
+        wait_reply_event(s, h)
+    sched = clients(s.url, timeout=30.0)
+    wait_for(lambda: lookup(sched, list(range(10 ** 6 + (n - 1) * CHUNK, 10 ** 6 + n * CHUNK)), CHUNK,
+                            f"bpz{time.monotonic()}") == 1, 10.0, what="the last store published")
+    ev.close()
     assert fake_errors(s) == [], s.log()

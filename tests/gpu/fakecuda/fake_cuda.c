@@ -786,6 +786,24 @@ CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned in
     return CUDA_SUCCESS;
 }
 
+CUresult CUDAAPI cuEventSynchronize(CUevent hEvent)
+{
+    CUresult r = fk_ctx_check("cuEventSynchronize");
+    if (r)
+        return r;
+    if (!hEvent)
+        return fk_fail(CUDA_ERROR_INVALID_HANDLE, "cuEventSynchronize", "NULL");
+    /* The work captured by the latest record (none recorded: complete). */
+    uint64_t target = atomic_load(&hEvent->map->pg->recorded);
+    while (atomic_load(&hEvent->map->pg->completed) < target) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    /* Errors of earlier asynchronous work surface here, as documented. */
+    int st = atomic_load(&hEvent->ctx->sticky);
+    return st ? fk_fail((CUresult)st, "cuEventSynchronize", "a kernel faulted") : CUDA_SUCCESS;
+}
+
 CUresult CUDAAPI cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event)
 {
     CUresult r = fk_ctx_check("cuIpcGetEventHandle");
