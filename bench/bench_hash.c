@@ -211,7 +211,7 @@ int main(int argc, char **argv)
         void (*fn)(void *);
         size_t bytes;
         uint64_t best;
-    } cfgs[16];
+    } cfgs[24];
     int nc = 0;
     cfgs[nc++] = (struct cfg){ "memcpy", -1, HASHER_BLAKE3, run_memcpy, j.bytes, UINT64_MAX };
     for (int p = BLAKE3_PATH_PORTABLE; p <= BLAKE3_PATH_AVX2; p++) {
