@@ -4,7 +4,8 @@
  * for the same frames over the same loopback TCP).
  *
  *   latency     one DEALER, one request in flight: p50 and p99
- *               ping             (normal pool), get_chunk_size (answered on
+ *               ping (a pool request in LMCache; lmcd's loop answers it when no
+ *               worker lock is held), get_chunk_size (answered on
  *               the loop thread), lookup+query of a 32768-token prompt
  *               (LOOKUP, then QUERY_PREFETCH_STATUS until it is not nil;
  *               the echo baseline does the same two round trips), both
@@ -400,7 +401,7 @@ int main(int argc, char **argv)
         const char *name;
         op_fn fn;
     } lat_ops[] = {
-        { "ping (pool)", op_ping },
+        { "ping", op_ping },
         { "get_chunk_size (loop)", op_chunk_size },
         { "lookup+query 32K tok, miss", op_lookup_miss },
         { "lookup+query 32K tok, 128 hit", op_lookup_hit },
@@ -428,7 +429,7 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         enum wire_op op;
-    } tp_ops[] = { { "ping (pool)", WIRE_OP_PING }, { "get_chunk_size (loop)", WIRE_OP_GET_CHUNK_SIZE } };
+    } tp_ops[] = { { "ping", WIRE_OP_PING }, { "get_chunk_size (loop)", WIRE_OP_GET_CHUNK_SIZE } };
     for (size_t i = 0; i < sizeof(tp_ops) / sizeof(tp_ops[0]); i++) {
         double e, l;
         measure_throughput(&b, &te, &tl, tp_ops[i].op, &e, &l);
