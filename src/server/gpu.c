@@ -10,8 +10,12 @@
  * engine-driven twin (same block size, layers, hidden size, dtype, MLA), so
  * STORE/RETRIEVE reuse the engine's reservations, publication and read
  * locks, and the chunk objects are the bytes an engine-driven worker stores
- * (spec 7.4): either kind of worker reads what the other wrote.
+ * (spec 7.4): either kind of worker reads what the other wrote. A copy's
+ * engine side (publishing a STORE, releasing a RETRIEVE's read locks) runs
+ * in the backend's completion thread once the copy completed (gpu_done_cb);
+ * the reply goes before that.
  *
+ * Run end to end against an emulated driver (tests/e2e/test_gpu_emulated.py);
  * NOT RUN ON A GPU YET (docs/gpu.md).
  */
 #include <errno.h>

@@ -66,7 +66,7 @@ struct transfer_copy {
     const uint8_t *client_event;
     size_t client_event_len;
     /* Called once, on the registration's completion thread, when a queued
-     * copy completed (ok) or failed; NULL: copy() waits for the copy. */
+     * copy completed (ok) or failed. Required when n_chunks > 0. */
     void (*done)(void *arg, bool ok);
     void *done_arg;
 };
@@ -93,9 +93,8 @@ struct transfer_ops {
     /* Queues, on the instance's stream: a wait on the client's event, the
      * copy, and an interprocess event (filled into `event`) recorded after
      * it. 0: the event is valid; *copied says whether a copy was queued:
-     * then c->done runs exactly once, later, with whether the bytes moved
-     * (with c->done NULL the call waits and *copied says so itself). Not
-     * queued (a block id outside the cache, a null block in a stored chunk,
+     * then c->done runs exactly once, later, with whether the bytes moved.
+     * Not queued (a block id outside the cache, a null block in a stored chunk,
      * n_chunks 0): done never runs and nothing may be published. -ENOENT:
      * instance not registered; other errors: no valid event. */
     int (*copy)(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],

@@ -706,6 +706,10 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
                    bool *copied, char *why, size_t why_len)
 {
     *copied = false;
+    if (c->n_chunks && !c->done) {
+        snprintf(why, why_len, "a copy without a completion callback");
+        return -EINVAL;
+    }
     pthread_mutex_lock(&b->lock);
     struct cu_reg **s = reg_slot(b, c->instance);
     if (!s) {
@@ -756,13 +760,6 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         goto out; /* no valid event: the caller drops what it reserved */
     if (crc)
         goto out;
-    if (!c->done) { /* the caller waits */
-        r = b->cu.EventSynchronize(g->pool[ev]);
-        if (r != CUDA_SUCCESS)
-            snprintf(why, why_len, "the copy failed: %s", cu_err(b, r));
-        *copied = r == CUDA_SUCCESS;
-        goto out;
-    }
     g->q[(g->q_head + g->q_n) % TRANSFER_QUEUE_DEPTH] = (struct cu_pending){c->done, c->done_arg, ev};
     g->q_n++;
     pthread_cond_broadcast(&g->cv);

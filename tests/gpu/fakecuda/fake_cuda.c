@@ -196,14 +196,24 @@ __attribute__((format(printf, 3, 4))) static CUresult fk_fail(CUresult r, const 
     return r;
 }
 
-/* The checks most calls start with: initialised, a current live context
- * without a sticky fault. */
-static CUresult fk_ctx_check(const char *fn)
+/* Initialised, and a context current in this thread (what destroying and
+ * synchronising need: they work after a fault too). */
+static CUresult fk_ctx_bound(const char *fn)
 {
     if (!fk.inited)
         return fk_fail(CUDA_ERROR_NOT_INITIALIZED, fn, "cuInit was not called");
     if (!fk_cur)
         return fk_fail(CUDA_ERROR_INVALID_CONTEXT, fn, "no current context in this thread");
+    return CUDA_SUCCESS;
+}
+
+/* The checks most calls start with: fk_ctx_bound, a live context, no
+ * sticky fault. */
+static CUresult fk_ctx_check(const char *fn)
+{
+    CUresult r = fk_ctx_bound(fn);
+    if (r)
+        return r;
     if (fk_cur->retains <= 0)
         return fk_fail(CUDA_ERROR_CONTEXT_IS_DESTROYED, fn, "the current primary context was released");
     int s = atomic_load(&fk_cur->sticky);
@@ -633,10 +643,9 @@ CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags)
 
 CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream)
 {
-    if (!fk.inited)
-        return fk_fail(CUDA_ERROR_NOT_INITIALIZED, "cuStreamDestroy_v2", "cuInit was not called");
-    if (!fk_cur)
-        return fk_fail(CUDA_ERROR_INVALID_CONTEXT, "cuStreamDestroy_v2", "no current context in this thread");
+    CUresult r0 = fk_ctx_bound("cuStreamDestroy_v2");
+    if (r0)
+        return r0;
     pthread_mutex_lock(&fk.mu);
     if (!hStream || !fk_stream_ok(hStream)) {
         pthread_mutex_unlock(&fk.mu);
@@ -654,10 +663,9 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream)
 
 CUresult CUDAAPI cuStreamSynchronize(CUstream hStream)
 {
-    if (!fk.inited)
-        return fk_fail(CUDA_ERROR_NOT_INITIALIZED, "cuStreamSynchronize", "cuInit was not called");
-    if (!fk_cur)
-        return fk_fail(CUDA_ERROR_INVALID_CONTEXT, "cuStreamSynchronize", "no current context in this thread");
+    CUresult r0 = fk_ctx_bound("cuStreamSynchronize");
+    if (r0)
+        return r0;
     pthread_mutex_lock(&fk.mu);
     bool ok = hStream && fk_stream_ok(hStream);
     pthread_mutex_unlock(&fk.mu);
@@ -724,10 +732,9 @@ CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags)
 
 CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent)
 {
-    if (!fk.inited)
-        return fk_fail(CUDA_ERROR_NOT_INITIALIZED, "cuEventDestroy_v2", "cuInit was not called");
-    if (!fk_cur)
-        return fk_fail(CUDA_ERROR_INVALID_CONTEXT, "cuEventDestroy_v2", "no current context in this thread");
+    CUresult r0 = fk_ctx_bound("cuEventDestroy_v2");
+    if (r0)
+        return r0;
     if (!hEvent)
         return fk_fail(CUDA_ERROR_INVALID_HANDLE, "cuEventDestroy_v2", "NULL");
     /* Work in flight keeps its own reference (as the driver releases a
@@ -926,10 +933,9 @@ static void fk_drain_ctx(struct CUctx_st *ctx)
 
 CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr)
 {
-    if (!fk.inited)
-        return fk_fail(CUDA_ERROR_NOT_INITIALIZED, "cuMemFree_v2", "cuInit was not called");
-    if (!fk_cur)
-        return fk_fail(CUDA_ERROR_INVALID_CONTEXT, "cuMemFree_v2", "no current context in this thread");
+    CUresult r0 = fk_ctx_bound("cuMemFree_v2");
+    if (r0)
+        return r0;
     fk_drain_ctx(fk_cur);
     if (fk_cur->legacy)
         fk_drain(fk_cur->legacy);
@@ -964,76 +970,60 @@ static bool fk_in_alloc(uintptr_t p, size_t n, const struct CUctx_st *ctx)
     return false;
 }
 
-CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
+/* Both copies from pageable memory stage the source at the call ("host
+ * memory is copied to a staging buffer immediately") and write the device
+ * later, in stream order: on hStream, or, for the synchronous call, on the
+ * legacy NULL stream after a delay (see the header): streams created with
+ * CU_STREAM_NON_BLOCKING do not wait for it. */
+static CUresult fk_htod(const char *fn, CUdeviceptr dst, const void *src, size_t n, CUstream hStream)
 {
-    CUresult r = fk_ctx_check("cuMemcpyHtoD_v2");
+    CUresult r = fk_ctx_check(fn);
     if (r)
         return r;
-    if (!srcHost && ByteCount)
-        return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoD_v2", "NULL source");
+    if (!src && n)
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, fn, "NULL source");
     pthread_mutex_lock(&fk.mu);
-    bool ok = fk_in_alloc((uintptr_t)dstDevice, ByteCount, fk_cur);
-    if (ok && !fk_cur->legacy)
+    bool ok = fk_in_alloc((uintptr_t)dst, n, fk_cur);
+    bool sok = !hStream || fk_stream_ok(hStream);
+    if (ok && !hStream && !fk_cur->legacy)
         fk_cur->legacy = fk_stream_new(fk_cur);
-    struct CUstream_st *legacy = fk_cur->legacy;
+    struct CUstream_st *st = hStream ? hStream : fk_cur->legacy;
     pthread_mutex_unlock(&fk.mu);
+    if (!sok)
+        return fk_fail(CUDA_ERROR_INVALID_HANDLE, fn, "not a stream of the current context");
     if (!ok)
-        return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoD_v2", "destination 0x%llx+%zu not device memory",
-                       (unsigned long long)dstDevice, ByteCount);
-    if (!ByteCount)
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, fn, "destination 0x%llx+%zu not device memory",
+                       (unsigned long long)dst, n);
+    if (!n)
         return CUDA_SUCCESS;
-    /* Pageable source: staged now, the DMA completes later on the legacy
-     * stream (see the header); blocking streams would wait for it, the
-     * non-blocking ones lmcd creates do not. */
     struct fk_op *op = calloc(1, sizeof(*op));
-    void *stage = malloc(ByteCount);
-    if (!op || !stage || !legacy) {
+    void *stage = malloc(n);
+    if (!op || !stage || !st) {
         free(op);
         free(stage);
-        return CUDA_ERROR_OUT_OF_MEMORY;
+        return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, fn, "staging %zu bytes", n);
     }
-    memcpy(stage, srcHost, ByteCount);
+    memcpy(stage, src, n);
     op->kind = OP_COPY;
-    op->dst = (void *)(uintptr_t)dstDevice;
+    op->dst = (void *)(uintptr_t)dst;
     op->src = stage;
-    op->len = ByteCount;
-    op->delay_ns = FK_DMA_DELAY_NS;
-    fk_push(legacy, op);
+    op->len = n;
+    op->delay_ns = hStream ? 0 : FK_DMA_DELAY_NS;
+    fk_push(st, op);
     return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
+{
+    return fk_htod("cuMemcpyHtoD_v2", dstDevice, srcHost, ByteCount, NULL);
 }
 
 CUresult CUDAAPI cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream)
 {
-    CUresult r = fk_ctx_check("cuMemcpyHtoDAsync_v2");
-    if (r)
-        return r;
-    if (!srcHost && ByteCount)
-        return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoDAsync_v2", "NULL source");
-    pthread_mutex_lock(&fk.mu);
-    bool ok = fk_in_alloc((uintptr_t)dstDevice, ByteCount, fk_cur);
-    bool sok = hStream && fk_stream_ok(hStream);
-    pthread_mutex_unlock(&fk.mu);
-    if (!ok || !sok)
-        return fk_fail(!sok ? CUDA_ERROR_INVALID_HANDLE : CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoDAsync_v2",
-                       "%s", !sok ? "not a stream of the current context" : "destination not device memory");
-    if (!ByteCount)
-        return CUDA_SUCCESS;
-    /* Pageable source: "host memory is copied to a staging buffer
-     * immediately"; the copy to the device is ordered in the stream. */
-    struct fk_op *op = calloc(1, sizeof(*op));
-    void *stage = malloc(ByteCount);
-    if (!op || !stage) {
-        free(op);
-        free(stage);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    memcpy(stage, srcHost, ByteCount);
-    op->kind = OP_COPY;
-    op->dst = (void *)(uintptr_t)dstDevice;
-    op->src = stage;
-    op->len = ByteCount;
-    fk_push(hStream, op);
-    return CUDA_SUCCESS;
+    /* lmcd never passes the NULL stream; the fake does not model it here */
+    if (!hStream)
+        return fk_fail(CUDA_ERROR_INVALID_HANDLE, "cuMemcpyHtoDAsync_v2", "the NULL stream is not emulated");
+    return fk_htod("cuMemcpyHtoDAsync_v2", dstDevice, srcHost, ByteCount, hStream);
 }
 
 CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags)
