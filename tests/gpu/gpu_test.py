@@ -213,6 +213,19 @@ def blocks_view(cache, kind, blocks):
     return cache[:, idx] if kind == "fa" else cache[idx]
 
 
+def lookup_published(sched, key, want, tp=1, timeout=10.0):
+    """LOOKUP hits, repeated until `want`: lmcd publishes a STORE from its
+    completion thread just after the copy completed, which may trail the
+    moment the worker saw the reply event complete (docs/gpu.md)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sched.lookup(key, tp_size=tp)
+        hits = sched.poll_prefetch_status(key["request_id"], timeout=30.0)
+        if hits >= want or time.monotonic() > deadline:
+            return hits
+        time.sleep(0.02)
+
+
 def gpu_case(url, kind, dtype, tp, iid_base, model):
     import torch
     layers, nb, bs, nh, hs = (8, 64, 16, 8, 128) if kind == "fa" else (8, 64, 16, 1, 576)
@@ -241,8 +254,7 @@ def gpu_case(url, kind, dtype, tp, iid_base, model):
         nbytes += sum(blocks_view(t, kind, src_blocks).numel() * t.element_size() for t in caches)
     store_s = time.perf_counter() - t0
     sched = Client(url, timeout=30.0)
-    sched.lookup(make_key(model, toks, 0, nch * CHUNK, f"r{iid_base}", world_size=tp), tp_size=tp)
-    hits = sched.poll_prefetch_status(f"r{iid_base}", timeout=30.0)
+    hits = lookup_published(sched, make_key(model, toks, 0, nch * CHUNK, f"r{iid_base}", world_size=tp), nch, tp)
     check(hits == nch, f"{name}: LOOKUP finds {nch} chunks (got {hits})")
     t0 = time.perf_counter()
     for rank, (c, caches) in enumerate(workers):
@@ -286,8 +298,8 @@ def mixed_case(url):
     seg = Segment(reg["shm_name"])
     try:
         sched = Client(url, timeout=30.0)
-        sched.lookup(make_key("mix", toks, 0, CHUNK, "mxl"))
-        check(sched.poll_prefetch_status("mxl", timeout=30.0) == 1, "mixed: LOOKUP finds the GPU-stored chunk")
+        check(lookup_published(sched, make_key("mix", toks, 0, CHUNK, "mxl"), 1) == 1,
+              "mixed: LOOKUP finds the GPU-stored chunk")
         r = ed.prepare_retrieve(make_key("mix", toks, 0, CHUNK, "mxl", worker_id=0), 901)
         check(r["success"], "mixed: engine-driven PREPARE_RETRIEVE hits")
         if r["success"]:
