@@ -56,6 +56,7 @@ extern const unsigned long lmcd_cuda_fatbin_len;
     X(EventSynchronize, "cuEventSynchronize", (CUevent))                                                  \
     X(MemAlloc, "cuMemAlloc_v2", (CUdeviceptr *, size_t))                                                 \
     X(MemFree, "cuMemFree_v2", (CUdeviceptr))                                                             \
+    X(MemGetAddressRange, "cuMemGetAddressRange_v2", (CUdeviceptr *, size_t *, CUdeviceptr))               \
     X(MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", (CUdeviceptr, const void *, size_t, CUstream))              \
     X(MemHostRegister, "cuMemHostRegister_v2", (void *, size_t, unsigned))                                \
     X(MemHostUnregister, "cuMemHostUnregister", (void *))                                                 \
@@ -411,8 +412,9 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
     bool hint_hnd = str_eq(reg->kv_layout, "HND");
     int rc = -ENOMEM;
     pthread_mutex_lock(&b->lock);
-    /* Re-registering replaces: the old mappings go first (an IPC handle
-     * must not be opened twice in one context). */
+    /* Re-registering replaces: the old registration goes first (its queued
+     * copies complete, its mappings close; a handle reopened in the same
+     * context would only count a reference, as the driver documents). */
     reg_remove(b, instance);
     if (!g->layer_base || !g->maps)
         goto fail;
@@ -499,6 +501,22 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
             }
             memcpy(g->maps[m].handle, body, CU_IPC_HANDLE_SIZE);
             g->n_maps++;
+        }
+        /* The pickle's sizes are the client's word: the layer must also lie
+         * inside the allocation the handle maps, or a kernel would fault,
+         * and a fault is sticky on the device's primary context, which
+         * every worker on that GPU shares. The driver documents the query
+         * for cuMemAlloc allocations; when it cannot answer for an IPC
+         * mapping, the pickle's bound above is all there is. */
+        CUdeviceptr abase = 0;
+        size_t asize = 0;
+        if (b->cu.MemGetAddressRange(&abase, &asize, g->maps[m].base) == CUDA_SUCCESS &&
+            (uint64_t)g->maps[m].base + (uint64_t)off + (uint64_t)lay.span > (uint64_t)abase + asize) {
+            snprintf(why, why_len, "layer %zu: the cache reaches past the shared allocation (%lld + %lld bytes > "
+                                   "%zu)", l, (long long)off, (long long)lay.span,
+                     asize - (size_t)(g->maps[m].base - abase));
+            rc = -EINVAL;
+            goto fail;
         }
         g->layer_base[l] = (uint64_t)g->maps[m].base + (uint64_t)off;
         while (g->lay.vec > 1 && g->layer_base[l] % (uint64_t)g->lay.vec)

@@ -142,11 +142,14 @@ class Cache:
             self.arr.append(np.ndarray(self.shape, self.npdt, buffer=self.block.mm, offset=off,
                                        strides=tuple(s * self.elem for s in self.stride)))
 
-    def wrappers(self):
-        h = share_handle(self.dev, self.block.torch_handle(), self.block.size - self.off0, self.off0)
+    def wrappers(self, storage_handle=None, device_uuid=None, shape=None, stride=None):
+        """One pickled wrapper per layer; the arguments forge a field."""
+        h = share_handle(self.dev, storage_handle or self.block.torch_handle(), self.block.size - self.off0,
+                         self.off0)
         name = "bfloat16" if self.dtype == "bf16" else "uint8"
-        return [msgpack.ExtType(1, dumps(CudaIPCWrapper(h, torch_dtype(name), self.shape, self.stride,
-                                                        la * self.layer_elems, uuid(self.dev))))
+        return [msgpack.ExtType(1, dumps(CudaIPCWrapper(h, torch_dtype(name), shape or self.shape,
+                                                        stride or self.stride, la * self.layer_elems,
+                                                        device_uuid or uuid(self.dev))))
                 for la in range(self.layers)]
 
     def hints(self):
@@ -348,6 +351,16 @@ def test_null_blocks_and_skip_first_tokens(gpu_lmcd, clients, null):  # noqa: F8
     assert retrieve(s, c, 31, key_of(toks, 0, CHUNK, "n2l"), dst2, skip=2 * cache.bs)
     assert cache.blocks(dst2[:2]) == before2, "skipped blocks were written"
     assert cache.blocks(dst2[2:]) == cache.blocks(src[2:])
+    # the same with a partial tail in the range (the blocks sent cover it):
+    # 15 skipped blocks of 16 tokens leave exactly the last block to write
+    tail = toks + list(range(7, 7 + 88))
+    assert lookup(sched, tail, CHUNK, "n5l", want=1) == 1
+    dst5 = list(range(cache.nb - 2 * bpc, cache.nb - bpc)) + [1 + bpc, 2 + bpc, 3 + bpc, 4 + bpc, 5 + bpc, 6 + bpc]
+    cache.fill(dst5[:bpc], 123)
+    before5 = cache.blocks(dst5[:bpc - 1])
+    assert retrieve(s, c, 31, key_of(tail, 0, len(tail), "n5l"), dst5, skip=15 * cache.bs)
+    assert cache.blocks(dst5[:bpc - 1]) == before5, "skipped blocks were written"
+    assert cache.blocks([dst5[bpc - 1]]) == cache.blocks([src[bpc - 1]]), "the block after the skipped ones"
     # a STORE whose middle chunk has a null block: that chunk's bytes do not
     # exist, so it alone is skipped; the chunks around it are stored
     toks3 = list(range(80000, 80000 + 3 * CHUNK))
@@ -525,3 +538,47 @@ def test_copy_queue_back_pressure_loop_stays_responsive(gpu_lmcd, clients):  # n
                             f"bpz{time.monotonic()}") == 1, 10.0, what="the last store published")
     ev.close()
     assert fake_errors(s) == [], s.log()
+
+
+def test_refused_registrations_and_bad_block_ids(gpu_lmcd, clients):  # noqa: F811
+    """What lmcd cannot serve is refused with one ERROR line naming why
+    (the worker's registration times out), without a mapping left open or
+    a kernel ever touching memory outside the worker's allocation; the
+    server keeps serving, and a STORE with a block id outside the cache
+    answers (event, false) and publishes nothing."""
+    s = gpu_lmcd()
+    c = clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=2)
+    small = bytearray(cache.block.torch_handle())
+    struct.pack_into("<Q", small, 2 + 16, 4096)  # the handle maps a 4 KiB allocation; the pickle claims more
+    cases = {
+        91: (dict(storage_handle=bytes(small)), "reaches past the shared allocation"),
+        92: (dict(storage_handle=b"\x01e" + bytes(64)), "expandable"),
+        93: (dict(storage_handle=b"\x01c" + b"notfake!" + bytes(56)), "cuIpcOpenMemHandle"),
+        94: (dict(device_uuid="GPU-12345678-0000-4000-8000-000000000000"), "not visible"),
+        95: (dict(shape=(80, 16, 4, 64), stride=(4096, 256, 64, 1)), "unknown paged layout"),
+    }
+    for iid, (forge, why) in cases.items():
+        uid = c.submit("register_kv_cache", iid, cache.wrappers(**forge), "m", 1, "vllm", cache.hints(), [])
+        with pytest.raises(TimeoutError):
+            c.wait_frames(uid, 1.0)
+        wait_for(lambda: any(f"instance {iid}" in ln and "ERROR" in ln for ln in s.log().splitlines()), 10.0,
+                 what=f"the ERROR line for {iid}")
+        lines = [ln for ln in s.log().splitlines() if f"instance {iid} " in ln and "ERROR" in ln]
+        assert len(lines) == 1 and why in lines[0], (why, lines)
+    # the forged handle is the only driver error; the server is healthy
+    errs = fake_errors(s)
+    assert len(errs) == 1 and "cuIpcOpenMemHandle" in errs[0] and "INVALID_HANDLE" in errs[0], errs
+    register(c, 96, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(3000, 3000 + CHUNK))
+    bad = list(range(1, 1 + bpc))
+    bad[5] = cache.nb + 3
+    assert store(s, c, 96, key_of(toks, 0, CHUNK, "bb"), bad) is False
+    sched = clients(s.url, timeout=30.0)
+    assert lookup(sched, toks, CHUNK, "bbl") == 0
+    assert store(s, c, 96, key_of(toks, 0, CHUNK, "bb2"), list(range(1, 1 + bpc))) is True
+    assert lookup(sched, toks, CHUNK, "bbl2", want=1) == 1, "the dropped reservation did not block a new store"
+    s.stop()
+    assert "fakecuda: leak" not in s.log(), s.log()
+    assert len(fake_errors(s)) == 1, fake_errors(s)

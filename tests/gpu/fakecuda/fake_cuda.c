@@ -1078,6 +1078,33 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
     return CUDA_SUCCESS;
 }
 
+CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
+{
+    CUresult r = fk_ctx_check("cuMemGetAddressRange_v2");
+    if (r)
+        return r;
+    /* Documented for cuMemAlloc allocations; the fake answers for IPC
+     * mappings too (the allocation the handle maps), which a real driver
+     * may or may not do: lmcd must not depend on it. */
+    pthread_mutex_lock(&fk.mu);
+    bool found = false;
+    for (size_t i = 0; i < fk.n_reg && !found; i++) {
+        const struct fk_region *g = &fk.reg[i];
+        if ((g->kind == R_ALLOC || (g->kind == R_IPC && g->ctx == fk_cur)) && dptr >= g->base &&
+            dptr < g->base + g->len) {
+            if (pbase)
+                *pbase = (CUdeviceptr)g->base;
+            if (psize)
+                *psize = g->len;
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&fk.mu);
+    return found ? CUDA_SUCCESS
+                 : fk_fail(CUDA_ERROR_NOT_FOUND, "cuMemGetAddressRange_v2", "0x%llx is not device memory",
+                           (unsigned long long)dptr);
+}
+
 CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
 {
     CUresult r = fk_ctx_check("cuIpcCloseMemHandle");
