@@ -15,6 +15,7 @@ emulation checks lmcd against the driver's documented behaviour only.
 import mmap
 import os
 import struct
+import subprocess
 import sys
 import time
 
@@ -33,7 +34,16 @@ BUILD = os.environ.get("LMCD_BUILD", "build")
 FAKE_DIR = os.path.join(ROOT, BUILD, "tests", "fakecuda")
 CHUNK = 256
 
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(FAKE_DIR, "libcuda.so.1")),
+def _cuda_build():
+    """Whether this build has the CUDA backend and the emulated driver."""
+    if not os.path.exists(os.path.join(FAKE_DIR, "libcuda.so.1")):
+        return False
+    out = subprocess.run([os.path.join(ROOT, BUILD, "lmcd"), "--version"], capture_output=True, text=True,
+                         timeout=10).stdout
+    return "GPU backend: CUDA" in out
+
+
+pytestmark = pytest.mark.skipif(not _cuda_build(),
                                 reason="built without nvcc: no CUDA backend, so no emulated driver to load")
 
 MEM_MAGIC = b"fkcudaM\0"
