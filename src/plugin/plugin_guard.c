@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -55,6 +56,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -233,6 +235,49 @@ fail:
     _exit(127);
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define GUARD_SPAWN_SHARES_MEMORY 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define GUARD_SPAWN_SHARES_MEMORY 0
+#endif
+#endif
+#ifndef GUARD_SPAWN_SHARES_MEMORY
+#define GUARD_SPAWN_SHARES_MEMORY 1
+#endif
+
+#if GUARD_SPAWN_SHARES_MEMORY
+struct plugin_exec_args {
+    pid_t guard;
+    char **argv, **envp;
+};
+
+static int plugin_entry(void *arg)
+{
+    const struct plugin_exec_args *a = arg;
+    plugin_exec(a->guard, a->argv, a->envp);
+}
+#endif
+
+/* Forks the plugin as posix_spawn does: CLONE_VM | CLONE_VFORK, so neither
+ * the guard's page tables are copied nor its pages faulted in again (copy
+ * on write) in either process; the guard waits only until the plugin's
+ * exec, and has nothing else to do meanwhile. Sanitizer builds fork. */
+static pid_t start_plugin(pid_t me, char **argv, char **envp)
+{
+#if GUARD_SPAWN_SHARES_MEMORY
+    enum { STACK = 64 * 1024 };
+    static char stack[STACK] __attribute__((aligned(64))); /* one plugin per guard, single-threaded */
+    struct plugin_exec_args a = { me, argv, envp };
+    return clone(plugin_entry, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+#else
+    pid_t pid = fork();
+    if (pid == 0)
+        plugin_exec(me, argv, envp);
+    return pid;
+#endif
+}
+
 static int guard_main(int argc, char **argv, char **envp)
 {
     if (argc < 5)
@@ -268,9 +313,7 @@ static int guard_main(int argc, char **argv, char **envp)
         report(2, errno);
         return 127;
     }
-    pid_t plugin = fork();
-    if (plugin == 0)
-        plugin_exec(me, plugin_argv, envp);
+    pid_t plugin = start_plugin(me, plugin_argv, envp);
     if (plugin < 0) {
         report(2, errno);
         return 127;
@@ -327,6 +370,123 @@ static int guard_main(int argc, char **argv, char **envp)
     return 137;
 }
 
+/* ---- the zygote: one process that clones a guard per plugin ---- */
+
+#define ZYGOTE_SOCK_FD 3
+#define ZYGOTE_MAX_ARGS 256
+
+struct guard_child_args {
+    int out_w, rep_w;
+    int argc;
+    char **argv, **envp;
+};
+
+/* The new guard, in its own copy of the zygote's memory: the fds a guard
+ * exec'd by lmcd starts with (0 /dev/null, 1 and 2 the output pipe, 3 the
+ * report pipe, nothing else), then the guard itself. */
+static int guard_child(void *arg)
+{
+    const struct guard_child_args *a = arg;
+    if (dup2(a->out_w, 1) < 0 || dup2(a->out_w, 2) < 0 || dup2(a->rep_w, REPORT_FD) < 0) {
+        int32_t m[2] = { 2, errno };
+        ssize_t w = write(a->rep_w, m, sizeof(m));
+        (void)w;
+        _exit(127);
+    }
+    if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0)
+        for (int fd = 4; fd < 65536; fd++)
+            (void)close(fd);
+    _exit(guard_main(a->argc, a->argv, a->envp));
+}
+
+/* argv: its name, PLUGIN_ZYGOTE_ARG, lmcd's pid, grace_ms; fd 3 one end of
+ * a SOCK_SEQPACKET pair whose other end only lmcd's supervisor holds; 0..2
+ * /dev/null; the environment is the plugins'. Each packet is one launch:
+ * the plugin's argv as NUL-terminated strings, with the output pipe's and
+ * the report pipe's write ends (SCM_RIGHTS). The zygote clones a guard with
+ * CLONE_PARENT, so the guard is lmcd's child exactly as an exec'd one (lmcd
+ * reaps it through a pidfd, it checks getppid() against lmcd), reports the
+ * guard's pid (tag 3) on the report pipe, and closes its copies. EOF on
+ * the socket (lmcd stopping, or dead however) ends it. */
+static int zygote_main(int argc, char **argv, char **envp)
+{
+    if (argc < 4)
+        return 127;
+    prctl(PR_SET_NAME, "lmcd-zygote");
+    if (getppid() != (pid_t)atoi(argv[2]))
+        return 127; /* lmcd is gone already */
+    if (setsid() < 0) /* out of lmcd's process group: a terminal's ^C is not for it */
+        return 127;
+    static char buf[65536];
+    static char stack[64 * 1024] __attribute__((aligned(64))); /* copied into each guard */
+    char *gargv[ZYGOTE_MAX_ARGS + 5];
+    for (;;) {
+        union {
+            struct cmsghdr h;
+            char space[CMSG_SPACE(2 * sizeof(int))];
+        } cm;
+        struct iovec iov = { buf, sizeof(buf) };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.space,
+                              .msg_controllen = sizeof(cm.space) };
+        ssize_t n = recvmsg(ZYGOTE_SOCK_FD, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        int fds[2] = { -1, -1 }, nfds = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                for (int i = 0; i < k; i++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
+                    if (nfds < 2)
+                        fds[nfds++] = fd;
+                    else
+                        close(fd);
+                }
+            }
+        if (nfds != 2 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+            for (int i = 0; i < nfds; i++)
+                close(fds[i]);
+            continue; /* not from lmcd's supervisor: it sends both */
+        }
+        int rep_w = fds[1];
+        /* argv: the guard's four, then the plugin's strings */
+        int argc2 = 0;
+        gargv[argc2++] = argv[0];
+        gargv[argc2++] = (char *)PLUGIN_GUARD_ARG;
+        gargv[argc2++] = argv[2];
+        gargv[argc2++] = argv[3];
+        int err = n > 0 && buf[n - 1] == '\0' ? 0 : EINVAL;
+        for (ssize_t off = 0; !err && off < n; off += (ssize_t)strlen(buf + off) + 1) {
+            if (argc2 == ZYGOTE_MAX_ARGS + 4)
+                err = E2BIG;
+            else
+                gargv[argc2++] = buf + off;
+        }
+        gargv[argc2] = NULL;
+        if (!err) {
+            struct guard_child_args a = { fds[0], rep_w, argc2, gargv, envp };
+            pid_t g = clone(guard_child, stack + sizeof(stack), CLONE_PARENT | SIGCHLD, &a);
+            if (g < 0)
+                err = errno;
+            else {
+                int32_t m[2] = { 3, (int32_t)g };
+                ssize_t w = write(rep_w, m, sizeof(m));
+                (void)w;
+            }
+        }
+        if (err) {
+            int32_t m[2] = { 2, err };
+            ssize_t w = write(rep_w, m, sizeof(m));
+            (void)w;
+        }
+        close(fds[0]);
+        close(rep_w);
+    }
+}
+
 #ifdef PLUGIN_GUARD_MAIN
 /* build/lmcd-plugin-guard: this file alone, linked with libc only, so the
  * guard starts in a millisecond instead of loading lmcd's libraries. */
@@ -334,6 +494,8 @@ int main(int argc, char **argv, char **envp)
 {
     if (argc >= 2 && !strcmp(argv[1], PLUGIN_GUARD_ARG))
         return guard_main(argc, argv, envp);
+    if (argc >= 2 && !strcmp(argv[1], PLUGIN_ZYGOTE_ARG))
+        return zygote_main(argc, argv, envp);
     fprintf(stderr, "lmcd-plugin-guard: started by lmcd only (see docs/runtime_plugins.md)\n");
     return 2;
 }
@@ -343,6 +505,8 @@ __attribute__((constructor)) static void plugin_guard_ctor(int argc, char **argv
 {
     if (argc >= 2 && argv && argv[1] && !strcmp(argv[1], PLUGIN_GUARD_ARG))
         _exit(guard_main(argc, argv, envp));
+    if (argc >= 2 && argv && argv[1] && !strcmp(argv[1], PLUGIN_ZYGOTE_ARG))
+        _exit(zygote_main(argc, argv, envp));
 }
 
 /* The standalone guard beside this binary when there is one (lmcd's build
