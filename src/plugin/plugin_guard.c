@@ -49,6 +49,7 @@
 #include <sched.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -210,6 +211,23 @@ static void exit_like(int st)
     _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 127);
 }
 
+/* Set in the zygote once it reset every disposition: its guards inherit
+ * them at their defaults (no guard sets a handler), so their plugins need
+ * not reset them again (62 system calls each). */
+static bool signals_default;
+
+/* Every signal at its default action; an exec keeps SIG_IGN (lmcd's
+ * SIGPIPE) and the plugin must not inherit it. */
+static void reset_dispositions(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            (void)sigaction(sig, &sa, NULL); /* glibc-internal signals say EINVAL: fine */
+}
+
 /* The plugin's side of the fork: its own session, SIGKILL when the guard
  * dies, default signals, then exec. A failed exec reports its errno. */
 static void plugin_exec(pid_t guard, char **argv, char **envp) __attribute__((noreturn));
@@ -219,12 +237,8 @@ static void plugin_exec(pid_t guard, char **argv, char **envp)
         goto fail;
     if (getppid() != guard) /* the guard died before prctl: do not outlive it */
         _exit(127);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
-            (void)sigaction(sig, &sa, NULL); /* glibc-internal signals say EINVAL: fine */
+    if (!signals_default)
+        reset_dispositions();
     sigset_t none;
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
@@ -417,6 +431,8 @@ static int zygote_main(int argc, char **argv, char **envp)
         return 127; /* lmcd is gone already */
     if (setsid() < 0) /* out of lmcd's process group: a terminal's ^C is not for it */
         return 127;
+    reset_dispositions();
+    signals_default = true;
     static char buf[65536];
     static char stack[64 * 1024] __attribute__((aligned(64))); /* copied into each guard */
     char *gargv[ZYGOTE_MAX_ARGS + 5];
