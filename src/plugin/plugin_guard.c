@@ -9,8 +9,11 @@
  * subreaper (PR_SET_CHILD_SUBREAPER), so every orphan below it is re-parented
  * to it instead of init, and it watches lmcd through a pidfd.
  *
- *   lmcd --fork+exec--> guard (own session, subreaper) --fork+exec--> plugin
- *                                                     (own session, group)
+ *   lmcd --vfork+exec--> zygote (once; own session)
+ *   zygote --clone(CLONE_PARENT)--> guard (lmcd's child; own session,
+ *                                          subreaper)
+ *       (no zygote: lmcd --vfork+exec--> guard)
+ *   guard --vfork+exec--> plugin (own session, group)
  *
  * What it does
  *   - lmcd dies (any way): SIGKILL to every descendant, reap, exit.
@@ -22,22 +25,24 @@
  *     since the first SIGTERM; then the guard exits with the plugin's status
  *     (dying of the same signal), which is what the supervisor reports.
  *
- * How it runs. lmcd's supervisor forks and execs the guard with argv[1] ==
- * PLUGIN_GUARD_ARG: build/lmcd-plugin-guard beside lmcd (this file built
- * alone with PLUGIN_GUARD_MAIN, libc only: it starts in about a
- * millisecond), else /proc/self/exe, where the constructor below recognises
- * the argument before main() (of lmcd, or of a unit-test binary spawning
- * plugins) and runs the guard instead; that path loads all of lmcd's
- * libraries first (tens of ms each on a loaded machine). Exec'ing gives a
- * fresh single-threaded process that shares no memory with lmcd (a fork
- * without exec would keep a copy-on-write image of the server alive for as
- * long as the plugin runs).
+ * How it runs. This file is build/lmcd-plugin-guard beside lmcd (built
+ * alone with PLUGIN_GUARD_MAIN, libc only, static), else /proc/self/exe,
+ * where the constructor below recognises argv[1] before main() (of lmcd, or
+ * of a unit-test binary spawning plugins) and runs the guard or the zygote
+ * instead; that path loads all of lmcd's libraries first. lmcd's supervisor
+ * execs it once as the zygote (argv[1] == PLUGIN_ZYGOTE_ARG, zygote_main),
+ * which clones one guard per launch; when there is no zygote (lost, or a
+ * sanitizer build) it execs it as the guard (PLUGIN_GUARD_ARG) for each
+ * plugin. Either way the guard is a single-threaded process that shares no
+ * memory with lmcd (a fork of lmcd without exec would keep a copy-on-write
+ * image of the server alive for as long as the plugin runs).
  *
- * File descriptors at exec: 0 /dev/null, 1 and 2 the plugin's output pipe,
- * 3 the report pipe to lmcd: 8-byte messages {tag, value}, tag 1 = the
- * plugin's pid (from the guard), tag 2 = an errno (a failed guard step, or
- * the plugin's failed exec). lmcd reads until EOF, which comes once the
- * plugin has exec'd (fd 3 is close-on-exec there).
+ * A guard's file descriptors: 0 /dev/null, 1 and 2 the plugin's output
+ * pipe, 3 the report pipe to lmcd: 8-byte messages {tag, value}, tag 1 =
+ * the plugin's pid (from the guard), tag 2 = an errno (a failed guard step,
+ * the plugin's failed exec, or the zygote's failed clone), tag 3 = the
+ * guard's own pid (cloned guards only). lmcd reads until EOF, which comes
+ * once the plugin has exec'd (fd 3 is close-on-exec there).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -401,6 +406,11 @@ struct guard_child_args {
 static int guard_child(void *arg)
 {
     const struct guard_child_args *a = arg;
+    /* lmcd learns its guard's pid from here too, in case the zygote dies
+     * before it says it: a guard lmcd does not know of would run unwatched */
+    int32_t me[2] = { 3, (int32_t)getpid() };
+    ssize_t w0 = write(a->rep_w, me, sizeof(me));
+    (void)w0;
     if (dup2(a->out_w, 1) < 0 || dup2(a->out_w, 2) < 0 || dup2(a->rep_w, REPORT_FD) < 0) {
         int32_t m[2] = { 2, errno };
         ssize_t w = write(a->rep_w, m, sizeof(m));
@@ -419,8 +429,9 @@ static int guard_child(void *arg)
  * the plugin's argv as NUL-terminated strings, with the output pipe's and
  * the report pipe's write ends (SCM_RIGHTS). The zygote clones a guard with
  * CLONE_PARENT, so the guard is lmcd's child exactly as an exec'd one (lmcd
- * reaps it through a pidfd, it checks getppid() against lmcd), reports the
- * guard's pid (tag 3) on the report pipe, and closes its copies. EOF on
+ * reaps it through a pidfd, it checks getppid() against lmcd); the guard's
+ * pid (tag 3) goes on the report pipe from both sides of the clone, then
+ * the zygote closes its copies. EOF on
  * the socket (lmcd stopping, or dead however) ends it. */
 static int zygote_main(int argc, char **argv, char **envp)
 {

@@ -777,6 +777,7 @@ static void loop(struct plugin_sup *s)
         linger_kill(p);
         report_dropped(p);
         if (p->proc.rep_fd >= 0) { /* still starting: its guard goes, the plugin with it */
+            (void)plugin_proc_launch_poll(&p->proc); /* a guard pid reported late */
             plugin_proc_launch_abort(&p->proc);
             plugin_proc_rep_close(&p->proc);
             p->proc = PLUGIN_PROC_NONE;
