@@ -4,6 +4,9 @@
  * DESIGN
  *   epoll watches, with level triggering:
  *     - an eventfd: commands from other threads (restart a path, stop all);
+ *     - per plugin being launched, the guard's report pipe (the plugin's
+ *       pid, or its exec's errno; EOF at the exec): no launch waits for
+ *       another's exec (plugin_spawn.c);
  *     - per plugin, the read end of its merged stdout+stderr pipe;
  *     - per plugin, its pidfd, readable once the process has exited.
  *   The epoll timeout is the nearest per-plugin deadline (a backoff restart
@@ -14,14 +17,15 @@
  *   Each plugin moves through a state table, actions[state][event]: every
  *   pair is decided explicitly, "nothing to do" included.
  *
- *            start ok                       exit, policy says restart
- *   (new) ----------> running --------------------------------> backoff
- *     |                 |  \  restart/stop cmd                    |  timer
- *     | no interpreter  |   `-----------------> stopping          |
- *     v                 | exit, no restart        | exit           v
- *   skipped             v                         v              running
- *                     exited <--------------------'
+ *          start      report: exec'd        exit, policy says restart
+ *   (new) -------> starting -------> running -------------------> backoff
+ *     |                               |  \  restart/stop cmd         |  timer
+ *     | no interpreter                |   `------------> stopping    |
+ *     v                               | exit, no restart    | exit   v
+ *   skipped                           v                     v      starting
+ *                                   exited <----------------'
  *     start limit reached or launch failed (never): failed
+ *   starting: a stop or restart asked meanwhile waits for the report.
  *
  *   A plugin's process leads its own process group. When it exits, what
  *   is left of the group gets SIGTERM+SIGCONT and, after the stop timeout,
