@@ -10,7 +10,8 @@
  * to it instead of init, and it watches lmcd through a pidfd.
  *
  *   lmcd --vfork+exec--> zygote (once; own session)
- *   zygote --clone(CLONE_PARENT)--> guard (lmcd's child; own session,
+ *   zygote --clone(CLONE_VM | CLONE_PARENT)--> helper (own session)
+ *   helper --clone(CLONE_PARENT)--> guard (lmcd's child; own session,
  *                                          subreaper)
  *       (no zygote: lmcd --vfork+exec--> guard)
  *   guard --vfork+exec--> plugin (own session, group)
@@ -41,7 +42,8 @@
  * pipe, 3 the report pipe to lmcd: 8-byte messages {tag, value}, tag 1 =
  * the plugin's pid (from the guard), tag 2 = an errno (a failed guard step,
  * the plugin's failed exec, or the zygote's failed clone), tag 3 = the
- * guard's own pid (cloned guards only). lmcd reads until EOF, which comes
+ * guard's own pid, tag 4 = the pid of the helper that cloned it (cloned
+ * guards only). lmcd reads until EOF, which comes
  * once the plugin has exec'd (fd 3 is close-on-exec there).
  */
 #ifndef _GNU_SOURCE
@@ -61,6 +63,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <linux/futex.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -423,6 +426,44 @@ static int guard_child(void *arg)
     _exit(guard_main(a->argc, a->argv, a->envp));
 }
 
+struct helper_args {
+    struct guard_child_args g;
+    char *gstack; /* top of the stack the guard starts on, in its copy of our memory */
+};
+
+/* Clones the guard (CLONE_PARENT: lmcd's child) and reports its pid, or
+ * the errno of the failed clone. */
+static void helper_clone_guard(struct helper_args *h)
+{
+    pid_t g = clone(guard_child, h->gstack, CLONE_PARENT | SIGCHLD, &h->g);
+    int32_t m[2] = { g < 0 ? 2 : 3, g < 0 ? errno : (int32_t)g };
+    ssize_t w = write(h->g.rep_w, m, sizeof(m));
+    (void)w;
+}
+
+/* The helper: a process in the zygote's memory (CLONE_VM) that pays for
+ * the guard's clone from a session of its own. Copying an address space is
+ * the costly part of a launch on a VM (a millisecond of CPU), and with
+ * autogroup scheduling every session gets an equal share: done by the
+ * zygote, one session, a hundred launches queued behind the plugins
+ * already starting (each its own session) and ran 1.4-1.5x slower than
+ * posix_spawn; done by a fresh session each, they take their turn as a
+ * posix_spawn'd child's exec does, and several run at once. It touches
+ * only its slot, its stack and the system calls' errno (shared with the
+ * zygote and the other helpers: it reads none but a failed clone's), takes
+ * no lock and allocates nothing. It reports its own pid (tag 4: lmcd reaps
+ * it, being its parent) and exits. */
+static int helper(void *arg)
+{
+    struct helper_args *h = arg;
+    int32_t m[2] = { 4, (int32_t)getpid() };
+    ssize_t w = write(h->g.rep_w, m, sizeof(m));
+    (void)w;
+    (void)setsid(); /* if it fails, the clone is only slower */
+    helper_clone_guard(h);
+    _exit(0);
+}
+
 /* argv: its name, PLUGIN_ZYGOTE_ARG, lmcd's pid, grace_ms; fd 3 one end of
  * a SOCK_SEQPACKET pair whose other end only lmcd's supervisor holds; 0..2
  * /dev/null; the environment is the plugins'. Each packet is one launch:
@@ -433,6 +474,41 @@ static int guard_child(void *arg)
  * pid (tag 3) goes on the report pipe from both sides of the clone, then
  * the zygote closes its copies. EOF on
  * the socket (lmcd stopping, or dead however) ends it. */
+/* A helper's own memory, in the zygote's: it may still run (cloning) while
+ * the zygote takes the next launch, so nothing of it lives on the zygote's
+ * stack or in a buffer the zygote reuses. */
+struct helper_slot {
+    pid_t busy; /* -1 from before the clone until the helper exits: the kernel
+                 * zeroes it then (CLONE_CHILD_CLEARTID) and wakes a futex waiter */
+    struct helper_args h;
+    char *gargv[ZYGOTE_MAX_ARGS + 5];
+    char buf[PLUGIN_ZYGOTE_MSG_MAX];
+    char stack[16 * 1024] __attribute__((aligned(64)));
+    /* where the guard starts, in its copy of this memory: per slot too,
+     * since clone() writes the guard's entry and argument at its top here */
+    char gstack[32 * 1024] __attribute__((aligned(64)));
+};
+#define HELPER_SLOTS 32
+
+/* Slots are taken in turn, so the next one is the oldest helper's. */
+static struct helper_slot *free_slot(struct helper_slot *slots)
+{
+    static unsigned next;
+    for (;;) {
+        for (unsigned k = 0; k < HELPER_SLOTS; k++) {
+            unsigned i = (next + k) % HELPER_SLOTS;
+            if (__atomic_load_n(&slots[i].busy, __ATOMIC_ACQUIRE) == 0) {
+                next = (i + 1) % HELPER_SLOTS;
+                return &slots[i];
+            }
+        }
+        /* all cloning, each done within one fork: wait for the oldest (its
+         * exit wakes us; 10 ms bounds a wake-up missed for another slot) */
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        syscall(SYS_futex, &slots[next].busy, FUTEX_WAIT, -1, &ts, NULL, 0);
+    }
+}
+
 static int zygote_main(int argc, char **argv, char **envp)
 {
     if (argc < 4)
@@ -444,15 +520,14 @@ static int zygote_main(int argc, char **argv, char **envp)
         return 127;
     reset_dispositions();
     signals_default = true;
-    static char buf[65536];
-    static char stack[64 * 1024] __attribute__((aligned(64))); /* copied into each guard */
-    char *gargv[ZYGOTE_MAX_ARGS + 5];
+    static struct helper_slot slots[HELPER_SLOTS];
     for (;;) {
+        struct helper_slot *sl = free_slot(slots);
         union {
             struct cmsghdr h;
             char space[CMSG_SPACE(2 * sizeof(int))];
         } cm;
-        struct iovec iov = { buf, sizeof(buf) };
+        struct iovec iov = { sl->buf, sizeof(sl->buf) };
         struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.space,
                               .msg_controllen = sizeof(cm.space) };
         ssize_t n = recvmsg(ZYGOTE_SOCK_FD, &msg, MSG_CMSG_CLOEXEC);
@@ -476,10 +551,11 @@ static int zygote_main(int argc, char **argv, char **envp)
         if (nfds != 2 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
-            continue; /* not from lmcd's supervisor: it sends both */
+            continue; /* not from lmcd's supervisor: it sends both, and fits */
         }
         int rep_w = fds[1];
         /* argv: the guard's four, then the plugin's strings */
+        char **gargv = sl->gargv, *buf = sl->buf;
         int argc2 = 0;
         gargv[argc2++] = argv[0];
         gargv[argc2++] = (char *)PLUGIN_GUARD_ARG;
@@ -494,14 +570,18 @@ static int zygote_main(int argc, char **argv, char **envp)
         }
         gargv[argc2] = NULL;
         if (!err) {
-            struct guard_child_args a = { fds[0], rep_w, argc2, gargv, envp };
-            pid_t g = clone(guard_child, stack + sizeof(stack), CLONE_PARENT | SIGCHLD, &a);
-            if (g < 0)
-                err = errno;
-            else {
-                int32_t m[2] = { 3, (int32_t)g };
-                ssize_t w = write(rep_w, m, sizeof(m));
-                (void)w;
+            sl->h = (struct helper_args){ { fds[0], rep_w, argc2, gargv, envp }, sl->gstack + sizeof(sl->gstack) };
+            /* The helper shares our memory, so it costs us next to nothing,
+             * and we do not wait for it; it has its own copy of our fds.
+             * CLONE_PARENT makes it, and the guard it clones, lmcd's
+             * children. */
+            __atomic_store_n(&sl->busy, -1, __ATOMIC_RELEASE);
+            pid_t hp = clone(helper, sl->stack + sizeof(sl->stack),
+                             CLONE_VM | CLONE_PARENT | CLONE_CHILD_CLEARTID | SIGCHLD, &sl->h, NULL, NULL,
+                             &sl->busy);
+            if (hp < 0) { /* no helper: clone the guard here, at our own share of the CPU */
+                __atomic_store_n(&sl->busy, 0, __ATOMIC_RELEASE);
+                helper_clone_guard(&sl->h);
             }
         }
         if (err) {

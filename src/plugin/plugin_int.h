@@ -172,6 +172,7 @@ char *plugin_config_file_write(const char *json, int *fd_out);
 struct plugin_proc {
     int pid;       /* the plugin: leader of its own session and process group; 0 until reported */
     int guard_pid; /* its guard, our child */
+    int helper_pid; /* the zygote's helper that cloned the guard (our child, exits at once) */
     int pidfd;     /* of the guard: readable when the guard exits; O_CLOEXEC */
     int out_fd;    /* read end of the merged stdout+stderr pipe; O_NONBLOCK|O_CLOEXEC */
     int rep_fd;    /* read end of the guard's report pipe while the launch is pending, else -1 */
@@ -179,7 +180,8 @@ struct plugin_proc {
     bool via_zygote;  /* the guard is cloned by the zygote: its pid comes as a report (tag 3) */
     bool zygote_lost; /* the launch failed because the zygote died before it cloned a guard */
 };
-#define PLUGIN_PROC_NONE ((struct plugin_proc){ .pid = 0, .guard_pid = 0, .pidfd = -1, .out_fd = -1, .rep_fd = -1 })
+#define PLUGIN_PROC_NONE \
+    ((struct plugin_proc){ .pid = 0, .guard_pid = 0, .helper_pid = 0, .pidfd = -1, .out_fd = -1, .rep_fd = -1 })
 
 /* The zygote: one guard process exec'd once (lazily, at the first launch),
  * which clones every further guard instead of lmcd exec'ing one per plugin
@@ -237,6 +239,8 @@ void plugin_proc_rep_close(struct plugin_proc *p);
 #define PLUGIN_GUARD_ARG "--lmcd-plugin-guard"
 /* argv[1] of the zygote (see plugin_zygote_start). */
 #define PLUGIN_ZYGOTE_ARG "--lmcd-plugin-zygote"
+/* Bytes of one launch's argv the zygote takes; a longer one execs a guard. */
+#define PLUGIN_ZYGOTE_MSG_MAX 16384
 /* The guard's argv: its name, PLUGIN_GUARD_ARG, lmcd's pid, grace_ms, then
  * plugin_argv (borrowed). Free with plugin_guard_argv_free. NULL: no memory. */
 char **plugin_guard_argv(int lmcd_pid, unsigned grace_ms, char *const plugin_argv[]);

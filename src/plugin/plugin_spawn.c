@@ -364,8 +364,19 @@ fail:
 /* SIGKILL bounds the wait: after a failed launch the guard is exiting on
  * its own already (its plugin never ran), and a plugin it forked dies with
  * it (PR_SET_PDEATHSIG). */
+/* The zygote's helper that cloned the guard is our child (CLONE_PARENT)
+ * and exits at once: its pid stays its own until this wait. */
+static void reap_helper(struct plugin_proc *p)
+{
+    if (p->helper_pid > 0)
+        while (waitpid(p->helper_pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    p->helper_pid = 0;
+}
+
 void plugin_proc_launch_abort(struct plugin_proc *p)
 {
+    reap_helper(p);
     if (p->pidfd >= 0) {
         if (syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
             kill(p->guard_pid, SIGKILL);
@@ -413,6 +424,8 @@ int plugin_proc_launch_poll(struct plugin_proc *p)
                 p->pid = m[i][1];
             } else if (m[i][0] == 2 && !p->rep_errno) {
                 p->rep_errno = m[i][1] > 0 ? m[i][1] : EIO;
+            } else if (m[i][0] == 4 && p->via_zygote && !p->helper_pid && m[i][1] > 0) {
+                p->helper_pid = m[i][1]; /* our child too: reaped when the launch ends */
             } else if (m[i][0] == 3 && p->via_zygote && !p->guard_pid && m[i][1] > 0) {
                 /* the zygote cloned the guard as our child, unreaped: its
                  * pid cannot be reused before we wait for it */
@@ -422,6 +435,7 @@ int plugin_proc_launch_poll(struct plugin_proc *p)
             }
         }
     }
+    reap_helper(p); /* EOF: its end of the pipe is closed, so it has exited */
     /* EOF with no word from anyone: the guard died, or (zygote) the zygote
      * died before it cloned one */
     p->zygote_lost = p->via_zygote && !p->guard_pid && !p->rep_errno;
@@ -542,7 +556,7 @@ fail:
 /* Hands one launch to the zygote: the pipes' write ends travel with argv. */
 static int zygote_launch(struct plugin_zygote *z, char *const argv[], struct plugin_proc *out)
 {
-    static char msg[65536]; /* supervisor thread only */
+    static char msg[PLUGIN_ZYGOTE_MSG_MAX]; /* supervisor thread only */
     size_t len = 0;
     for (size_t i = 0; argv[i]; i++) {
         size_t n = strlen(argv[i]) + 1;

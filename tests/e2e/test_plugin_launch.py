@@ -19,8 +19,8 @@ from test_plugin_lifecycle import assert_all_gone, descendants, snapshot
 from test_plugins import ENV, http, plugins, write
 
 
-def children(pid):
-    """{child pid: comm} of pid."""
+def children(pid, zombies=False):
+    """{child pid: comm} of pid (only its zombies with zombies=True)."""
     out = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -30,7 +30,8 @@ def children(pid):
                 st = f.read()
         except OSError:
             continue
-        if int(st.rsplit(")", 1)[1].split()[1]) == pid:
+        rest = st.rsplit(")", 1)[1].split()
+        if int(rest[1]) == pid and (rest[0] == "Z") == zombies:
             out[int(d)] = st[st.index("(") + 1:st.rindex(")")]
     return out
 
@@ -75,6 +76,10 @@ def test_many_plugins_some_failing_exec_each_failure_reported_rest_run(lmcd_fact
         assert ps[p]["state"] == "running" and ps[p]["pid"] > 0, ps[p]
     pids = {ps[p]["pid"] for p in good}
     assert len(pids) == len(good)
+    # every launch is over: its zygote helper and the guards of failed launches are reaped
+    assert not children(srv.proc.pid, zombies=True)
+    kids = children(srv.proc.pid)
+    assert list(kids.values()).count("lmcd-guard") == len(good), kids
     procs = snapshot(descendants(srv.proc.pid))
     assert pids <= set(procs)
     assert srv.stop() == 0
