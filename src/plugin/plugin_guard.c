@@ -488,7 +488,7 @@ struct helper_slot {
      * since clone() writes the guard's entry and argument at its top here */
     char gstack[32 * 1024] __attribute__((aligned(64)));
 };
-#define HELPER_SLOTS 32
+#define HELPER_SLOTS 8
 
 /* Slots are taken in turn, so the next one is the oldest helper's. */
 static struct helper_slot *free_slot(struct helper_slot *slots)
