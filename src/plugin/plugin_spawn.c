@@ -361,9 +361,6 @@ fail:
     return rc;
 }
 
-/* SIGKILL bounds the wait: after a failed launch the guard is exiting on
- * its own already (its plugin never ran), and a plugin it forked dies with
- * it (PR_SET_PDEATHSIG). */
 /* The zygote's helper that cloned the guard is our child (CLONE_PARENT)
  * and exits at once: its pid stays its own until this wait. */
 static void reap_helper(struct plugin_proc *p)
@@ -374,6 +371,9 @@ static void reap_helper(struct plugin_proc *p)
     p->helper_pid = 0;
 }
 
+/* SIGKILL bounds the wait: after a failed launch the guard is exiting on
+ * its own already (its plugin never ran), and a plugin it forked dies with
+ * it (PR_SET_PDEATHSIG). */
 void plugin_proc_launch_abort(struct plugin_proc *p)
 {
     reap_helper(p);
