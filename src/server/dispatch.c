@@ -468,6 +468,13 @@ bool dispatch_wait_ready(struct server *s, struct srv_req *r)
     return true;
 }
 
+enum wire_class dispatch_run_class(const struct srv_req *r)
+{
+    if (r->req.op == WIRE_OP_REGISTER_KV_CACHE || r->req.op == WIRE_OP_UNREGISTER_KV_CACHE)
+        return WIRE_CLASS_AFFINITY;
+    return r->req.cls;
+}
+
 void dispatch_wait_timeout(struct srv_req *r)
 {
     r->resp.kind = WIRE_RESP_INT_OR_NIL;

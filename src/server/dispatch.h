@@ -70,6 +70,13 @@ bool dispatch_wait_ready(struct server *s, struct srv_req *r);
 /* Fills the nil reply of a WAIT whose deadline passed. */
 void dispatch_wait_timeout(struct srv_req *r);
 
+/* Where r runs: its class in the profile table (LMCache's), except
+ * REGISTER_KV_CACHE and UNREGISTER_KV_CACHE, which LMCache answers inline
+ * but which here may pin all of L1 for DMA (seconds for a large segment) or
+ * wait out the worker's queued GPU copies: they run on the affinity pool,
+ * in order with the same worker's STORE/RETRIEVE, never on the loop. */
+enum wire_class dispatch_run_class(const struct srv_req *r);
+
 /* Releases what a handler attached to r (slots, inline locks...). */
 void dispatch_req_cleanup(struct server *s, struct srv_req *r);
 

@@ -560,15 +560,16 @@ static void dispatch(struct server *s, struct srv_req *r)
         send_reply(s, r);
         return;
     }
-    if (r->req.cls == WIRE_CLASS_SYNC || dispatch_try_on_loop(s, r)) {
-        if (r->req.cls == WIRE_CLASS_SYNC)
+    enum wire_class cls = dispatch_run_class(r);
+    if (cls == WIRE_CLASS_SYNC || dispatch_try_on_loop(s, r)) {
+        if (cls == WIRE_CLASS_SYNC)
             fn(s, r);
         encode_reply(r);
         send_reply(s, r);
         return;
     }
     r->job.fn = run_job;
-    struct pool *p = r->req.cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
+    struct pool *p = cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
     r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
     r->bytes += (size_t)r->req.key.n_tokens * sizeof(uint32_t); /* the decoded token list */
     enum srv_shed why = flight_admit(s, r);

@@ -592,3 +592,32 @@ def test_refused_registrations_and_bad_block_ids(gpu_lmcd, clients):  # noqa: F8
     s.stop()
     assert "fakecuda: leak" not in s.log(), s.log()
     assert len(fake_errors(s)) == 1, fake_errors(s)
+
+
+def test_unregister_waiting_for_copies_does_not_block_the_loop(gpu_lmcd, clients):  # noqa: F811
+    """UNREGISTER waits out the worker's queued copies; it does so on the
+    affinity pool (LMCache answers registrations inline), so while a copy is
+    held by an incomplete event everyone else is still served."""
+    s = gpu_lmcd()
+    c, other = clients(s.url, timeout=30.0), clients(s.url, timeout=5.0)
+    cache = Cache("fa_nhd", "bf16", layers=1)
+    register(c, 91, cache)
+    bpc = CHUNK // cache.bs
+    ev = Event()
+    ev.record()
+    toks = list(range(2 * 10 ** 6, 2 * 10 ** 6 + CHUNK))
+    st = c.submit("store", key_of(toks, 0, CHUNK, "unreg"), 91, [list(range(1, 1 + bpc))], ev.handle)
+    h, ok = c.wait(st, 20.0)  # replied at once; the copy waits for the event
+    assert ok is True
+    un = c.submit("unregister_kv_cache", 91)
+    for _ in range(5):  # the loop answers while the UNREGISTER waits
+        assert other.noop() == "OK" and other.get_chunk_size() == CHUNK
+    c._pump(time.monotonic() + 0.5)
+    assert un not in c._replies, "UNREGISTER answered while its worker's copy still waited"
+    ev.complete()
+    assert c.wait(un, 30.0) is None
+    assert len(h) == 64
+    ev.close()
+    s.stop()
+    assert "fakecuda: leak" not in s.log(), s.log()
+    assert fake_errors(s) == [], s.log()
