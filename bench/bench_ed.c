@@ -350,6 +350,8 @@ static void run_config(const struct config *cfg)
     pthread_cond_init(&sh.cv, NULL);
     pthread_barrier_init(&sh.stored, NULL, (unsigned)cfg->workers);
     struct worker wk[MAX_WORKERS];
+    const char *me = getenv("LMCD_BENCH_ED_MAP_EACH");
+    bool map_each = me && *me && strcmp(me, "0");
     for (int w = 0; w < cfg->workers; w++) {
         wk[w] = (struct worker){ .sh = &sh, .w = w };
         int rc = lmcd_client_open(url, LMCD_PROFILE_2609, LMCD_FORM_POSITIONAL, &wk[w].c);
@@ -371,6 +373,12 @@ static void run_config(const struct config *cfg)
         snprintf(shm, sizeof(shm), "/%s", r.shm_name[0] == '/' ? r.shm_name + 1 : r.shm_name);
         wk[w].pool = r.pool_size;
         lmcd_reply_free(&r);
+        if (w > 0 && !map_each) { /* one mapping for all workers (see the top comment) */
+            wk[w].base = wk[0].base;
+            wk[w].src = alloc_filled(cfg->obj, 11 + (uint32_t)w);
+            wk[w].out = alloc_filled(cfg->obj * (size_t)cfg->per, 13);
+            continue;
+        }
         int fd = shm_open(shm, O_RDWR, 0);
         if (fd < 0) {
             fprintf(stderr, "bench_ed: shm_open %s: %s\n", shm, strerror(errno));
@@ -422,7 +430,8 @@ static void run_config(const struct config *cfg)
     for (int w = 0; w < cfg->workers; w++) {
         lmcd_unregister_ed(wk[w].c, sh.base_id + w);
         lmcd_client_close(wk[w].c);
-        munmap(wk[w].base, wk[w].pool);
+        if (w == 0 || map_each)
+            munmap(wk[w].base, wk[w].pool);
         munmap(wk[w].src, cfg->obj);
         munmap(wk[w].out, cfg->obj * (size_t)cfg->per);
     }
@@ -456,11 +465,19 @@ static void run_config(const struct config *cfg)
 int main(void)
 {
     bool quick = bench_quick();
+    /* LMCD_BENCH_ED_ONLY=K,W runs one configuration (K: 0 = 1 MiB, 1 = 32 MiB,
+     * 2 = 1 MiB x16 per request; W workers), for profiling */
+    const char *only = getenv("LMCD_BENCH_ED_ONLY");
+    int only_h = -1, only_w = -1;
+    if (only && sscanf(only, "%d,%d", &only_h, &only_w) != 2)
+        only_h = only_w = -1;
     static const int64_t hidden[] = { 32, 1024 }; /* 1 MiB, 32 MiB objects */
     for (int h = 0; h < 3; h++) {
         for (int workers = 1; workers <= MAX_WORKERS; workers++) {
             /* h == 2: 1 MiB objects, 16 chunks per request (a 4K-token range, as
              * vLLM stores a request's new chunks in one PREPARE_STORE) */
+            if (only_h >= 0 && (h != only_h || workers != only_w))
+                continue;
             struct config cfg = { .workers = workers, .hidden = hidden[h == 1], .per = h == 2 ? 16 : 1 };
             cfg.obj = (size_t)2 * LAYERS * CHUNK * (size_t)cfg.hidden * 2;
             /* per worker and round: 256 MiB (64 MiB quick) */

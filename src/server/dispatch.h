@@ -58,6 +58,12 @@ typedef void (*srv_handler_fn)(struct server *s, struct srv_req *r);
 /* The handler of an op, or NULL for ops lmcd leaves unanswered. */
 srv_handler_fn dispatch_handler(enum wire_op op);
 
+/* For the engine-driven data ops (PREPARE/COMMIT_STORE/RETRIEVE) of a peer
+ * with nothing in the pools: runs r on the loop thread when that needs no
+ * wait (engine.h, the _nowait forms) and returns true with the reply
+ * filled; false (r untouched) for any other op, a long token list, or one
+ * that would wait: queue it as usual. Loop thread only. */
+bool dispatch_on_loop(struct server *s, struct srv_req *r);
 /* For WAIT_PREFETCH_STATUS: answers r if its job is done (returns true),
  * else leaves it for the loop to park (false). Loop thread only. */
 bool dispatch_wait_ready(struct server *s, struct srv_req *r);
