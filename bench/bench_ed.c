@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -80,6 +81,7 @@ struct worker {
     uint8_t *src, *out;
     uint64_t store_ns, retrieve_ns; /* this round's timed parts */
     uint64_t prep_ns, copy_ns, commit_ns; /* store phases, summed over rounds STEADY.. */
+    long copy_faults;                     /* page faults in this round's store copies */
     pthread_t th;
 };
 
@@ -134,6 +136,7 @@ static void *worker_run(void *arg)
     struct lmcd_key k;
     struct lmcd_reply rep;
     wk->store_ns = wk->retrieve_ns = 0;
+    wk->copy_faults = 0;
     if (!t) {
         fail(sh, "out of memory", 0);
         pthread_barrier_wait(&sh->stored);
@@ -158,11 +161,15 @@ static void *worker_run(void *arg)
             return NULL;
         }
         uint64_t t1 = clock_mono_ns();
+        struct rusage ru0, ru1;
+        getrusage(RUSAGE_THREAD, &ru0);
         for (size_t j = 0; j < per; j++) {
             stamp(wk->src, cfg->obj, sh->round, i * cfg->per + (int)rep.chunk_indices[j], wk->w);
             memcpy(wk->base + rep.slots[j].offset, wk->src, cfg->obj);
         }
         uint64_t t2 = clock_mono_ns();
+        getrusage(RUSAGE_THREAD, &ru1);
+        wk->copy_faults += ru1.ru_minflt - ru0.ru_minflt + ru1.ru_majflt - ru0.ru_majflt;
         lmcd_reply_free(&rep);
         bool ok = false;
         rc = lmcd_commit_store(wk->c, &k, iid, &ok);
@@ -416,9 +423,9 @@ static void run_config(const struct config *cfg)
         if (sh.failed)
             exit(1);
         if (getenv("LMCD_BENCH_VERBOSE"))
-            printf("    round %d: store %.2f GB/s, retrieve %.2f GB/s; worker 0 so far: prepare %.1f, copy %.1f, "
-                   "commit %.1f us per request\n",
-                   r, bytes / (double)s, bytes / (double)g, wk[0].prep_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
+            printf("    round %d: store %.2f GB/s (%ld page faults in worker 0's copies), retrieve %.2f GB/s; "
+                   "worker 0 so far: prepare %.1f, copy %.1f, commit %.1f us per request\n",
+                   r, bytes / (double)s, wk[0].copy_faults, bytes / (double)g, wk[0].prep_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
                    wk[0].copy_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
                    wk[0].commit_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1));
         if (r == 0)
