@@ -575,7 +575,7 @@ int engine_try_prefetch_status(struct engine *e, const char *rid, size_t len, in
 {
     *chunks = 0;
     bool busy;
-    struct session *s = session_tryget(e, rid, len, &busy);
+    struct session *s = session_tryget(e, rid, len, SESSION_FIND, &busy);
     if (!s)
         return -EAGAIN;
     int rc = job_take_result(e, s, chunks);

@@ -436,11 +436,17 @@ static const srv_handler_fn handlers[WIRE_OP_COUNT] = {
     [WIRE_OP_RETRIEVE_INLINE] = h_retrieve_inline,
 };
 
+srv_handler_fn dispatch_handler(enum wire_op op)
+{
+    return (unsigned)op < WIRE_OP_COUNT ? handlers[op] : NULL;
+}
+
 /* The most tokens a worker op may carry to run on the loop: hashing them
  * (when the session has not yet) stays within some tens of microseconds. */
 #define LOOP_MAX_TOKENS 8192
 
-bool dispatch_on_loop(struct server *s, struct srv_req *r)
+/* A worker's PREPARE/COMMIT on the loop (dispatch_try_on_loop). */
+static bool worker_op_on_loop(struct server *s, struct srv_req *r)
 {
     if (r->req.key.n_tokens > LOOP_MAX_TOKENS)
         return false;
@@ -472,11 +478,6 @@ bool dispatch_on_loop(struct server *s, struct srv_req *r)
     }
 }
 
-srv_handler_fn dispatch_handler(enum wire_op op)
-{
-    return (unsigned)op < WIRE_OP_COUNT ? handlers[op] : NULL;
-}
-
 bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
 {
     int64_t v = 0;
@@ -496,6 +497,11 @@ bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
             return false;
         resp_int_or_nil(r, rc, v);
         return true;
+    case WIRE_OP_PREPARE_STORE:
+    case WIRE_OP_COMMIT_STORE:
+    case WIRE_OP_PREPARE_RETRIEVE:
+    case WIRE_OP_COMMIT_RETRIEVE:
+        return worker_op_on_loop(s, r);
     default:
         return false;
     }

@@ -560,7 +560,11 @@ static void dispatch(struct server *s, struct srv_req *r)
         send_reply(s, r);
         return;
     }
-    if (r->req.cls == WIRE_CLASS_SYNC || dispatch_try_on_loop(s, r)) {
+    r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
+    /* a data op (a worker's PREPARE/COMMIT) only with nothing of its peer's
+     * queued ahead of it, so the peer's order holds */
+    if (r->req.cls == WIRE_CLASS_SYNC ||
+        ((r->req.cls != WIRE_CLASS_AFFINITY || !flight_find(s, r->peer)) && dispatch_try_on_loop(s, r))) {
         if (r->req.cls == WIRE_CLASS_SYNC)
             fn(s, r);
         encode_reply(r);
@@ -569,15 +573,6 @@ static void dispatch(struct server *s, struct srv_req *r)
     }
     r->job.fn = run_job;
     struct pool *p = r->req.cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
-    r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
-    /* A worker's PREPARE/COMMIT with nothing of its peer's queued ahead runs
-     * here when it needs no wait: two thread hand-offs fewer per round trip
-     * (docs/performance.md); order holds, as the peer has nothing queued. */
-    if (r->req.cls == WIRE_CLASS_AFFINITY && !flight_find(s, r->peer) && dispatch_on_loop(s, r)) {
-        encode_reply(r);
-        send_reply(s, r);
-        return;
-    }
     r->bytes += (size_t)r->req.key.n_tokens * sizeof(uint32_t); /* the decoded token list */
     enum srv_shed why = flight_admit(s, r);
     rc = -ENOMEM;
