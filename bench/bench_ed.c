@@ -27,6 +27,18 @@
  * round 0, "store" the best round from STEADY on, "retrieve" the best from
  * round 1 on.
  *
+ * The workers (threads here, processes under vLLM) share one mapping of the
+ * segment. A worker process that has run for a while has every page of L1
+ * in its own page tables; with a mapping per thread, the short runs here
+ * would instead hand worker 0 the slots worker 1 wrote in the rounds
+ * before, each page a first touch in worker 0's mapping (a page-table fault,
+ * 6-12 us per 4 KiB page in this VM: 50-350 ms per 32 MiB object), which a
+ * running worker pays once per page of L1, not per store.
+ * LMCD_BENCH_ED_MAP_EACH=1 maps per worker to show that cost;
+ * LMCD_BENCH_VERBOSE=1 prints each round with the page faults of worker 0's
+ * store copies and the prepare / copy / commit split;
+ * LMCD_BENCH_ED_ONLY=K,W runs one configuration (profiling).
+ *
  * Throughput = bytes / wall time of the slowest worker's timed parts.
  * Never asserts on speed; exits 1 when anything fails or a byte differs.
  */
