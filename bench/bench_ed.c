@@ -27,6 +27,18 @@
  * round 0, "store" the best round from STEADY on, "retrieve" the best from
  * round 1 on.
  *
+ * The workers (threads here, processes under vLLM) share one mapping of the
+ * segment. A worker process that has run for a while has every page of L1
+ * in its own page tables; with a mapping per thread, the short runs here
+ * would instead hand worker 0 the slots worker 1 wrote in the rounds
+ * before, each page a first touch in worker 0's mapping (a page-table fault,
+ * 6-12 us per 4 KiB page in this VM: 50-350 ms per 32 MiB object), which a
+ * running worker pays once per page of L1, not per store.
+ * LMCD_BENCH_ED_MAP_EACH=1 maps per worker to show that cost;
+ * LMCD_BENCH_VERBOSE=1 prints each round with the page faults of worker 0's
+ * store copies and the prepare / copy / commit split;
+ * LMCD_BENCH_ED_ONLY=K,W runs one configuration (profiling).
+ *
  * Throughput = bytes / wall time of the slowest worker's timed parts.
  * Never asserts on speed; exits 1 when anything fails or a byte differs.
  */
@@ -37,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -80,6 +93,7 @@ struct worker {
     uint8_t *src, *out;
     uint64_t store_ns, retrieve_ns; /* this round's timed parts */
     uint64_t prep_ns, copy_ns, commit_ns; /* store phases, summed over rounds STEADY.. */
+    long copy_faults;                     /* page faults in this round's store copies */
     pthread_t th;
 };
 
@@ -134,6 +148,7 @@ static void *worker_run(void *arg)
     struct lmcd_key k;
     struct lmcd_reply rep;
     wk->store_ns = wk->retrieve_ns = 0;
+    wk->copy_faults = 0;
     if (!t) {
         fail(sh, "out of memory", 0);
         pthread_barrier_wait(&sh->stored);
@@ -158,11 +173,15 @@ static void *worker_run(void *arg)
             return NULL;
         }
         uint64_t t1 = clock_mono_ns();
+        struct rusage ru0, ru1;
+        getrusage(RUSAGE_THREAD, &ru0);
         for (size_t j = 0; j < per; j++) {
             stamp(wk->src, cfg->obj, sh->round, i * cfg->per + (int)rep.chunk_indices[j], wk->w);
             memcpy(wk->base + rep.slots[j].offset, wk->src, cfg->obj);
         }
         uint64_t t2 = clock_mono_ns();
+        getrusage(RUSAGE_THREAD, &ru1);
+        wk->copy_faults += ru1.ru_minflt - ru0.ru_minflt + ru1.ru_majflt - ru0.ru_majflt;
         lmcd_reply_free(&rep);
         bool ok = false;
         rc = lmcd_commit_store(wk->c, &k, iid, &ok);
@@ -350,6 +369,8 @@ static void run_config(const struct config *cfg)
     pthread_cond_init(&sh.cv, NULL);
     pthread_barrier_init(&sh.stored, NULL, (unsigned)cfg->workers);
     struct worker wk[MAX_WORKERS];
+    const char *me = getenv("LMCD_BENCH_ED_MAP_EACH");
+    bool map_each = me && *me && strcmp(me, "0");
     for (int w = 0; w < cfg->workers; w++) {
         wk[w] = (struct worker){ .sh = &sh, .w = w };
         int rc = lmcd_client_open(url, LMCD_PROFILE_2609, LMCD_FORM_POSITIONAL, &wk[w].c);
@@ -371,6 +392,12 @@ static void run_config(const struct config *cfg)
         snprintf(shm, sizeof(shm), "/%s", r.shm_name[0] == '/' ? r.shm_name + 1 : r.shm_name);
         wk[w].pool = r.pool_size;
         lmcd_reply_free(&r);
+        if (w > 0 && !map_each) { /* one mapping for all workers (see the top comment) */
+            wk[w].base = wk[0].base;
+            wk[w].src = alloc_filled(cfg->obj, 11 + (uint32_t)w);
+            wk[w].out = alloc_filled(cfg->obj * (size_t)cfg->per, 13);
+            continue;
+        }
         int fd = shm_open(shm, O_RDWR, 0);
         if (fd < 0) {
             fprintf(stderr, "bench_ed: shm_open %s: %s\n", shm, strerror(errno));
@@ -408,9 +435,9 @@ static void run_config(const struct config *cfg)
         if (sh.failed)
             exit(1);
         if (getenv("LMCD_BENCH_VERBOSE"))
-            printf("    round %d: store %.2f GB/s, retrieve %.2f GB/s; worker 0 so far: prepare %.1f, copy %.1f, "
-                   "commit %.1f us per request\n",
-                   r, bytes / (double)s, bytes / (double)g, wk[0].prep_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
+            printf("    round %d: store %.2f GB/s (%ld page faults in worker 0's copies), retrieve %.2f GB/s; "
+                   "worker 0 so far: prepare %.1f, copy %.1f, commit %.1f us per request\n",
+                   r, bytes / (double)s, wk[0].copy_faults, bytes / (double)g, wk[0].prep_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
                    wk[0].copy_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
                    wk[0].commit_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1));
         if (r == 0)
@@ -422,7 +449,8 @@ static void run_config(const struct config *cfg)
     for (int w = 0; w < cfg->workers; w++) {
         lmcd_unregister_ed(wk[w].c, sh.base_id + w);
         lmcd_client_close(wk[w].c);
-        munmap(wk[w].base, wk[w].pool);
+        if (w == 0 || map_each)
+            munmap(wk[w].base, wk[w].pool);
         munmap(wk[w].src, cfg->obj);
         munmap(wk[w].out, cfg->obj * (size_t)cfg->per);
     }
@@ -456,11 +484,19 @@ static void run_config(const struct config *cfg)
 int main(void)
 {
     bool quick = bench_quick();
+    /* LMCD_BENCH_ED_ONLY=K,W runs one configuration (K: 0 = 1 MiB, 1 = 32 MiB,
+     * 2 = 1 MiB x16 per request; W workers), for profiling */
+    const char *only = getenv("LMCD_BENCH_ED_ONLY");
+    int only_h = -1, only_w = -1;
+    if (only && sscanf(only, "%d,%d", &only_h, &only_w) != 2)
+        only_h = only_w = -1;
     static const int64_t hidden[] = { 32, 1024 }; /* 1 MiB, 32 MiB objects */
     for (int h = 0; h < 3; h++) {
         for (int workers = 1; workers <= MAX_WORKERS; workers++) {
             /* h == 2: 1 MiB objects, 16 chunks per request (a 4K-token range, as
              * vLLM stores a request's new chunks in one PREPARE_STORE) */
+            if (only_h >= 0 && (h != only_h || workers != only_w))
+                continue;
             struct config cfg = { .workers = workers, .hidden = hidden[h == 1], .per = h == 2 ? 16 : 1 };
             cfg.obj = (size_t)2 * LAYERS * CHUNK * (size_t)cfg.hidden * 2;
             /* per worker and round: 256 MiB (64 MiB quick) */

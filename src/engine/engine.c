@@ -197,12 +197,16 @@ static size_t chunk_of(const struct engine *e, int64_t tok) { return (size_t)tok
  * lookup locks on those keys (COMMIT_RETRIEVE).
  */
 static int range_keys(struct engine *e, const struct engine_key *k, bool create, uint32_t lookup_release,
-                      struct l1_key **keys, size_t *n)
+                      bool nowait, struct l1_key **keys, size_t *n)
 {
     *keys = NULL;
     *n = 0;
-    struct session *s =
-        session_get(e, k->request_id, k->request_id_len, create ? SESSION_CREATE_WORKER : SESSION_FIND);
+    enum session_mode mode = create ? SESSION_CREATE_WORKER : SESSION_FIND;
+    bool busy = false;
+    struct session *s = nowait ? session_tryget(e, k->request_id, k->request_id_len, mode, &busy)
+                               : session_get(e, k->request_id, k->request_id_len, mode);
+    if (busy) /* a LOOKUP hashes this request: the caller runs the op where it may wait */
+        return -EWOULDBLOCK;
     if (!s && !(create && errno == ENOSPC))
         return create ? -ENOMEM : -ENOENT;
     /* past --max-sessions a worker request is still served, from an unkept chain */
@@ -215,8 +219,8 @@ static int range_keys(struct engine *e, const struct engine_key *k, bool create,
 }
 
 /* check_key + range_keys for the worker ops; an invalid key is logged. */
-static int worker_keys(struct engine *e, const struct engine_key *k, const char *op, struct l1_key **keys,
-                       size_t *n)
+static int worker_keys(struct engine *e, const struct engine_key *k, const char *op, bool nowait,
+                       struct l1_key **keys, size_t *n)
 {
     *keys = NULL;
     *n = 0;
@@ -226,7 +230,7 @@ static int worker_keys(struct engine *e, const struct engine_key *k, const char 
         log_bad_key(op, k);
         return -EINVAL;
     }
-    return range_keys(e, k, true, 0, keys, n);
+    return range_keys(e, k, true, 0, nowait, keys, n);
 }
 
 /* Readers per object a LOOKUP locks for (spec mp_protocol.md 6.2). */
@@ -559,7 +563,7 @@ int engine_poll_prefetch_status(struct engine *e, const char *rid, size_t len, i
 {
     *chunks = 0;
     bool busy;
-    struct session *s = session_tryget(e, rid, len, &busy);
+    struct session *s = session_tryget(e, rid, len, SESSION_FIND, &busy);
     if (!s)
         return busy ? -EAGAIN : 0; /* a LOOKUP is at work on it / unknown id */
     int rc = job_take_result(e, s, chunks);
@@ -571,7 +575,7 @@ int engine_try_prefetch_status(struct engine *e, const char *rid, size_t len, in
 {
     *chunks = 0;
     bool busy;
-    struct session *s = session_tryget(e, rid, len, &busy);
+    struct session *s = session_tryget(e, rid, len, SESSION_FIND, &busy);
     if (!s)
         return -EAGAIN;
     int rc = job_take_result(e, s, chunks);
@@ -895,12 +899,23 @@ static uint64_t store_tag(const struct engine_key *k, const struct l1_key *keys,
     return XXH3_64bits(&id, sizeof(id));
 }
 
-int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t instance_id, struct engine_slots *out)
+/* Whether every reservation of refs that st marks L1_OK has its pages
+ * backed already (so l1_back will not fallocate). */
+static bool reservations_backed(struct engine *e, size_t n, const enum l1_status *st, const struct l1_ref *refs)
+{
+    for (size_t i = 0; i < n; i++)
+        if (st[i] == L1_OK && !l1_backed(e->l1, &refs[i]))
+            return false;
+    return true;
+}
+
+static int prepare_store(struct engine *e, const struct engine_key *k, int64_t instance_id, bool nowait,
+                         struct engine_slots *out)
 {
     memset(out, 0, sizeof(*out));
     struct l1_key *keys;
     size_t n;
-    int rc = worker_keys(e, k, "PREPARE_STORE", &keys, &n);
+    int rc = worker_keys(e, k, "PREPARE_STORE", nowait, &keys, &n);
     if (rc || !n) {
         free(keys);
         return rc;
@@ -921,6 +936,15 @@ int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t i
     for (size_t i = 0; i < n; i++)
         sizes[i] = in->object_bytes;
     l1_reserve_write(e->l1, keys, sizes, n, (uint64_t)instance_id, st, refs);
+    if (nowait && !reservations_backed(e, n, st, refs)) {
+        /* fallocate of fresh pages takes milliseconds: give them back and
+         * let the caller run the op where it may wait */
+        for (size_t i = 0; i < n; i++)
+            if (st[i] == L1_OK)
+                l1_abort(e->l1, &keys[i], &refs[i].id, 1, (uint64_t)instance_id);
+        rc = -EWOULDBLOCK;
+        goto done;
+    }
     back_reservations(e, keys, n, (uint64_t)instance_id, st, refs);
     uint64_t tag = store_tag(k, keys, n), now = engine_now(e);
     rc = 0;
@@ -979,13 +1003,25 @@ static size_t take_pending(struct instance *in, const struct l1_key *keys, size_
     return got;
 }
 
-int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t data_len)
+int engine_prepare_store(struct engine *e, const struct engine_key *k, int64_t instance_id, struct engine_slots *out)
+{
+    return prepare_store(e, k, instance_id, false, out);
+}
+
+int engine_prepare_store_nowait(struct engine *e, const struct engine_key *k, int64_t instance_id,
+                                struct engine_slots *out)
+{
+    return prepare_store(e, k, instance_id, true, out);
+}
+
+static int commit_store(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t data_len,
+                        bool nowait)
 {
     if (check_key(k, true))
         return -EINVAL;
     struct l1_key *keys;
     size_t n;
-    int rc = range_keys(e, k, true, 0, &keys, &n);
+    int rc = range_keys(e, k, true, 0, nowait, &keys, &n);
     if (rc)
         return rc;
     struct instance *in = worker_instance(e, instance_id);
@@ -1028,13 +1064,23 @@ int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t in
     return rc;
 }
 
-int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id,
+int engine_commit_store(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t data_len)
+{
+    return commit_store(e, k, instance_id, data_len, false);
+}
+
+int engine_commit_store_nowait(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t data_len)
+{
+    return commit_store(e, k, instance_id, data_len, true);
+}
+
+static int prepare_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id, bool nowait,
                             struct engine_slots *out)
 {
     memset(out, 0, sizeof(*out));
     struct l1_key *keys;
     size_t n;
-    int rc = worker_keys(e, k, "PREPARE_RETRIEVE", &keys, &n);
+    int rc = worker_keys(e, k, "PREPARE_RETRIEVE", nowait, &keys, &n);
     if (rc)
         return rc;
     if ((size_t)(chunk_of(e, k->end) - chunk_of(e, k->start)) != n) { /* tokens do not cover the range */
@@ -1087,7 +1133,19 @@ done:
     return rc;
 }
 
-int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id)
+int engine_prepare_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id,
+                            struct engine_slots *out)
+{
+    return prepare_retrieve(e, k, instance_id, false, out);
+}
+
+int engine_prepare_retrieve_nowait(struct engine *e, const struct engine_key *k, int64_t instance_id,
+                                   struct engine_slots *out)
+{
+    return prepare_retrieve(e, k, instance_id, true, out);
+}
+
+static int commit_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id, bool nowait)
 {
     if (check_key(k, true))
         return 0;
@@ -1096,7 +1154,10 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
     /* Step 1 also gives back one holder of this request's LOOKUP lock per
      * object: this reader is done with it. The session is (re)made if
      * END_SESSION came first: the transfer locks must go regardless. */
-    if (range_keys(e, k, true, 1, &keys, &n) || !n) {
+    int rc = range_keys(e, k, true, 1, nowait, &keys, &n);
+    if (rc == -EWOULDBLOCK)
+        return rc;
+    if (rc || !n) {
         free(keys);
         return 0;
     }
@@ -1127,6 +1188,16 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
     return 0;
 }
 
+int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id)
+{
+    return commit_retrieve(e, k, instance_id, false);
+}
+
+int engine_commit_retrieve_nowait(struct engine *e, const struct engine_key *k, int64_t instance_id)
+{
+    return commit_retrieve(e, k, instance_id, true);
+}
+
 /* ------------------------------------------------------------ inline */
 
 int engine_store_inline(struct engine *e, const struct engine_key *k, const struct iovec *chunks, size_t n,
@@ -1135,7 +1206,7 @@ int engine_store_inline(struct engine *e, const struct engine_key *k, const stru
     *present = 0;
     struct l1_key *keys;
     size_t nk;
-    int rc = worker_keys(e, k, "lmcd.store_inline", &keys, &nk);
+    int rc = worker_keys(e, k, "lmcd.store_inline", false, &keys, &nk);
     if (rc)
         return rc;
     if (nk > n)
@@ -1204,7 +1275,7 @@ int engine_retrieve_inline(struct engine *e, const struct engine_key *k, struct 
     memset(out, 0, sizeof(*out));
     struct l1_key *keys;
     size_t n;
-    int rc = worker_keys(e, k, "lmcd.retrieve_inline", &keys, &n);
+    int rc = worker_keys(e, k, "lmcd.retrieve_inline", false, &keys, &n);
     if (rc || !n) {
         free(keys);
         return rc;

@@ -222,6 +222,19 @@ int engine_prepare_retrieve(struct engine *e, const struct engine_key *key, int6
 /* COMMIT_RETRIEVE: releases the transfer's locks and the LOOKUP locks they
  * stand for. Always 0 (true on the wire), even when nothing was pending. */
 int engine_commit_retrieve(struct engine *e, const struct engine_key *key, int64_t instance_id);
+/* The same four for a thread that must not wait (the server's loop, which
+ * runs a worker's op itself when nothing of that worker's is queued, to save
+ * two thread hand-offs per round trip): each returns -EWOULDBLOCK, having
+ * changed nothing, where the op would wait for a session a LOOKUP is
+ * hashing or (PREPARE_STORE) commit tmpfs pages not backed yet; the caller
+ * then runs the plain form where waiting is fine. The locks they still take
+ * (engine.mu, the instance's, l1.mu) are held only briefly by anyone. */
+int engine_prepare_store_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id,
+                                struct engine_slots *out);
+int engine_commit_store_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id, size_t data_len);
+int engine_prepare_retrieve_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id,
+                                   struct engine_slots *out);
+int engine_commit_retrieve_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id);
 
 /* lmcd.store_inline: chunk i of [start,end) is chunks[i]; each is copied
  * once into a new L1 object and published. *present = chunks now cached

@@ -182,9 +182,9 @@ enum session_mode { SESSION_FIND, SESSION_CREATE, SESSION_CREATE_WORKER };
  * only half of each session limit, so a flood of them never leaves a
  * LOOKUP without room. */
 struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode);
-/* Like SESSION_FIND, but never waits for the session's mutex: *busy is set
+/* Like session_get, but never waits for the session's mutex: *busy is set
  * (and NULL returned) when another thread holds it. For the loop thread. */
-struct session *session_tryget(struct engine *e, const char *rid, size_t len, bool *busy);
+struct session *session_tryget(struct engine *e, const char *rid, size_t len, enum session_mode mode, bool *busy);
 /* Unlocks and unpins. */
 void session_put(struct engine *e, struct session *s);
 /* Removes rid's session from the table; returns it pinned and locked (the

@@ -116,7 +116,9 @@ static struct session *session_new(const char *rid, size_t len)
     return s;
 }
 
-struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode)
+/* Finds or makes rid's session under engine.mu and pins it (mu not taken).
+ * NULL with errno as session_get says. */
+static struct session *session_pin(struct engine *e, const char *rid, size_t len, enum session_mode mode)
 {
     uint32_t full_ttl = (uint32_t)(e->o.session_ttl_s > 0 ? e->o.session_ttl_s : 600);
     pthread_mutex_lock(&e->mu);
@@ -147,6 +149,12 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
         errno = ENOMEM;
     }
     pthread_mutex_unlock(&e->mu);
+    return s;
+}
+
+struct session *session_get(struct engine *e, const char *rid, size_t len, enum session_mode mode)
+{
+    struct session *s = session_pin(e, rid, len, mode);
     if (s) {
         pthread_mutex_lock(&s->mu);
         __atomic_store_n(&s->last_used_ns, engine_now(e), __ATOMIC_RELAXED);
@@ -156,17 +164,17 @@ struct session *session_get(struct engine *e, const char *rid, size_t len, enum 
 
 static void session_unpin(struct engine *e, struct session *s);
 
-struct session *session_tryget(struct engine *e, const char *rid, size_t len, bool *busy)
+struct session *session_tryget(struct engine *e, const char *rid, size_t len, enum session_mode mode, bool *busy)
 {
     *busy = false;
-    pthread_mutex_lock(&e->mu);
-    struct htab_node *n = htab_find(&e->sessions, rid, len);
-    struct session *s = n ? htab_entry(n, struct session, node) : NULL;
-    if (s)
-        s->refs++;
-    pthread_mutex_unlock(&e->mu);
-    if (!s || pthread_mutex_trylock(&s->mu) == 0)
+    struct session *s = session_pin(e, rid, len, mode);
+    if (!s)
+        return NULL;
+    if (pthread_mutex_trylock(&s->mu) == 0) {
+        if (mode != SESSION_FIND) /* a WAIT's polling does not keep a session alive */
+            __atomic_store_n(&s->last_used_ns, engine_now(e), __ATOMIC_RELAXED);
         return s;
+    }
     *busy = true; /* someone works on it (a LOOKUP hashing): unpin, say "not yet" */
     session_unpin(e, s);
     return NULL;

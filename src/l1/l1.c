@@ -843,6 +843,11 @@ int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs
     return done;
 }
 
+bool l1_backed(struct l1 *l1, const struct l1_ref *ref)
+{
+    return l1_shm_backed(&l1->shm, ref->offset, ref->length);
+}
+
 int l1_back(struct l1 *l1, const struct l1_ref *ref)
 {
     int rc = l1_shm_back(&l1->shm, ref->offset, ref->length); /* offsets are from the segment base */

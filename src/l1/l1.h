@@ -148,6 +148,9 @@ int l1_reserve_write(struct l1 *l1, const struct l1_key *keys, const uint64_t *s
  * worker writing its slot. A no-op for a pre-faulted segment. Takes no
  * lock; call it outside any hot lock (it may allocate many pages). */
 int l1_back(struct l1 *l1, const struct l1_ref *ref);
+/* Whether l1_back(ref) would find every page backed already (no fallocate:
+ * a pre-faulted segment, or regions backed before or ahead). Takes no lock. */
+bool l1_backed(struct l1 *l1, const struct l1_ref *ref);
 
 /* Makes reservations READY (most recent in LRU). ids[i] is refs[i].id from
  * reserve_write. Only a live reservation of `writer` with that id is published.

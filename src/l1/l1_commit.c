@@ -119,6 +119,18 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
     return 0;
 }
 
+bool l1_commit_backed(const struct l1_commit *c, uint64_t off, uint64_t len)
+{
+    if (len == 0)
+        return true;
+    if (off >= c->size || len > c->size - off)
+        return false;
+    for (uint64_t r = off >> REGION_SHIFT; r <= (off + len - 1) >> REGION_SHIFT; r++)
+        if (!is_backed(c, r))
+            return false;
+    return true;
+}
+
 /* Commit-ahead takes only from plenty: /dev/shm keeps at least as much
  * again plus PLENTY_SLACK free, so it never takes the last free pages from
  * another process (or from a reservation of lmcd's own elsewhere). */

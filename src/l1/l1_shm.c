@@ -430,6 +430,11 @@ int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len)
     return rc;
 }
 
+bool l1_shm_backed(const struct l1_shm *s, uint64_t off, uint64_t len)
+{
+    return !s->lazy || (s->commit && l1_commit_backed(s->commit, off, len));
+}
+
 int l1_shm_restore(struct l1_shm *s)
 {
     l1_guard_rearm(s->guard);

@@ -113,6 +113,9 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
  * fallocate, and the space after each range is backed ahead by a thread
  * (l1_commit.h). Thread-safe. */
 int l1_shm_back(struct l1_shm *s, uint64_t off, uint64_t len);
+/* Whether every page of [off, off+len) is known backed (l1_shm_back would
+ * not fallocate). Takes no lock. */
+bool l1_shm_backed(const struct l1_shm *s, uint64_t off, uint64_t len);
 /* False when another process truncated the segment (fstat shorter than
  * its size, or an access faulted: l1_guard). Takes no lock. */
 bool l1_shm_intact(struct l1_shm *s);

@@ -325,11 +325,9 @@ static int fill_slots(struct srv_req *r)
     return 0;
 }
 
-static void h_prepare_store(struct server *s, struct srv_req *r)
+static void prepare_store_reply(struct srv_req *r, int rc)
 {
-    KEY_OF(r, k);
     r->resp.kind = WIRE_RESP_ED_CONTEXT;
-    int rc = engine_prepare_store(s->engine, &k, r->req.instance_id, &r->slots);
     if (rc || fill_slots(r)) {
         /* "cannot reserve" = store skipped, not an error (9.3): empty lists */
         engine_slots_free(&r->slots);
@@ -339,26 +337,36 @@ static void h_prepare_store(struct server *s, struct srv_req *r)
     r->resp.chunk_indices = r->slots.chunk_indices;
 }
 
+static void h_prepare_store(struct server *s, struct srv_req *r)
+{
+    KEY_OF(r, k);
+    prepare_store_reply(r, engine_prepare_store(s->engine, &k, r->req.instance_id, &r->slots));
+}
+
 static void h_commit_store(struct server *s, struct srv_req *r)
 {
     KEY_OF(r, k);
     resp_bool(r, engine_commit_store(s->engine, &k, r->req.instance_id, r->req.data.len) == 0);
 }
 
-static void h_prepare_retrieve(struct server *s, struct srv_req *r)
+static void prepare_retrieve_reply(struct server *s, struct srv_req *r, const struct engine_key *k, int rc)
 {
-    KEY_OF(r, k);
     r->resp.kind = WIRE_RESP_ED_RETRIEVE;
     r->resp.data = (struct wire_bin){ (const uint8_t *)"", 0 };
-    int rc = engine_prepare_retrieve(s->engine, &k, r->req.instance_id, &r->slots);
     if (rc == 0 && fill_slots(r) == 0) {
         r->resp.success = true;
         return;
     }
     if (rc == 0) /* out of memory building the reply: give the locks back */
-        engine_commit_retrieve(s->engine, &k, r->req.instance_id);
+        engine_commit_retrieve(s->engine, k, r->req.instance_id);
     engine_slots_free(&r->slots);
     wire_resp_safe(r->req.op, &r->resp); /* the miss reply (9.3) */
+}
+
+static void h_prepare_retrieve(struct server *s, struct srv_req *r)
+{
+    KEY_OF(r, k);
+    prepare_retrieve_reply(s, r, &k, engine_prepare_retrieve(s->engine, &k, r->req.instance_id, &r->slots));
 }
 
 static void h_commit_retrieve(struct server *s, struct srv_req *r)
@@ -433,6 +441,43 @@ srv_handler_fn dispatch_handler(enum wire_op op)
     return (unsigned)op < WIRE_OP_COUNT ? handlers[op] : NULL;
 }
 
+/* The most tokens a worker op may carry to run on the loop: hashing them
+ * (when the session has not yet) stays within some tens of microseconds. */
+#define LOOP_MAX_TOKENS 8192
+
+/* A worker's PREPARE/COMMIT on the loop (dispatch_try_on_loop). */
+static bool worker_op_on_loop(struct server *s, struct srv_req *r)
+{
+    if (r->req.key.n_tokens > LOOP_MAX_TOKENS)
+        return false;
+    KEY_OF(r, k);
+    int rc;
+    switch (r->req.op) {
+    case WIRE_OP_PREPARE_STORE:
+        if ((rc = engine_prepare_store_nowait(s->engine, &k, r->req.instance_id, &r->slots)) == -EWOULDBLOCK)
+            return false;
+        prepare_store_reply(r, rc);
+        return true;
+    case WIRE_OP_COMMIT_STORE:
+        if ((rc = engine_commit_store_nowait(s->engine, &k, r->req.instance_id, r->req.data.len)) == -EWOULDBLOCK)
+            return false;
+        resp_bool(r, rc == 0);
+        return true;
+    case WIRE_OP_PREPARE_RETRIEVE:
+        if ((rc = engine_prepare_retrieve_nowait(s->engine, &k, r->req.instance_id, &r->slots)) == -EWOULDBLOCK)
+            return false;
+        prepare_retrieve_reply(s, r, &k, rc);
+        return true;
+    case WIRE_OP_COMMIT_RETRIEVE:
+        if (engine_commit_retrieve_nowait(s->engine, &k, r->req.instance_id) == -EWOULDBLOCK)
+            return false;
+        resp_bool(r, true);
+        return true;
+    default:
+        return false;
+    }
+}
+
 bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
 {
     int64_t v = 0;
@@ -452,6 +497,11 @@ bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
             return false;
         resp_int_or_nil(r, rc, v);
         return true;
+    case WIRE_OP_PREPARE_STORE:
+    case WIRE_OP_COMMIT_STORE:
+    case WIRE_OP_PREPARE_RETRIEVE:
+    case WIRE_OP_COMMIT_RETRIEVE:
+        return worker_op_on_loop(s, r);
     default:
         return false;
     }

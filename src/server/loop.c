@@ -561,7 +561,11 @@ static void dispatch(struct server *s, struct srv_req *r)
         return;
     }
     enum wire_class cls = dispatch_run_class(r);
-    if (cls == WIRE_CLASS_SYNC || dispatch_try_on_loop(s, r)) {
+    r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
+    /* a data op (a worker's PREPARE/COMMIT) only with nothing of its peer's
+     * queued ahead of it, so the peer's order holds */
+    if (cls == WIRE_CLASS_SYNC ||
+        ((cls != WIRE_CLASS_AFFINITY || !flight_find(s, r->peer)) && dispatch_try_on_loop(s, r))) {
         if (cls == WIRE_CLASS_SYNC)
             fn(s, r);
         encode_reply(r);
@@ -570,7 +574,6 @@ static void dispatch(struct server *s, struct srv_req *r)
     }
     r->job.fn = run_job;
     struct pool *p = cls == WIRE_CLASS_AFFINITY ? s->aff_pool : s->norm_pool;
-    r->peer = XXH3_64bits(zmq_msg_data(&r->frames[0]), zmq_msg_size(&r->frames[0]));
     r->bytes += (size_t)r->req.key.n_tokens * sizeof(uint32_t); /* the decoded token list */
     enum srv_shed why = flight_admit(s, r);
     rc = -ENOMEM;

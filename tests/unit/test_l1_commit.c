@@ -63,3 +63,26 @@ Test(l1_commit, backs_whole_regions_then_ahead_forgets_on_reset_and_refuses_bad_
     l1_commit_stop(NULL);
     close(fd);
 }
+
+Test(l1_commit, backed_says_whether_a_range_would_need_a_fallocate, .timeout = 30)
+{
+    int fd = memfd_create("l1_commit_backed", MFD_CLOEXEC);
+    cr_assert(fd >= 0);
+    uint64_t size = 512 * MIB; /* more than commit-ahead reaches from the start */
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    struct l1_commit *c;
+    cr_assert_eq(l1_commit_start(fd, size, &c), 0);
+    cr_assert(l1_commit_backed(c, 0, 0), "an empty range needs nothing");
+    cr_assert_not(l1_commit_backed(c, 0, 4096), "nothing is backed at start");
+    cr_assert_eq(l1_commit_back(c, 2 * MIB, 2 * MIB), 0); /* exactly region 1 */
+    cr_assert(l1_commit_backed(c, 2 * MIB, 2 * MIB));
+    cr_assert(l1_commit_backed(c, 3 * MIB, 4096), "inside a backed region");
+    cr_assert_not(l1_commit_backed(c, 2 * MIB - 4096, 8192), "region 0 is not backed");
+    cr_assert_not(l1_commit_backed(c, 500 * MIB, 4096), "far past commit-ahead's reach");
+    cr_assert_not(l1_commit_backed(c, size, 1), "outside the segment");
+    cr_assert_not(l1_commit_backed(c, 1, UINT64_MAX));
+    l1_commit_reset(c);
+    cr_assert_not(l1_commit_backed(c, 2 * MIB, 2 * MIB), "a reset forgets it");
+    l1_commit_stop(c);
+    close(fd);
+}
