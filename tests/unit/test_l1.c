@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include "l1/l1.h"
+#include "l1/l1_internal.h"
 #include "l1/l1_shm.h"
+#include "util/log.h"
 
 #define SEC 1000000000ull
 #define UNIT 4096ull
@@ -46,8 +48,8 @@ static void test_opts(struct l1_opts *o, uint64_t size_bytes)
 static struct l1 *make_l1_policy(uint64_t units, enum l1_policy policy)
 {
     struct l1_opts o;
-    /* header 4096 + table 256*80 = 20480 (5 units) */
-    test_opts(&o, 4096 + 5 * UNIT + units * UNIT);
+    /* header 4096 + table 256*64 = 16384 (4 units; layout 3) */
+    test_opts(&o, 4096 + 4 * UNIT + units * UNIT);
     o.max_objects = 256;
     o.policy = policy;
     struct l1 *l1;
@@ -147,7 +149,8 @@ Test(l1, segment_header_describes_layout_and_offsets_fall_in_data_area)
     const struct l1_seg_entry *t = (const void *)((const char *)l1_base(l1) + h->table_offset);
     int ready = 0;
     for (uint64_t i = 0; i < h->table_entries; i++)
-        if (t[i].state == L1_SEG_READY && t[i].offset == r.offset && t[i].length == 2 * UNIT)
+        if (t[i].state == L1_SEG_READY && h->data_offset + (uint64_t)t[i].offset_units * UNIT == r.offset &&
+            t[i].length == 2 * UNIT && t[i].key.chunk_hash[0] == 1)
             ready++;
     cr_assert_eq(ready, 1);
     l1_destroy(l1);
@@ -411,6 +414,70 @@ Test(l1, create_rejects_bad_options)
     o.size_bytes = 8192; /* header + table leave nothing */
     cr_assert_eq(l1_create(&o, &l1), -EINVAL);
     cr_assert_null(l1);
+}
+
+/* l1_create with the log captured; returns its result, *text the log. */
+static int create_logged(const struct l1_opts *o, char *text, size_t cap)
+{
+    char path[] = "/tmp/lmcd-l1log-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    log_set_color(0);
+    cr_assert_eq(log_set_file(path), 0);
+    struct l1 *l1 = NULL;
+    int rc = l1_create(o, &l1);
+    log_set_file(NULL);
+    l1_destroy(l1);
+    FILE *f = fopen(path, "r");
+    memset(text, 0, cap);
+    cr_assert(f);
+    size_t n = fread(text, 1, cap - 1, f);
+    (void)n;
+    fclose(f);
+    unlink(path);
+    return rc;
+}
+
+static int count_lines(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* Object links are 32-bit slot indices and extents 32-bit offsets in align
+ * units (layout 3): a configuration beyond either is refused at create with
+ * one line naming the limit, before anything is allocated or created. */
+Test(l1, configuration_beyond_32_bit_links_is_refused_with_one_line)
+{
+    struct l1_opts o;
+    char text[8192];
+    test_opts(&o, 1ull << 40);
+    o.max_objects = (uint64_t)L1_MAX_SLOTS + 1;
+    cr_assert_eq(create_logged(&o, text, sizeof(text)), -EINVAL);
+    cr_assert_eq(count_lines(text, "32-bit object links"), 1, "%s", text);
+    cr_assert_eq(count_lines(text, "ERROR"), 1, "%s", text);
+
+    /* 64 GiB at align 8 is 2^33 units of data */
+    test_opts(&o, 64ull << 30);
+    o.align_bytes = 8;
+    o.max_objects = 256;
+    cr_assert_eq(create_logged(&o, text, sizeof(text)), -EINVAL);
+    cr_assert_eq(count_lines(text, "32-bit extent offsets"), 1, "%s", text);
+    cr_assert_eq(count_lines(text, "raise --l1-align-bytes to at least 16"), 1, "%s", text);
+    cr_assert_eq(count_lines(text, "ERROR"), 1, "%s", text);
+    char path[128];
+    snprintf(path, sizeof(path), "/dev/shm/%s", seg_name);
+    cr_assert_eq(access(path, F_OK), -1, "nothing created");
+
+    /* the largest slot count is accepted by the check (it fails later only
+     * for want of room, never by truncating a link) */
+    test_opts(&o, 1 << 20);
+    o.max_objects = L1_MAX_SLOTS;
+    cr_assert_eq(create_logged(&o, text, sizeof(text)), -EINVAL);
+    cr_assert_eq(count_lines(text, "32-bit object links"), 0, "%s", text);
 }
 
 Test(l1, non_lazy_segment_is_prefaulted_and_usable)

@@ -28,7 +28,7 @@ static struct l1 *pin_l1(uint64_t units)
     struct l1_opts o;
     l1_opts_init(&o);
     o.shm_name = name;
-    o.size_bytes = 4096 + 5 * UNIT + units * UNIT; /* header + 256-entry table + data */
+    o.size_bytes = 4096 + 4 * UNIT + units * UNIT; /* header + 256-entry table (64 B each) + data */
     o.max_objects = 256;
     o.read_ttl_s = 1;
     o.clock = &pin_clock;
