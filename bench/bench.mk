@@ -39,7 +39,27 @@ bench: $(BENCH_BINS)
 		LMCD_BENCH_QUICK=$(QUICK) ./$$b $(BENCH_ARGS) || exit 1; echo "   ($$(( $$(date +%s) - t0 )) s)"; done
 	@/usr/bin/python3 bench/report.py $(BENCH_OUT)
 
+# The official BLAKE3 C library, as bench_hash's baseline: Debian ships its
+# sources in librust-blake3-dev (the Rust crate carries them); built here with
+# the official README's command (its x86-64 assembly, runtime dispatch), and
+# linked into bench_hash only. Without the package bench_hash says so and
+# reports that figure as missing.
+B3_OFFICIAL_DIR := $(lastword $(sort $(wildcard /usr/share/cargo/registry/blake3-*/c)))
+ifneq ($(B3_OFFICIAL_DIR),)
+B3_OFFICIAL_SRCS := $(addprefix $(B3_OFFICIAL_DIR)/,blake3.c blake3_dispatch.c blake3_portable.c)
+B3_OFFICIAL_ASM := $(addprefix $(B3_OFFICIAL_DIR)/,blake3_sse2_x86-64_unix.S blake3_sse41_x86-64_unix.S \
+	blake3_avx2_x86-64_unix.S blake3_avx512_x86-64_unix.S)
+B3_OFFICIAL_LIB := $(BUILD)/bench/blake3-official/libblake3.a
+
+$(B3_OFFICIAL_LIB): $(B3_OFFICIAL_SRCS) $(B3_OFFICIAL_ASM)
+	@mkdir -p $(dir $@)
+	cd $(dir $@) && $(CC) -O3 -c $(B3_OFFICIAL_SRCS) $(B3_OFFICIAL_ASM) && $(AR) rcs libblake3.a *.o
+
+$(BUILD)/bench/bench_hash: $(B3_OFFICIAL_LIB)
+$(BUILD)/bench/bench_hash: BENCH_EXTRA = -DLMCD_BENCH_B3_OFFICIAL -I$(B3_OFFICIAL_DIR) $(B3_OFFICIAL_LIB)
+endif
+
 $(BUILD)/bench/%: bench/%.c bench/common.c bench/common.h $(BUILD)/libserver.a $(BUILD)/liblmcd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(BENCH_CFLAGS) -o $@ $< bench/common.c $(BUILD)/libserver.a $(BUILD)/liblmcd.a -pthread $(SANFLAGS) \
-		$(BENCH_LDLIBS)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< bench/common.c $(BUILD)/libserver.a $(BUILD)/liblmcd.a $(BENCH_EXTRA) \
+		-pthread $(SANFLAGS) $(BENCH_LDLIBS)

@@ -7,13 +7,15 @@
  *   batch   S sessions hashed side by side (hasher_chain_update_many)
  *   1 MB    plain BLAKE3 of one long input (blake3_update's lanes)
  *
- * for each BLAKE3 path the CPU has, and xxh3_128. The official BLAKE3 C
- * library is not packaged by Debian (bookworm has no libblake3-dev), so the
- * BLAKE3 code is compared with Debian's b3sum (the official Rust
- * implementation, with its AVX-512 code where the CPU has it) hashing the
- * same bytes as one long input on one thread, its process start-up (b3sum
- * of an empty file) subtracted. Usage: bench_hash [N] (default 16384
- * chunks = 4M tokens; 2048 with LMCD_BENCH_QUICK). Never asserts on speed.
+ * for each BLAKE3 path the CPU has, and xxh3_128. Against the official
+ * BLAKE3: the official C library (built by bench.mk from the sources Debian
+ * ships in librust-blake3-dev; bookworm has no libblake3-dev) computing the
+ * same chain (the same BE32 token bytes, one hasher per chunk) and hashing
+ * the same 1 MB inputs; and Debian's b3sum (the official Rust
+ * implementation) hashing the same bytes as one long input on one thread,
+ * its process start-up (b3sum of an empty file) subtracted. Usage:
+ * bench_hash [N] (default 16384 chunks = 4M tokens; 2048 with
+ * LMCD_BENCH_QUICK). Never asserts on speed.
  */
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +28,10 @@
 #include "engine/blake3.h"
 #include "engine/hasher.h"
 #include "util/clock.h"
+
+#ifdef LMCD_BENCH_B3_OFFICIAL
+#include <blake3.h> /* the official C library's header (bench.mk's -I) */
+#endif
 
 #define CHUNK 256
 #define SESSIONS 64
@@ -82,6 +88,48 @@ static void run_long(void *arg)
         blake3_hash(j->src + off, 1 << 20, out);
     j->sink ^= out[0];
 }
+
+#ifdef LMCD_BENCH_B3_OFFICIAL
+/* The chain with the official C library: what lmcd's hasher computes
+ * (h[i] = H(h[i-1] || BE32 tokens)), message built the same way. */
+static void run_official_chain(void *arg)
+{
+    struct job *j = arg;
+    uint8_t msg[32 + 4 * CHUNK], prev[32];
+    blake3_hasher h;
+    blake3_hasher_init(&h);
+    blake3_hasher_update(&h, (const uint8_t[12]){ 0 }, 12);
+    blake3_hasher_finalize(&h, prev, 32); /* NONE_HASH, as hasher.h */
+    for (size_t c = 0; c < j->nchunks; c++) {
+        memcpy(msg, prev, 32);
+        const uint32_t *t = j->tokens + c * CHUNK;
+        for (int i = 0; i < CHUNK; i++) {
+            uint32_t v = t[i];
+            msg[32 + 4 * i] = (uint8_t)(v >> 24);
+            msg[33 + 4 * i] = (uint8_t)(v >> 16);
+            msg[34 + 4 * i] = (uint8_t)(v >> 8);
+            msg[35 + 4 * i] = (uint8_t)v;
+        }
+        blake3_hasher_init(&h);
+        blake3_hasher_update(&h, msg, sizeof(msg));
+        blake3_hasher_finalize(&h, prev, 32);
+    }
+    j->sink ^= prev[0];
+}
+
+static void run_official_long(void *arg)
+{
+    struct job *j = arg;
+    uint8_t out[32];
+    blake3_hasher h;
+    for (size_t off = 0; off + (1 << 20) <= j->bytes; off += 1 << 20) {
+        blake3_hasher_init(&h);
+        blake3_hasher_update(&h, j->src + off, 1 << 20);
+        blake3_hasher_finalize(&h, out, 32);
+    }
+    j->sink ^= out[0];
+}
+#endif
 
 static void report(const char *what, double ns, double base_ns, size_t bytes)
 {
@@ -163,7 +211,7 @@ int main(int argc, char **argv)
         void (*fn)(void *);
         size_t bytes;
         uint64_t best;
-    } cfgs[16];
+    } cfgs[24];
     int nc = 0;
     cfgs[nc++] = (struct cfg){ "memcpy", -1, HASHER_BLAKE3, run_memcpy, j.bytes, UINT64_MAX };
     for (int p = BLAKE3_PATH_PORTABLE; p <= BLAKE3_PATH_AVX2; p++) {
@@ -183,6 +231,12 @@ int main(int argc, char **argv)
     }
     cfgs[nc++] = (struct cfg){ "xxh3_128 chain", 0, HASHER_XXH3_128, run_chain, j.bytes, UINT64_MAX };
     cfgs[nc++] = (struct cfg){ "xxh3_128 batch x64", 0, HASHER_XXH3_128, run_batch, j.bytes, UINT64_MAX };
+#ifdef LMCD_BENCH_B3_OFFICIAL
+    int official_chain = nc;
+    cfgs[nc++] = (struct cfg){ "official C chain", -2, HASHER_BLAKE3, run_official_chain, j.bytes, UINT64_MAX };
+    cfgs[nc++] = (struct cfg){ "official C 1 MB inputs", -2, HASHER_BLAKE3, run_official_long,
+                               j.bytes - j.bytes % (1 << 20), UINT64_MAX };
+#endif
 
     for (int r = 0; r < REPS; r++) {
         for (int i = 0; i < nc; i++) {
@@ -210,6 +264,26 @@ int main(int argc, char **argv)
     for (int p = BLAKE3_PATH_PORTABLE; p <= BLAKE3_PATH_AVX2; p++)
         if (blake3_path_supported(p))
             best_path = p;
+    static const char *const vs_c[] = { "hash blake3 chain vs official C", "hash blake3 1 MB inputs vs official C" };
+    for (int k = 0; k < 2; k++) {
+        void (*fn)(void *) = k == 0 ? run_chain : run_long;
+        for (int i = 1; i < nc; i++) {
+            if (cfgs[i].path != best_path || cfgs[i].algo != HASHER_BLAKE3 || cfgs[i].fn != fn)
+                continue;
+            double ours = (double)cfgs[i].bytes / (double)cfgs[i].best;
+#ifdef LMCD_BENCH_B3_OFFICIAL
+            const struct cfg *o = &cfgs[official_chain + k];
+            double off = (double)o->bytes / (double)o->best;
+            printf("  %-28s %8.3f GB/s; lmcd's %s %.3fx the official C library\n", o->name, off, cfgs[i].name,
+                   ours / off);
+            bench_report(vs_c[k], "GB/s", ours, "official BLAKE3 C", off, true);
+#else
+            printf("  the official BLAKE3 C library was not built (no librust-blake3-dev): %s not measured\n",
+                   vs_c[k]);
+            bench_report(vs_c[k], "GB/s", ours, "official BLAKE3 C", NAN, true);
+#endif
+        }
+    }
     for (int i = 1; i < nc; i++) {
         if (cfgs[i].path != best_path || cfgs[i].algo != HASHER_BLAKE3 || cfgs[i].fn != run_long)
             continue;

@@ -4,11 +4,15 @@
  * for the same frames over the same loopback TCP).
  *
  *   latency     one DEALER, one request in flight: p50 and p99
- *               ping             (normal pool), get_chunk_size (answered on
+ *               ping (a pool request in LMCache; lmcd's loop answers it when no
+ *               worker lock is held), get_chunk_size (answered on
  *               the loop thread), lookup+query of a 32768-token prompt
  *               (LOOKUP, then QUERY_PREFETCH_STATUS until it is not nil;
  *               the echo baseline does the same two round trips), both
- *               missing and hitting 128 chunks stored beforehand
+ *               missing and hitting 128 chunks stored beforehand; each
+ *               lookup's session is then ended with END_SESSION, as vLLM's
+ *               scheduler does when a request finishes, outside the timed
+ *               part (on both targets)
  *   throughput  WINDOW requests kept in flight on one DEALER (best round)
  *
  * Each measurement alternates echo and lmcd in ROUNDS rounds.
@@ -51,6 +55,7 @@ struct bench {
     uint32_t hit_tokens[PROMPT_TOKENS];
     uint32_t miss_tokens[PROMPT_TOKENS];
     double seconds;
+    char end_rid[64]; /* a session the last op opened: ended untimed after it */
 };
 
 static void die(const char *what)
@@ -204,8 +209,10 @@ static int lookup_query(struct bench *b, const struct target *t, const uint32_t 
         bool pending = !t->is_echo && resp.is_nil;
         *result = resp.i;
         wire_resp_free(&resp);
-        if (!pending)
+        if (!pending) {
+            snprintf(b->end_rid, sizeof(b->end_rid), "%s", rid);
             return 1 + q;
+        }
     }
     fprintf(stderr, "bench_rpc: lookup %s still pending after %d queries\n", rid, MAX_QUERIES);
     exit(1);
@@ -246,6 +253,22 @@ static void store_hit_prompt(struct bench *b, const struct target *t)
     wire_resp_free(&resp);
 }
 
+/* END_SESSION of the session the last op opened, if any (untimed). */
+static void end_session(struct bench *b, const struct target *t)
+{
+    if (!b->end_rid[0])
+        return;
+    struct wire_req req;
+    wire_req_init(&req);
+    req.op = WIRE_OP_END_SESSION;
+    req.request_id = (struct wire_str){ b->end_rid, (uint32_t)strlen(b->end_rid) };
+    send_req(b, t->sock, &req, NULL, NULL, 0);
+    struct wire_resp resp;
+    recv_reply(t, WIRE_OP_END_SESSION, &resp);
+    wire_resp_free(&resp);
+    b->end_rid[0] = 0;
+}
+
 /* ---- measurements --------------------------------------------------------- */
 
 struct lat_result {
@@ -266,6 +289,7 @@ static void sample_latency(struct bench *b, const struct target *t, op_fn fn, do
         r->rtt_sum += fn(b, t, &r->result);
         bench_lat_add(&r->lat, clock_mono_ns() - t0);
         r->ops++;
+        end_session(b, t);
     }
 }
 
@@ -287,7 +311,9 @@ static void measure_latency(struct bench *b, const struct target *te, const stru
     int64_t sink;
     for (int i = 0; i < WARMUP; i++) {
         fn(b, te, &sink);
+        end_session(b, te);
         fn(b, tl, &sink);
+        end_session(b, tl);
     }
     for (int r = 0; r < ROUNDS; r++) {
         sample_latency(b, te, fn, b->seconds / ROUNDS, re);
@@ -375,7 +401,7 @@ int main(int argc, char **argv)
         const char *name;
         op_fn fn;
     } lat_ops[] = {
-        { "ping (pool)", op_ping },
+        { "ping", op_ping },
         { "get_chunk_size (loop)", op_chunk_size },
         { "lookup+query 32K tok, miss", op_lookup_miss },
         { "lookup+query 32K tok, 128 hit", op_lookup_hit },
@@ -403,7 +429,7 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         enum wire_op op;
-    } tp_ops[] = { { "ping (pool)", WIRE_OP_PING }, { "get_chunk_size (loop)", WIRE_OP_GET_CHUNK_SIZE } };
+    } tp_ops[] = { { "ping", WIRE_OP_PING }, { "get_chunk_size (loop)", WIRE_OP_GET_CHUNK_SIZE } };
     for (size_t i = 0; i < sizeof(tp_ops) / sizeof(tp_ops[0]); i++) {
         double e, l;
         measure_throughput(&b, &te, &tl, tp_ops[i].op, &e, &l);

@@ -30,6 +30,7 @@ python3-msgpack
 redis-server
 redis-tools
 b3sum
+librust-blake3-dev
 gnuplot-nox
 prometheus
 chromium

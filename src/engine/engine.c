@@ -567,6 +567,18 @@ int engine_poll_prefetch_status(struct engine *e, const char *rid, size_t len, i
     return rc;
 }
 
+int engine_try_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
+{
+    *chunks = 0;
+    bool busy;
+    struct session *s = session_tryget(e, rid, len, &busy);
+    if (!s)
+        return -EAGAIN;
+    int rc = job_take_result(e, s, chunks);
+    session_put(e, s);
+    return rc;
+}
+
 int engine_query_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
 {
     return query_job(e, rid, len, chunks, true);
@@ -679,6 +691,16 @@ int engine_clear(struct engine *e, bool force)
     return 0;
 }
 
+/* A worker's PING, its instance held: it is alive (and back, if reaped). */
+static void ping_locked(struct instance *in, int64_t instance_id)
+{
+    __atomic_store_n(&in->active, true, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&in->reaped, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&in->reaped, false, __ATOMIC_RELAXED);
+        log_info("worker instance %lld is back after being reaped", (long long)instance_id);
+    }
+}
+
 void engine_ping(struct engine *e, bool has_instance, int64_t instance_id)
 {
     if (!has_instance)
@@ -686,12 +708,21 @@ void engine_ping(struct engine *e, bool has_instance, int64_t instance_id)
     struct instance *in = instance_get(e, instance_id);
     if (!in)
         return;
-    __atomic_store_n(&in->active, true, __ATOMIC_RELAXED);
-    if (__atomic_load_n(&in->reaped, __ATOMIC_RELAXED)) {
-        __atomic_store_n(&in->reaped, false, __ATOMIC_RELAXED);
-        log_info("worker instance %lld is back after being reaped", (long long)instance_id);
-    }
+    ping_locked(in, instance_id);
     instance_put(e, in);
+}
+
+int engine_ping_try(struct engine *e, bool has_instance, int64_t instance_id)
+{
+    if (!has_instance)
+        return 0;
+    bool busy;
+    struct instance *in = instance_tryget(e, instance_id, &busy);
+    if (!in)
+        return busy ? -EAGAIN : 0;
+    ping_locked(in, instance_id);
+    instance_put(e, in);
+    return 0;
 }
 
 void engine_report_block_allocation(struct engine *e, size_t n_records)

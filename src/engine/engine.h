@@ -138,6 +138,12 @@ int engine_query_prefetch_status(struct engine *e, const char *request_id, size_
  * waits: -EAGAIN also while another thread works on the session (a LOOKUP
  * still hashing); the loop parks the WAIT and retries on on_job_done. */
 int engine_poll_prefetch_status(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
+/* QUERY_PREFETCH_STATUS answered by the loop thread when that needs no wait:
+ * as QUERY, but -EAGAIN (nothing consumed) while a LOOKUP holds the session,
+ * while its job runs on, and for an id with no session (perhaps its LOOKUP
+ * is still queued behind the same client's requests: the pool keeps their
+ * order). */
+int engine_try_prefetch_status(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
 /* QUERY_PREFETCH_LOOKUP_HITS: hits known after the lookup phase; keeps the
  * job. -EAGAIN while that phase runs; unknown id gives 0. */
 int engine_query_lookup_hits(struct engine *e, const char *request_id, size_t len, int64_t *chunks);
@@ -151,6 +157,10 @@ int engine_end_session(struct engine *e, const char *request_id, size_t len);
 int engine_clear(struct engine *e, bool force);
 /* PING from a worker (has_instance) refreshes its liveness. */
 void engine_ping(struct engine *e, bool has_instance, int64_t instance_id);
+/* The same for the loop thread: never waits for a worker's lock; -EAGAIN
+ * (nothing done) while another thread holds it, so the caller hands the
+ * PING to a pool thread instead. 0 when done. */
+int engine_ping_try(struct engine *e, bool has_instance, int64_t instance_id);
 
 /* REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT (spec 7.1). */
 struct engine_ed_register {

@@ -198,6 +198,9 @@ void instance_free(struct instance *in);
 int session_set_tokens(struct engine *e, struct session *s, const uint32_t *tokens, size_t n);
 
 struct instance *instance_get(struct engine *e, int64_t id);
+/* Like instance_get, but never waits for the instance's mutex: NULL with
+ * *busy set while another thread holds it. */
+struct instance *instance_tryget(struct engine *e, int64_t id, bool *busy);
 void instance_put(struct engine *e, struct instance *in);
 /* Inserts a new registration; -EEXIST (and *out = the existing one, pinned
  * and locked) when the id is registered already. */

@@ -262,7 +262,8 @@ void instance_free(struct instance *in)
     free(in);
 }
 
-struct instance *instance_get(struct engine *e, int64_t id)
+/* Pins the instance of id (engine.mu held only to find it), or NULL. */
+static struct instance *instance_pin(struct engine *e, int64_t id)
 {
     pthread_mutex_lock(&e->mu);
     struct htab_node *n = htab_find(&e->instances, &id, sizeof(id));
@@ -270,6 +271,22 @@ struct instance *instance_get(struct engine *e, int64_t id)
     if (in)
         in->refs++;
     pthread_mutex_unlock(&e->mu);
+    return in;
+}
+
+/* Drops a pin taken by instance_pin (instance mutex not held). */
+static void instance_unpin(struct engine *e, struct instance *in)
+{
+    pthread_mutex_lock(&e->mu);
+    bool last = --in->refs == 0 && in->removed;
+    pthread_mutex_unlock(&e->mu);
+    if (last)
+        instance_free(in);
+}
+
+struct instance *instance_get(struct engine *e, int64_t id)
+{
+    struct instance *in = instance_pin(e, id);
     if (in) {
         pthread_mutex_lock(&in->mu);
         atomic_store(&in->last_seen_ns, engine_now(e));
@@ -277,14 +294,24 @@ struct instance *instance_get(struct engine *e, int64_t id)
     return in;
 }
 
+struct instance *instance_tryget(struct engine *e, int64_t id, bool *busy)
+{
+    *busy = false;
+    struct instance *in = instance_pin(e, id);
+    if (in && pthread_mutex_trylock(&in->mu) != 0) {
+        *busy = true;
+        instance_unpin(e, in);
+        return NULL;
+    }
+    if (in)
+        atomic_store(&in->last_seen_ns, engine_now(e));
+    return in;
+}
+
 void instance_put(struct engine *e, struct instance *in)
 {
     pthread_mutex_unlock(&in->mu);
-    pthread_mutex_lock(&e->mu);
-    bool last = --in->refs == 0 && in->removed;
-    pthread_mutex_unlock(&e->mu);
-    if (last)
-        instance_free(in);
+    instance_unpin(e, in);
 }
 
 int instance_add(struct engine *e, struct instance *fresh, struct instance **out)

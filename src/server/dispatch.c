@@ -433,6 +433,30 @@ srv_handler_fn dispatch_handler(enum wire_op op)
     return (unsigned)op < WIRE_OP_COUNT ? handlers[op] : NULL;
 }
 
+bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
+{
+    int64_t v = 0;
+    int rc;
+    switch (r->req.op) {
+    case WIRE_OP_PING:
+        if (engine_ping_try(s->engine, r->req.has_instance_id, r->req.instance_id) != 0)
+            return false;
+        resp_bool(r, true);
+        return true;
+    case WIRE_OP_QUERY_PREFETCH_STATUS:
+        /* -EAGAIN: a LOOKUP holds the session, the job runs on, or no such
+         * session yet: the pool answers, in order after this client's
+         * earlier requests, as before */
+        rc = engine_try_prefetch_status(s->engine, r->req.request_id.ptr, r->req.request_id.len, &v);
+        if (rc == -EAGAIN)
+            return false;
+        resp_int_or_nil(r, rc, v);
+        return true;
+    default:
+        return false;
+    }
+}
+
 bool dispatch_wait_ready(struct server *s, struct srv_req *r)
 {
     int64_t v = 0;

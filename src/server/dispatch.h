@@ -60,6 +60,12 @@ srv_handler_fn dispatch_handler(enum wire_op op);
 
 /* For WAIT_PREFETCH_STATUS: answers r if its job is done (returns true),
  * else leaves it for the loop to park (false). Loop thread only. */
+/* PING and QUERY_PREFETCH_STATUS are pool requests that usually need no
+ * wait: the loop answers them itself when it can without waiting on any
+ * lock a pool thread may hold (a worker's instance, a session a LOOKUP is
+ * hashing), saving two thread hand-offs. true = r->resp is the answer;
+ * false = nothing done, send it to the pool as usual. */
+bool dispatch_try_on_loop(struct server *s, struct srv_req *r);
 bool dispatch_wait_ready(struct server *s, struct srv_req *r);
 /* Fills the nil reply of a WAIT whose deadline passed. */
 void dispatch_wait_timeout(struct srv_req *r);

@@ -560,8 +560,9 @@ static void dispatch(struct server *s, struct srv_req *r)
         send_reply(s, r);
         return;
     }
-    if (r->req.cls == WIRE_CLASS_SYNC) {
-        fn(s, r);
+    if (r->req.cls == WIRE_CLASS_SYNC || dispatch_try_on_loop(s, r)) {
+        if (r->req.cls == WIRE_CLASS_SYNC)
+            fn(s, r);
         encode_reply(r);
         send_reply(s, r);
         return;
@@ -789,13 +790,25 @@ static bool can_read(const struct server *s)
 
 int server_run(struct server *s)
 {
+    /* The monitor is polled by its ZMQ_FD, as a plain fd: a socket item
+     * would make zmq_poll ask the monitor for its events (a syscall or two)
+     * on every pass for every request, for events that almost never come.
+     * The fd is readable while the monitor has unprocessed commands, and
+     * srv_access_on_monitor() reads until nothing is left, so no event
+     * waits unseen (one drain first, for anything queued before). */
+    int mon_fd = -1;
+    size_t fd_len = sizeof(mon_fd);
+    if (srv_access_monitor(s) && zmq_getsockopt(srv_access_monitor(s), ZMQ_FD, &mon_fd, &fd_len) < 0)
+        mon_fd = -1;
     zmq_pollitem_t items[4] = {
         { s->router, 0, ZMQ_POLLIN, 0 },
         { NULL, s->replyq.efd, ZMQ_POLLIN, 0 },
         { NULL, s->sigfd, ZMQ_POLLIN, 0 },
-        { srv_access_monitor(s), 0, ZMQ_POLLIN, 0 },
+        { mon_fd < 0 ? srv_access_monitor(s) : NULL, mon_fd < 0 ? 0 : mon_fd, ZMQ_POLLIN, 0 },
     };
     int n_items = srv_access_monitor(s) ? 4 : 3;
+    if (n_items > 3)
+        srv_access_on_monitor(s);
     for (;;) {
         items[0].events = can_read(s) ? ZMQ_POLLIN : 0;
         int rc = zmq_poll(items, n_items, server_watchdog(s, parked_timeout_ms(s)));
