@@ -156,6 +156,88 @@ Test(l1, segment_header_describes_layout_and_offsets_fall_in_data_area)
     l1_destroy(l1);
 }
 
+/* The table entry of the object at ref r (layout 3), or NULL. */
+static const struct l1_seg_entry *entry_of(struct l1 *l1, const struct l1_ref *r)
+{
+    const struct l1_seg_header *h = l1_base(l1);
+    const struct l1_seg_entry *t = (const void *)((const char *)l1_base(l1) + h->table_offset);
+    for (uint64_t i = 0; i < h->table_entries; i++)
+        if (t[i].state != L1_SEG_FREE && h->data_offset + (uint64_t)t[i].offset_units * h->align_bytes == r->offset)
+            return &t[i];
+    return NULL;
+}
+
+/* Thousands of objects: the index doubles several times, freed slots are
+ * reused, and every key still finds its own object, whose table entry
+ * names its key, place and length. */
+Test(l1, many_objects_grow_the_index_and_every_key_finds_its_own_object)
+{
+    enum { N = 3000 };
+    struct l1_opts o;
+    test_opts(&o, 4096 + 256 * 1024 + N * 64);
+    o.align_bytes = 64;
+    o.max_objects = N;
+    struct l1 *l1;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    static struct l1_ref refs[2 * N];
+    /* keys 0..N-1 fill the table; the first half goes; N..N+N/2-1 take
+     * their slots */
+    for (int i = 0; i < N + N / 2; i++) {
+        if (i == N)
+            for (int j = 0; j < N / 2; j++) {
+                struct l1_key kj = key(j);
+                cr_assert_eq(l1_remove(l1, &kj, &refs[j].id, 1, false), 1);
+            }
+        struct l1_key k = key(i);
+        enum l1_status st;
+        uint64_t size = 1 + (uint64_t)(i % 64);
+        cr_assert_eq(l1_reserve_write(l1, &k, &size, 1, 1, &st, &refs[i]), 1, "key %d", i);
+        memset((char *)l1_base(l1) + refs[i].offset, i & 0xff, size);
+        cr_assert_eq(l1_publish(l1, &k, &refs[i].id, 1, 1, NULL), 1);
+    }
+    struct l1_stats st = stats(l1);
+    cr_assert_eq(st.total_object_count, N);
+    for (int i = N / 2; i < N + N / 2; i++) {
+        struct l1_key k = key(i);
+        struct l1_ref r;
+        cr_assert_eq(l1_get(l1, &k, &r), 0, "key %d", i);
+        cr_assert_eq(r.id, refs[i].id);
+        cr_assert_eq(r.offset, refs[i].offset);
+        cr_assert_eq(r.length, 1 + (uint64_t)(i % 64));
+        cr_assert_eq(((unsigned char *)l1_base(l1))[r.offset], (unsigned char)(i & 0xff));
+        const struct l1_seg_entry *e = entry_of(l1, &r);
+        cr_assert_not_null(e);
+        cr_assert_eq(e->state, L1_SEG_READY);
+        cr_assert_eq(e->length, r.length);
+        cr_assert_eq(memcmp(&e->key, &k, sizeof(k)), 0);
+    }
+    for (int i = 0; i < N / 2; i++)
+        cr_assert_not(present(l1, i), "removed key %d", i);
+    l1_destroy(l1);
+}
+
+/* The key is kept only in the segment, where any worker can write. A key
+ * overwritten there makes its object a miss; it never makes a lookup of
+ * another key land on it (the index's hash lives in lmcd's memory). */
+Test(l1, a_key_overwritten_in_the_table_is_a_miss_never_another_object)
+{
+    struct l1 *l1 = make_l1(8);
+    struct l1_ref r1 = put(l1, 1, 1), r2 = put(l1, 2, 1);
+    struct l1_seg_entry *e1 = (struct l1_seg_entry *)entry_of(l1, &r1);
+    cr_assert_not_null(e1);
+    e1->key = key(2); /* a worker scribbles key 2 over object 1's entry */
+    struct l1_key k2 = key(2);
+    struct l1_ref r;
+    cr_assert_eq(l1_get(l1, &k2, &r), 0);
+    cr_assert_eq(r.offset, r2.offset, "key 2 still finds its own object");
+    cr_assert_not(present(l1, 1), "object 1 is a miss now");
+    /* eviction and clear still free it: the index never trusted the entry */
+    cr_assert_eq(l1_clear(l1, false), 2);
+    cr_assert_eq(stats(l1).total_object_count, 0);
+    cr_assert_eq(stats(l1).memory_used_bytes, 0);
+    l1_destroy(l1);
+}
+
 /* A segment under seg_name as another process would leave it: with our
  * magic and `owner_pid` (0: no header), layout `version`. Returns its fd
  * (for the caller to lock or close). */
