@@ -565,6 +565,8 @@ L1_INLINE void ref_of(const struct l1 *l1, const struct l1_obj *o, struct l1_ref
     r->offset = obj_offset(l1, o);
     r->length = l1_obj_length(o);
     r->lock_epoch = o->state == L1_OBJ_RESERVED ? 0 : o->lock_epoch; /* writer shares its word */
+    r->slot = l1_slot_of(l1, o) + 1;
+    r->reserved_ = 0;
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -869,6 +871,22 @@ static struct l1_obj *held_find(struct l1 *l1, const struct l1_key *k, const uin
     return o;
 }
 
+/* held_find for a ref: a ref from L1 names its slot, and an object never
+ * moves and ids are never reused, so the record alone answers (no key is
+ * read from the segment: see l1_unpin in l1.h). A ref the caller built
+ * (slot 0) goes by key. */
+static struct l1_obj *held_find_ref(struct l1 *l1, const struct l1_key *k, const struct l1_ref *r)
+{
+    if (r->slot == 0 || r->slot > l1->table_entries)
+        return held_find(l1, k, &r->id);
+    struct l1_obj *o = &l1->objs[r->slot - 1];
+    if (o->id != r->id)
+        return NULL; /* gone */
+    if (o->state == L1_OBJ_READY || (o->state == L1_OBJ_PENDING && !(o->flags & L1_OBJ_WAS_RESERVED)))
+        return o;
+    return NULL;
+}
+
 int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n,
               uint32_t readers)
 {
@@ -895,7 +913,7 @@ int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
+        struct l1_obj *o = held_find_ref(l1, &keys[i], &refs[i]);
         if (o && o->lock_epoch == refs[i].lock_epoch && unlock_obj(l1, o, readers, now))
             done++;
     }
@@ -943,7 +961,7 @@ int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
+        struct l1_obj *o = held_find_ref(l1, &keys[i], &refs[i]);
         if (!o || !o->pins)
             continue; /* cannot happen: a pinned object is never freed */
         if (--o->pins == 0) {
