@@ -101,10 +101,11 @@ ALL := $(BUILD)/libserver.a $(BUILD)/liblmcd.a \
 all: $(ALL)
 
 # The runtime-plugin guard lmcd execs beside each plugin (src/plugin/plugin_guard.c):
-# that one file, libc only, so it starts at once; it lives next to lmcd.
+# that one file, libc only, so it starts at once; it lives next to lmcd. Static (not
+# under sanitizers): no loader, no lazy binding faulted in again by every guard it clones.
 $(BUILD)/lmcd-plugin-guard: src/plugin/plugin_guard.c src/plugin/plugin_int.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DPLUGIN_GUARD_MAIN -o $@ $< $(LDFLAGS)
+	$(CC) $(CFLAGS) -DPLUGIN_GUARD_MAIN -o $@ $< $(LDFLAGS) $(if $(SANFLAGS),,-static)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

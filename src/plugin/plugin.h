@@ -17,7 +17,10 @@
  * and plugin_sup_restart() may be called from any thread (HTTP handlers).
  *
  * Each plugin runs below a guard process (lmcd -> guard -> plugin) that kills
- * every descendant of the plugin once lmcd is gone, however it died.
+ * every descendant of the plugin once lmcd is gone, however it died. The
+ * guards are cloned by one zygote process (also lmcd's child, exec'd at the
+ * first launch, gone at plugin_sup_stop), and launches overlap: none waits
+ * for another plugin's exec.
  *
  * Process rules the rest of lmcd must keep: nobody else reaps children
  * (no waitpid(-1), SIGCHLD not SIG_IGN), because plugins are reaped through

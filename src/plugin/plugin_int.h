@@ -170,10 +170,35 @@ void plugin_envp_free(char **envp);
 char *plugin_config_file_write(const char *json, int *fd_out);
 
 struct plugin_proc {
-    int pid;     /* the plugin: leader of its own session and process group */
-    int pidfd;   /* of its guard (our child): readable when the guard exits; O_CLOEXEC */
-    int out_fd;  /* read end of the merged stdout+stderr pipe; O_NONBLOCK|O_CLOEXEC */
+    int pid;       /* the plugin: leader of its own session and process group; 0 until reported */
+    int guard_pid; /* its guard, our child */
+    int helper_pid; /* the zygote's helper that cloned the guard (our child, exits at once) */
+    int pidfd;     /* of the guard: readable when the guard exits; O_CLOEXEC */
+    int out_fd;    /* read end of the merged stdout+stderr pipe; O_NONBLOCK|O_CLOEXEC */
+    int rep_fd;    /* read end of the guard's report pipe while the launch is pending, else -1 */
+    int rep_errno; /* first errno reported (a failed guard step or the plugin's failed exec) */
+    bool via_zygote;  /* the guard is cloned by the zygote: its pid comes as a report (tag 3) */
+    bool zygote_lost; /* the launch failed because the zygote died before it cloned a guard */
 };
+#define PLUGIN_PROC_NONE \
+    ((struct plugin_proc){ .pid = 0, .guard_pid = 0, .helper_pid = 0, .pidfd = -1, .out_fd = -1, .rep_fd = -1 })
+
+/* The zygote: one guard process exec'd once (lazily, at the first launch),
+ * which clones every further guard instead of lmcd exec'ing one per plugin
+ * (an exec costs milliseconds of CPU here; a clone of the small zygote a
+ * fraction of one). It clones with CLONE_PARENT, so each guard is lmcd's
+ * child as an exec'd one is. Supervisor thread only. */
+struct plugin_zygote {
+    int pid;   /* 0: not running */
+    int pidfd;
+    int sock;  /* our end of the SOCK_SEQPACKET pair; O_NONBLOCK */
+    bool off;  /* never started, or lost: every guard is exec'd */
+};
+#define PLUGIN_ZYGOTE_INIT ((struct plugin_zygote){ .pid = 0, .pidfd = -1, .sock = -1, .off = false })
+/* Stops it (EOF, SIGKILL) and reaps it. Safe on a stopped one. */
+void plugin_zygote_stop(struct plugin_zygote *z);
+/* A launch said the zygote is gone (zygote_lost): logs, stops, turns it off. */
+void plugin_zygote_lost(struct plugin_zygote *z);
 
 /* Starts the plugin argv[0] with envp under a guard (plugin_guard.c):
  * lmcd -> guard -> plugin. The plugin: new session (setsid), stdin
@@ -181,15 +206,41 @@ struct plugin_proc {
  * unblocked and at their defaults, PR_SET_PDEATHSIG SIGKILL (on the guard).
  * The guard outlives lmcd just long enough to kill every descendant, and
  * exits with the plugin's status once its whole tree is gone (grace_ms after
- * SIGTERM to leftovers). Waits until the plugin's exec happened. 0, or
- * -errno (the exec's own errno when it failed, e.g. -E2BIG). */
-int plugin_proc_spawn(char *const argv[], char *const envp[], unsigned grace_ms, struct plugin_proc *out);
+ * SIGTERM to leftovers).
+ * The guard is cloned by the zygote z (started here at the first call), or
+ * exec'd when z is NULL or off, or in sanitizer builds.
+ * Returns as posix_spawn does, once the guard's exec is under way (or the
+ * zygote has the request), without waiting for the plugin's own exec: the launch is then pending, and
+ * out->rep_fd (O_NONBLOCK) becomes readable as the guard reports; call
+ * plugin_proc_launch_poll() then. 0 with *out filled (pid 0), or -errno
+ * with nothing left open or running. */
+int plugin_proc_start(struct plugin_zygote *z, char *const argv[], char *const envp[], unsigned grace_ms,
+                      struct plugin_proc *out);
+
+/* Reads what the guard reported so far; never blocks.
+ *   1: still pending (read again when rep_fd is readable);
+ *   0: the plugin has exec'd: p->pid is set;
+ *   -errno: the launch failed (the exec's own errno, e.g. -E2BIG, -ENOEXEC;
+ *      -ECHILD when the guard died without a word): the guard is killed and
+ *      reaped, pidfd and out_fd closed.
+ * In both final cases rep_fd is still open, so the caller can take it out
+ * of its epoll first: then plugin_proc_rep_close(). */
+int plugin_proc_launch_poll(struct plugin_proc *p);
+/* Gives up on a pending launch: SIGKILL to the guard (its plugin follows
+ * through PR_SET_PDEATHSIG), reaped; pidfd and out_fd closed, rep_fd left
+ * to the caller as above. */
+void plugin_proc_launch_abort(struct plugin_proc *p);
+void plugin_proc_rep_close(struct plugin_proc *p);
 
 /* ---- guard (plugin_guard.c) ---- */
 
 /* argv[1] of a guard: /proc/self/exe run with it becomes the guard (a
  * constructor runs it before main). */
 #define PLUGIN_GUARD_ARG "--lmcd-plugin-guard"
+/* argv[1] of the zygote (see plugin_zygote_start). */
+#define PLUGIN_ZYGOTE_ARG "--lmcd-plugin-zygote"
+/* Bytes of one launch's argv the zygote takes; a longer one execs a guard. */
+#define PLUGIN_ZYGOTE_MSG_MAX 16384
 /* The guard's argv: its name, PLUGIN_GUARD_ARG, lmcd's pid, grace_ms, then
  * plugin_argv (borrowed). Free with plugin_guard_argv_free. NULL: no memory. */
 char **plugin_guard_argv(int lmcd_pid, unsigned grace_ms, char *const plugin_argv[]);

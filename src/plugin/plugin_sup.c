@@ -4,6 +4,9 @@
  * DESIGN
  *   epoll watches, with level triggering:
  *     - an eventfd: commands from other threads (restart a path, stop all);
+ *     - per plugin being launched, the guard's report pipe (the plugin's
+ *       pid, or its exec's errno; EOF at the exec): no launch waits for
+ *       another's exec (plugin_spawn.c);
  *     - per plugin, the read end of its merged stdout+stderr pipe;
  *     - per plugin, its pidfd, readable once the process has exited.
  *   The epoll timeout is the nearest per-plugin deadline (a backoff restart
@@ -14,14 +17,15 @@
  *   Each plugin moves through a state table, actions[state][event]: every
  *   pair is decided explicitly, "nothing to do" included.
  *
- *            start ok                       exit, policy says restart
- *   (new) ----------> running --------------------------------> backoff
- *     |                 |  \  restart/stop cmd                    |  timer
- *     | no interpreter  |   `-----------------> stopping          |
- *     v                 | exit, no restart        | exit           v
- *   skipped             v                         v              running
- *                     exited <--------------------'
+ *          start      report: exec'd        exit, policy says restart
+ *   (new) -------> starting -------> running -------------------> backoff
+ *     |                               |  \  restart/stop cmd         |  timer
+ *     | no interpreter                |   `------------> stopping    |
+ *     v                               | exit, no restart    | exit   v
+ *   skipped                           v                     v      starting
+ *                                   exited <----------------'
  *     start limit reached or launch failed (never): failed
+ *   starting: a stop or restart asked meanwhile waits for the report.
  *
  *   A plugin's process leads its own process group. When it exits, what
  *   is left of the group gets SIGTERM+SIGCONT and, after the stop timeout,
@@ -45,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -63,11 +68,11 @@ extern char **environ;
 #define RL_WINDOW_MS 30000           /* journald's default rate limit: 10000 lines per 30 s */
 #define RL_BURST 10000
 
-enum pstate { PS_SKIPPED, PS_RUNNING, PS_STOPPING, PS_BACKOFF, PS_EXITED, PS_FAILED, PS__N };
+enum pstate { PS_SKIPPED, PS_STARTING, PS_RUNNING, PS_STOPPING, PS_BACKOFF, PS_EXITED, PS_FAILED, PS__N };
 enum pevent { EV_EXIT, EV_TIMER, EV_RESTART, EV_STOP, EV__N };
 
 static const char *const state_names[PS__N] = {
-    [PS_SKIPPED] = "skipped", [PS_RUNNING] = "running", [PS_STOPPING] = "stopping",
+    [PS_SKIPPED] = "skipped", [PS_STARTING] = "starting", [PS_RUNNING] = "running", [PS_STOPPING] = "stopping",
     [PS_BACKOFF] = "backoff", [PS_EXITED] = "exited",   [PS_FAILED] = "failed",
 };
 
@@ -83,6 +88,11 @@ struct plugin {
     uint64_t start_ms;          /* monotonic */
     uint64_t deadline_ms;       /* 0 = none */
     bool want_restart;          /* start again once the current process is gone */
+    bool launch_counts;         /* the pending launch is automatic (spawn's counts) */
+    bool rep_watched;           /* proc.rep_fd is in the epoll */
+    bool launch_done;           /* settled, launch_end() not run yet (first round) */
+    bool launch_zlost;          /* ... because the zygote was lost */
+    int launch_rc;              /* ... with this result */
     bool killed;                /* SIGKILL sent to this instance */
     int exit_code;              /* of the instance just reaped */
     int spawn_errno;            /* of the last failed launch */
@@ -125,6 +135,9 @@ struct plugin_sup {
     bool thread_started;
 
     /* supervisor thread only */
+    struct plugin_zygote zyg;   /* clones the guards (plugin_int.h) */
+    bool first_round;           /* launch_all's launches are not all ended yet */
+    size_t next_end;            /* first round: plugins before it are ended, in order */
     bool stopping;
     uint64_t stop_hard_deadline_ms;
 
@@ -279,10 +292,18 @@ static void linger_kill(struct plugin *p)
 }
 
 static void decide_after_exit(struct plugin *p, bool spawn_failed);
+static int launch_settle(struct plugin *p, int rc);
+static int launch_end(struct plugin *p);
+static void launch_failed(struct plugin *p, int err);
+static void act_term(struct plugin *p);
+static void act_term_restart(struct plugin *p);
+static void act_start_now(struct plugin *p);
 
-/* Resolves the interpreter and spawns. 0, or -1 when nothing runs (the
- * state says why). counts: a launch failure goes through the restart
- * policy (automatic starts) rather than straight to "failed". */
+/* Resolves the interpreter and starts the launch: the guard is exec'd, the
+ * plugin's own exec is reported later through the report pipe, which the
+ * loop watches (state "starting"), so launches overlap. 0, or -1 when
+ * nothing runs (the state says why). counts: a launch failure goes through
+ * the restart policy (automatic starts) rather than straight to "failed". */
 static int spawn(struct plugin *p, bool counts)
 {
     struct plugin_sup *s = p->sup;
@@ -318,17 +339,72 @@ static int spawn(struct plugin *p, bool counts)
     p->argv_json = aj;
     pthread_mutex_unlock(&s->lock);
 
-    rc = plugin_proc_spawn(argv, s->envp, (unsigned)s->stop_timeout_ms, &p->proc);
+    rc = plugin_proc_start(&s->zyg, argv, s->envp, (unsigned)s->stop_timeout_ms, &p->proc);
     free(argv);
+    p->want_restart = false;
+    p->launch_counts = counts;
+    set_state(p, PS_STARTING, NULL);
+    if (rc < 0)
+        return launch_settle(p, rc);
+    /* The launch is pending until the guard reports (launch_progress). */
+    uint64_t idx = (uint64_t)(p - s->plugins);
+    struct epoll_event evr = { .events = EPOLLIN, .data.u64 = (idx << 2) | 3 };
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, p->proc.rep_fd, &evr) < 0) {
+        /* cannot wait for it in the loop: wait here, as before launches overlapped */
+        log_warn("Runtime plugin %s: cannot watch its launch (%s); waiting for it", p->path,
+                 strerror(errno));
+        struct pollfd pf = { .fd = p->proc.rep_fd, .events = POLLIN };
+        while ((rc = plugin_proc_launch_poll(&p->proc)) == 1)
+            (void)poll(&pf, 1, -1);
+        p->rep_watched = false;
+        return launch_settle(p, rc);
+    }
+    p->rep_watched = true;
+    return 0;
+}
+
+/* Reads the guard's report of a pending launch (its pipe is readable). */
+static void launch_progress(struct plugin *p)
+{
+    int rc = plugin_proc_launch_poll(&p->proc);
+    if (rc != 1)
+        launch_settle(p, rc);
+}
+
+/* The launch is over (rc: 0 or -errno, from plugin_proc_start or
+ * plugin_proc_launch_poll). Its report pipe goes at once; what follows
+ * (launch_end) waits, in the first round, until every plugin before it in
+ * discovery order is settled, so the log shows the launches in that order,
+ * as when each launch waited for the one before. */
+static int launch_settle(struct plugin *p, int rc)
+{
+    struct plugin_sup *s = p->sup;
+    if (p->rep_watched)
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, p->proc.rep_fd, NULL);
+    p->rep_watched = false;
+    p->launch_zlost = p->proc.zygote_lost;
+    plugin_proc_rep_close(&p->proc);
+    p->launch_rc = rc;
+    p->launch_done = true;
+    if (s->first_round)
+        return rc < 0 ? -1 : 0; /* finish_in_order() ends it */
+    return launch_end(p);
+}
+
+/* The settled launch goes on: the plugin runs, watched and logged
+ * "Launched", or its failure is handled. 0 when it runs, -1 when not. */
+static int launch_end(struct plugin *p)
+{
+    struct plugin_sup *s = p->sup;
+    int rc = p->launch_rc;
+    p->launch_done = false;
+    if (rc < 0 && p->launch_zlost && !s->stopping) {
+        /* not the plugin's failure: launch it again, its guard exec'd */
+        plugin_zygote_lost(&s->zyg);
+        return spawn(p, p->launch_counts);
+    }
     if (rc < 0) {
-        p->proc = (struct plugin_proc){ .pid = 0, .pidfd = -1, .out_fd = -1 };
-        log_error("Failed to launch plugin %s: %s", p->path, strerror(-rc));
-        p->exit_code = 127;
-        p->spawn_errno = -rc;
-        if (counts)
-            decide_after_exit(p, true);
-        else
-            set_state(p, PS_FAILED, "launch failed: %s", strerror(-rc));
+        launch_failed(p, -rc);
         return -1;
     }
     uint64_t idx = (uint64_t)(p - s->plugins);
@@ -346,14 +422,13 @@ static int spawn(struct plugin *p, bool counts)
         epoll_ctl(s->epfd, EPOLL_CTL_DEL, p->proc.out_fd, NULL);
         close(p->proc.out_fd);
         close(p->proc.pidfd);
-        p->proc = (struct plugin_proc){ .pid = 0, .pidfd = -1, .out_fd = -1 };
+        p->proc = PLUGIN_PROC_NONE;
         set_state(p, PS_FAILED, "cannot watch the process: %s", strerror(-rc));
         return -1;
     }
     plugin_lines_init(&p->lines);
     p->start_ms = now_ms();
     p->killed = false;
-    p->want_restart = false;
     p->deadline_ms = 0;
     pthread_mutex_lock(&s->lock);
     p->started_wall_ms = clock_wall_ns() / 1000000;
@@ -361,7 +436,31 @@ static int spawn(struct plugin *p, bool counts)
     pthread_mutex_unlock(&s->lock);
     set_state(p, PS_RUNNING, NULL);
     log_info("Launched runtime plugin: %s with %s", p->path, p->cmd.interp);
+    /* what was asked while it started */
+    if (s->stopping)
+        act_term(p);
+    else if (p->want_restart)
+        act_term_restart(p);
     return 0;
+}
+
+/* A launch that failed (its exec, the guard, or before the guard ran). */
+static void launch_failed(struct plugin *p, int err)
+{
+    p->proc = PLUGIN_PROC_NONE;
+    log_error("Failed to launch plugin %s: %s", p->path, strerror(err));
+    p->exit_code = 127;
+    p->spawn_errno = err;
+    if (p->sup->stopping) {
+        set_state(p, PS_FAILED, "launch failed: %s", strerror(err));
+    } else if (p->want_restart) { /* asked while it started: one more try, as act_start_now */
+        p->want_restart = false;
+        act_start_now(p);
+    } else if (p->launch_counts) {
+        decide_after_exit(p, true);
+    } else {
+        set_state(p, PS_FAILED, "launch failed: %s", strerror(err));
+    }
 }
 
 /* Collects the exit status; drains what the plugin wrote before dying. */
@@ -387,7 +486,7 @@ static void reap(struct plugin *p)
         p->linger_pgid = p->proc.pid;
         p->linger_deadline_ms = now_ms() + p->sup->stop_timeout_ms;
     }
-    p->proc = (struct plugin_proc){ .pid = 0, .pidfd = -1, .out_fd = -1 };
+    p->proc = PLUGIN_PROC_NONE;
     p->exit_code = code;
     pthread_mutex_lock(&p->sup->lock);
     p->has_exit = true;
@@ -524,6 +623,7 @@ static void act_cancel_backoff(struct plugin *p)
 static const action_fn actions[PS__N][EV__N] = {
     /*                EV_EXIT     EV_TIMER           EV_RESTART        EV_STOP */
     [PS_SKIPPED]  = { act_nop,    act_nop,           act_start_now,    act_nop },
+    [PS_STARTING] = { act_nop,    act_nop,           act_want_restart, act_stop_pending },
     [PS_RUNNING]  = { act_exited, act_nop,           act_term_restart, act_term },
     [PS_STOPPING] = { act_exited, act_kill,          act_want_restart, act_stop_pending },
     [PS_BACKOFF]  = { act_nop,    act_restart_timer, act_start_now,    act_cancel_backoff },
@@ -599,14 +699,38 @@ static int next_timeout(struct plugin_sup *s)
 static bool any_process(struct plugin_sup *s)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (s->plugins[i].proc.pidfd >= 0)
+        if (s->plugins[i].proc.pidfd >= 0 || s->plugins[i].proc.rep_fd >= 0)
             return true;
     return false;
+}
+
+/* Ends the first round's settled launches in discovery order. Once all are
+ * ended, plugin_sup_start() returns: every "Launched" line is logged. */
+static bool finish_in_order(struct plugin_sup *s)
+{
+    while (s->next_end < s->n) {
+        struct plugin *p = &s->plugins[s->next_end];
+        if (p->state == PS_STARTING && !p->launch_done)
+            return false; /* still pending */
+        if (p->launch_done) {
+            launch_end(p);
+            if (p->state == PS_STARTING)
+                return false; /* launched again (the zygote was lost): wait for that one */
+        }
+        s->next_end++;
+    }
+    s->first_round = false;
+    pthread_mutex_lock(&s->lock);
+    s->ready = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    return true;
 }
 
 static void loop(struct plugin_sup *s)
 {
     struct epoll_event evs[64];
+    bool ready = finish_in_order(s);
     for (;;) {
         if (s->stopping && !any_process(s))
             break;
@@ -631,7 +755,14 @@ static void loop(struct plugin_sup *s)
                 continue;
             }
             struct plugin *p = &s->plugins[tag >> 2];
-            if ((tag & 3) == 1) {
+            /* An event of an earlier instance may still be in this batch
+             * while a new launch is pending: its fds are not watched yet. */
+            if ((tag & 3) == 3) {
+                if (p->proc.rep_fd >= 0)
+                    launch_progress(p);
+            } else if (p->proc.rep_fd >= 0) {
+                continue;
+            } else if ((tag & 3) == 1) {
                 if (p->proc.out_fd >= 0)
                     read_output(p, (size_t)READ_SLICE * READ_SLICES_PER_WAKEUP);
             } else if (p->proc.pidfd >= 0) {
@@ -641,19 +772,27 @@ static void loop(struct plugin_sup *s)
             }
         }
         handle_timers(s);
+        if (!ready)
+            ready = finish_in_order(s);
     }
     /* whatever is still around goes now: SIGKILL to every group we know */
     for (size_t i = 0; i < s->n; i++) {
         struct plugin *p = &s->plugins[i];
         linger_kill(p);
         report_dropped(p);
-        if (p->proc.pidfd >= 0) {
+        if (p->proc.rep_fd >= 0) { /* still starting: its guard goes, the plugin with it */
+            (void)plugin_proc_launch_poll(&p->proc); /* a guard pid reported late */
+            plugin_proc_launch_abort(&p->proc);
+            plugin_proc_rep_close(&p->proc);
+            p->proc = PLUGIN_PROC_NONE;
+        } else if (p->proc.pidfd >= 0) {
             killpg_quiet(p->proc.pid, SIGKILL);
             close_output(p);
             close(p->proc.pidfd);
             p->proc.pidfd = -1;
         }
     }
+    plugin_zygote_stop(&s->zyg);
 }
 
 static void launch_all(struct plugin_sup *s)
@@ -668,7 +807,7 @@ static void launch_all(struct plugin_sup *s)
     for (size_t i = 0; v && i < found.n; i++) {
         struct plugin *p = &v[n];
         p->sup = s;
-        p->proc = (struct plugin_proc){ .pid = 0, .pidfd = -1, .out_fd = -1 };
+        p->proc = PLUGIN_PROC_NONE;
         p->state = PS_EXITED;
         if (plugin_throttle_init(&p->thr, s->max_restarts, s->window_ms) < 0)
             break;
@@ -683,6 +822,7 @@ static void launch_all(struct plugin_sup *s)
     s->plugins = v;
     s->n = n;
     pthread_mutex_unlock(&s->lock);
+    s->first_round = true;
     for (size_t i = 0; i < n; i++)
         spawn(&v[i], true);
 }
@@ -695,11 +835,11 @@ static void *sup_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     launch_all(s);
-    pthread_mutex_lock(&s->lock);
+    loop(s);
+    pthread_mutex_lock(&s->lock); /* the loop may have failed before the first round was over */
     s->ready = true;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
-    loop(s);
     return NULL;
 }
 
@@ -767,6 +907,7 @@ int plugin_sup_start(const struct plugin_opts *o, struct plugin_sup **out)
     if (!s)
         return -ENOMEM;
     s->epfd = s->evfd = s->config_fd = -1;
+    s->zyg = PLUGIN_ZYGOTE_INIT;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     int rc = -ENOMEM;

@@ -2,18 +2,21 @@
  * Unit tests of the plugin module's pure parts: path normalisation,
  * discovery order and de-duplication, shebang parsing, interpreter lookup,
  * restart policy and backoff with an injected clock, output line splitting,
- * and the plugin environment. Real processes are exercised end to end in
- * tests/e2e/test_plugins.py.
+ * and the plugin environment; and overlapping launches (zygote and exec'd
+ * guards) down to the guard's exit status. The supervisor with real
+ * plugins is exercised end to end in tests/e2e/test_plugin*.py.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "plugin/plugin_int.h"
@@ -612,4 +615,70 @@ Test(plugin, stale_config_file_of_a_dead_run_is_reclaimed_live_one_kept)
     free(live);
     free(dead);
     free(fresh);
+}
+
+/* ---------- launches (plugin_spawn.c, plugin_guard.c) ---------- */
+
+/* Polls one pending launch until it settles (bounded: 20 s of waits on its
+ * report pipe). Returns plugin_proc_launch_poll's final result. */
+static int launch_wait(struct plugin_proc *p)
+{
+    for (int i = 0; i < 20; i++) {
+        int rc = plugin_proc_launch_poll(p);
+        if (rc != 1)
+            return rc;
+        struct pollfd pf = { .fd = p->rep_fd, .events = POLLIN };
+        (void)poll(&pf, 1, 1000);
+    }
+    return 1;
+}
+
+/* Many launches started before any is waited for (as the supervisor does):
+ * each settles with its own result, through the zygote and through an
+ * exec'd guard alike, and a launched plugin's status comes back through its
+ * guard's pidfd. */
+Test(plugin, overlapping_launches_each_report_their_own_result, .init = mk_tmpdir, .fini = rm_tree)
+{
+    write_file("bad", "neither ELF nor a script\n", 0755);
+    char *bad = strdup(at("bad"));
+    char *envp[] = { "PATH=/usr/bin:/bin", NULL };
+    char *ok_argv[] = { "/bin/sh", "-c", "exit 3", NULL };
+    char *noexec_argv[] = { bad, NULL };
+    char *missing_argv[] = { "/no/such/interpreter", NULL };
+    char **argvs[] = { ok_argv, noexec_argv, ok_argv, missing_argv };
+    const int want[] = { 0, -ENOEXEC, 0, -ENOENT };
+    enum { N = 12 };
+    for (int mode = 0; mode < 2; mode++) {
+        struct plugin_zygote z = PLUGIN_ZYGOTE_INIT;
+        struct plugin_zygote *zp = mode == 0 ? &z : NULL; /* NULL: exec each guard */
+        struct plugin_proc p[N];
+        for (int i = 0; i < N; i++)
+            cr_assert_eq(plugin_proc_start(zp, argvs[i % 4], envp, 1000, &p[i]), 0, "mode %d launch %d", mode, i);
+        for (int i = 0; i < N; i++) {
+            int rc = launch_wait(&p[i]);
+            cr_assert_eq(rc, want[i % 4], "mode %d launch %d: %d (%s)", mode, i, rc, strerror(-rc));
+            plugin_proc_rep_close(&p[i]);
+            if (rc < 0) {
+                cr_assert(p[i].pidfd < 0 && p[i].out_fd < 0 && p[i].pid == 0, "a failed launch leaves nothing");
+                continue;
+            }
+            cr_assert(p[i].pid > 0 && p[i].pidfd >= 0 && p[i].out_fd >= 0);
+            siginfo_t si;
+            memset(&si, 0, sizeof(si));
+            cr_assert_eq(waitid(P_PIDFD, (id_t)p[i].pidfd, &si, WEXITED), 0, "%s", strerror(errno));
+            cr_assert(si.si_code == CLD_EXITED && si.si_status == 3, "the guard exits as its plugin did");
+            close(p[i].pidfd);
+            close(p[i].out_fd);
+        }
+        if (zp) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+            cr_assert_eq(z.pid, 0, "sanitizer builds exec every guard");
+#else
+            cr_assert(!z.off && z.pid > 0, "the zygote cloned the guards");
+#endif
+            plugin_zygote_stop(&z);
+            cr_assert(z.pid == 0 && z.sock < 0 && z.pidfd < 0);
+        }
+    }
+    free(bad);
 }

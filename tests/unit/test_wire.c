@@ -881,3 +881,99 @@ Test(wire, safe_replies_follow_spec_9_3)
     cr_assert_eq(wire_resp_safe(WIRE_OP_REGISTER_ED_CONTEXT, &r), -ENOTSUP);
     cr_assert_eq(wire_resp_safe(WIRE_OP_UNSERVED_P2P, &r), -ENOTSUP);
 }
+
+/* Long token lists in a random mix of every int form, ending at the very end
+ * of the frame (the word-at-a-time reader stops 8 bytes before it) and
+ * followed by more fields, decode to exactly the ids encoded. */
+static size_t put_token(uint8_t *b, uint32_t v, unsigned form)
+{
+    size_t n = 0;
+    switch (form % 7) {
+    case 0: /* smallest unsigned form, as encoders give */
+        if (v <= 0x7f) {
+            b[n++] = (uint8_t)v;
+        } else if (v <= 0xff) {
+            b[n++] = 0xcc, b[n++] = (uint8_t)v;
+        } else if (v <= 0xffff) {
+            b[n++] = 0xcd, b[n++] = (uint8_t)(v >> 8), b[n++] = (uint8_t)v;
+        } else {
+            b[n++] = 0xce;
+            for (int s = 24; s >= 0; s -= 8)
+                b[n++] = (uint8_t)(v >> s);
+        }
+        return n;
+    case 1: /* uint32 even when smaller */
+        b[n++] = 0xce;
+        for (int s = 24; s >= 0; s -= 8)
+            b[n++] = (uint8_t)(v >> s);
+        return n;
+    case 2: /* uint64 */
+        b[n++] = 0xcf;
+        for (int s = 56; s >= 0; s -= 8)
+            b[n++] = (uint8_t)((uint64_t)v >> s);
+        return n;
+    case 3: /* int64, positive */
+        b[n++] = 0xd3;
+        for (int s = 56; s >= 0; s -= 8)
+            b[n++] = (uint8_t)((uint64_t)v >> s);
+        return n;
+    default: /* mostly the smallest form: long runs for the fast path */
+        return put_token(b, v, 0);
+    }
+}
+
+static void check_long_list(bool tokens_last, unsigned seed)
+{
+    enum { N = 5000 };
+    static uint32_t want[N];
+    static uint8_t key[N * 9 + 256];
+    size_t k = 0;
+    const char *head = tokens_last ? "\x87\xaa" "model_name\xa1m\xaa" "world_size\x01\xa9" "worker_id\xc0"
+                                     "\xa5" "start\x00\xa3" "end\x00\xaa" "request_id\xa1r\xa9" "token_ids"
+                                   : "\x87\xaa" "model_name\xa1m\xaa" "world_size\x01\xa9" "worker_id\xc0"
+                                     "\xa9" "token_ids";
+    size_t hl = tokens_last ? 1 + 11 + 2 + 11 + 1 + 10 + 1 + 6 + 1 + 4 + 1 + 11 + 2 + 10
+                            : 1 + 11 + 2 + 11 + 1 + 10 + 1 + 10;
+    memcpy(key, head, hl);
+    k = hl;
+    key[k++] = 0xdd; /* array 32 */
+    key[k++] = 0, key[k++] = 0, key[k++] = (uint8_t)(N >> 8), key[k++] = (uint8_t)N;
+    unsigned x = seed;
+    for (int i = 0; i < N; i++) {
+        x = x * 1103515245u + 12345u;
+        uint32_t v = (x >> 3) % 152064;
+        if (i % 97 == 0)
+            v = (x >> 7) & 0x7f;
+        want[i] = v;
+        k += put_token(key + k, v, x >> 28);
+    }
+    if (!tokens_last) {
+        static const char tail[] = "\xa5" "start\x00\xa3" "end\x00\xaa" "request_id\xa1r";
+        memcpy(key + k, tail, sizeof(tail) - 1);
+        k += sizeof(tail) - 1;
+    }
+    struct wire_frame f[3] = { { (const uint8_t *)"\x00", 1 }, { (const uint8_t *)"\x05", 1 }, { key, k } };
+    static const uint8_t tp = 0x01;
+    struct wire_frame all[4] = { f[0], f[1], f[2], { &tp, 1 } };
+    struct wire_req req;
+    int rc = wire_decode_request(WIRE_PROFILE_2604, all, 4, &req);
+    cr_assert_eq(rc, 0, "decode: %s", wire_strerror(rc));
+    cr_assert_eq(req.key.n_tokens, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(req.key.token_ids[i], want[i], "token %d (tokens_last %d)", i, tokens_last);
+    wire_req_free(&req);
+    /* the same frame cut anywhere inside the list is refused, never misread */
+    for (size_t cut = hl + 5; cut < k; cut += 977) {
+        all[2].len = cut;
+        cr_assert_lt(wire_decode_request(WIRE_PROFILE_2604, all, 4, &req), 0, "cut at %zu", cut);
+        wire_req_free(&req);
+    }
+}
+
+Test(wire, token_ids_long_lists_every_form_and_position)
+{
+    for (unsigned seed = 1; seed <= 3; seed++) {
+        check_long_list(true, seed);
+        check_long_list(false, seed);
+    }
+}
