@@ -424,7 +424,7 @@ static int64_t lookup_lock_prefix(struct engine *e, struct session *s, const str
         for (size_t i = full * world; locked > 0 && i < (size_t)locked; i++)
             l1_unlock_refs(e->l1, &keys[i], &refs[i], 1, readers);
         for (size_t i = 0; i < full * world; i++) {
-            if (lockvec_push(&s->locks, &keys[i], refs[i].id, refs[i].lock_epoch, readers)) {
+            if (lockvec_push_ref(&s->locks, &keys[i], &refs[i], readers)) {
                 /* cannot track the rest: do not keep their locks */
                 for (size_t j = i; j < full * world; j++)
                     l1_unlock_refs(e->l1, &keys[j], &refs[j], 1, readers);

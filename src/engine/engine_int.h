@@ -36,6 +36,7 @@ struct lockrec {
     uint64_t id;       /* L1 object id: unlock never hits a newer object */
     uint64_t epoch;    /* L1 lock epoch: nor a newer run of holders */
     uint32_t holders;  /* still held */
+    uint32_t slot;     /* l1_ref.slot when known (0: L1 finds the object by key) */
     uint64_t tag;      /* pending reservations: the PREPARE_STORE key's identity */
     uint64_t t_ns;     /* pending and transfer records: when made (the sweeper prunes them past the L1 TTL) */
 };
@@ -161,6 +162,9 @@ int engine_l2_prefetch(struct engine *e, struct session *s, const struct engine_
 
 /* engine_state.c */
 int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64_t epoch, uint32_t holders);
+/* lockvec_push of a lock L1 just handed out: keeps its slot, so the release
+ * needs no key lookup (nor a read of the segment). */
+int lockvec_push_ref(struct lockvec *lv, const struct l1_key *k, const struct l1_ref *r, uint32_t holders);
 /* Drops m of the record's holders in L1 (only if they are still the ones it took). */
 void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m);
 void lockvec_free(struct lockvec *lv);

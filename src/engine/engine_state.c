@@ -33,6 +33,14 @@ int lockvec_push(struct lockvec *lv, const struct l1_key *k, uint64_t id, uint64
     return 0;
 }
 
+int lockvec_push_ref(struct lockvec *lv, const struct l1_key *k, const struct l1_ref *r, uint32_t holders)
+{
+    int rc = lockvec_push(lv, k, r->id, r->lock_epoch, holders);
+    if (rc == 0)
+        lv->v[lv->n - 1].slot = r->slot;
+    return rc;
+}
+
 void lockvec_free(struct lockvec *lv)
 {
     free(lv->v);
@@ -41,7 +49,7 @@ void lockvec_free(struct lockvec *lv)
 
 void lockrec_unlock(struct engine *e, struct lockrec *r, uint32_t m)
 {
-    struct l1_ref ref = { .id = r->id, .lock_epoch = r->epoch };
+    struct l1_ref ref = { .id = r->id, .lock_epoch = r->epoch, .slot = r->slot };
     if (m)
         l1_unlock_refs(e->l1, &r->key, &ref, 1, m);
     r->holders -= m < r->holders ? m : r->holders;

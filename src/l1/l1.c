@@ -26,54 +26,103 @@
 #define L1_MAX_READERS 65535u
 #define L1_MIN_BUCKETS 1024u
 
-/* ---- lists ---------------------------------------------------------------- */
+/* ---- lists ----------------------------------------------------------------
+ * Circular lists of slot indices with a sentinel record per list (l1->head_*).
+ * Each object has two links: lru, and q (resv, locked or pending). */
 
-static void list_init(struct l1_node *h) { h->prev = h->next = h; }
+enum l1_which { L_LRU, L_Q };
 
-static void list_append(struct l1_node *h, struct l1_node *n)
+#define L1_INLINE static inline __attribute__((always_inline))
+
+L1_INLINE struct l1_link *lnk(struct l1_obj *objs, uint32_t i, enum l1_which w)
 {
-    n->prev = h->prev;
-    n->next = h;
-    h->prev->next = n;
-    h->prev = n;
+    return w == L_LRU ? &objs[i].lru : &objs[i].q;
 }
 
-static void list_del(struct l1_node *n)
+static void list_init(struct l1 *l1, uint32_t h)
 {
-    if (!n->next)
+    l1->objs[h].lru = l1->objs[h].q = (struct l1_link){ h, h };
+}
+
+L1_INLINE void list_append(struct l1 *l1, enum l1_which w, uint32_t h, uint32_t n)
+{
+    struct l1_obj *objs = l1->objs;
+    struct l1_link *hl = lnk(objs, h, w), *nl = lnk(objs, n, w);
+    uint32_t tail = hl->prev;
+    nl->prev = tail;
+    nl->next = h;
+    lnk(objs, tail, w)->next = n;
+    hl->prev = n;
+}
+
+L1_INLINE void list_del(struct l1 *l1, enum l1_which w, uint32_t n)
+{
+    struct l1_obj *objs = l1->objs;
+    struct l1_link *nl = lnk(objs, n, w);
+    uint32_t prev = nl->prev, next = nl->next;
+    if (next == L1_NIL)
         return;
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->prev = n->next = NULL;
+    lnk(objs, prev, w)->next = next;
+    lnk(objs, next, w)->prev = prev;
+    nl->prev = nl->next = L1_NIL;
 }
 
-/* ---- hash index ----------------------------------------------------------- */
+static inline bool on_q(const struct l1_obj *o) { return o->q.next != L1_NIL; }
+
+/* ---- hash index -----------------------------------------------------------
+ * Chains of slot indices; the key itself is read from the object's table
+ * entry in the segment, only when the 32-bit hash in the record matches. */
 
 static uint64_t key_hash(const struct l1_key *k) { return XXH3_64bits(k, sizeof(*k)); }
 
-static struct l1_obj *index_find(struct l1 *l1, const struct l1_key *k)
+static const struct l1_key *key_of(const struct l1 *l1, uint32_t slot)
 {
-    uint64_t h = key_hash(k);
-    for (struct l1_obj *o = l1->buckets[h & (l1->nb - 1)]; o; o = o->hnext)
-        if (o->hash == h && memcmp(&o->key, k, sizeof(*k)) == 0)
-            return o;
+    return &l1->table[slot].key;
+}
+
+/* memcmp of a constant 48 bytes compiles to a few vector compares. */
+static inline bool key_eq(const struct l1_key *a, const struct l1_key *b)
+{
+    return memcmp(a, b, sizeof(*a)) == 0;
+}
+
+L1_INLINE struct l1_obj *index_find(struct l1 *l1, const struct l1_key *k)
+{
+    uint32_t h = (uint32_t)key_hash(k);
+    const struct l1_obj *objs = l1->objs;
+    for (uint32_t i = l1->buckets[h & (l1->nb - 1)]; i != L1_NIL; i = objs[i].hnext)
+        if (objs[i].hash == h && key_eq(key_of(l1, i), k))
+            return &l1->objs[i];
     return NULL;
 }
 
-/* Doubles the bucket array; on malloc failure keeps the old one (longer chains). */
+static uint32_t *buckets_new(uint64_t nb)
+{
+    uint32_t *b = malloc(nb * sizeof(*b));
+    if (b)
+        memset(b, 0xff, nb * sizeof(*b)); /* L1_NIL */
+    return b;
+}
+
+/* Doubles the bucket array; on malloc failure keeps the old one (longer
+ * chains). Chains are rebuilt from the hashes in the records: the table
+ * in the segment is never trusted for the index's shape. */
 static void index_grow(struct l1 *l1)
 {
     uint64_t nb = l1->nb * 2;
-    struct l1_obj **b = calloc(nb, sizeof(*b));
+    if (nb > (1ull << 32))
+        return;
+    uint32_t *b = buckets_new(nb);
     if (!b)
         return;
     for (uint64_t i = 0; i < l1->nb; i++) {
-        struct l1_obj *o = l1->buckets[i];
-        while (o) {
-            struct l1_obj *next = o->hnext;
+        uint32_t s = l1->buckets[i];
+        while (s != L1_NIL) {
+            struct l1_obj *o = &l1->objs[s];
+            uint32_t next = o->hnext;
             o->hnext = b[o->hash & (nb - 1)];
-            b[o->hash & (nb - 1)] = o;
-            o = next;
+            b[o->hash & (nb - 1)] = s;
+            s = next;
         }
     }
     free(l1->buckets);
@@ -85,36 +134,77 @@ static void index_insert(struct l1 *l1, struct l1_obj *o)
 {
     if (l1->count >= l1->nb)
         index_grow(l1);
-    struct l1_obj **b = &l1->buckets[o->hash & (l1->nb - 1)];
+    uint32_t *b = &l1->buckets[o->hash & (l1->nb - 1)];
     o->hnext = *b;
-    *b = o;
+    *b = l1_slot_of(l1, o);
     l1->count++;
 }
 
 static void index_remove(struct l1 *l1, struct l1_obj *o)
 {
-    struct l1_obj **p = &l1->buckets[o->hash & (l1->nb - 1)];
-    while (*p != o)
-        p = &(*p)->hnext;
+    uint32_t s = l1_slot_of(l1, o);
+    uint32_t *p = &l1->buckets[o->hash & (l1->nb - 1)];
+    while (*p != s)
+        p = &l1->objs[*p].hnext;
     *p = o->hnext;
-    o->hnext = NULL;
+    o->hnext = L1_NIL;
     l1->count--;
+}
+
+/* ---- slots ---------------------------------------------------------------- */
+
+/* The slot the next slot_take returns (n_free_slots > 0). */
+static uint32_t slot_peek(const struct l1 *l1)
+{
+    return l1->free_head != L1_NIL ? l1->free_head : (uint32_t)l1->slots_used;
+}
+
+static struct l1_obj *slot_take(struct l1 *l1)
+{
+    uint32_t s = slot_peek(l1);
+    if (s == l1->free_head)
+        l1->free_head = l1->objs[s].hnext;
+    else
+        l1->slots_used++; /* a fresh slot: its record page is touched only now */
+    l1->n_free_slots--;
+    return &l1->objs[s];
+}
+
+static void slot_put(struct l1 *l1, struct l1_obj *o)
+{
+    *o = (struct l1_obj){ .state = L1_OBJ_FREE, .hnext = l1->free_head };
+    l1->free_head = l1_slot_of(l1, o);
+    l1->n_free_slots++;
+}
+
+static uint64_t obj_alloc_bytes(const struct l1 *l1, const struct l1_obj *o)
+{
+    return l1_alloc_round(&l1->alloc, l1_obj_length(o));
+}
+
+static uint64_t obj_offset(const struct l1 *l1, const struct l1_obj *o)
+{
+    return l1_alloc_off(&l1->alloc, l1_slot_of(l1, o));
 }
 
 /* ---- object table in the segment ----------------------------------------- */
 
-static void table_write(struct l1 *l1, const struct l1_obj *o, enum l1_seg_state state)
+/* A new reservation's entry: key, place, then the state. */
+static void table_reserve(struct l1 *l1, const struct l1_obj *o, const struct l1_key *k)
 {
-    struct l1_seg_entry *e = &l1->table[o->slot];
-    if (state == L1_SEG_RESERVED) {
-        e->key = o->key;
-        e->offset = o->ext->off;
-        e->length = o->length;
-        e->alloc_bytes = o->ext->len;
-    }
+    uint32_t s = l1_slot_of(l1, o);
+    struct l1_seg_entry *e = &l1->table[s];
+    e->key = *k;
+    e->length = l1_obj_length(o);
+    e->offset_units = l1->alloc.u[s].off;
     /* A reader of the table (warm restart) trusts READY only once the
      * fields above are in place. */
-    __atomic_store_n(&e->state, (uint32_t)state, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->state, (uint32_t)L1_SEG_RESERVED, __ATOMIC_RELEASE);
+}
+
+static void table_write(struct l1 *l1, const struct l1_obj *o, enum l1_seg_state state)
+{
+    __atomic_store_n(&l1->table[l1_slot_of(l1, o)].state, (uint32_t)state, __ATOMIC_RELEASE);
 }
 
 /* ---- object lifecycle ----------------------------------------------------- */
@@ -122,11 +212,12 @@ static void table_write(struct l1 *l1, const struct l1_obj *o, enum l1_seg_state
 /* Unlinks o from every structure, frees its extent and table slot. */
 static void obj_free(struct l1 *l1, struct l1_obj *o)
 {
+    uint32_t s = l1_slot_of(l1, o);
     if (o->state != L1_OBJ_PENDING)
         index_remove(l1, o);
-    list_del(&o->lru);
-    if (o->q.next) {
-        list_del(&o->q);
+    list_del(l1, L_LRU, s);
+    if (on_q(o)) {
+        list_del(l1, L_Q, s);
         if (o->state == L1_OBJ_RESERVED)
             l1->n_resv--;
         else if (o->state == L1_OBJ_READY)
@@ -135,9 +226,8 @@ static void obj_free(struct l1 *l1, struct l1_obj *o)
             l1->n_pending--;
     }
     table_write(l1, o, L1_SEG_FREE);
-    l1->free_slots[l1->n_free_slots++] = o->slot;
-    l1_alloc_put(&l1->alloc, o->ext);
-    free(o);
+    l1_alloc_put(&l1->alloc, s, l1_obj_length(o));
+    slot_put(l1, o);
 }
 
 bool l1_evictable_locked(const struct l1_obj *o, uint64_t now)
@@ -148,41 +238,46 @@ bool l1_evictable_locked(const struct l1_obj *o, uint64_t now)
 void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o)
 {
     l1->st.evicted_count++;
-    l1->st.evicted_bytes += o->ext->len;
+    l1->st.evicted_bytes += obj_alloc_bytes(l1, o);
     obj_free(l1, o);
 }
 
 /* A READY object's holders expired: it becomes unlocked. */
-static void drop_holders(struct l1 *l1, struct l1_obj *o)
+L1_INLINE void drop_holders(struct l1 *l1, struct l1_obj *o)
 {
     if (o->holders)
         l1->st.expired_read_locks++; /* readers that never released: a metric to alert on */
     o->holders = 0;
-    if (o->q.next && o->state == L1_OBJ_READY) {
-        list_del(&o->q);
+    if (on_q(o) && o->state == L1_OBJ_READY) {
+        list_del(l1, L_Q, l1_slot_of(l1, o));
         l1->n_locked--;
     }
 }
 
 void l1_settle_locked(struct l1 *l1, uint64_t now)
 {
-    while (l1->resv.next != &l1->resv) {
-        struct l1_obj *o = L1_OBJ_OF(l1->resv.next, q);
+    uint32_t h;
+    h = l1->head_resv;
+    while (l1->objs[h].q.next != h) {
+        struct l1_obj *o = &l1->objs[l1->objs[h].q.next];
         if (o->expiry_ns > now)
             break;
         l1->st.expired_reservations++;
         obj_free(l1, o);
     }
-    while (l1->locked.next != &l1->locked) {
-        struct l1_obj *o = L1_OBJ_OF(l1->locked.next, q);
+    h = l1->head_locked;
+    while (l1->objs[h].q.next != h) {
+        struct l1_obj *o = &l1->objs[l1->objs[h].q.next];
         if (o->expiry_ns > now)
             break;
         drop_holders(l1, o);
     }
-    for (struct l1_node *n = l1->pending.next, *next; n != &l1->pending; n = next) {
-        next = n->next;
-        struct l1_obj *o = L1_OBJ_OF(n, q);
-        if (o->pins == 0 && (o->expiry_ns <= now || (!o->was_reserved && o->holders == 0)))
+    h = l1->head_pending;
+    for (uint32_t i = l1->objs[h].q.next, next; i != h; i = next) {
+        struct l1_obj *o = &l1->objs[i];
+        next = o->q.next;
+        if (o->pins == 0 &&
+            (o->expiry_ns <= now || (!(o->flags & L1_OBJ_WAS_RESERVED) && o->holders == 0)))
             obj_free(l1, o);
     }
 }
@@ -191,18 +286,22 @@ void l1_settle_locked(struct l1 *l1, uint64_t now)
  * its bytes; it is freed when they finish or its TTL runs out. */
 static void obj_make_pending(struct l1 *l1, struct l1_obj *o)
 {
+    uint32_t s = l1_slot_of(l1, o);
     index_remove(l1, o);
-    list_del(&o->lru);
-    if (o->q.next) {
-        list_del(&o->q);
+    list_del(l1, L_LRU, s);
+    if (on_q(o)) {
+        list_del(l1, L_Q, s);
         if (o->state == L1_OBJ_RESERVED)
             l1->n_resv--;
         else
             l1->n_locked--;
     }
-    o->was_reserved = o->state == L1_OBJ_RESERVED;
+    if (o->state == L1_OBJ_RESERVED)
+        o->flags |= L1_OBJ_WAS_RESERVED;
+    else
+        o->flags &= (uint8_t)~L1_OBJ_WAS_RESERVED;
     o->state = L1_OBJ_PENDING;
-    list_append(&l1->pending, &o->q);
+    list_append(l1, L_Q, l1->head_pending, s);
     l1->n_pending++;
     table_write(l1, o, L1_SEG_PENDING_FREE);
 }
@@ -210,11 +309,12 @@ static void obj_make_pending(struct l1 *l1, struct l1_obj *o)
 static struct l1_obj *pending_find(struct l1 *l1, const struct l1_key *k, uint64_t id,
                                    bool match_id, bool want_reserved)
 {
-    for (struct l1_node *n = l1->pending.next; n != &l1->pending; n = n->next) {
-        struct l1_obj *o = L1_OBJ_OF(n, q);
-        if (o->was_reserved != want_reserved)
+    uint32_t h = l1->head_pending;
+    for (uint32_t i = l1->objs[h].q.next; i != h; i = l1->objs[i].q.next) {
+        struct l1_obj *o = &l1->objs[i];
+        if (!(o->flags & L1_OBJ_WAS_RESERVED) != !want_reserved)
             continue;
-        if (match_id ? o->id == id : memcmp(&o->key, k, sizeof(*k)) == 0)
+        if (match_id ? o->id == id : key_eq(key_of(l1, i), k))
             return o;
     }
     return NULL;
@@ -278,7 +378,14 @@ static int plan_layout(struct l1 *l1, struct l1_seg_header *h)
         if (entries < 256)
             entries = 256;
     }
-    if (entries > UINT32_MAX || entries > o->size_bytes / sizeof(struct l1_seg_entry))
+    if (entries > L1_MAX_SLOTS) {
+        /* object links are 32-bit slot indices (l1_internal.h) */
+        log_error("L1 object table of %" PRIu64 " entries is more than the %u objects lmcd's "
+                  "32-bit object links address; lower max_objects",
+                  entries, (unsigned)L1_MAX_SLOTS);
+        return -EINVAL;
+    }
+    if (entries > o->size_bytes / sizeof(struct l1_seg_entry))
         goto small;
     uint64_t table = round_up(entries * sizeof(struct l1_seg_entry), a);
     if (hdr + table >= o->size_bytes)
@@ -286,6 +393,16 @@ static int plan_layout(struct l1 *l1, struct l1_seg_header *h)
     uint64_t data = (o->size_bytes - hdr - table) & ~(o->align_bytes - 1);
     if (data < o->align_bytes)
         goto small;
+    if (data / o->align_bytes > UINT32_MAX) {
+        /* extents are 32-bit offsets in align units (l1_alloc.h) */
+        uint64_t need = o->align_bytes;
+        while (data / need > UINT32_MAX)
+            need *= 2;
+        log_error("L1 data area of %" PRIu64 " bytes is more than 2^32 units of align_bytes %" PRIu64
+                  " (lmcd's 32-bit extent offsets); raise --l1-align-bytes to at least %" PRIu64,
+                  data, o->align_bytes, need);
+        return -EINVAL;
+    }
     *h = (struct l1_seg_header){ 0 };
     memcpy(h->magic, L1_SEG_MAGIC, sizeof(h->magic));
     h->layout_version = L1_SEG_LAYOUT_VERSION;
@@ -358,11 +475,8 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
     l1->opts.clock = l1->clock;
     l1->read_ttl_ns = (uint64_t)o->read_ttl_s * 1000000000ull;
     l1->write_ttl_ns = (uint64_t)o->write_ttl_s * 1000000000ull;
-    list_init(&l1->lru);
-    list_init(&l1->resv);
-    list_init(&l1->locked);
-    list_init(&l1->pending);
     l1->next_id = 1;
+    l1->free_head = L1_NIL;
     l1->st.read_ttl_s = o->read_ttl_s;
     l1->st.write_ttl_s = o->write_ttl_s;
 
@@ -371,14 +485,23 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
     rc = -ENOMEM;
     l1->nb = L1_MIN_BUCKETS;
     l1->table_entries = h.table_entries;
-    if (!(l1->buckets = calloc(l1->nb, sizeof(*l1->buckets))) ||
-        !(l1->free_slots = malloc(h.table_entries * sizeof(*l1->free_slots))))
+    /* calloc of a large array maps zero pages: a record costs memory only
+     * once its slot is first used (slots are handed out low first). */
+    if (!(l1->buckets = buckets_new(l1->nb)) ||
+        !(l1->objs = calloc(h.table_entries + 4, sizeof(*l1->objs))))
         goto fail;
-    for (uint64_t i = 0; i < h.table_entries; i++)
-        l1->free_slots[i] = (uint32_t)(h.table_entries - 1 - i);
+    l1->head_lru = (uint32_t)h.table_entries;
+    l1->head_resv = l1->head_lru + 1;
+    l1->head_locked = l1->head_lru + 2;
+    l1->head_pending = l1->head_lru + 3;
+    for (uint32_t i = l1->head_lru; i <= l1->head_pending; i++)
+        list_init(l1, i);
     l1->n_free_slots = h.table_entries;
-    if ((rc = l1_alloc_init(&l1->alloc, h.data_offset, h.data_bytes, o->align_bytes)) < 0)
+    if ((rc = l1_alloc_init(&l1->alloc, h.data_offset, h.data_bytes, o->align_bytes,
+                            h.table_entries)) < 0) {
+        rc = rc == -E2BIG ? -EINVAL : rc; /* plan_layout refused those already */
         goto fail;
+    }
     if ((rc = init_sync(l1)) < 0)
         goto fail;
     sync = true;
@@ -404,18 +527,10 @@ fail:
         pthread_mutex_destroy(&l1->mu);
     }
     l1_alloc_fini(&l1->alloc);
-    free(l1->free_slots);
+    free(l1->objs);
     free(l1->buckets);
     free(l1);
     return rc;
-}
-
-static void free_list(struct l1_node *h, size_t field_off)
-{
-    for (struct l1_node *n = h->next, *next; n != h; n = next) {
-        next = n->next;
-        free((char *)n - field_off);
-    }
 }
 
 void l1_destroy(struct l1 *l1)
@@ -423,17 +538,12 @@ void l1_destroy(struct l1 *l1)
     if (!l1)
         return;
     l1_evict_stop(l1);
-    /* Every object is on exactly one of these lists: READY on lru,
-     * RESERVED on resv, PENDING on pending. */
-    free_list(&l1->lru, __builtin_offsetof(struct l1_obj, lru));
-    free_list(&l1->resv, __builtin_offsetof(struct l1_obj, q));
-    free_list(&l1->pending, __builtin_offsetof(struct l1_obj, q));
     l1_shm_destroy(&l1->shm);
     l1_alloc_fini(&l1->alloc);
     pthread_cond_destroy(&l1->evict_cv);
     pthread_mutex_destroy(&l1->evict_mu);
     pthread_mutex_destroy(&l1->mu);
-    free(l1->free_slots);
+    free(l1->objs);
     free(l1->buckets);
     free(l1);
 }
@@ -449,12 +559,14 @@ const char *l1_status_name(enum l1_status s)
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "unknown";
 }
 
-static void ref_of(const struct l1_obj *o, struct l1_ref *r)
+L1_INLINE void ref_of(const struct l1 *l1, const struct l1_obj *o, struct l1_ref *r)
 {
     r->id = o->id;
-    r->offset = o->ext->off;
-    r->length = o->length;
-    r->lock_epoch = o->lock_epoch;
+    r->offset = obj_offset(l1, o);
+    r->length = l1_obj_length(o);
+    r->lock_epoch = o->state == L1_OBJ_RESERVED ? 0 : o->lock_epoch; /* writer shares its word */
+    r->slot = l1_slot_of(l1, o) + 1;
+    r->reserved_ = 0;
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -463,16 +575,16 @@ static void ref_of(const struct l1_obj *o, struct l1_ref *r)
  * LRU list once per batch: only evicted objects leave it meanwhile, and the
  * cursor always moves past an object before it is freed. */
 struct room {
-    struct l1_node *cursor;
+    uint32_t cursor;
     bool exhausted;
 };
 
 /* Evicts the next evictable object at or after the cursor; false when none. */
 static bool evict_next(struct l1 *l1, struct room *rm, uint64_t now)
 {
-    while (rm->cursor != &l1->lru) {
-        struct l1_obj *o = L1_OBJ_OF(rm->cursor, lru);
-        rm->cursor = rm->cursor->next;
+    while (rm->cursor != l1->head_lru) {
+        struct l1_obj *o = &l1->objs[rm->cursor];
+        rm->cursor = o->lru.next;
         if (l1_evictable_locked(o, now)) {
             l1->st.demand_evicted_count++;
             l1_evict_obj_locked(l1, o);
@@ -483,15 +595,17 @@ static bool evict_next(struct l1 *l1, struct room *rm, uint64_t now)
     return false;
 }
 
-/* An extent and a table slot for `bytes`, evicting on demand (LRU only). */
+/* A table slot and its extent for `bytes`, evicting on demand (LRU only). */
 static int make_room(struct l1 *l1, struct room *rm, uint64_t bytes, uint64_t now,
-                     struct l1_extent **ext)
+                     struct l1_obj **out)
 {
     uint64_t need = l1_alloc_round(&l1->alloc, bytes);
     for (;;) {
         if (l1->n_free_slots > 0 && l1->alloc.bytes - l1->alloc.used >= need &&
-            l1_alloc_get(&l1->alloc, bytes, ext) == 0)
+            l1_alloc_get(&l1->alloc, bytes, slot_peek(l1)) == 0) {
+            *out = slot_take(l1);
             return 0;
+        }
         if (l1->opts.policy != L1_POLICY_LRU || rm->exhausted || !evict_next(l1, rm, now))
             return -ENOMEM;
     }
@@ -502,7 +616,7 @@ static enum l1_status reserve_one(struct l1 *l1, struct room *rm, const struct l
                                   struct l1_ref *ref)
 {
     static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000, 5);
-    if (size == 0 || size > l1->alloc.bytes)
+    if (size == 0 || size > l1->alloc.bytes || size > L1_MAX_LENGTH)
         return L1_INVALID;
     struct l1_obj *o = index_find(l1, k);
     if (o && o->state == L1_OBJ_READY)
@@ -514,9 +628,7 @@ static enum l1_status reserve_one(struct l1 *l1, struct room *rm, const struct l
         l1->st.expired_reservations++;
         obj_free(l1, o);
     }
-    struct l1_extent *ext;
-    if (!(o = calloc(1, sizeof(*o))) || make_room(l1, rm, size, now, &ext) < 0) {
-        free(o);
+    if (make_room(l1, rm, size, now, &o) < 0) {
         l1->st.alloc_failures++;
         log_rl(&rl, LOG_WARNING,
                "L1 cannot fit an object of %" PRIu64 " bytes: %" PRIu64 " of %" PRIu64
@@ -527,20 +639,23 @@ static enum l1_status reserve_one(struct l1 *l1, struct room *rm, const struct l
                                                 : "evicted (policy noop)");
         return L1_NOMEM;
     }
-    o->key = *k;
-    o->hash = key_hash(k);
-    o->id = l1->next_id++;
-    o->writer = writer;
-    o->length = size;
-    o->expiry_ns = now + l1->write_ttl_ns;
-    o->ext = ext;
-    o->state = L1_OBJ_RESERVED;
-    o->slot = l1->free_slots[--l1->n_free_slots];
+    *o = (struct l1_obj){
+        .id = l1->next_id++,
+        .expiry_ns = now + l1->write_ttl_ns,
+        .writer = writer,
+        .len_lo = (uint32_t)size,
+        .len_hi = (uint16_t)(size >> 32),
+        .state = L1_OBJ_RESERVED,
+        .hash = (uint32_t)key_hash(k),
+        .hnext = L1_NIL,
+        .lru = { L1_NIL, L1_NIL },
+        .q = { L1_NIL, L1_NIL },
+    };
     index_insert(l1, o);
-    list_append(&l1->resv, &o->q);
+    list_append(l1, L_Q, l1->head_resv, l1_slot_of(l1, o));
     l1->n_resv++;
-    table_write(l1, o, L1_SEG_RESERVED);
-    ref_of(o, ref);
+    table_reserve(l1, o, k);
+    ref_of(l1, o, ref);
     return L1_OK;
 }
 
@@ -555,7 +670,7 @@ int l1_reserve_write(struct l1 *l1, const struct l1_key *keys, const uint64_t *s
     uint64_t now = clock_now_ns(l1->clock);
     l1_settle_locked(l1, now);
     bool broken = __atomic_load_n(&l1->seg_broken, __ATOMIC_RELAXED);
-    struct room rm = { l1->lru.next, false };
+    struct room rm = { l1->objs[l1->head_lru].lru.next, false };
     for (size_t i = 0; i < n; i++) {
         st[i] = broken ? L1_NOMEM : reserve_one(l1, &rm, &keys[i], sizes[i], writer, now, &refs[i]);
         done += st[i] == L1_OK;
@@ -599,12 +714,14 @@ int l1_publish(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, si
         enum l1_status s;
         struct l1_obj *o = take_reservation(l1, &keys[i], ids[i], writer, now, &s);
         if (o) {
-            list_del(&o->q);
+            uint32_t slot = l1_slot_of(l1, o);
+            list_del(l1, L_Q, slot);
             l1->n_resv--;
             o->state = L1_OBJ_READY;
             o->holders = 0;
             o->expiry_ns = 0;
-            list_append(&l1->lru, &o->lru);
+            o->lock_epoch = 0; /* the word held the writer */
+            list_append(l1, L_LRU, l1->head_lru, slot);
             table_write(l1, o, L1_SEG_READY);
             s = L1_OK;
             done++;
@@ -640,18 +757,18 @@ int l1_abort_all(struct l1 *l1, uint64_t writer)
 {
     int done = 0;
     pthread_mutex_lock(&l1->mu);
-    for (struct l1_node *n = l1->resv.next, *next; n != &l1->resv; n = next) {
-        next = n->next;
-        struct l1_obj *o = L1_OBJ_OF(n, q);
+    for (uint32_t h = l1->head_resv, i = l1->objs[h].q.next, next; i != h; i = next) {
+        struct l1_obj *o = &l1->objs[i];
+        next = o->q.next;
         if (o->writer == writer) {
             obj_free(l1, o);
             done++;
         }
     }
-    for (struct l1_node *n = l1->pending.next, *next; n != &l1->pending; n = next) {
-        next = n->next;
-        struct l1_obj *o = L1_OBJ_OF(n, q);
-        if (o->was_reserved && o->writer == writer)
+    for (uint32_t h = l1->head_pending, i = l1->objs[h].q.next, next; i != h; i = next) {
+        struct l1_obj *o = &l1->objs[i];
+        next = o->q.next;
+        if ((o->flags & L1_OBJ_WAS_RESERVED) && o->writer == writer)
             obj_free(l1, o);
     }
     pthread_mutex_unlock(&l1->mu);
@@ -660,7 +777,7 @@ int l1_abort_all(struct l1 *l1, uint64_t writer)
 
 /* ---- reads ---------------------------------------------------------------- */
 
-static void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
+L1_INLINE void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
 {
     if (o->holders && o->expiry_ns <= now)
         drop_holders(l1, o); /* an expired lock restarts from zero */
@@ -670,14 +787,15 @@ static void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t
     o->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
     o->expiry_ns = now + l1->read_ttl_ns;
     /* Moving to the tail keeps `locked` in expiry order. */
-    if (o->q.next)
-        list_del(&o->q);
+    uint32_t slot = l1_slot_of(l1, o);
+    if (on_q(o))
+        list_del(l1, L_Q, slot);
     else
         l1->n_locked++;
-    list_append(&l1->locked, &o->q);
+    list_append(l1, L_Q, l1->head_locked, slot);
 }
 
-static struct l1_obj *ready_find(struct l1 *l1, const struct l1_key *k)
+L1_INLINE struct l1_obj *ready_find(struct l1 *l1, const struct l1_key *k)
 {
     struct l1_obj *o = index_find(l1, k);
     return o && o->state == L1_OBJ_READY ? o : NULL;
@@ -698,7 +816,7 @@ int l1_lock_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t 
             break;
         lock_obj(l1, o, readers, now);
         if (refs)
-            ref_of(o, &refs[i]);
+            ref_of(l1, o, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     return (int)i;
@@ -720,7 +838,7 @@ int l1_lock(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t readers
         struct l1_obj *o = ready_find(l1, &keys[i]);
         lock_obj(l1, o, readers, now);
         if (refs)
-            ref_of(o, &refs[i]);
+            ref_of(l1, o, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     return rc;
@@ -753,6 +871,22 @@ static struct l1_obj *held_find(struct l1 *l1, const struct l1_key *k, const uin
     return o;
 }
 
+/* held_find for a ref: a ref from L1 names its slot, and an object never
+ * moves and ids are never reused, so the record alone answers (no key is
+ * read from the segment: see l1_unpin in l1.h). A ref the caller built
+ * (slot 0) goes by key. */
+static struct l1_obj *held_find_ref(struct l1 *l1, const struct l1_key *k, const struct l1_ref *r)
+{
+    if (r->slot == 0 || r->slot > l1->table_entries)
+        return held_find(l1, k, &r->id);
+    struct l1_obj *o = &l1->objs[r->slot - 1];
+    if (o->id != r->id)
+        return NULL; /* gone */
+    if (o->state == L1_OBJ_READY || (o->state == L1_OBJ_PENDING && !(o->flags & L1_OBJ_WAS_RESERVED)))
+        return o;
+    return NULL;
+}
+
 int l1_unlock(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size_t n,
               uint32_t readers)
 {
@@ -779,7 +913,7 @@ int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
+        struct l1_obj *o = held_find_ref(l1, &keys[i], &refs[i]);
         if (o && o->lock_epoch == refs[i].lock_epoch && unlock_obj(l1, o, readers, now))
             done++;
     }
@@ -803,15 +937,15 @@ int l1_pin_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint64_t m
             break;
         /* an object already pinned costs nothing more: the budget bounds
          * memory that eviction cannot reclaim, not frames */
-        if (o->pins == UINT32_MAX || (o->pins == 0 && l1->pinned_bytes + o->ext->len > max_pinned_bytes)) {
+        if (o->pins == UINT32_MAX || (o->pins == 0 && l1->pinned_bytes + obj_alloc_bytes(l1, o) > max_pinned_bytes)) {
             over = true;
             break;
         }
         if (o->pins++ == 0) {
             l1->n_pinned++;
-            l1->pinned_bytes += o->ext->len;
+            l1->pinned_bytes += obj_alloc_bytes(l1, o);
         }
-        ref_of(o, &refs[i]);
+        ref_of(l1, o, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     if (over_budget)
@@ -827,12 +961,12 @@ int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs
     pthread_mutex_lock(&l1->mu);
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
-        struct l1_obj *o = held_find(l1, &keys[i], &refs[i].id);
+        struct l1_obj *o = held_find_ref(l1, &keys[i], &refs[i]);
         if (!o || !o->pins)
             continue; /* cannot happen: a pinned object is never freed */
         if (--o->pins == 0) {
             l1->n_pinned--;
-            l1->pinned_bytes -= o->ext->len;
+            l1->pinned_bytes -= obj_alloc_bytes(l1, o);
             /* removed by a forced clear meanwhile: free it once nothing holds it */
             if (o->state == L1_OBJ_PENDING && (o->holders == 0 || o->expiry_ns <= now))
                 obj_free(l1, o);
@@ -863,7 +997,7 @@ int l1_get(struct l1 *l1, const struct l1_key *key, struct l1_ref *ref)
     pthread_mutex_lock(&l1->mu);
     struct l1_obj *o = ready_find(l1, key);
     if (o) {
-        ref_of(o, ref);
+        ref_of(l1, o, ref);
         rc = 0;
     }
     pthread_mutex_unlock(&l1->mu);
@@ -879,8 +1013,8 @@ int l1_touch(struct l1 *l1, const struct l1_key *keys, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct l1_obj *o = ready_find(l1, &keys[i]);
         if (o) {
-            list_del(&o->lru);
-            list_append(&l1->lru, &o->lru);
+            list_del(l1, L_LRU, l1_slot_of(l1, o));
+            list_append(l1, L_LRU, l1->head_lru, l1_slot_of(l1, o));
             done++;
         }
     }
@@ -894,9 +1028,9 @@ static int clear_locked(struct l1 *l1, bool force, uint64_t now)
 {
     int done = 0;
     l1_settle_locked(l1, now);
-    for (struct l1_node *n = l1->lru.next, *next; n != &l1->lru; n = next) {
-        next = n->next;
-        struct l1_obj *o = L1_OBJ_OF(n, lru);
+    for (uint32_t h = l1->head_lru, i = l1->objs[h].lru.next, next; i != h; i = next) {
+        struct l1_obj *o = &l1->objs[i];
+        next = o->lru.next;
         if (l1_evictable_locked(o, now))
             obj_free(l1, o);
         else if (force)
@@ -906,8 +1040,9 @@ static int clear_locked(struct l1 *l1, bool force, uint64_t now)
         done++;
     }
     if (force) {
-        while (l1->resv.next != &l1->resv) {
-            obj_make_pending(l1, L1_OBJ_OF(l1->resv.next, q));
+        uint32_t h = l1->head_resv;
+        while (l1->objs[h].q.next != h) {
+            obj_make_pending(l1, &l1->objs[l1->objs[h].q.next]);
             done++;
         }
     }
@@ -1010,8 +1145,9 @@ int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size
             continue;
         o->expiry_ns = now + l1->write_ttl_ns;
         /* the lists are kept in expiry order: move to the tail */
-        list_del(&o->q);
-        list_append(o->state == L1_OBJ_RESERVED ? &l1->resv : &l1->pending, &o->q);
+        list_del(l1, L_Q, l1_slot_of(l1, o));
+        list_append(l1, L_Q, o->state == L1_OBJ_RESERVED ? l1->head_resv : l1->head_pending,
+                    l1_slot_of(l1, o));
         done++;
     }
     pthread_mutex_unlock(&l1->mu);

@@ -130,6 +130,10 @@ struct l1_ref {
     uint64_t offset; /* from l1_base() */
     uint64_t length;
     uint64_t lock_epoch; /* lock calls: which run of holders this lock joined */
+    uint32_t slot;       /* L1's own (its table slot + 1): lets l1_unpin and
+                            l1_unlock_refs find the object without reading its
+                            key from the segment; 0 in a ref the caller built */
+    uint32_t reserved_;
 };
 
 /* Reserves n objects of sizes[i] bytes for `writer` (the worker instance id).
@@ -206,6 +210,10 @@ int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref
 int l1_pin_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint64_t max_pinned_bytes,
                   struct l1_ref *refs, bool *over_budget);
 int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs, size_t n);
+/* l1_unpin, and l1_unlock_refs with refs from L1, never touch the segment:
+ * they may run on a thread that blocks SIGBUS (ZeroMQ's I/O thread frees
+ * zero-copy frames), where an access to a truncated segment would kill the
+ * process instead of reaching the guard (l1_guard.h). */
 
 /* A READY object's place. 0 or -ENOENT. The bytes stay valid only while the
  * caller holds a read lock on it. */

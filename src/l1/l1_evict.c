@@ -33,13 +33,13 @@ static int evict_bytes_locked(struct l1 *l1, uint64_t target, uint64_t now)
 {
     int n = 0;
     uint64_t freed = 0;
-    for (struct l1_node *nd = l1->lru.next, *next; nd != &l1->lru && freed < target;
-         nd = next) {
-        next = nd->next;
-        struct l1_obj *o = L1_OBJ_OF(nd, lru);
+    for (uint32_t h = l1->head_lru, i = l1->objs[h].lru.next, next; i != h && freed < target;
+         i = next) {
+        struct l1_obj *o = &l1->objs[i];
+        next = o->lru.next;
         if (!l1_evictable_locked(o, now))
             continue;
-        freed += o->ext->len;
+        freed += l1_alloc_round(&l1->alloc, l1_obj_length(o));
         l1_evict_obj_locked(l1, o);
         n++;
     }

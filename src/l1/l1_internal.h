@@ -7,8 +7,8 @@
  *   lock         guards
  *   ----------   -------------------------------------------------------
  *   evict_mu     evict_stop, evict_started; never held while taking mu
- *   mu           buckets/nb/count, alloc, lru, resv, locked, pending,
- *                free_slots/n_free_slots, next_id, every l1_obj field,
+ *   mu           objs (every l1_obj field), buckets/nb/count, alloc,
+ *                the four lists, free slots, next_id,
  *                the object table in the segment, all counters in st
  *   (none)       opts copy, shm, hdr, table pointer: written in
  *                l1_create before any other thread sees the l1, then
@@ -25,35 +25,58 @@
 #include "l1/l1_alloc.h"
 #include "l1/l1_shm.h"
 
-/* Intrusive circular list with a sentinel; next == NULL: not on a list. */
-struct l1_node {
-    struct l1_node *prev, *next;
+/*
+ * Objects live in one array indexed by their object table slot (the entry
+ * in the segment's table holds the key, so it is kept once). Links are
+ * 32-bit slot indices; L1_NIL ends a list or marks "not on a list". Four
+ * records past the last slot are the sentinels of the circular lists
+ * (L1_HEAD_*), so a list operation never special-cases its ends. A free
+ * slot is chained through hnext. 64 bytes a record (docs/l1.md,
+ * "Metadata per object"); what that costs in limits: at most
+ * L1_MAX_SLOTS objects (l1_create refuses more with one line).
+ */
+#define L1_NIL UINT32_MAX
+#define L1_MAX_SLOTS (L1_ALLOC_MAX_SLOTS - 4u)
+
+struct l1_link {
+    uint32_t prev, next;
 };
 
 enum l1_obj_state {
+    L1_OBJ_FREE = 0,     /* slot unused */
     L1_OBJ_RESERVED = 1, /* on resv, in the index, invisible to readers */
     L1_OBJ_READY = 2,    /* on lru (and on locked while it has holders) */
     L1_OBJ_PENDING = 3,  /* removed by clear(true), on pending, not indexed */
 };
 
+#define L1_OBJ_WAS_RESERVED 1u /* PENDING: it was a reservation (its writer may publish/abort) */
+
 struct l1_obj {
-    struct l1_key key;
-    uint64_t hash;
     uint64_t id;
-    uint64_t writer;
-    uint64_t length;      /* payload bytes */
     uint64_t expiry_ns;   /* RESERVED: write deadline; READY/PENDING with holders: lock expiry */
-    struct l1_extent *ext;
-    struct l1_obj *hnext; /* hash chain */
-    struct l1_node lru;   /* READY: recency order, least recent first */
-    struct l1_node q;     /* RESERVED: resv; READY with holders: locked; PENDING: pending */
+    union {
+        uint64_t writer;     /* RESERVED, and PENDING that was reserved */
+        uint64_t lock_epoch; /* READY, and PENDING that was READY: +1 each time holders restart from zero */
+    };
+    uint32_t len_lo;      /* payload bytes: len_lo | len_hi << 32 (L1_MAX_LENGTH) */
+    uint16_t len_hi;
+    uint8_t state;
+    uint8_t flags;
+    uint32_t hash;        /* low 32 bits of the key hash: bucket and a cheap compare */
+    uint32_t hnext;       /* hash chain; a free slot: the next free slot */
+    struct l1_link lru;   /* READY: recency order, least recent first */
+    struct l1_link q;     /* RESERVED: resv; READY with holders: locked; PENDING: pending */
     uint32_t holders;
     uint32_t pins;        /* lmcd's own zero-copy readers (l1_pin_prefix): no TTL, never evicted or freed */
-    uint64_t lock_epoch;  /* +1 each time holders restart from zero */
-    uint32_t slot;        /* object table index */
-    uint8_t state;
-    bool was_reserved;    /* PENDING: it was a reservation (its writer may publish/abort) */
 };
+static_assert(sizeof(struct l1_obj) == 64, "one cache line per object");
+
+#define L1_MAX_LENGTH ((1ull << 48) - 1)
+
+static inline uint64_t l1_obj_length(const struct l1_obj *o)
+{
+    return (uint64_t)o->len_lo | (uint64_t)o->len_hi << 32;
+}
 
 struct l1 {
     struct l1_opts opts;  /* strings below point into names[] */
@@ -70,18 +93,17 @@ struct l1 {
     uint64_t table_entries;
 
     pthread_mutex_t mu;
-    struct l1_obj **buckets;   /* guarded by mu */
+    struct l1_obj *objs;       /* guarded by mu; table_entries + 4 sentinels */
+    uint32_t *buckets;         /* guarded by mu; slot or L1_NIL */
     uint64_t nb;               /* guarded by mu; power of two */
     uint64_t count;            /* guarded by mu; indexed objects */
-    struct l1_alloc alloc;     /* guarded by mu */
-    struct l1_node lru;        /* guarded by mu; READY objects */
-    struct l1_node resv;       /* guarded by mu; RESERVED, expiry order */
-    struct l1_node locked;     /* guarded by mu; READY with holders, expiry order */
-    struct l1_node pending;    /* guarded by mu; PENDING objects */
+    struct l1_alloc alloc;     /* guarded by mu; extents indexed by slot */
+    uint32_t head_lru, head_resv, head_locked, head_pending; /* sentinel slots (constant) */
     uint64_t n_resv, n_locked, n_pending; /* guarded by mu */
     uint64_t n_pinned, pinned_bytes;      /* guarded by mu: objects with pins, their allocation bytes */
-    uint32_t *free_slots;      /* guarded by mu; stack of free table indices */
+    uint32_t free_head;        /* guarded by mu; free slots chained by hnext */
     uint64_t n_free_slots;     /* guarded by mu */
+    uint64_t slots_used;       /* guarded by mu; slots ever used (the rest are fresh) */
     uint64_t next_id;          /* guarded by mu */
     struct l1_stats st;        /* guarded by mu; counters only */
     /* Segment health (l1_check): seg_gen counts restorations of a truncated
@@ -97,8 +119,10 @@ struct l1 {
     pthread_t evict_thread;
 };
 
-#define L1_OBJ_OF(node, field) \
-    ((struct l1_obj *)((char *)(node) - __builtin_offsetof(struct l1_obj, field)))
+static inline uint32_t l1_slot_of(const struct l1 *l1, const struct l1_obj *o)
+{
+    return (uint32_t)(o - l1->objs);
+}
 
 /* Called with mu held. */
 void l1_settle_locked(struct l1 *l1, uint64_t now);

@@ -41,8 +41,10 @@
 
 #define L1_SEG_MAGIC "LMCDL1\0\0"
 /* 2: ownership by flock + instance id. Version 1 segments (no lock) are
- * reclaimed only under their own (configured) name, never by the scan. */
-#define L1_SEG_LAYOUT_VERSION 2u
+ * reclaimed only under their own (configured) name, never by the scan.
+ * 3: 64-byte table entries (offset in align units from data_offset, no
+ * alloc_bytes); ownership as in 2, so the scan reclaims both. */
+#define L1_SEG_LAYOUT_VERSION 3u
 #define L1_SHM_DEFAULT_PREFIX "lmcache_l1_pool_"
 
 struct l1_seg_header {
@@ -70,15 +72,17 @@ enum l1_seg_state {
     L1_SEG_PENDING_FREE = 3, /* removed by clear(force), still held */
 };
 
+/* Layout 3. The key is kept only here (lmcd's index compares against it,
+ * docs/l1.md "Metadata per object"); the object's bytes are at
+ * data_offset + offset_units * align_bytes, its allocation is length
+ * rounded up to align_bytes. */
 struct l1_seg_entry {
     struct l1_key key;
-    uint64_t offset;      /* from the segment base */
-    uint64_t length;      /* payload bytes */
-    uint64_t alloc_bytes; /* allocation (length rounded to align) */
-    uint32_t state;       /* enum l1_seg_state */
-    uint32_t reserved0;
+    uint64_t length;       /* payload bytes */
+    uint32_t offset_units; /* from data_offset, in align_bytes units */
+    uint32_t state;        /* enum l1_seg_state */
 };
-static_assert(sizeof(struct l1_seg_entry) == 80, "segment entry layout is fixed");
+static_assert(sizeof(struct l1_seg_entry) == 64, "segment entry layout is fixed");
 
 struct l1_guard;
 

@@ -112,19 +112,18 @@ Test(review, alloc_finds_a_fitting_extent_deep_in_its_bin)
     struct l1_alloc a;
     /* 1 x (7 + 1) + 40 x (5 + 1) units */
     uint64_t units = 8 + 40 * 6;
-    cr_assert_eq(l1_alloc_init(&a, 0, units * A, A), 0);
-    struct l1_extent *fit, *sep, *small[40], *seps[40];
-    cr_assert_eq(l1_alloc_get(&a, 7 * A, &fit), 0);
-    cr_assert_eq(l1_alloc_get(&a, 1 * A, &sep), 0);
-    for (int i = 0; i < 40; i++) {
-        cr_assert_eq(l1_alloc_get(&a, 5 * A, &small[i]), 0);
-        cr_assert_eq(l1_alloc_get(&a, 1 * A, &seps[i]), 0);
+    /* slots: fit 0, sep 1, small 2..41, seps 42..81, got 82 */
+    cr_assert_eq(l1_alloc_init(&a, 0, units * A, A, 83), 0);
+    cr_assert_eq(l1_alloc_get(&a, 7 * A, 0), 0);
+    cr_assert_eq(l1_alloc_get(&a, 1 * A, 1), 0);
+    for (uint32_t i = 0; i < 40; i++) {
+        cr_assert_eq(l1_alloc_get(&a, 5 * A, 2 + i), 0);
+        cr_assert_eq(l1_alloc_get(&a, 1 * A, 42 + i), 0);
     }
     cr_assert_eq(a.used, a.bytes);
-    l1_alloc_put(&a, fit); /* oldest in bin 2 (4..7 units) */
-    for (int i = 0; i < 40; i++)
-        l1_alloc_put(&a, small[i]);
-    struct l1_extent *got = NULL;
-    cr_assert_eq(l1_alloc_get(&a, 7 * A, &got), 0, "a free 7-unit extent exists but the request failed");
+    l1_alloc_put(&a, 0, 7 * A); /* oldest in bin 2 (4..7 units) */
+    for (uint32_t i = 0; i < 40; i++)
+        l1_alloc_put(&a, 2 + i, 5 * A);
+    cr_assert_eq(l1_alloc_get(&a, 7 * A, 82), 0, "a free 7-unit extent exists but the request failed");
     l1_alloc_fini(&a);
 }

@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include "l1/l1.h"
+#include "l1/l1_internal.h"
 #include "l1/l1_shm.h"
+#include "util/log.h"
 
 #define SEC 1000000000ull
 #define UNIT 4096ull
@@ -46,8 +48,8 @@ static void test_opts(struct l1_opts *o, uint64_t size_bytes)
 static struct l1 *make_l1_policy(uint64_t units, enum l1_policy policy)
 {
     struct l1_opts o;
-    /* header 4096 + table 256*80 = 20480 (5 units) */
-    test_opts(&o, 4096 + 5 * UNIT + units * UNIT);
+    /* header 4096 + table 256*64 = 16384 (4 units; layout 3) */
+    test_opts(&o, 4096 + 4 * UNIT + units * UNIT);
     o.max_objects = 256;
     o.policy = policy;
     struct l1 *l1;
@@ -147,9 +149,92 @@ Test(l1, segment_header_describes_layout_and_offsets_fall_in_data_area)
     const struct l1_seg_entry *t = (const void *)((const char *)l1_base(l1) + h->table_offset);
     int ready = 0;
     for (uint64_t i = 0; i < h->table_entries; i++)
-        if (t[i].state == L1_SEG_READY && t[i].offset == r.offset && t[i].length == 2 * UNIT)
+        if (t[i].state == L1_SEG_READY && h->data_offset + (uint64_t)t[i].offset_units * UNIT == r.offset &&
+            t[i].length == 2 * UNIT && t[i].key.chunk_hash[0] == 1)
             ready++;
     cr_assert_eq(ready, 1);
+    l1_destroy(l1);
+}
+
+/* The table entry of the object at ref r (layout 3), or NULL. */
+static const struct l1_seg_entry *entry_of(struct l1 *l1, const struct l1_ref *r)
+{
+    const struct l1_seg_header *h = l1_base(l1);
+    const struct l1_seg_entry *t = (const void *)((const char *)l1_base(l1) + h->table_offset);
+    for (uint64_t i = 0; i < h->table_entries; i++)
+        if (t[i].state != L1_SEG_FREE && h->data_offset + (uint64_t)t[i].offset_units * h->align_bytes == r->offset)
+            return &t[i];
+    return NULL;
+}
+
+/* Thousands of objects: the index doubles several times, freed slots are
+ * reused, and every key still finds its own object, whose table entry
+ * names its key, place and length. */
+Test(l1, many_objects_grow_the_index_and_every_key_finds_its_own_object)
+{
+    enum { N = 3000 };
+    struct l1_opts o;
+    test_opts(&o, 4096 + 256 * 1024 + N * 64);
+    o.align_bytes = 64;
+    o.max_objects = N;
+    struct l1 *l1;
+    cr_assert_eq(l1_create(&o, &l1), 0);
+    static struct l1_ref refs[2 * N];
+    /* keys 0..N-1 fill the table; the first half goes; N..N+N/2-1 take
+     * their slots */
+    for (int i = 0; i < N + N / 2; i++) {
+        if (i == N)
+            for (int j = 0; j < N / 2; j++) {
+                struct l1_key kj = key(j);
+                cr_assert_eq(l1_remove(l1, &kj, &refs[j].id, 1, false), 1);
+            }
+        struct l1_key k = key(i);
+        enum l1_status st;
+        uint64_t size = 1 + (uint64_t)(i % 64);
+        cr_assert_eq(l1_reserve_write(l1, &k, &size, 1, 1, &st, &refs[i]), 1, "key %d", i);
+        memset((char *)l1_base(l1) + refs[i].offset, i & 0xff, size);
+        cr_assert_eq(l1_publish(l1, &k, &refs[i].id, 1, 1, NULL), 1);
+    }
+    struct l1_stats st = stats(l1);
+    cr_assert_eq(st.total_object_count, N);
+    for (int i = N / 2; i < N + N / 2; i++) {
+        struct l1_key k = key(i);
+        struct l1_ref r;
+        cr_assert_eq(l1_get(l1, &k, &r), 0, "key %d", i);
+        cr_assert_eq(r.id, refs[i].id);
+        cr_assert_eq(r.offset, refs[i].offset);
+        cr_assert_eq(r.length, 1 + (uint64_t)(i % 64));
+        cr_assert_eq(((unsigned char *)l1_base(l1))[r.offset], (unsigned char)(i & 0xff));
+        const struct l1_seg_entry *e = entry_of(l1, &r);
+        cr_assert_not_null(e);
+        cr_assert_eq(e->state, L1_SEG_READY);
+        cr_assert_eq(e->length, r.length);
+        cr_assert_eq(memcmp(&e->key, &k, sizeof(k)), 0);
+    }
+    for (int i = 0; i < N / 2; i++)
+        cr_assert_not(present(l1, i), "removed key %d", i);
+    l1_destroy(l1);
+}
+
+/* The key is kept only in the segment, where any worker can write. A key
+ * overwritten there makes its object a miss; it never makes a lookup of
+ * another key land on it (the index's hash lives in lmcd's memory). */
+Test(l1, a_key_overwritten_in_the_table_is_a_miss_never_another_object)
+{
+    struct l1 *l1 = make_l1(8);
+    struct l1_ref r1 = put(l1, 1, 1), r2 = put(l1, 2, 1);
+    struct l1_seg_entry *e1 = (struct l1_seg_entry *)entry_of(l1, &r1);
+    cr_assert_not_null(e1);
+    e1->key = key(2); /* a worker scribbles key 2 over object 1's entry */
+    struct l1_key k2 = key(2);
+    struct l1_ref r;
+    cr_assert_eq(l1_get(l1, &k2, &r), 0);
+    cr_assert_eq(r.offset, r2.offset, "key 2 still finds its own object");
+    cr_assert_not(present(l1, 1), "object 1 is a miss now");
+    /* eviction and clear still free it: the index never trusted the entry */
+    cr_assert_eq(l1_clear(l1, false), 2);
+    cr_assert_eq(stats(l1).total_object_count, 0);
+    cr_assert_eq(stats(l1).memory_used_bytes, 0);
     l1_destroy(l1);
 }
 
@@ -411,6 +496,70 @@ Test(l1, create_rejects_bad_options)
     o.size_bytes = 8192; /* header + table leave nothing */
     cr_assert_eq(l1_create(&o, &l1), -EINVAL);
     cr_assert_null(l1);
+}
+
+/* l1_create with the log captured; returns its result, *text the log. */
+static int create_logged(const struct l1_opts *o, char *text, size_t cap)
+{
+    char path[] = "/tmp/lmcd-l1log-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    log_set_color(0);
+    cr_assert_eq(log_set_file(path), 0);
+    struct l1 *l1 = NULL;
+    int rc = l1_create(o, &l1);
+    log_set_file(NULL);
+    l1_destroy(l1);
+    FILE *f = fopen(path, "r");
+    memset(text, 0, cap);
+    cr_assert(f);
+    size_t n = fread(text, 1, cap - 1, f);
+    (void)n;
+    fclose(f);
+    unlink(path);
+    return rc;
+}
+
+static int count_lines(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* Object links are 32-bit slot indices and extents 32-bit offsets in align
+ * units (layout 3): a configuration beyond either is refused at create with
+ * one line naming the limit, before anything is allocated or created. */
+Test(l1, configuration_beyond_32_bit_links_is_refused_with_one_line)
+{
+    struct l1_opts o;
+    char text[8192];
+    test_opts(&o, 1ull << 40);
+    o.max_objects = (uint64_t)L1_MAX_SLOTS + 1;
+    cr_assert_eq(create_logged(&o, text, sizeof(text)), -EINVAL);
+    cr_assert_eq(count_lines(text, "32-bit object links"), 1, "%s", text);
+    cr_assert_eq(count_lines(text, "ERROR"), 1, "%s", text);
+
+    /* 64 GiB at align 8 is 2^33 units of data */
+    test_opts(&o, 64ull << 30);
+    o.align_bytes = 8;
+    o.max_objects = 256;
+    cr_assert_eq(create_logged(&o, text, sizeof(text)), -EINVAL);
+    cr_assert_eq(count_lines(text, "32-bit extent offsets"), 1, "%s", text);
+    cr_assert_eq(count_lines(text, "raise --l1-align-bytes to at least 16"), 1, "%s", text);
+    cr_assert_eq(count_lines(text, "ERROR"), 1, "%s", text);
+    char path[128];
+    snprintf(path, sizeof(path), "/dev/shm/%s", seg_name);
+    cr_assert_eq(access(path, F_OK), -1, "nothing created");
+
+    /* the largest slot count is accepted by the check (it fails later only
+     * for want of room, never by truncating a link) */
+    test_opts(&o, 1 << 20);
+    o.max_objects = L1_MAX_SLOTS;
+    cr_assert_eq(create_logged(&o, text, sizeof(text)), -EINVAL);
+    cr_assert_eq(count_lines(text, "32-bit object links"), 0, "%s", text);
 }
 
 Test(l1, non_lazy_segment_is_prefaulted_and_usable)

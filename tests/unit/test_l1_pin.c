@@ -3,6 +3,8 @@
  * bytes. Time comes from a fake clock. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,7 +30,7 @@ static struct l1 *pin_l1(uint64_t units)
     struct l1_opts o;
     l1_opts_init(&o);
     o.shm_name = name;
-    o.size_bytes = 4096 + 5 * UNIT + units * UNIT; /* header + 256-entry table + data */
+    o.size_bytes = 4096 + 4 * UNIT + units * UNIT; /* header + 256-entry table (64 B each) + data */
     o.max_objects = 256;
     o.read_ttl_s = 1;
     o.clock = &pin_clock;
@@ -171,5 +173,55 @@ Test(l1_pin, pins_are_bounded_in_bytes_and_counted_once_per_object)
     cr_assert_eq(pstats(l1).pinned_bytes, 0);
     cr_assert_eq(l1_pin_prefix(l1, k, 1, 0, a, &over), 0);
     cr_assert(over, "a zero budget pins nothing");
+    l1_destroy(l1);
+}
+
+/* ZeroMQ's I/O thread blocks every signal and unpins inline replies from its
+ * free callback. With the key kept only in the segment (layout 3), a release
+ * that read it there would die of SIGBUS on a truncated segment (a blocked
+ * synchronous SIGBUS kills the process; the guard never sees it). Releases
+ * by an L1 ref go by the ref's slot and never touch the segment. */
+struct release_job {
+    struct l1 *l1;
+    struct l1_key keys[2];
+    struct l1_ref refs[2];
+    int unpinned, unlocked;
+};
+
+static void *release_with_signals_blocked(void *arg)
+{
+    struct release_job *j = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    j->unpinned = l1_unpin(j->l1, j->keys, j->refs, 2);
+    j->unlocked = l1_unlock_refs(j->l1, j->keys, j->refs, 2, 1);
+    return NULL;
+}
+
+Test(l1_pin, release_by_ref_never_touches_a_truncated_segment)
+{
+    struct l1 *l1 = pin_l1(4);
+    pput(l1, 0, 0xC0);
+    pput(l1, 1, 0xC1);
+    struct release_job j = { .l1 = l1, .keys = { pkey(0), pkey(1) } };
+    bool over = true;
+    cr_assert_eq(l1_pin_prefix(l1, j.keys, 2, UINT64_MAX, j.refs, &over), 2);
+    struct l1_ref locked[2];
+    cr_assert_eq(l1_lock(l1, j.keys, 2, 1, locked), 0);
+    for (int i = 0; i < 2; i++)
+        j.refs[i].lock_epoch = locked[i].lock_epoch; /* same objects: pin and lock refs agree */
+    char path[128];
+    snprintf(path, sizeof(path), "/dev/shm/%s", l1_shm_name(l1));
+    cr_assert_eq(truncate(path, 0), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, release_with_signals_blocked, &j), 0);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert_eq(j.unpinned, 2);
+    cr_assert_eq(j.unlocked, 2);
+    struct l1_stats st = pstats(l1); /* notices the truncation, restores */
+    cr_assert_eq(st.segment_losses, 1);
+    cr_assert_eq(st.pinned_count, 0);
+    cr_assert_eq(st.pending_free_count, 0, "released objects were freed, not left pending");
     l1_destroy(l1);
 }
