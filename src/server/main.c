@@ -24,6 +24,7 @@
 #define LOG_MODULE "lmcd.main"
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -390,6 +391,28 @@ static void warn_unserved_config(const struct lmcd_config *c)
         log_warn("--enable-tracing: validated, but this lmcd sends no OTLP spans yet");
 }
 
+/*
+ * glibc serves blocks from 128 KiB up with mmap and hands an arena's free
+ * top back to the kernel once it passes 128 KiB (both thresholds then drift
+ * upward at run time). A 32K-token LOOKUP's session (160 KB of tokens) was
+ * therefore mapped, unmapped or trimmed at END_SESSION, and faulted in again
+ * by the next LOOKUP: on the development VM, where each first touch of a page
+ * costs several microseconds, that was about 100 µs of every such LOOKUP and
+ * 90 µs of every END_SESSION (docs/performance.md). Fixed thresholds keep
+ * such blocks in the arenas for reuse; after a burst or a sweep lmcd still
+ * calls malloc_trim() itself (loop.c, engine_state.c), so a peak does not
+ * stay resident. An operator's own glibc settings win.
+ */
+#define MALLOC_MMAP_BYTES (4 << 20)
+#define MALLOC_TRIM_BYTES (64 << 20)
+static void malloc_setup(void)
+{
+    if (getenv("GLIBC_TUNABLES") || getenv("MALLOC_MMAP_THRESHOLD_") || getenv("MALLOC_TRIM_THRESHOLD_"))
+        return;
+    mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_BYTES);
+    mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_BYTES);
+}
+
 int main(int argc, char **argv)
 {
     static struct app a; /* static: too big for comfort on the stack, one per process */
@@ -401,6 +424,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    malloc_setup(); /* before any thread or allocation of note */
     sdnotify_init(); /* before any thread: it unsets NOTIFY_SOCKET for children */
 
     switch (config_load(&a.cfg, argc, argv, stdout, stderr)) {
