@@ -559,28 +559,28 @@ static int query_job(struct engine *e, const char *rid, size_t len, int64_t *chu
     return rc;
 }
 
-int engine_poll_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
+/* QUERY's result for the loop thread, never waiting for the session's mutex:
+ * -EAGAIN while a LOOKUP holds it; an unknown id answers unknown_rc. */
+static int try_take_result(struct engine *e, const char *rid, size_t len, int64_t *chunks, int unknown_rc)
 {
     *chunks = 0;
     bool busy;
     struct session *s = session_tryget(e, rid, len, SESSION_FIND, &busy);
     if (!s)
-        return busy ? -EAGAIN : 0; /* a LOOKUP is at work on it / unknown id */
+        return busy ? -EAGAIN : unknown_rc;
     int rc = job_take_result(e, s, chunks);
     session_put(e, s);
     return rc;
 }
 
+int engine_poll_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
+{
+    return try_take_result(e, rid, len, chunks, 0); /* unknown id: 0, a miss */
+}
+
 int engine_try_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
 {
-    *chunks = 0;
-    bool busy;
-    struct session *s = session_tryget(e, rid, len, SESSION_FIND, &busy);
-    if (!s)
-        return -EAGAIN;
-    int rc = job_take_result(e, s, chunks);
-    session_put(e, s);
-    return rc;
+    return try_take_result(e, rid, len, chunks, -EAGAIN); /* unknown id: the pool answers, in order */
 }
 
 int engine_query_prefetch_status(struct engine *e, const char *rid, size_t len, int64_t *chunks)
