@@ -386,6 +386,12 @@ void *engine_l1_base(const struct engine *e, uint64_t *size)
     return l1_base(e->l1);
 }
 
+bool engine_l1_backed(const struct engine *e, uint64_t off, uint64_t len)
+{
+    struct l1_ref r = {.offset = off, .length = len};
+    return l1_backed(e->l1, &r);
+}
+
 /* ------------------------------------------------------------ lookups */
 
 /* Keys a LOOKUP expands at once: memory stays this bound whatever the

@@ -125,6 +125,9 @@ const char *engine_shm_name(const struct engine *e);
 /* The L1 segment in this process: base address and size (the GPU path
  * pins it and copies chunk objects at slot offsets from it). */
 void *engine_l1_base(const struct engine *e, uint64_t *size);
+/* Whether the segment's pages in [off, off+len) are known committed (a lazy
+ * L1 commits them per object and ahead; pre-faulted: always). Lock-free. */
+bool engine_l1_backed(const struct engine *e, uint64_t off, uint64_t len);
 
 /* LOOKUP: starts (or replaces) the lookup job of key->request_id. -ENOSPC
  * when the session caps refuse it (its job then reads as 0 hits or unknown).

@@ -108,11 +108,17 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
     }
     uint64_t ahead = len * 4;
     ahead = ahead < AHEAD_MIN ? AHEAD_MIN : ahead > AHEAD_MAX ? AHEAD_MAX : ahead;
-    uint64_t from = (r1 + 1) << REGION_SHIFT;
+    /* From the reservation's own first region: its partial end regions
+     * (shared with the header, or with the next object, which usually
+     * lands right after) are backed whole in the background and marked, so
+     * the bitmap has no permanent holes in used space (the GPU path pins
+     * only wholly backed slices, transfer_pin.h). Marked regions cost the
+     * thread a bit test. */
+    uint64_t from = r0 << REGION_SHIFT, past = (r1 + 1) << REGION_SHIFT;
     if (from < c->size) {
         pthread_mutex_lock(&c->mu);
         c->want_from = from;
-        c->want_to = from + ahead > c->size ? c->size : from + ahead;
+        c->want_to = past + ahead > c->size ? c->size : past + ahead;
         pthread_cond_signal(&c->cv);
         pthread_mutex_unlock(&c->mu);
     }

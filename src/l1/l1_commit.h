@@ -9,7 +9,8 @@
  *   - remembers which 2 MiB regions of the segment are wholly backed (a
  *     bitmap of atomic words), so a reservation in space used before costs
  *     nothing,
- *   - backs the regions just past each reservation from a thread of its own
+ *   - backs the regions just past each reservation (and the partial
+ *     regions at its two ends) from a thread of its own
  *     ("commit ahead": a fresh segment fills in address order), so the next
  *     reservation usually finds its pages ready, but only while /dev/shm
  *     has plenty of room (twice the range plus 64 MiB free): it never takes

@@ -393,6 +393,10 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
     if (lazy && (rc = l1_commit_start(fd, size, &s->commit)) < 0)
         log_warn("L1 segment /%s: no commit-ahead thread (%s); pages are committed per reservation", s->name,
                  strerror(-rc));
+    /* The header and table are backed: say so, so the bitmap has no hole
+     * there (their pages exist already; this only marks them). */
+    if (s->commit)
+        l1_commit_back(s->commit, 0, meta_bytes);
     log_info("L1 segment /%s: %" PRIu64 " bytes, mode %04o%s%s, %s%s, owner lock held", s->name,
              size, (unsigned)mode, group ? ", group " : "", group ? group : "",
              lazy ? "lazy" : "pre-faulted", s->mlocked ? ", locked" : "");
@@ -451,6 +455,8 @@ int l1_shm_restore(struct l1_shm *s)
     if (!s->lazy)
         lock_pages(s);
     l1_commit_reset(s->commit); /* the truncation took every page: nothing is backed now */
+    if (s->commit)
+        l1_commit_back(s->commit, 0, s->meta_bytes); /* but the header and table, again */
     return 0;
 }
 

@@ -63,6 +63,7 @@ static const char *const eviction_choices[] = { "LRU", "noop", NULL };
 static const char *const hash_choices[] = { "blake3", "xxh3_128", NULL };
 static const char *const engine_choices[] = { "default", NULL };
 static const char *const transfer_mode_choices[] = { "auto", "lmcache_driven", "engine_driven", NULL };
+static const char *const gpu_copy_path_choices[] = { "auto", "direct", "staging", NULL };
 static const char *const store_policy_choices[] = { "default", "skip_l1", NULL };
 static const char *const prefetch_policy_choices[] = { "default", "retain", NULL };
 /* "help": main() prints the profile list and exits (it owns the wire tables) */
@@ -212,6 +213,10 @@ static const struct flag flags[] = {
       (double)(1ll << 62), NULL, "N", "paged-KV block id meaning \"no data\" (default 0; ATOM uses -1)" },
     { "isolated-ipc", F_BOOL_PAIR, OFF(mp.isolated_ipc), G_MP, "mp_config.isolated_ipc", 0, 0, NULL, NULL,
       "clients use isolated IPC (81-byte events): not served, refused at start with one log line" },
+    { "gpu-copy-path", F_CHOICE, OFF(mp.gpu_copy_path), G_LMCD, "mp_config.gpu_copy_path", 0, 0,
+      gpu_copy_path_choices, "PATH",
+      "GPU STORE/RETRIEVE: direct (the kernel reads/writes pinned L1), staging (device staging + one DMA per "
+      "object), auto (default: direct until a GPU run settles it; docs/gpu.md)" },
     /* Who may use the cache, and HTTP limits (issue 11 items 6-8; docs/security.md). One block. */
     { "ipc-mode", F_STR, OFF(access.ipc_mode), G_LMCD, "mp_config.ipc_mode", 0, 0, NULL, "MODE",
       "octal mode of an ipc:// socket file (default 0600; 0660 with --shm-group, which also becomes its group)" },
@@ -305,6 +310,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.stop_timeout_seconds = 5.0;
     c->mp.inline_max_pinned_ratio = 0.5;
     c->mp.supported_transfer_mode = xstrdup("auto");
+    c->mp.gpu_copy_path = xstrdup("auto");
     c->storage.l1_size_bytes = 1ull << 30;
     c->storage.l1_use_lazy = true;
     c->storage.l1_init_size_gb = 20;
@@ -354,6 +360,7 @@ void config_free(struct lmcd_config *c)
     free(c->mp.hash_algorithm);
     free(c->mp.engine_type);
     free(c->mp.supported_transfer_mode);
+    free(c->mp.gpu_copy_path);
     free_list(c->mp.plugin_locations);
     json_decref(c->mp.plugin_extra_config);
     free(c->mp.protocol);
@@ -1089,6 +1096,7 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "supported_transfer_mode", json_string(m->supported_transfer_mode));
     json_object_set_new(mp, "null_block_id", json_integer(m->null_block_id));
     json_object_set_new(mp, "isolated_ipc", json_boolean(m->isolated_ipc));
+    json_object_set_new(mp, "gpu_copy_path", json_string(m->gpu_copy_path));
     json_object_set_new(mp, "ipc_mode", json_string(c->access.ipc_mode));
     json_object_set_new(mp, "allowed_uids", json_string(c->access.allowed_uids));
     json_object_set_new(mp, "allowed_gids", json_string(c->access.allowed_gids));

@@ -60,6 +60,7 @@ struct cfg_mp {
     /* GPU path (issue 8, docs/gpu.md) */
     char *supported_transfer_mode; /* lmcache_driven | engine_driven | auto */
     int64_t null_block_id;         /* blocks with this id are neither read nor written */
+    char *gpu_copy_path;           /* auto | direct | staging (lmcd only, docs/gpu.md) */
     bool isolated_ipc;             /* clients' lmcache.mp.isolated_ipc: refused (not served) */
 };
 

@@ -19,6 +19,7 @@
  * NOT RUN ON A GPU YET (docs/gpu.md).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,12 @@
 #include "server/server.h"
 #include "transfer/transfer.h"
 #include "util/log.h"
+
+/* The pinning thread asks which slices of a lazy L1 exist (transfer_opts). */
+static bool gpu_l1_backed(void *arg, uint64_t off, uint64_t len)
+{
+    return engine_l1_backed(arg, off, len);
+}
 
 void srv_gpu_open(struct server *s)
 {
@@ -45,9 +52,15 @@ void srv_gpu_open(struct server *s)
         snprintf(s->gpu_why, sizeof(s->gpu_why), "no cache engine");
         return;
     }
+    const char *path = s->cfg->mp.gpu_copy_path ? s->cfg->mp.gpu_copy_path : "auto";
     struct transfer_opts o = {
         .null_block_id = s->cfg->mp.null_block_id,
         .isolated_ipc = s->cfg->mp.isolated_ipc,
+        .copy_path = !strcmp(path, "staging") ? TRANSFER_PATH_STAGING
+                     : !strcmp(path, "direct") ? TRANSFER_PATH_DIRECT
+                                               : TRANSFER_PATH_AUTO,
+        .host_backed = gpu_l1_backed,
+        .host_arg = s->engine,
     };
     uint64_t len = 0;
     void *base = engine_l1_base(s->engine, &len);
@@ -61,15 +74,72 @@ void srv_gpu_open(struct server *s)
         return;
     }
     s->gpu_ops = ops;
-    log_info("GPU path: CUDA driver loaded (mode %s); L1 is pinned at the first GPU registration", mode);
+    log_info("GPU path: CUDA driver loaded (mode %s, copy path %s); L1 is pinned in the background from the first "
+             "GPU registration on, as far as it is committed", mode, o.copy_path == TRANSFER_PATH_STAGING ? "staging"
+                                                                                                          : "direct");
 }
+
+/* /status and /metrics read the backend's counters from HTTP threads,
+ * which may still run while the server stops: the backend goes away under
+ * this lock. Handlers need none (they stopped before srv_gpu_close). */
+static pthread_mutex_t gpu_stat_mu = PTHREAD_MUTEX_INITIALIZER;
 
 void srv_gpu_close(struct server *s)
 {
-    if (s->gpu && s->gpu_ops)
-        s->gpu_ops->close(s->gpu);
+    pthread_mutex_lock(&gpu_stat_mu);
+    struct transfer_backend *b = s->gpu;
+    const struct transfer_ops *ops = s->gpu_ops;
     s->gpu = NULL;
     s->gpu_ops = NULL;
+    pthread_mutex_unlock(&gpu_stat_mu);
+    if (b && ops)
+        ops->close(b);
+}
+
+static bool gpu_stats(struct server *s, struct transfer_stats *st)
+{
+    pthread_mutex_lock(&gpu_stat_mu);
+    bool ok = s->gpu && s->gpu_ops && s->gpu_ops->stats;
+    if (ok)
+        s->gpu_ops->stats(s->gpu, st);
+    pthread_mutex_unlock(&gpu_stat_mu);
+    return ok;
+}
+
+json_t *srv_gpu_status_json(struct server *s)
+{
+    struct transfer_stats st;
+    if (!gpu_stats(s, &st))
+        return json_pack("{s:b, s:s}", "enabled", 0, "why", s->gpu_why);
+    const char *state = st.pin_stopped ? "stopped"
+                        : st.pinning   ? (st.slices_pinned ? "pinning" : "waiting")
+                        : st.slices_pinned + st.slices_failed == st.slices ? "done"
+                                                                           : "not_started";
+    return json_pack("{s:b, s:s, s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}}", "enabled", 1,
+                     "copy_path", st.copy_path, "l1_pinning", "state", state, "segment_bytes",
+                     (json_int_t)st.host_bytes, "pinned_bytes", (json_int_t)st.pinned_bytes, "slice_bytes",
+                     (json_int_t)st.slice_bytes, "slices", (json_int_t)st.slices, "pinned_slices",
+                     (json_int_t)st.slices_pinned, "failed_slices", (json_int_t)st.slices_failed, "objects", "direct",
+                     (json_int_t)st.obj_direct, "staged", (json_int_t)st.obj_staged, "bounced",
+                     (json_int_t)st.obj_bounced);
+}
+
+void srv_gpu_metrics(FILE *b, struct server *s)
+{
+    struct transfer_stats st;
+    if (!gpu_stats(s, &st))
+        return; /* no GPU path: no samples, which is the truth */
+    fprintf(b, "# HELP lmcd_gpu_l1_pinned_bytes L1 bytes registered for DMA (pinned in the background).\n"
+               "# TYPE lmcd_gpu_l1_pinned_bytes gauge\nlmcd_gpu_l1_pinned_bytes %llu\n",
+            (unsigned long long)st.pinned_bytes);
+    fprintf(b, "# HELP lmcd_gpu_l1_pin_failed_slices L1 slices whose pinning failed (served by bounce buffers).\n"
+               "# TYPE lmcd_gpu_l1_pin_failed_slices gauge\nlmcd_gpu_l1_pin_failed_slices %llu\n",
+            (unsigned long long)st.slices_failed);
+    fprintf(b, "# HELP lmcd_gpu_objects_total Chunk objects moved by GPU STORE/RETRIEVE, by path.\n"
+               "# TYPE lmcd_gpu_objects_total counter\n"
+               "lmcd_gpu_objects_total{path=\"direct\"} %llu\nlmcd_gpu_objects_total{path=\"staging\"} %llu\n"
+               "lmcd_gpu_objects_total{path=\"bounce\"} %llu\n",
+            (unsigned long long)st.obj_direct, (unsigned long long)st.obj_staged, (unsigned long long)st.obj_bounced);
 }
 
 int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_len)

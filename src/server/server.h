@@ -158,6 +158,10 @@ int server_run(struct server *s);
  * host allow, logging one line either way; never fails the start. */
 void srv_gpu_open(struct server *s);
 void srv_gpu_close(struct server *s);
+/* The GPU path for /status (pinning progress, objects by copy path) and
+ * /metrics (lmcd_gpu_*); any thread. */
+json_t *srv_gpu_status_json(struct server *s);
+void srv_gpu_metrics(FILE *b, struct server *s);
 /* Stops intake: the pools run what they hold for up to
  * --stop-timeout-seconds while their replies go out; what is still queued
  * then gets its safe reply (spec 9.3) without running. Replies get

@@ -90,6 +90,7 @@ json_t *server_status_json(struct server *s)
     json_t *healthy = json_object_get(st, "is_healthy");
     bool ok = atomic_load(&s->healthy) && (!healthy || json_is_true(healthy));
     json_object_set_new(st, "is_healthy", json_boolean(ok));
+    json_object_set_new(st, "gpu", srv_gpu_status_json(s));
     return st;
 }
 
@@ -280,6 +281,7 @@ char *server_metrics_text(struct server *s, json_t *plugins)
         json_decref(st);
     }
     plugin_metrics(b, plugins);
+    srv_gpu_metrics(b, s);
     gauge(b, "lmcd_requests_in_flight", "gauge", "Requests in the pools.", (double)atomic_load(&s->in_flight));
     gauge(b, "lmcd_uptime_seconds", "gauge", "Seconds since start.", (double)(clock_mono_ns() - s->started_ns) / 1e9);
     metrics_family(b, "lmcd_build_info", "gauge", "lmcd version and wire profile (always 1).");

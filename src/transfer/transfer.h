@@ -14,9 +14,10 @@
  * A GPU. A copy is queued on the registration's stream and the call returns
  * at once with the reply event; each registration's completion thread
  * waits for its copies in order and reports each through the caller's
- * `done` callback. L1 is pinned at the first registration (blocking that
- * registration), and the kernels write straight into mapped pinned L1 (no
- * device staging); see docs/gpu.md for what the design still lacks.
+ * `done` callback. L1 is pinned in slices by a thread of the backend,
+ * started at the first registration in that device's context, never
+ * blocking a request (transfer_pin.h); objects whose extent is not pinned
+ * yet go through pinned bounce buffers. See docs/gpu.md.
  *
  * Threads: every call may come from any pool thread; the backend locks its
  * own registration table. `done` callbacks run on a completion thread of
@@ -34,9 +35,36 @@
 
 struct transfer_backend;
 
+/* How a STORE/RETRIEVE moves an object between the worker's blocks and
+ * pinned L1 (--gpu-copy-path, docs/gpu.md): DIRECT, the gather/scatter
+ * kernel reads and writes device-mapped L1 itself; STAGING, the kernel
+ * works on a device staging buffer and the DMA engine moves each object
+ * (one copy per object). AUTO is DIRECT until a GPU run settles it.
+ * Objects in L1 not pinned yet go through a pinned bounce buffer in
+ * either mode. */
+enum transfer_copy_path { TRANSFER_PATH_AUTO = 0, TRANSFER_PATH_DIRECT, TRANSFER_PATH_STAGING };
+
 struct transfer_opts {
     int64_t null_block_id;
     bool isolated_ipc; /* client's lmcache.mp.isolated_ipc: refused */
+    enum transfer_copy_path copy_path;
+    /* Whether the segment's pages in [off, off+len) exist (a lazy L1
+     * commits them as it fills): only those are pinned, since pinning
+     * faults every page in. NULL: all exist. Called from the pinning
+     * thread; must take no lock a request holds. */
+    bool (*host_backed)(void *arg, uint64_t off, uint64_t len);
+    void *host_arg;
+};
+
+/* What /status and /metrics show of the backend. */
+struct transfer_stats {
+    const char *copy_path; /* "direct" or "staging" */
+    uint64_t host_bytes, slice_bytes, slices, slices_pinned, slices_failed, pinned_bytes;
+    bool pinning;          /* the pinning thread runs (slices left that are not committed yet) */
+    bool pin_stopped;      /* pinning gave up (a memlock limit): the rest is served by bounce buffers */
+    uint64_t obj_direct;   /* chunk objects moved by the kernel straight to/from pinned L1 */
+    uint64_t obj_staged;   /* ... through device staging and one DMA per object */
+    uint64_t obj_bounced;  /* ... through a pinned bounce buffer (their L1 extent was not pinned) */
 };
 
 /* The event handle every STORE/RETRIEVE reply carries (64 bytes). */
@@ -79,7 +107,8 @@ struct transfer_ops {
     const char *name;
     /* -ENODEV (no driver / no GPU), -ENOTSUP (a mode not served); why says
      * which. Creates no GPU context. host_base/host_len: the L1 segment,
-     * pinned (portable, device-mapped) at the first registration. */
+     * pinned (portable, device-mapped) in the background from the first
+     * registration on, as far as it is committed (o->host_backed). */
     int (*open)(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
                 char *why, size_t why_len);
     /* Replaces any earlier registration of the instance. */
@@ -99,6 +128,8 @@ struct transfer_ops {
      * instance not registered; other errors: no valid event. */
     int (*copy)(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],
                 bool *copied, char *why, size_t why_len);
+    /* Counters and pinning progress; any thread, takes no lock. */
+    void (*stats)(struct transfer_backend *b, struct transfer_stats *out);
     void (*close)(struct transfer_backend *b);
 };
 

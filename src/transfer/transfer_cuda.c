@@ -21,9 +21,13 @@
 #include <cuda.h>
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "transfer/transfer_layout.h"
+#include "transfer/transfer_pin.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "wire/pickle.h"
 
@@ -58,6 +62,9 @@ extern const unsigned long lmcd_cuda_fatbin_len;
     X(MemFree, "cuMemFree_v2", (CUdeviceptr))                                                             \
     X(MemGetAddressRange, "cuMemGetAddressRange_v2", (CUdeviceptr *, size_t *, CUdeviceptr))               \
     X(MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", (CUdeviceptr, const void *, size_t, CUstream))              \
+    X(MemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", (void *, CUdeviceptr, size_t, CUstream))                    \
+    X(MemHostAlloc, "cuMemHostAlloc", (void **, size_t, unsigned))                                        \
+    X(MemFreeHost, "cuMemFreeHost", (void *))                                                             \
     X(MemHostRegister, "cuMemHostRegister_v2", (void *, size_t, unsigned))                                \
     X(MemHostUnregister, "cuMemHostUnregister", (void *))                                                 \
     X(MemHostGetDevicePointer, "cuMemHostGetDevicePointer_v2", (CUdeviceptr *, void *, unsigned))         \
@@ -76,6 +83,15 @@ struct cu_api {
 /* An event is recorded again only CU_EVENT_POOL copies later; the queue
  * bound keeps the completion thread done with it by then. */
 _Static_assert(CU_EVENT_POOL >= 2 * TRANSFER_QUEUE_DEPTH, "event pool smaller than twice the copy queue");
+/* Bounce buffers and device staging, per registration: slots of one chunk
+ * object each, CU_BOUNCE_BYTES in all (at least 2 slots, at most
+ * CU_BOUNCE_MAX), allocated on first need. A copy needing more is cut
+ * into pieces; a piece waits for a slot when all are in use. */
+#define CU_BOUNCE_BYTES (64ull << 20)
+#define CU_BOUNCE_MAX 16
+#define CU_PIN_POLL_NS 50000000L /* the pinning thread looks for newly committed slices this often */
+
+enum { SL_UNPINNED = 0, SL_PINNED = 1, SL_FAILED = 2 };
 
 struct cu_dev {
     CUdevice dev;
@@ -83,7 +99,6 @@ struct cu_dev {
     CUcontext ctx; /* primary context, retained on first registration */
     CUmodule mod;
     CUfunction gather, scatter;
-    CUdeviceptr host_dev; /* the pinned L1 segment as this device addresses it */
 };
 
 struct cu_map {
@@ -91,11 +106,22 @@ struct cu_map {
     CUdeviceptr base;
 };
 
-/* A queued copy the completion thread waits for. */
-struct cu_pending {
+/* One transfer_copy, reported once when its last piece completed. */
+struct cu_group {
     void (*done)(void *arg, bool ok);
     void *arg;
-    unsigned ev; /* index in pool[] of the event recorded after the copy */
+    unsigned pending; /* pieces queued, not completed (under g->lock) */
+    bool ok, sealed;  /* sealed: no more pieces will come */
+};
+
+/* A queued piece of a copy that the completion thread waits for. */
+struct cu_pending {
+    struct cu_group *grp; /* NULL: nothing to report */
+    unsigned ev;          /* index in pool[] of the event recorded after the piece */
+    bool store;
+    unsigned nb;                 /* bounce slots the piece holds */
+    uint8_t slot[CU_BOUNCE_MAX]; /* store: copied to l1[i] once complete; all: freed then */
+    void *l1[CU_BOUNCE_MAX];
 };
 
 struct cu_reg {
@@ -112,6 +138,12 @@ struct cu_reg {
     CUdeviceptr d_layers;  /* layer_base[] on the device */
     CUdeviceptr d_scratch; /* block ids and chunk addresses of one copy */
     size_t scratch_cap;
+    uint64_t obj_bytes;    /* one full chunk object: the size of a bounce/staging slot */
+    unsigned n_slots;      /* slots per piece (bounce and staging alike) */
+    void *bounce_h[CU_BOUNCE_MAX]; /* pinned, device-mapped; all or none allocated */
+    CUdeviceptr bounce_d[CU_BOUNCE_MAX];
+    uint32_t slot_busy;    /* bounce slots in use (under lock) */
+    CUdeviceptr d_stage;   /* staging: n_slots objects on the device */
     CUevent pool[CU_EVENT_POOL];
     unsigned n_pool, next_pool;
     pthread_mutex_t lock; /* this registration's stream, pool and queue */
@@ -130,8 +162,21 @@ struct transfer_backend {
     struct transfer_opts o;
     void *host_base; /* the L1 segment */
     size_t host_len;
-    bool host_pinned;
-    int pin_dev; /* the device whose context pinned L1 */
+    /* Pinned L1, slice by slice (transfer_pin.h), by the pinning thread in
+     * the context of pin_dev (the first device a worker registered on).
+     * sl_state and sl_dev are read lock-free by the copy path. */
+    uint64_t slice, nslices;
+    _Atomic unsigned char *sl_state; /* SL_* */
+    _Atomic uint64_t *sl_dev;        /* [slice * ndev + dev]: device address of the slice, 0: not asked yet */
+    int pin_dev;
+    bool pin_started;
+    pthread_t pin_thr;
+    pthread_mutex_t pin_mu; /* pin_stop */
+    pthread_cond_t pin_cv;
+    bool pin_stop;
+    atomic_bool pin_running, pin_gave_up;
+    atomic_uint_fast64_t n_pinned, n_failed, pinned_bytes;
+    atomic_uint_fast64_t obj_direct, obj_staged, obj_bounced;
     int ndev;
     struct cu_dev devs[CU_MAX_DEVICES];
     pthread_mutex_t lock; /* regs[] and devs[].ctx/mod (registration is rare) */
@@ -205,13 +250,163 @@ static int cu_open(const struct transfer_opts *o, void *host_base, size_t host_l
         }
         fmt_uuid(&u, b->devs[i].uuid);
     }
+    if (host_base && host_len) {
+        b->slice = tp_slice_bytes(host_len);
+        b->nslices = tp_nslices(host_len, b->slice);
+        b->sl_state = calloc(b->nslices, sizeof(*b->sl_state));
+        b->sl_dev = calloc(b->nslices * (size_t)b->ndev, sizeof(*b->sl_dev));
+        if (!b->sl_state || !b->sl_dev) {
+            snprintf(why, why_len, "no memory for the pinning table");
+            goto nodev;
+        }
+    }
+    pthread_mutex_init(&b->pin_mu, NULL);
+    pthread_cond_init(&b->pin_cv, NULL);
     *out = b;
     return 0;
 nodev:
     pthread_mutex_destroy(&b->lock);
+    free((void *)b->sl_state);
+    free((void *)b->sl_dev);
     free(b);
     dlclose(lib);
     return -ENODEV;
+}
+
+static bool pin_stopping(struct transfer_backend *b)
+{
+    pthread_mutex_lock(&b->pin_mu);
+    bool st = b->pin_stop;
+    pthread_mutex_unlock(&b->pin_mu);
+    return st;
+}
+
+/* The pinning thread: registers each committed slice of L1 for DMA
+ * (portable: every context may use it; device-mapped: kernels address
+ * it), in address order, and looks again for slices committed since,
+ * until every slice is pinned, pinning failed for lack of lockable memory,
+ * or lmcd stops. It holds no lock a request needs: the copy path reads
+ * sl_state with an atomic load. Pinning faults every page of a slice in,
+ * so a slice the lazy L1 has not committed is left alone (a pin would
+ * commit it). */
+static void *pin_main(void *arg)
+{
+    struct transfer_backend *b = arg;
+    uint64_t t0 = clock_mono_ns();
+    bool warned = false, announced = false;
+    if (b->cu.CtxSetCurrent(b->devs[b->pin_dev].ctx) != CUDA_SUCCESS) {
+        log_warn("pinning L1: no context on GPU %s; every copy goes through bounce buffers",
+                 b->devs[b->pin_dev].uuid);
+        atomic_store(&b->pin_gave_up, true);
+        atomic_store(&b->pin_running, false);
+        return NULL;
+    }
+    while (!pin_stopping(b)) {
+        bool waiting = false;
+        for (uint64_t i = 0; i < b->nslices; i++) {
+            if (atomic_load_explicit(&b->sl_state[i], memory_order_relaxed) != SL_UNPINNED)
+                continue;
+            uint64_t off, n;
+            tp_slice_range(b->host_len, b->slice, i, &off, &n);
+            if (b->o.host_backed && !b->o.host_backed(b->o.host_arg, off, n)) {
+                waiting = true;
+                continue;
+            }
+            if (pin_stopping(b))
+                break;
+            CUresult r = b->cu.MemHostRegister((uint8_t *)b->host_base + off, n,
+                                               CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP);
+            if (r == CUDA_SUCCESS) {
+                atomic_fetch_add(&b->pinned_bytes, n);
+                atomic_fetch_add(&b->n_pinned, 1);
+                atomic_store_explicit(&b->sl_state[i], SL_PINNED, memory_order_release);
+                continue;
+            }
+            atomic_store_explicit(&b->sl_state[i], SL_FAILED, memory_order_release);
+            atomic_fetch_add(&b->n_failed, 1);
+            bool limit = r == CUDA_ERROR_OUT_OF_MEMORY;
+            if (!warned)
+                log_warn("pinning L1 failed at offset %llu (%llu bytes): %s; %llu of %zu bytes pinned. Copies to the "
+                         "rest go through bounce buffers (slower, never failed). %s",
+                         (unsigned long long)off, (unsigned long long)n, cu_err(b, r),
+                         (unsigned long long)atomic_load(&b->pinned_bytes), b->host_len,
+                         limit ? "Raise the locked-memory limit: LimitMEMLOCK=infinity in lmcd's systemd unit, "
+                                 "--ulimit memlock=-1 for a container, or ulimit -l unlimited"
+                               : "Other slices are still pinned");
+            warned = true;
+            if (limit) { /* every later slice would fail the same way */
+                atomic_store(&b->pin_gave_up, true);
+                atomic_store(&b->pin_running, false);
+                return NULL;
+            }
+        }
+        if (!waiting)
+            break;
+        if (!announced && atomic_load(&b->n_pinned)) {
+            log_info("pinning L1: %llu bytes of the committed part pinned in %.1f s; the rest is pinned as the "
+                     "lazy L1 commits it", (unsigned long long)atomic_load(&b->pinned_bytes),
+                     (double)(clock_mono_ns() - t0) / 1e9);
+            announced = true;
+        }
+        pthread_mutex_lock(&b->pin_mu);
+        if (!b->pin_stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += CU_PIN_POLL_NS;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&b->pin_cv, &b->pin_mu, &ts);
+        }
+        pthread_mutex_unlock(&b->pin_mu);
+    }
+    if (!pin_stopping(b))
+        log_info("pinning L1: done, %llu of %zu bytes in %llu slices pinned in %.1f s",
+                 (unsigned long long)atomic_load(&b->pinned_bytes), b->host_len,
+                 (unsigned long long)atomic_load(&b->n_pinned), (double)(clock_mono_ns() - t0) / 1e9);
+    atomic_store(&b->pin_running, false);
+    return NULL;
+}
+
+/* Starts pinning L1 in device i's context (its first registration).
+ * Under b->lock. */
+static void pin_start(struct transfer_backend *b, int i)
+{
+    if (b->pin_started || !b->nslices)
+        return;
+    b->pin_dev = i;
+    atomic_store(&b->pin_running, true);
+    if (pthread_create(&b->pin_thr, NULL, pin_main, b)) {
+        atomic_store(&b->pin_running, false);
+        atomic_store(&b->pin_gave_up, true);
+        log_warn("pinning L1: no thread; every copy goes through bounce buffers");
+        return;
+    }
+    b->pin_started = true;
+}
+
+/* Stops the pinning thread and unregisters every pinned slice, in the
+ * context that pinned them. After every registration is gone. */
+static void pin_stop(struct transfer_backend *b)
+{
+    if (!b->pin_started)
+        return;
+    pthread_mutex_lock(&b->pin_mu);
+    b->pin_stop = true;
+    pthread_cond_broadcast(&b->pin_cv);
+    pthread_mutex_unlock(&b->pin_mu);
+    pthread_join(b->pin_thr, NULL);
+    b->pin_started = false;
+    if (b->cu.CtxSetCurrent(b->devs[b->pin_dev].ctx) != CUDA_SUCCESS)
+        return;
+    for (uint64_t i = 0; i < b->nslices; i++)
+        if (atomic_load(&b->sl_state[i]) == SL_PINNED) {
+            uint64_t off, n;
+            tp_slice_range(b->host_len, b->slice, i, &off, &n);
+            b->cu.MemHostUnregister((uint8_t *)b->host_base + off);
+            atomic_store(&b->sl_state[i], SL_UNPINNED);
+        }
 }
 
 /* Primary context and kernels of device `i`, on first use. Under b->lock. */
@@ -239,26 +434,11 @@ static int dev_ready(struct transfer_backend *b, int i, char *why, size_t why_le
             return -EIO;
         }
     }
-    /* Pin L1 once, portable (every context) and device-mapped, so kernels
-     * write objects straight into it. Done at the first registration, in
-     * the context of a device a worker uses; it blocks that registration
-     * (LMCache pins at start, ~45 s for 80 GB: #4018). */
-    if (!b->host_pinned && b->host_base && b->host_len) {
-        r = b->cu.MemHostRegister(b->host_base, b->host_len, CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP);
-        if (r != CUDA_SUCCESS) {
-            snprintf(why, why_len, "pinning L1 (%zu bytes): %s (raise the memlock limit?)", b->host_len, cu_err(b, r));
-            return -EIO;
-        }
-        b->host_pinned = true;
-        b->pin_dev = i;
-    }
-    if (!d->host_dev && b->host_pinned) {
-        if ((r = b->cu.MemHostGetDevicePointer(&d->host_dev, b->host_base, 0)) != CUDA_SUCCESS) {
-            d->host_dev = 0;
-            snprintf(why, why_len, "device %d: mapping pinned L1: %s", i, cu_err(b, r));
-            return -EIO;
-        }
-    }
+    /* Pin L1 in the background, in the context of a device a worker uses
+     * (no context on a GPU nobody uses, LMCache #4019), never blocking this
+     * registration or any request (LMCache pins at start, ~45 s for 80 GB:
+     * #4018): until a slice is pinned, copies to it use bounce buffers. */
+    pin_start(b, i);
     return 0;
 }
 
@@ -289,6 +469,11 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
         b->cu.MemFree(g->d_layers);
     if (g->d_scratch)
         b->cu.MemFree(g->d_scratch);
+    if (g->d_stage)
+        b->cu.MemFree(g->d_stage);
+    for (unsigned i = 0; i < CU_BOUNCE_MAX; i++)
+        if (g->bounce_h[i])
+            b->cu.MemFreeHost(g->bounce_h[i]);
     for (size_t i = 0; i < g->n_maps; i++)
         b->cu.IpcCloseMemHandle(g->maps[i].base);
     pthread_mutex_destroy(&g->lock);
@@ -377,11 +562,29 @@ static void *completion_main(void *arg)
         CUresult r = ctx_ok ? b->cu.EventSynchronize(ev) : CUDA_ERROR_INVALID_CONTEXT;
         if (r != CUDA_SUCCESS)
             log_warn("instance %lld: a copy failed on the GPU: %s", (long long)g->instance, cu_err(b, r));
-        p.done(p.arg, r == CUDA_SUCCESS);
+        /* A STORE's bounced objects reach L1 before the engine publishes
+         * them (the bounce slots are this piece's until freed below). */
+        if (r == CUDA_SUCCESS && p.store)
+            for (unsigned i = 0; i < p.nb; i++)
+                memcpy(p.l1[i], g->bounce_h[p.slot[i]], g->obj_bytes);
         pthread_mutex_lock(&g->lock);
+        for (unsigned i = 0; i < p.nb; i++)
+            g->slot_busy &= ~(1u << p.slot[i]);
         g->q_head = (g->q_head + 1) % TRANSFER_QUEUE_DEPTH;
         g->q_n--;
-        pthread_cond_broadcast(&g->cv); /* room for a blocked copy() */
+        bool fire = false;
+        if (p.grp) {
+            p.grp->pending--;
+            p.grp->ok = p.grp->ok && r == CUDA_SUCCESS;
+            fire = p.grp->sealed && !p.grp->pending;
+        }
+        pthread_cond_broadcast(&g->cv); /* room (queue, bounce) for a blocked copy() */
+        pthread_mutex_unlock(&g->lock);
+        if (fire) {
+            p.grp->done(p.grp->arg, p.grp->ok);
+            free(p.grp);
+        }
+        pthread_mutex_lock(&g->lock);
     }
     pthread_mutex_unlock(&g->lock);
     return NULL;
@@ -640,11 +843,10 @@ static int scratch(struct transfer_backend *b, struct cu_reg *g, size_t need)
     return 0;
 }
 
-/* The batch on the device: compacted block ids of the chunks to move and
- * their objects' device addresses, one kernel launch (queued, not waited
- * for). */
-static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct transfer_copy *c, char *why,
-                    size_t why_len)
+/* Checks every block id of the copy before anything is queued: a store must
+ * not publish bytes it never read; a retrieve writes only real blocks. */
+static int check_blocks(struct transfer_backend *b, const struct cu_reg *g, const struct transfer_copy *c, char *why,
+                        size_t why_len)
 {
     const struct tl_layout *l = &g->lay;
     if (c->chunk_tokens == 0 || c->chunk_tokens % (uint64_t)l->bs) {
@@ -653,36 +855,162 @@ static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct t
         return -EINVAL;
     }
     uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs;
-    size_t nb = c->n_chunks * bpc;
-    size_t bytes = nb * sizeof(int64_t) + c->n_chunks * sizeof(uint64_t);
+    for (size_t k = 0; k < c->n_chunks; k++) {
+        uint64_t first = (uint64_t)c->chunk_index[k] * bpc;
+        for (uint64_t j = 0; j < bpc; j++) {
+            int64_t id = first + j < c->n_blocks ? c->block_ids[first + j] : b->o.null_block_id;
+            if (id != b->o.null_block_id && (id < 0 || id >= l->nb)) {
+                snprintf(why, why_len, "block id %lld outside the cache's %lld blocks", (long long)id,
+                         (long long)l->nb);
+                return -EINVAL;
+            }
+            if (c->store && id == b->o.null_block_id) {
+                snprintf(why, why_len, "chunk %lld has a null block: not stored", (long long)c->chunk_index[k]);
+                return -EINVAL;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Where device `dev` sees slice i of L1 (0: not pinned). Asked of the
+ * driver once per slice and device, in the caller's context (the device's
+ * own), then read lock-free. */
+struct slice_q {
+    struct transfer_backend *b;
+    int dev;
+};
+
+static uint64_t slice_dev(void *arg, uint64_t i)
+{
+    struct slice_q *q = arg;
+    struct transfer_backend *b = q->b;
+    if (atomic_load_explicit(&b->sl_state[i], memory_order_acquire) != SL_PINNED)
+        return 0;
+    _Atomic uint64_t *slot = &b->sl_dev[i * (uint64_t)b->ndev + (uint64_t)q->dev];
+    uint64_t v = atomic_load_explicit(slot, memory_order_relaxed);
+    if (!v) {
+        CUdeviceptr d = 0;
+        if (b->cu.MemHostGetDevicePointer(&d, (uint8_t *)b->host_base + i * b->slice, 0) != CUDA_SUCCESS || !d)
+            return 0;
+        v = (uint64_t)d;
+        atomic_store_explicit(slot, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+/* Whether the object at host address p (obj bytes) can move without a
+ * bounce buffer: DIRECT needs its device address (contiguous over the
+ * slices it spans), STAGING only its slices pinned (the DMA takes host
+ * addresses). */
+static bool obj_pinned(struct transfer_backend *b, const struct cu_reg *g, bool staging, const void *p, uint64_t obj,
+                       uint64_t *dev)
+{
+    if (!b->nslices)
+        return false;
+    uint64_t off = (uint64_t)((const uint8_t *)p - (const uint8_t *)b->host_base);
+    if (staging) {
+        uint64_t a, z;
+        if (!tp_slices_of(b->host_len, b->slice, off, obj, &a, &z))
+            return false;
+        for (uint64_t i = a; i <= z; i++)
+            if (atomic_load_explicit(&b->sl_state[i], memory_order_acquire) != SL_PINNED)
+                return false;
+        return true;
+    }
+    struct slice_q q = {b, g->dev};
+    return tp_translate((uint64_t)(uintptr_t)b->host_base, b->host_len, b->slice, slice_dev, &q, off, obj, dev);
+}
+
+/* The registration's bounce slots (pinned, device-mapped) and, for the
+ * staging path, its device staging: n_slots objects each, on first need.
+ * Under g->lock. */
+static int slots_ready(struct transfer_backend *b, struct cu_reg *g, bool staging, uint64_t obj, char *why,
+                       size_t why_len)
+{
+    if (g->obj_bytes && g->obj_bytes != obj) {
+        snprintf(why, why_len, "chunk objects of %llu bytes, the registration's are %llu",
+                 (unsigned long long)obj, (unsigned long long)g->obj_bytes);
+        return -EINVAL;
+    }
+    if (!g->obj_bytes) {
+        uint64_t n = CU_BOUNCE_BYTES / obj;
+        g->n_slots = n < 2 ? 2 : n > CU_BOUNCE_MAX ? CU_BOUNCE_MAX : (unsigned)n;
+        g->obj_bytes = obj;
+    }
+    CUresult r;
+    if (staging && !g->d_stage && (r = b->cu.MemAlloc(&g->d_stage, g->n_slots * obj)) != CUDA_SUCCESS) {
+        g->d_stage = 0;
+        snprintf(why, why_len, "device staging (%llu bytes): %s", (unsigned long long)(g->n_slots * obj),
+                 cu_err(b, r));
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static int bounce_ready(struct transfer_backend *b, struct cu_reg *g, char *why, size_t why_len)
+{
+    if (g->bounce_h[0])
+        return 0;
+    for (unsigned i = 0; i < g->n_slots; i++) {
+        CUresult r = b->cu.MemHostAlloc(&g->bounce_h[i], g->obj_bytes,
+                                        CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
+        if (r == CUDA_SUCCESS && (r = b->cu.MemHostGetDevicePointer(&g->bounce_d[i], g->bounce_h[i], 0)) !=
+                                     CUDA_SUCCESS) {
+            b->cu.MemFreeHost(g->bounce_h[i]);
+            r = r ? r : CUDA_ERROR_UNKNOWN;
+        }
+        if (r != CUDA_SUCCESS) {
+            g->bounce_h[i] = NULL;
+            for (unsigned j = 0; j < i; j++) {
+                b->cu.MemFreeHost(g->bounce_h[j]);
+                g->bounce_h[j] = NULL;
+            }
+            snprintf(why, why_len, "bounce buffers (%u x %llu bytes): %s", g->n_slots,
+                     (unsigned long long)g->obj_bytes, cu_err(b, r));
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* One piece of a copy: chunks [k0, k0+n) of c. Object j is in pinned L1
+ * (slot[j] < 0, dev[j] its device address for DIRECT) or in bounce slot
+ * slot[j]. Queues on the stream: (RETRIEVE, STAGING: one HtoD per object
+ * into staging), the block table, one gather/scatter launch, (STORE,
+ * STAGING: one DtoH per object out of staging), and the piece's event.
+ * Under g->lock. */
+static int run_piece(struct transfer_backend *b, struct cu_reg *g, const struct transfer_copy *c, bool staging,
+                     size_t k0, size_t n, const int *slot, const uint64_t *dev, uint8_t event[TRANSFER_EVENT_BYTES],
+                     unsigned *ev, char *why, size_t why_len)
+{
+    const struct tl_layout *l = &g->lay;
+    uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs, obj = g->obj_bytes;
+    size_t nb = n * bpc;
+    size_t bytes = nb * sizeof(int64_t) + n * sizeof(uint64_t);
     uint8_t *host = malloc(bytes);
     if (!host)
         return -ENOMEM;
     int64_t *blocks = (int64_t *)host;
     uint64_t *addrs = (uint64_t *)(host + nb * sizeof(int64_t));
     int rc = 0;
-    for (size_t k = 0; k < c->n_chunks; k++) {
+    CUresult r = CUDA_SUCCESS;
+    for (size_t j = 0; j < n; j++) {
+        size_t k = k0 + j;
         uint64_t first = (uint64_t)c->chunk_index[k] * bpc;
-        for (uint64_t j = 0; j < bpc; j++) {
-            int64_t id = first + j < c->n_blocks ? c->block_ids[first + j] : b->o.null_block_id;
-            /* A store must not publish bytes it never read; a retrieve
-             * writes only real blocks. */
-            if (id != b->o.null_block_id && (id < 0 || id >= l->nb)) {
-                snprintf(why, why_len, "block id %lld outside the cache's %lld blocks", (long long)id,
-                         (long long)l->nb);
-                rc = -EINVAL;
-                goto out;
-            }
-            if (c->store && id == b->o.null_block_id) {
-                snprintf(why, why_len, "chunk %lld has a null block: not stored", (long long)c->chunk_index[k]);
-                rc = -EINVAL;
-                goto out;
-            }
-            blocks[k * bpc + j] = id;
+        for (uint64_t t = 0; t < bpc; t++)
+            blocks[j * bpc + t] = first + t < c->n_blocks ? c->block_ids[first + t] : b->o.null_block_id;
+        const void *src = slot[j] >= 0 ? g->bounce_h[slot[j]] : c->chunk_ptr[k];
+        if (!c->store && slot[j] >= 0) /* read-locked by the LOOKUP: stable */
+            memcpy(g->bounce_h[slot[j]], c->chunk_ptr[k], obj);
+        if (staging) {
+            addrs[j] = (uint64_t)g->d_stage + j * obj;
+            if (!c->store && (r = b->cu.MemcpyHtoDAsync(g->d_stage + j * obj, src, obj, g->stream)) != CUDA_SUCCESS)
+                goto drv;
+        } else {
+            addrs[j] = slot[j] >= 0 ? (uint64_t)g->bounce_d[slot[j]] : dev[j];
         }
-        addrs[k] = (uint64_t)b->devs[g->dev].host_dev + (uint64_t)((uint8_t *)c->chunk_ptr[k] - (uint8_t *)b->host_base);
     }
-    CUresult r;
     /* Ordered before the kernel on the same stream (see cu_register). */
     if ((rc = scratch(b, g, bytes)) ||
         (r = b->cu.MemcpyHtoDAsync(g->d_scratch, host, bytes, g->stream)) != CUDA_SUCCESS) {
@@ -690,21 +1018,22 @@ static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct t
         rc = rc ? rc : -EIO;
         goto out;
     }
+    /* Chunk j of the piece is chunk k0 + j of the range, and a RETRIEVE
+     * skips by position in the range. */
+    int64_t skip = c->store ? 0 : c->skip_blocks - (int64_t)(k0 * bpc);
     struct tl_xfer x = {
         .lay = *l,
         .nlayers = g->nlayers,
-        .nchunks = (uint32_t)c->n_chunks,
+        .nchunks = (uint32_t)n,
         .chunk_tokens = c->chunk_tokens,
         .last_tokens = c->chunk_tokens,
         .null_block = b->o.null_block_id,
-        .skip_blocks = c->store ? 0 : c->skip_blocks,
+        .skip_blocks = skip < 0 ? 0 : skip,
         .layer_base = (const uint64_t *)(uintptr_t)g->d_layers,
         .block_ids = (const int64_t *)(uintptr_t)g->d_scratch,
         .chunk_addr = (const uint64_t *)(uintptr_t)(g->d_scratch + nb * sizeof(int64_t)),
     };
-    /* The chunk ranges passed here are whole chunks, but a RETRIEVE skips
-     * by position in the range: chunk k of the batch is chunk index k. */
-    uint64_t items = (uint64_t)c->n_chunks * tl_items_per_chunk(&x);
+    uint64_t items = (uint64_t)n * tl_items_per_chunk(&x);
     uint64_t grid = (items + 255) / 256;
     if (grid > 65535)
         grid = 65535; /* grid-stride loop covers the rest */
@@ -714,7 +1043,19 @@ static int run_copy(struct transfer_backend *b, struct cu_reg *g, const struct t
     if (r != CUDA_SUCCESS) {
         snprintf(why, why_len, "the %s kernel failed: %s", c->store ? "gather" : "scatter", cu_err(b, r));
         rc = -EIO;
+        goto out;
     }
+    if (staging && c->store)
+        for (size_t j = 0; j < n; j++) {
+            void *dst = slot[j] >= 0 ? g->bounce_h[slot[j]] : c->chunk_ptr[k0 + j];
+            if ((r = b->cu.MemcpyDtoHAsync(dst, g->d_stage + j * obj, obj, g->stream)) != CUDA_SUCCESS)
+                goto drv;
+        }
+    rc = record_event(b, g, event, ev, why, why_len);
+    goto out;
+drv:
+    snprintf(why, why_len, "a staging copy failed: %s", cu_err(b, r));
+    rc = -EIO;
 out:
     free(host);
     return rc;
@@ -743,6 +1084,9 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     g->users++;
     pthread_mutex_unlock(&b->lock);
     int rc = 0;
+    struct cu_group *grp = NULL;
+    int *slot = NULL;
+    uint64_t *dev = NULL;
     /* Back-pressure: a worker with a full queue waits here, in its pool
      * thread, never in the ZeroMQ loop. */
     while (c->n_chunks && g->q_n >= TRANSFER_QUEUE_DEPTH && !g->stop)
@@ -772,21 +1116,116 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         rc = -ENOTSUP;
         goto out;
     }
-    int crc = c->n_chunks ? run_copy(b, g, c, why, why_len) : -ENODATA;
+    bool staging = b->o.copy_path == TRANSFER_PATH_STAGING;
+    uint64_t obj = c->n_chunks ? tl_chunk_bytes(&g->lay, g->nlayers, c->chunk_tokens) : 0;
+    int crc = c->n_chunks ? check_blocks(b, g, c, why, why_len) : -ENODATA;
+    if (!crc && (crc = slots_ready(b, g, staging, obj, why, why_len)) == 0 &&
+        (!(dev = malloc(c->n_chunks * sizeof(*dev))) || !(slot = malloc(c->n_chunks * sizeof(*slot))) ||
+         !(grp = calloc(1, sizeof(*grp)))))
+        crc = -ENOMEM;
     unsigned ev = 0;
-    if ((rc = record_event(b, g, event, &ev, why, why_len)))
-        goto out; /* no valid event: the caller drops what it reserved */
-    if (crc)
+    if (crc) { /* nothing to move: the reply's event still follows the client's */
+        if ((rc = record_event(b, g, event, &ev, why, why_len)))
+            goto out;
         goto out;
-    g->q[(g->q_head + g->q_n) % TRANSFER_QUEUE_DEPTH] = (struct cu_pending){c->done, c->done_arg, ev};
-    g->q_n++;
-    pthread_cond_broadcast(&g->cv);
-    *copied = true;
+    }
+    *grp = (struct cu_group){c->done, c->done_arg, 0, true, false};
+    /* Pieces of at most n_slots objects when staging (the staging buffer's
+     * size; reused in stream order), and as many bounced objects as there
+     * are free bounce slots. Each piece is one queue entry. */
+    for (size_t k = 0; k < c->n_chunks;) {
+        size_t n = 0;
+        unsigned nbounce = 0;
+        struct cu_pending p = {.grp = grp, .store = c->store};
+        while (!g->stop && k + n < c->n_chunks && (!staging || n < g->n_slots)) {
+            if (obj_pinned(b, g, staging, c->chunk_ptr[k + n], obj, &dev[n])) {
+                slot[n] = -1;
+                n++;
+                continue;
+            }
+            if (nbounce == g->n_slots)
+                break;
+            if ((rc = bounce_ready(b, g, why, why_len)))
+                break;
+            unsigned free_slot = CU_BOUNCE_MAX;
+            for (unsigned i = 0; i < g->n_slots && free_slot == CU_BOUNCE_MAX; i++)
+                if (!(g->slot_busy & (1u << i)))
+                    free_slot = i;
+            if (free_slot == CU_BOUNCE_MAX) {
+                if (n)
+                    break; /* queue what we have; its completion frees slots */
+                pthread_cond_wait(&g->cv, &g->lock);
+                continue; /* and look again: pinning may have caught up meanwhile */
+            }
+            g->slot_busy |= 1u << free_slot;
+            slot[n] = (int)free_slot;
+            p.slot[nbounce] = (uint8_t)free_slot;
+            p.l1[nbounce++] = c->chunk_ptr[k + n];
+            n++;
+        }
+        /* a slot wait may have let the queue fill meanwhile */
+        while (!rc && g->q_n >= TRANSFER_QUEUE_DEPTH && !g->stop)
+            pthread_cond_wait(&g->cv, &g->lock);
+        if (!rc && g->stop) {
+            snprintf(why, why_len, "instance unregistered meanwhile");
+            rc = -ENOENT;
+        }
+        if (!rc)
+            rc = run_piece(b, g, c, staging, k, n, slot, dev, event, &p.ev, why, why_len);
+        if (rc) {
+            for (unsigned i = 0; i < nbounce; i++)
+                g->slot_busy &= ~(1u << p.slot[i]);
+            break;
+        }
+        p.nb = nbounce;
+        atomic_fetch_add(staging ? &b->obj_staged : &b->obj_direct, n - nbounce);
+        atomic_fetch_add(&b->obj_bounced, nbounce);
+        g->q[(g->q_head + g->q_n) % TRANSFER_QUEUE_DEPTH] = p;
+        g->q_n++;
+        grp->pending++;
+        pthread_cond_broadcast(&g->cv);
+        k += n;
+    }
+    if (grp->pending) {
+        /* Queued pieces report the copy; a piece that failed to queue makes
+         * it a failure (a STORE is dropped, a RETRIEVE's blocks are
+         * undefined), but the event recorded last is valid. */
+        grp->ok = grp->ok && !rc;
+        grp->sealed = true;
+        grp = NULL;
+        *copied = true;
+        if (rc)
+            log_warn("instance %lld: part of a copy could not be queued: %s", (long long)c->instance, why);
+        rc = 0;
+    } else if (rc && rc != -ENOENT) {
+        int rc2 = record_event(b, g, event, &ev, why, why_len);
+        rc = rc2 ? rc2 : 0; /* not queued: nothing moved, the reply says so */
+    }
 out:
+    free(grp);
+    free(dev);
+    free(slot);
     g->users--;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->lock);
     return rc;
+}
+
+static void cu_stats(struct transfer_backend *b, struct transfer_stats *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->copy_path = b->o.copy_path == TRANSFER_PATH_STAGING ? "staging" : "direct";
+    o->host_bytes = b->host_len;
+    o->slice_bytes = b->slice;
+    o->slices = b->nslices;
+    o->slices_pinned = atomic_load(&b->n_pinned);
+    o->slices_failed = atomic_load(&b->n_failed);
+    o->pinned_bytes = atomic_load(&b->pinned_bytes);
+    o->pinning = atomic_load(&b->pin_running);
+    o->pin_stopped = atomic_load(&b->pin_gave_up);
+    o->obj_direct = atomic_load(&b->obj_direct);
+    o->obj_staged = atomic_load(&b->obj_staged);
+    o->obj_bounced = atomic_load(&b->obj_bounced);
 }
 
 static void cu_close(struct transfer_backend *b)
@@ -796,15 +1235,19 @@ static void cu_close(struct transfer_backend *b)
     pthread_mutex_lock(&b->lock);
     while (b->n_regs)
         reg_remove(b, b->regs[0]->instance);
-    /* Unregistering needs a current context, and this thread (the one
-     * that stops the server) may never have had one. */
-    if (b->host_pinned && b->cu.CtxSetCurrent(b->devs[b->pin_dev].ctx) == CUDA_SUCCESS)
-        b->cu.MemHostUnregister(b->host_base);
+    /* Unpinning needs a current context (this thread, the one that stops
+     * the server, may never have had one): pin_stop sets the one that
+     * pinned. */
+    pin_stop(b);
     for (int i = 0; i < b->ndev; i++)
         if (b->devs[i].ctx)
             b->cu.PrimaryCtxRelease(b->devs[i].dev);
     pthread_mutex_unlock(&b->lock);
     pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->pin_mu);
+    pthread_cond_destroy(&b->pin_cv);
+    free((void *)b->sl_state);
+    free((void *)b->sl_dev);
     free(b->regs);
     dlclose(b->lib);
     free(b);
@@ -817,6 +1260,7 @@ static const struct transfer_ops cuda_ops = {
     .unregister = cu_unregister,
     .geometry = cu_geometry,
     .copy = cu_copy,
+    .stats = cu_stats,
     .close = cu_close,
 };
 

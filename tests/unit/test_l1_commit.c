@@ -37,6 +37,12 @@ Test(l1_commit, backs_whole_regions_then_ahead_forgets_on_reset_and_refuses_bad_
         usleep(10000);
     cr_assert_geq(backed_bytes(fd), 17 * MIB, "the space after it is committed ahead");
     cr_assert_leq(backed_bytes(fd), 2 * MIB + 256 * MIB);
+    /* the reservation's own partial region (4 KiB .. 1 MiB + 4 KiB of
+     * region 0) is completed in the background and marked: no permanent
+     * hole in the bitmap where objects live */
+    for (int i = 0; i < 500 && !l1_commit_backed(c, 0, 2 * MIB); i++)
+        usleep(10000);
+    cr_assert(l1_commit_backed(c, 0, 2 * MIB), "the partial first region is marked backed by commit-ahead");
 
     /* A whole region is remembered. A truncation (here: a hole punched by
      * "someone else") takes the pages; the bitmap still says backed until a

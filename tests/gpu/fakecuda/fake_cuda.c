@@ -38,8 +38,21 @@
  *   stream reaches it; cuStreamWaitEvent waits (in the stream, never the
  *   host) for the record current at the call. A test client records and
  *   completes its own events by writing the page.
- * - cuMemHostRegister records the range (no pinning); device access to it
- *   needs DEVICEMAP, and PORTABLE from other contexts.
+ * - cuMemHostRegister records the range; device access to it needs
+ *   DEVICEMAP, and PORTABLE from other contexts. Like the driver's pinning,
+ *   it faults every page of the range in (MADV_POPULATE_WRITE: a lazily
+ *   committed tmpfs mapping gains those pages), and it can be slowed and
+ *   failed: FAKECUDA_PIN_DELAY_MS (milliseconds per GiB registered, the
+ *   real cost is about 0.5 s/GiB, LMCache #4018), FAKECUDA_PIN_FAIL=1
+ *   (every registration fails with CUDA_ERROR_OUT_OF_MEMORY, as under a
+ *   low memlock limit) and FAKECUDA_PIN_LIMIT_MB (registrations past that
+ *   many MiB in all fail so).
+ * - cuMemHostAlloc is page-aligned host memory registered at once (flags
+ *   PORTABLE/DEVICEMAP as for cuMemHostRegister), freed by cuMemFreeHost.
+ * - cuMemcpyDtoHAsync/cuMemcpyHtoDAsync between device memory and pinned
+ *   host memory run in stream order and touch the host bytes only then (so
+ *   a host buffer reused before the copy ran is caught); an async DtoH into
+ *   pageable memory is refused (lmcd must only DMA into pinned memory).
  * - cuModuleLoadData accepts an image with the fatbin magic; the functions
  *   lmcd_gather/lmcd_scatter run on the CPU with tl_item(), the index
  *   function the .cu kernels use, reading `struct tl_xfer` by value as the
@@ -89,6 +102,7 @@ struct fk_region {
     int dev;
     struct CUctx_st *ctx; /* R_IPC/R_HOST: the context that opened/registered it */
     unsigned flags;       /* R_HOST: CU_MEMHOSTREGISTER_* */
+    bool host_alloc;      /* R_HOST: from cuMemHostAlloc (alloc is what to free) */
     int refs;             /* R_IPC */
     uint8_t handle[CU_IPC_HANDLE_SIZE];
     void *alloc; /* R_ALLOC: what to free */
@@ -138,8 +152,9 @@ struct fk_op {
     uint64_t seq;         /* RECORD: the value; WAIT: the target */
     struct tl_xfer x;     /* KERNEL: parameters, copied at launch */
     int gather;
-    void *dst, *src;      /* COPY: src is a staging copy, freed after */
+    void *dst, *src;      /* COPY: src is a staging copy, freed after, unless src_pinned */
     size_t len;
+    bool src_pinned;
     long delay_ns;
 };
 
@@ -163,6 +178,7 @@ static struct {
     size_t n_reg, cap_reg;
     struct CUstream_st *streams;
     int n_events, n_mods;
+    uint64_t pinned_bytes; /* registered by cuMemHostRegister, for FAKECUDA_PIN_LIMIT_MB */
 } fk = {.mu = PTHREAD_MUTEX_INITIALIZER, .mem = PTHREAD_RWLOCK_INITIALIZER};
 
 static __thread struct CUctx_st *fk_cur;
@@ -534,7 +550,8 @@ static void fk_run_op(struct CUstream_st *s, struct fk_op *op)
         pthread_rwlock_rdlock(&fk.mem);
         memcpy(op->dst, op->src, op->len);
         pthread_rwlock_unlock(&fk.mem);
-        free(op->src);
+        if (!op->src_pinned)
+            free(op->src);
         break;
     }
     free(op);
@@ -970,6 +987,19 @@ static bool fk_in_alloc(uintptr_t p, size_t n, const struct CUctx_st *ctx)
     return false;
 }
 
+/* Whether [p, p+n) is wholly inside one pinned host range the current
+ * context may use (its own, or PORTABLE). Under fk.mu. */
+static bool fk_in_pinned(uintptr_t p, size_t n)
+{
+    for (size_t i = 0; i < fk.n_reg; i++) {
+        const struct fk_region *r = &fk.reg[i];
+        if (r->kind == R_HOST && (r->ctx == fk_cur || (r->flags & CU_MEMHOSTREGISTER_PORTABLE)) && p >= r->base &&
+            p + n <= r->base + r->len && p + n >= p)
+            return true;
+    }
+    return false;
+}
+
 /* Both copies from pageable memory stage the source at the call ("host
  * memory is copied to a staging buffer immediately") and write the device
  * later, in stream order: on hStream, or, for the synchronous call, on the
@@ -984,6 +1014,7 @@ static CUresult fk_htod(const char *fn, CUdeviceptr dst, const void *src, size_t
         return fk_fail(CUDA_ERROR_INVALID_VALUE, fn, "NULL source");
     pthread_mutex_lock(&fk.mu);
     bool ok = fk_in_alloc((uintptr_t)dst, n, fk_cur);
+    bool pinned = hStream && fk_in_pinned((uintptr_t)src, n);
     bool sok = !hStream || fk_stream_ok(hStream);
     if (ok && !hStream && !fk_cur->legacy)
         fk_cur->legacy = fk_stream_new(fk_cur);
@@ -997,16 +1028,21 @@ static CUresult fk_htod(const char *fn, CUdeviceptr dst, const void *src, size_t
     if (!n)
         return CUDA_SUCCESS;
     struct fk_op *op = calloc(1, sizeof(*op));
-    void *stage = malloc(n);
+    /* From pinned memory the DMA reads the source when the stream gets
+     * there, not at the call: a buffer reused too early shows. */
+    void *stage = pinned ? (void *)src : malloc(n);
     if (!op || !stage || !st) {
         free(op);
-        free(stage);
+        if (!pinned)
+            free(stage);
         return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, fn, "staging %zu bytes", n);
     }
-    memcpy(stage, src, n);
+    if (!pinned)
+        memcpy(stage, src, n);
     op->kind = OP_COPY;
     op->dst = (void *)(uintptr_t)dst;
     op->src = stage;
+    op->src_pinned = pinned;
     op->len = n;
     op->delay_ns = hStream ? 0 : FK_DMA_DELAY_NS;
     fk_push(st, op);
@@ -1024,6 +1060,44 @@ CUresult CUDAAPI cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost
     if (!hStream)
         return fk_fail(CUDA_ERROR_INVALID_HANDLE, "cuMemcpyHtoDAsync_v2", "the NULL stream is not emulated");
     return fk_htod("cuMemcpyHtoDAsync_v2", dstDevice, srcHost, ByteCount, hStream);
+}
+
+CUresult CUDAAPI cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
+{
+    const char *fn = "cuMemcpyDtoHAsync_v2";
+    CUresult r = fk_ctx_check(fn);
+    if (r)
+        return r;
+    if (!dstHost && ByteCount)
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, fn, "NULL destination");
+    pthread_mutex_lock(&fk.mu);
+    bool ok = fk_in_alloc((uintptr_t)srcDevice, ByteCount, fk_cur);
+    bool pinned = fk_in_pinned((uintptr_t)dstHost, ByteCount);
+    bool sok = hStream && fk_stream_ok(hStream);
+    pthread_mutex_unlock(&fk.mu);
+    if (!sok)
+        return fk_fail(CUDA_ERROR_INVALID_HANDLE, fn, "not a stream of the current context (the NULL stream is not "
+                                                      "emulated)");
+    if (!ok)
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, fn, "source 0x%llx+%zu not device memory",
+                       (unsigned long long)srcDevice, ByteCount);
+    /* The driver would copy into pageable memory synchronously; lmcd means
+     * to DMA into pinned memory only, so the fake treats it as a bug. */
+    if (!pinned)
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, fn, "destination %p+%zu is not pinned host memory", dstHost,
+                       ByteCount);
+    if (!ByteCount)
+        return CUDA_SUCCESS;
+    struct fk_op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    op->kind = OP_COPY;
+    op->dst = dstHost;
+    op->src = (void *)(uintptr_t)srcDevice;
+    op->src_pinned = true; /* device memory: read in stream order, never freed here */
+    op->len = ByteCount;
+    fk_push(hStream, op);
+    return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags)
@@ -1144,6 +1218,9 @@ CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Fla
     if (!p || !bytesize || (Flags & ~all))
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemHostRegister_v2", "NULL, 0 bytes or flags 0x%x", Flags);
     uintptr_t a = (uintptr_t)p;
+    const char *e = getenv("FAKECUDA_PIN_FAIL");
+    if (e && atoi(e))
+        return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostRegister_v2", "FAKECUDA_PIN_FAIL (a memlock limit)");
     pthread_mutex_lock(&fk.mu);
     for (size_t i = 0; i < fk.n_reg; i++)
         if (fk.reg[i].kind == R_HOST && a < fk.reg[i].base + fk.reg[i].len && fk.reg[i].base < a + bytesize) {
@@ -1151,13 +1228,85 @@ CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Fla
             return fk_fail(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "cuMemHostRegister_v2", "overlaps 0x%llx",
                            (unsigned long long)fk.reg[i].base);
         }
+    e = getenv("FAKECUDA_PIN_LIMIT_MB");
+    if (e && fk.pinned_bytes + bytesize > (uint64_t)atoll(e) << 20) {
+        pthread_mutex_unlock(&fk.mu);
+        return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostRegister_v2", "FAKECUDA_PIN_LIMIT_MB=%s reached", e);
+    }
+    fk.pinned_bytes += bytesize;
+    pthread_mutex_unlock(&fk.mu);
+    /* Pinning faults every page in (the driver pins with write access):
+     * pages of a lazily committed tmpfs mapping come into existence here. */
+    if (madvise((void *)(a & ~(uintptr_t)4095), bytesize + (a & 4095), MADV_POPULATE_WRITE))
+        for (uintptr_t q = a; q < a + bytesize; q += 4096)
+            __atomic_fetch_add((volatile char *)q, 0, __ATOMIC_RELAXED);
+    e = getenv("FAKECUDA_PIN_DELAY_MS");
+    if (e && atol(e) > 0) { /* the driver's cost per GiB, slept outside every lock */
+        uint64_t ns = (uint64_t)atol(e) * 1000000ull * bytesize / (1ull << 30);
+        struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+        nanosleep(&ts, NULL);
+    }
     struct fk_region reg = {.base = a, .len = bytesize, .kind = R_HOST, .dev = fk_cur->dev, .ctx = fk_cur,
                             .flags = Flags};
+    pthread_mutex_lock(&fk.mu);
+    int rc = fk_reg_add(&reg);
+    if (rc)
+        fk.pinned_bytes -= bytesize;
+    pthread_mutex_unlock(&fk.mu);
+    /* Not faithful: no page is really locked (the memlock limit is the env
+     * above), no IOMMU mapping. */
+    return rc ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags)
+{
+    CUresult r = fk_ctx_check("cuMemHostAlloc");
+    if (r)
+        return r;
+    if (!pp || !bytesize || (Flags & ~(unsigned)(CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP |
+                                                 CU_MEMHOSTALLOC_WRITECOMBINED)))
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemHostAlloc", "NULL, 0 bytes or flags 0x%x", Flags);
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, bytesize))
+        return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostAlloc", "%zu bytes", bytesize);
+    memset(p, 0x5A, bytesize);
+    /* The ALLOC flags have the REGISTER flags' values (PORTABLE 1, DEVICEMAP 2). */
+    struct fk_region reg = {.base = (uintptr_t)p, .len = bytesize, .kind = R_HOST, .dev = fk_cur->dev,
+                            .ctx = fk_cur, .flags = Flags & 3u, .host_alloc = true, .alloc = p};
+    pthread_mutex_lock(&fk.mu);
     int rc = fk_reg_add(&reg);
     pthread_mutex_unlock(&fk.mu);
-    /* Not faithful: nothing is pinned (no memlock limit, no page faults
-     * forced in); the range only becomes device-addressable. */
-    return rc ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
+    if (rc) {
+        free(p);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *pp = p;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuMemFreeHost(void *p)
+{
+    CUresult r = fk_ctx_bound("cuMemFreeHost");
+    if (r)
+        return r;
+    /* Stream work that may still touch it finishes first (the driver's free
+     * synchronises in practice). */
+    fk_drain_ctx(fk_cur);
+    pthread_rwlock_wrlock(&fk.mem);
+    pthread_mutex_lock(&fk.mu);
+    void *a = NULL;
+    for (size_t i = 0; i < fk.n_reg; i++)
+        if (fk.reg[i].kind == R_HOST && fk.reg[i].host_alloc && fk.reg[i].base == (uintptr_t)p) {
+            a = fk.reg[i].alloc;
+            fk_reg_del(i);
+            break;
+        }
+    pthread_mutex_unlock(&fk.mu);
+    pthread_rwlock_unlock(&fk.mem);
+    if (!a)
+        return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemFreeHost", "%p is not from cuMemHostAlloc", p);
+    free(a);
+    return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuMemHostUnregister(void *p)
@@ -1169,7 +1318,8 @@ CUresult CUDAAPI cuMemHostUnregister(void *p)
     pthread_mutex_lock(&fk.mu);
     bool found = false;
     for (size_t i = 0; i < fk.n_reg; i++)
-        if (fk.reg[i].kind == R_HOST && fk.reg[i].base == (uintptr_t)p) {
+        if (fk.reg[i].kind == R_HOST && !fk.reg[i].host_alloc && fk.reg[i].base == (uintptr_t)p) {
+            fk.pinned_bytes -= fk.reg[i].len;
             fk_reg_del(i);
             found = true;
             break;
@@ -1242,10 +1392,11 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned in
 __attribute__((destructor)) static void fk_unload(void)
 {
     pthread_mutex_lock(&fk.mu);
-    size_t ipc = 0, host = 0, alloc = 0, streams = 0;
+    size_t ipc = 0, host = 0, halloc = 0, alloc = 0, streams = 0;
     for (size_t i = 0; i < fk.n_reg; i++) {
         ipc += fk.reg[i].kind == R_IPC;
-        host += fk.reg[i].kind == R_HOST;
+        host += fk.reg[i].kind == R_HOST && !fk.reg[i].host_alloc;
+        halloc += fk.reg[i].kind == R_HOST && fk.reg[i].host_alloc;
         alloc += fk.reg[i].kind == R_ALLOC;
     }
     for (struct CUstream_st *s = fk.streams; s; s = s->next_in_ctx)
@@ -1253,11 +1404,11 @@ __attribute__((destructor)) static void fk_unload(void)
     int retained = 0;
     for (int i = 0; i < fk.ndev; i++)
         retained += fk.ctx[i].retains;
-    if (ipc || host || alloc || streams || fk.n_events || retained)
+    if (ipc || host || halloc || alloc || streams || fk.n_events || retained)
         fprintf(stderr,
-                "fakecuda: leak: %zu IPC mappings, %zu host registrations, %zu device allocations, %zu streams, "
-                "%d events, %d primary-context retains left at unload\n",
-                ipc, host, alloc, streams, fk.n_events, retained);
+                "fakecuda: leak: %zu IPC mappings, %zu host registrations, %zu pinned host allocations, %zu device "
+                "allocations, %zu streams, %d events, %d primary-context retains left at unload\n",
+                ipc, host, halloc, alloc, streams, fk.n_events, retained);
     struct CUstream_st *legacy[FK_MAX_DEV] = {0};
     for (int i = 0; i < FK_MAX_DEV; i++) {
         legacy[i] = fk.ctx[i].legacy;
