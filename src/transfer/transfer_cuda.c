@@ -974,6 +974,31 @@ static int bounce_ready(struct transfer_backend *b, struct cu_reg *g, char *why,
     return 0;
 }
 
+/* One object's DMA between device staging and host memory, queued on the
+ * stream. Inside L1 it is cut at slice boundaries: each slice is its own
+ * registration, and a copy is documented as pinned only within one. */
+static CUresult stage_dma(struct transfer_backend *b, struct cu_reg *g, bool to_host, void *host, CUdeviceptr d,
+                          uint64_t n)
+{
+    uint8_t *h = host, *lo = b->host_base, *hi = lo + b->host_len;
+    while (n) {
+        uint64_t part = n;
+        if (h >= lo && h < hi) {
+            uint64_t off = (uint64_t)(h - lo), end = (off / b->slice + 1) * b->slice;
+            if (off + part > end)
+                part = end - off;
+        }
+        CUresult r = to_host ? b->cu.MemcpyDtoHAsync(h, d, part, g->stream)
+                             : b->cu.MemcpyHtoDAsync(d, h, part, g->stream);
+        if (r != CUDA_SUCCESS)
+            return r;
+        h += part;
+        d += part;
+        n -= part;
+    }
+    return CUDA_SUCCESS;
+}
+
 /* One piece of a copy: chunks [k0, k0+n) of c. Object j is in pinned L1
  * (slot[j] < 0, dev[j] its device address for DIRECT) or in bounce slot
  * slot[j]. Queues on the stream: (RETRIEVE, STAGING: one HtoD per object
@@ -1005,7 +1030,7 @@ static int run_piece(struct transfer_backend *b, struct cu_reg *g, const struct 
             memcpy(g->bounce_h[slot[j]], c->chunk_ptr[k], obj);
         if (staging) {
             addrs[j] = (uint64_t)g->d_stage + j * obj;
-            if (!c->store && (r = b->cu.MemcpyHtoDAsync(g->d_stage + j * obj, src, obj, g->stream)) != CUDA_SUCCESS)
+            if (!c->store && (r = stage_dma(b, g, false, (void *)src, g->d_stage + j * obj, obj)) != CUDA_SUCCESS)
                 goto drv;
         } else {
             addrs[j] = slot[j] >= 0 ? (uint64_t)g->bounce_d[slot[j]] : dev[j];
@@ -1048,7 +1073,7 @@ static int run_piece(struct transfer_backend *b, struct cu_reg *g, const struct 
     if (staging && c->store)
         for (size_t j = 0; j < n; j++) {
             void *dst = slot[j] >= 0 ? g->bounce_h[slot[j]] : c->chunk_ptr[k0 + j];
-            if ((r = b->cu.MemcpyDtoHAsync(dst, g->d_stage + j * obj, obj, g->stream)) != CUDA_SUCCESS)
+            if ((r = stage_dma(b, g, true, dst, g->d_stage + j * obj, obj)) != CUDA_SUCCESS)
                 goto drv;
         }
     rc = record_event(b, g, event, ev, why, why_len);

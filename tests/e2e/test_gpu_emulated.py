@@ -203,8 +203,8 @@ class Cache:
 
 @pytest.fixture
 def gpu_lmcd(lmcd_factory):
-    def start(args=(), devices=1):
-        env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": str(devices)}
+    def start(args=(), devices=1, env=None):
+        env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": str(devices), **(env or {})}
         s = lmcd_factory(["--l1-size-gb", "0.1", *args], env=env)
         wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
         return s
