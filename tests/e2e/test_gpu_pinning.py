@@ -198,3 +198,22 @@ def test_copy_paths_give_identical_bytes(gpu_lmcd, clients, path, pinned):  # no
     # the refused registration is the only driver error (never a kernel fault)
     assert [e for e in fake_errors(s) if "cuMemHostRegister" not in e] == [], s.log()
     stop_clean(s)
+
+
+def test_without_unified_addressing_each_slice_is_translated(gpu_lmcd, clients):  # noqa: F811
+    """FAKECUDA_NO_UVA: each pinned slice is seen by kernels at its own
+    device address (cuMemHostGetDevicePointer), not the host's. Objects
+    inside one slice go direct at the translated address; objects spanning
+    two slices (not contiguous on the device) go through bounce buffers. A
+    kernel given a host address would fault: no driver error may appear."""
+    s = gpu_lmcd(["--no-l1-use-lazy"], env={"FAKECUDA_NO_UVA": "1"})
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_hnd", "bf16", layers=3, nb=200)  # 768 KiB objects over 2 MiB slices
+    register(c, 51, cache)
+    wait_for(lambda: gpu_status(s)["l1_pinning"]["state"] == "done", 30.0, what="pinning done")
+    for i in range(2):
+        round_trip(s, c, sched, 51, cache, 20000 + 10000 * i, 6, f"u{i}")
+    got = objects(s)
+    assert got["direct"] > 0 and got["bounce"] > 0 and got["direct"] + got["bounce"] >= 24, got
+    assert fake_errors(s) == [], s.log()
+    stop_clean(s)

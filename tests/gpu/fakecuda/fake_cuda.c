@@ -47,6 +47,12 @@
  *   (every registration fails with CUDA_ERROR_OUT_OF_MEMORY, as under a
  *   low memlock limit) and FAKECUDA_PIN_LIMIT_MB (registrations past that
  *   many MiB in all fail so).
+ * - FAKECUDA_NO_UVA=1: registered and allocated host memory is seen by
+ *   kernels at another address (a second mapping of the same pages, one
+ *   per registration), as without unified addressing: only the address
+ *   cuMemHostGetDevicePointer gives is device-addressable, so a kernel
+ *   that uses the host address (or assumes two registrations adjacent on
+ *   the host are adjacent on the device) faults.
  * - cuMemHostAlloc is page-aligned host memory registered at once (flags
  *   PORTABLE/DEVICEMAP as for cuMemHostRegister), freed by cuMemFreeHost.
  * - cuMemcpyDtoHAsync/cuMemcpyHtoDAsync between device memory and pinned
@@ -98,6 +104,7 @@ enum { R_ALLOC, R_IPC, R_HOST };
 struct fk_region {
     uintptr_t base;
     size_t len;
+    uintptr_t dbase; /* R_HOST under FAKECUDA_NO_UVA: where kernels see it (an alias mapping); 0: base */
     int kind;
     int dev;
     struct CUctx_st *ctx; /* R_IPC/R_HOST: the context that opened/registered it */
@@ -426,12 +433,14 @@ static bool fk_addressable(const struct fk_region *rs, size_t nr, const struct C
 {
     if (*hint < nr) {
         const struct fk_region *r = &rs[*hint];
-        if (a >= r->base && a + n <= r->base + r->len && a + n >= a)
+        uintptr_t b = r->dbase ? r->dbase : r->base;
+        if (a >= b && a + n <= b + r->len && a + n >= a)
             return true;
     }
     for (size_t i = 0; i < nr; i++) {
         const struct fk_region *r = &rs[i];
-        if (a < r->base || a + n > r->base + r->len || a + n < a)
+        uintptr_t b = r->kind == R_HOST && r->dbase ? r->dbase : r->base;
+        if (a < b || a + n > b + r->len || a + n < a)
             continue;
         bool ok = r->kind == R_ALLOC   ? r->dev == ctx->dev
                   : r->kind == R_IPC   ? r->ctx == ctx
@@ -1208,6 +1217,28 @@ CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
                            (unsigned long long)dptr);
 }
 
+static bool fk_no_uva(void)
+{
+    const char *e = getenv("FAKECUDA_NO_UVA");
+    return e && atoi(e);
+}
+
+/* A second mapping of the (shared) pages of [p, p+n): the device's view
+ * without unified addressing. 0 when it cannot be made. */
+static uintptr_t fk_alias(uintptr_t p, size_t n)
+{
+    uintptr_t pa = p & ~(uintptr_t)4095;
+    size_t len = (n + (p - pa) + 4095) & ~(size_t)4095;
+    void *q = mremap((void *)pa, 0, len, MREMAP_MAYMOVE);
+    return q == MAP_FAILED ? 0 : (uintptr_t)q + (p - pa);
+}
+
+static void fk_unalias(uintptr_t d, size_t n)
+{
+    uintptr_t da = d & ~(uintptr_t)4095;
+    munmap((void *)da, (n + (d - da) + 4095) & ~(size_t)4095);
+}
+
 CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags)
 {
     CUresult r = fk_ctx_check("cuMemHostRegister_v2");
@@ -1248,11 +1279,20 @@ CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Fla
     }
     struct fk_region reg = {.base = a, .len = bytesize, .kind = R_HOST, .dev = fk_cur->dev, .ctx = fk_cur,
                             .flags = Flags};
+    if (fk_no_uva() && !(reg.dbase = fk_alias(a, bytesize))) {
+        pthread_mutex_lock(&fk.mu);
+        fk.pinned_bytes -= bytesize;
+        pthread_mutex_unlock(&fk.mu);
+        return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostRegister_v2", "FAKECUDA_NO_UVA: no alias mapping "
+                                                                         "(not a shared mapping?)");
+    }
     pthread_mutex_lock(&fk.mu);
     int rc = fk_reg_add(&reg);
     if (rc)
         fk.pinned_bytes -= bytesize;
     pthread_mutex_unlock(&fk.mu);
+    if (rc && reg.dbase)
+        fk_unalias(reg.dbase, bytesize);
     /* Not faithful: no page is really locked (the memlock limit is the env
      * above), no IOMMU mapping. */
     return rc ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
@@ -1266,18 +1306,25 @@ CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags)
     if (!pp || !bytesize || (Flags & ~(unsigned)(CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP |
                                                  CU_MEMHOSTALLOC_WRITECOMBINED)))
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemHostAlloc", "NULL, 0 bytes or flags 0x%x", Flags);
-    void *p = NULL;
-    if (posix_memalign(&p, 4096, bytesize))
+    /* A shared mapping, so FAKECUDA_NO_UVA can alias it. */
+    void *p = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
         return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostAlloc", "%zu bytes", bytesize);
     memset(p, 0x5A, bytesize);
     /* The ALLOC flags have the REGISTER flags' values (PORTABLE 1, DEVICEMAP 2). */
     struct fk_region reg = {.base = (uintptr_t)p, .len = bytesize, .kind = R_HOST, .dev = fk_cur->dev,
                             .ctx = fk_cur, .flags = Flags & 3u, .host_alloc = true, .alloc = p};
+    if (fk_no_uva() && !(reg.dbase = fk_alias((uintptr_t)p, bytesize))) {
+        munmap(p, bytesize);
+        return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemHostAlloc", "FAKECUDA_NO_UVA: no alias mapping");
+    }
     pthread_mutex_lock(&fk.mu);
     int rc = fk_reg_add(&reg);
     pthread_mutex_unlock(&fk.mu);
     if (rc) {
-        free(p);
+        if (reg.dbase)
+            fk_unalias(reg.dbase, bytesize);
+        munmap(p, bytesize);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     *pp = p;
@@ -1295,17 +1342,24 @@ CUresult CUDAAPI cuMemFreeHost(void *p)
     pthread_rwlock_wrlock(&fk.mem);
     pthread_mutex_lock(&fk.mu);
     void *a = NULL;
+    size_t len = 0;
+    uintptr_t d = 0;
     for (size_t i = 0; i < fk.n_reg; i++)
         if (fk.reg[i].kind == R_HOST && fk.reg[i].host_alloc && fk.reg[i].base == (uintptr_t)p) {
             a = fk.reg[i].alloc;
+            len = fk.reg[i].len;
+            d = fk.reg[i].dbase;
             fk_reg_del(i);
             break;
         }
+    if (d)
+        fk_unalias(d, len);
+    if (a)
+        munmap(a, len);
     pthread_mutex_unlock(&fk.mu);
     pthread_rwlock_unlock(&fk.mem);
     if (!a)
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemFreeHost", "%p is not from cuMemHostAlloc", p);
-    free(a);
     return CUDA_SUCCESS;
 }
 
@@ -1320,6 +1374,8 @@ CUresult CUDAAPI cuMemHostUnregister(void *p)
     for (size_t i = 0; i < fk.n_reg; i++)
         if (fk.reg[i].kind == R_HOST && !fk.reg[i].host_alloc && fk.reg[i].base == (uintptr_t)p) {
             fk.pinned_bytes -= fk.reg[i].len;
+            if (fk.reg[i].dbase)
+                fk_unalias(fk.reg[i].dbase, fk.reg[i].len);
             fk_reg_del(i);
             found = true;
             break;
@@ -1337,19 +1393,21 @@ CUresult CUDAAPI cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsig
         return r;
     if (!pdptr || Flags)
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemHostGetDevicePointer_v2", "NULL or flags %u", Flags);
-    uintptr_t a = (uintptr_t)p;
+    uintptr_t a = (uintptr_t)p, d = a; /* UVA: the same address */
     bool ok = false;
     pthread_mutex_lock(&fk.mu);
     for (size_t i = 0; i < fk.n_reg && !ok; i++) {
         const struct fk_region *g = &fk.reg[i];
         ok = g->kind == R_HOST && a >= g->base && a < g->base + g->len && (g->flags & CU_MEMHOSTREGISTER_DEVICEMAP) &&
              (g->ctx == fk_cur || (g->flags & CU_MEMHOSTREGISTER_PORTABLE));
+        if (ok && g->dbase)
+            d = g->dbase + (a - g->base);
     }
     pthread_mutex_unlock(&fk.mu);
     if (!ok)
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuMemHostGetDevicePointer_v2",
                        "%p is not registered device-mapped for this context", p);
-    *pdptr = (CUdeviceptr)a; /* UVA: the same address */
+    *pdptr = (CUdeviceptr)d;
     return CUDA_SUCCESS;
 }
 
