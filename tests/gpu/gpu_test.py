@@ -9,7 +9,11 @@ other blocks and compares bit for bit. Cases: bf16 and fp8 (uint8),
 flash-attention NHD and MLA, one worker and two (TP 2) on one GPU, and a
 mixed run where a GPU worker stores and an engine-driven worker retrieves.
 Prints store/retrieve GB/s against PyTorch's own D2H/H2D copy of the same
-bytes into pinned memory, measured in the same run.
+bytes into pinned memory, measured in the same run, for both copy paths
+(--gpu-copy-path direct: the kernel writes/reads mapped pinned L1; staging:
+the kernel works on device staging and one DMA moves each object), and says
+which is faster for each op: the result that settles lmcd's default
+(docs/gpu.md).
 
 --dry-run (no GPU): the wire code over ctypes (GET_CHUNK_SIZE, the
 engine-driven round trip with torch CPU tensors, a REGISTER_KV_CACHE that a
@@ -68,15 +72,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_lmcd(lmcd, extra=()):
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="lmcd-gpu-", suffix=".log", delete=False)
-    args = [lmcd, "--host", "127.0.0.1", "--port", str(port), "--no-http", "--l1-size-gb", "4",
-            "--shm-name", f"{os.environ.get('LMCD_TEST_SHM_PREFIX', '')}lmcd_gpu_test_{os.getpid()}_{port}", *extra]
+def lmcd_env():
     env = dict(os.environ)
     if os.environ.get("LMCD_LD_LIBRARY_PATH"):  # the bundle's libraries, for lmcd only
         env["LD_LIBRARY_PATH"] = os.environ["LMCD_LD_LIBRARY_PATH"]
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return env
+
+
+def start_lmcd(lmcd, extra=(), l1_gb=4):
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="lmcd-gpu-", suffix=".log", delete=False)
+    args = [lmcd, "--host", "127.0.0.1", "--port", str(port), "--no-http", "--l1-size-gb", str(l1_gb),
+            "--shm-name", f"{os.environ.get('LMCD_TEST_SHM_PREFIX', '')}lmcd_gpu_test_{os.getpid()}_{port}", *extra]
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=lmcd_env())
     url = f"tcp://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -150,6 +158,11 @@ def dry_run(lmcd):
         text = open(log).read()
         check("instance 12" in text and "engine_driven" in text, "one log line names the worker and the fix")
         c.close()
+        for path in ("direct", "staging"):
+            out = subprocess.run([lmcd, "--gpu-copy-path", path, "--print-config"], capture_output=True, text=True,
+                                 timeout=30, env=lmcd_env())
+            check(out.returncode == 0 and f'"gpu_copy_path": "{path}"' in out.stdout.replace('":"', '": "'),
+                  f"lmcd accepts --gpu-copy-path {path}")
     finally:
         stop_lmcd(proc)
         os.unlink(log)
@@ -318,6 +331,71 @@ def mixed_case(url):
     ed.close()
 
 
+def wait_log(log, text, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in open(log).read():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def perf_path(lmcd, path, rounds=3, nch=16):
+    """One lmcd with --gpu-copy-path `path` and a pre-faulted 8 GB L1,
+    pinned whole before timing (the log says when); STORE then RETRIEVE of
+    nch 32 MiB chunks (32 layers, bf16 flash-attention NHD), best of
+    `rounds`, bytes checked. Returns (store GB/s, retrieve GB/s, bytes)."""
+    import torch
+    layers, nb, bs, nh, hs = 32, 1024, 16, 8, 128
+    per_chunk = CHUNK // bs
+    proc, url, log = start_lmcd(lmcd, ["--gpu-copy-path", path, "--no-l1-use-lazy"], l1_gb=8)
+    best_s = best_r = 0.0
+    nbytes = 0
+    try:
+        c = Client(url, timeout=120.0)
+        caches = make_cache("fa", "bf16", layers, nb, bs, nh, hs)
+        check(c.call("register_kv_cache", 700, [ext(t) for t in caches], f"perf-{path}", 1, "vllm",
+                     {"kv_layout": "NHD"}, []) is None, f"perf {path}: registered")
+        check(wait_log(log, "pinning L1: done", 120), f"perf {path}: L1 pinned before timing")
+        src = list(range(1, 1 + nch * per_chunk))
+        dst = list(range(nb - nch * per_chunk, nb))
+        nbytes = sum(blocks_view(t, "fa", src).numel() * t.element_size() for t in caches)
+        sched = Client(url, timeout=30.0)
+        for rnd in range(rounds):
+            toks = list(range(10 ** 6 * (rnd + 1), 10 ** 6 * (rnd + 1) + nch * CHUNK))
+            torch.cuda.synchronize()
+            _ev, h = client_event()
+            t0 = time.perf_counter()
+            ok = event_done(c.call("store", make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"ps{rnd}"), 700, [src], h))
+            st = time.perf_counter() - t0
+            check(ok, f"perf {path} round {rnd}: STORE")
+            hits = lookup_published(sched, make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"pr{rnd}"), nch)
+            check(hits == nch, f"perf {path} round {rnd}: LOOKUP {hits}/{nch}")
+            _ev, h = client_event()
+            t0 = time.perf_counter()
+            ok = event_done(c.call("retrieve", make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"pr{rnd}"), 700, [dst],
+                                   h, 0))
+            rt = time.perf_counter() - t0
+            check(ok, f"perf {path} round {rnd}: RETRIEVE")
+            same = all(torch.equal(blocks_view(t, "fa", src), blocks_view(t, "fa", dst)) for t in caches)
+            check(same, f"perf {path} round {rnd}: retrieved blocks equal stored blocks bit for bit")
+            best_s, best_r = max(best_s, gbps(nbytes, st)), max(best_r, gbps(nbytes, rt))
+        c.call("unregister_kv_cache", 700)
+        c.close()
+        sched.close()
+        del caches
+        torch.cuda.empty_cache()
+    finally:
+        stop_lmcd(proc)
+        tail = open(log).read()[-2000:]
+        os.unlink(log)
+    print(f"perf path {path}: {nbytes / 1e6:.0f} MB per op, store {best_s:.2f} GB/s, retrieve {best_r:.2f} GB/s",
+          flush=True)
+    if not best_s:
+        print(tail)
+    return best_s, best_r, nbytes
+
+
 def gpu_run(lmcd):
     import torch
     if not torch.cuda.is_available():
@@ -336,6 +414,16 @@ def gpu_run(lmcd):
         print("---- lmcd log ----")
         print(open(log).read()[-6000:])
         os.unlink(log)
+    # The copy path: both measured in this run against PyTorch's own copy.
+    res = {p: perf_path(lmcd, p) for p in ("direct", "staging")}
+    d2h, h2d = baseline(res["direct"][2])
+    for p, (st, rt, _) in res.items():
+        print(f"perf path {p}: store {st / d2h:.2f}x torch D2H ({d2h:.2f} GB/s), retrieve {rt / h2d:.2f}x torch H2D "
+              f"({h2d:.2f} GB/s)", flush=True)
+    fs = max(res, key=lambda p: res[p][0])
+    fr = max(res, key=lambda p: res[p][1])
+    print(f"faster copy path: store {fs}, retrieve {fr} (lmcd's default --gpu-copy-path auto is direct; "
+          f"docs/gpu.md)", flush=True)
 
 
 def main():
