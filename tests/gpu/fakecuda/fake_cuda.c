@@ -186,6 +186,8 @@ static struct {
     struct CUstream_st *streams;
     int n_events, n_mods;
     uint64_t pinned_bytes; /* registered by cuMemHostRegister, for FAKECUDA_PIN_LIMIT_MB */
+    void **keep;           /* modules and functions: the driver frees them with the context; here at unload */
+    size_t n_keep, cap_keep;
 } fk = {.mu = PTHREAD_MUTEX_INITIALIZER, .mem = PTHREAD_RWLOCK_INITIALIZER};
 
 static __thread struct CUctx_st *fk_cur;
@@ -260,6 +262,23 @@ static int fk_reg_add(const struct fk_region *r)
 }
 
 static void fk_reg_del(size_t i) { fk.reg[i] = fk.reg[--fk.n_reg]; }
+
+/* Remembers p to free at unload (sanitizer builds check for leaks). */
+static void fk_keep(void *p)
+{
+    pthread_mutex_lock(&fk.mu);
+    if (fk.n_keep == fk.cap_keep) {
+        size_t cap = fk.cap_keep ? 2 * fk.cap_keep : 16;
+        void **n = realloc(fk.keep, cap * sizeof(*n));
+        if (n) {
+            fk.keep = n;
+            fk.cap_keep = cap;
+        }
+    }
+    if (fk.n_keep < fk.cap_keep)
+        fk.keep[fk.n_keep++] = p;
+    pthread_mutex_unlock(&fk.mu);
+}
 
 /* ---------------------------------------------------------------- init, devices, contexts */
 
@@ -389,6 +408,7 @@ CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image)
     pthread_mutex_lock(&fk.mu);
     fk.n_mods++;
     pthread_mutex_unlock(&fk.mu);
+    fk_keep(m);
     *module = m;
     return CUDA_SUCCESS;
 }
@@ -407,10 +427,11 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const cha
     if (!f)
         return CUDA_ERROR_OUT_OF_MEMORY;
     /* Functions live as long as their module; the driver frees them at
-     * cuModuleUnload or context teardown. The fake keeps them (tiny) and
-     * counts nothing: lmcd never unloads its module. */
+     * cuModuleUnload or context teardown. The fake frees them (and the
+     * modules) at unload, counting nothing: lmcd never unloads its module. */
     f->mod = hmod;
     f->gather = gather;
+    fk_keep(f);
     *hfunc = f;
     return CUDA_SUCCESS;
 }
@@ -1472,8 +1493,19 @@ __attribute__((destructor)) static void fk_unload(void)
         legacy[i] = fk.ctx[i].legacy;
         fk.ctx[i].legacy = NULL;
     }
+    void **keep = fk.keep;
+    size_t n_keep = fk.n_keep;
+    struct fk_region *reg = fk.reg;
+    fk.keep = NULL;
+    fk.n_keep = fk.cap_keep = 0;
+    fk.reg = NULL;
+    fk.n_reg = fk.cap_reg = 0;
     pthread_mutex_unlock(&fk.mu);
     for (int i = 0; i < FK_MAX_DEV; i++)
         if (legacy[i])
             fk_stream_free(legacy[i]);
+    for (size_t i = 0; i < n_keep; i++)
+        free(keep[i]);
+    free(keep);
+    free(reg);
 }
