@@ -12,12 +12,14 @@ there, and it pickles LMCache's CudaIPCWrapper (tests/gpu/ipc_wrapper.py, as
 the GPU run does). Real ZeroMQ, real wire. Nothing here ran on a GPU: the
 emulation checks lmcd against the driver's documented behaviour only.
 """
+import json
 import mmap
 import os
 import struct
 import subprocess
 import sys
 import time
+import urllib.request
 
 import msgpack
 import numpy as np
@@ -471,6 +473,11 @@ def test_incremental_stores_and_ranges_not_at_zero(gpu_lmcd, clients):  # noqa: 
     assert fake_errors(s) == [], s.log()
 
 
+def pinned_bytes(s):
+    with urllib.request.urlopen(s.http + "/status", timeout=10) as r:
+        return json.loads(r.read())["gpu"]["l1_pinning"]["pinned_bytes"]
+
+
 def event_done(handle):
     pid, fd = struct.unpack_from("<II", handle, 8)
     with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
@@ -521,6 +528,10 @@ def test_copy_queue_back_pressure_loop_stays_responsive(gpu_lmcd, clients):  # n
     c, other = clients(s.url, timeout=30.0), clients(s.url, timeout=5.0)
     cache = Cache("fa_nhd", "bf16", layers=1)
     register(c, 81, cache)
+    # L1 pinned where these objects land (the first 16 MiB, committed at
+    # start): else each copy also holds a bounce slot, 16 of them, and the
+    # 17th STORE waits for a slot instead of the queue bound tested here
+    wait_for(lambda: pinned_bytes(s) >= 16 << 20, 20.0, what="the first 16 MiB of L1 pinned")
     bpc = CHUNK // cache.bs
     ev = Event()
     ev.record()
