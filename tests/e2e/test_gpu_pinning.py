@@ -72,12 +72,13 @@ def round_trip(s, c, sched, iid, cache, base, nch, rid):
 
 
 def test_slow_pinning_never_stalls_requests_bounce_then_direct(gpu_lmcd, clients):  # noqa: F811
-    """With pinning slowed to 100 s/GiB (2 MiB slices: 0.2 s each),
+    """With pinning slowed to 400 s/GiB (2 MiB slices: 0.8 s each),
     REGISTER_KV_CACHE is answered at once, STORE/RETRIEVE during pinning are
     served bit for bit through bounce buffers (a STORE of more chunks than
     bounce slots goes in pieces), and once the slices holding the objects
     are pinned, copies go direct."""
-    s = gpu_lmcd(env={"FAKECUDA_PIN_DELAY_MS": "100000"})
+    s = gpu_lmcd(env={"FAKECUDA_PIN_DELAY_MS": "400000"})
+    assert gpu_status(s)["l1_pinning"]["state"] == "not_started", "no pinning before a GPU registers"
     c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=1, nb=700)  # 256 KiB objects: 16 bounce slots
     t0 = time.monotonic()
@@ -87,19 +88,12 @@ def test_slow_pinning_never_stalls_requests_bounce_then_direct(gpu_lmcd, clients
     assert st["enabled"] and st["l1_pinning"]["slices"] > 1
     round_trip(s, c, sched, 11, cache, 1000, 20, "a")  # 20 chunks > 16 slots
     got = objects(s)
-    assert got["bounce"] >= 20, got
-    # pinning catches up with what is committed (the segment is lazy: it
-    # never pins what was not committed, so "done" is not the state)
-    def caught_up():
-        p = gpu_status(s)["l1_pinning"]
-        return p["pinned_bytes"] >= 8 << 20 and p["state"] in ("pinning", "waiting", "done")
-    wait_for(caught_up, 60.0, what="pinning to catch up")
-
-    def settled():
-        a = gpu_status(s)["l1_pinning"]["pinned_bytes"]
-        time.sleep(0.5)
-        return gpu_status(s)["l1_pinning"]["pinned_bytes"] == a
-    wait_for(settled, 60.0, what="pinning to settle")
+    # the objects span slices 0-2 (5 MiB from the start of the data area),
+    # pinned 0.8, 1.6 and 2.4 s after the registration: most went through
+    # bounce buffers (how many depends on the machine's speed)
+    assert got["bounce"] >= 10 and got["bounce"] + got["direct"] == 40, got
+    # pinning catches up with the slices of the first chunks (slice 0)
+    wait_for(lambda: gpu_status(s)["l1_pinning"]["pinned_bytes"] >= 4 << 20, 60.0, what="pinning to catch up")
     before = objects(s)
     # the first chunks again (their slices are pinned now): retrieve direct
     bpc = CHUNK // cache.bs
