@@ -366,15 +366,20 @@ def perf_path(lmcd, path, rounds=3, nch=16):
             torch.cuda.synchronize()
             _ev, h = client_event()
             t0 = time.perf_counter()
-            ok = event_done(c.call("store", make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"ps{rnd}"), 700, [src], h))
+            ok = event_done(c.call("store", make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"ps{rnd}", worker_id=0),
+                                   700, [src], h))
             st = time.perf_counter() - t0
             check(ok, f"perf {path} round {rnd}: STORE")
             hits = lookup_published(sched, make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"pr{rnd}"), nch)
             check(hits == nch, f"perf {path} round {rnd}: LOOKUP {hits}/{nch}")
+            didx = torch.tensor(dst, device="cuda")
+            for t in caches:  # so a retrieve that moved nothing cannot pass
+                t[:, didx] = 0
+            torch.cuda.synchronize()
             _ev, h = client_event()
             t0 = time.perf_counter()
-            ok = event_done(c.call("retrieve", make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"pr{rnd}"), 700, [dst],
-                                   h, 0))
+            ok = event_done(c.call("retrieve", make_key(f"perf-{path}", toks, 0, nch * CHUNK, f"pr{rnd}", worker_id=0),
+                                   700, [dst], h, 0))
             rt = time.perf_counter() - t0
             check(ok, f"perf {path} round {rnd}: RETRIEVE")
             same = all(torch.equal(blocks_view(t, "fa", src), blocks_view(t, "fa", dst)) for t in caches)
