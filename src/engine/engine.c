@@ -392,6 +392,8 @@ bool engine_l1_backed(const struct engine *e, uint64_t off, uint64_t len)
     return l1_backed(e->l1, &r);
 }
 
+uint64_t engine_l1_generation(const struct engine *e) { return l1_generation(e->l1); }
+
 /* ------------------------------------------------------------ lookups */
 
 /* Keys a LOOKUP expands at once: memory stays this bound whatever the

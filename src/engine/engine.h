@@ -128,6 +128,9 @@ void *engine_l1_base(const struct engine *e, uint64_t *size);
 /* Whether the segment's pages in [off, off+len) are known committed (a lazy
  * L1 commits them per object and ahead; pre-faulted: always). Lock-free. */
 bool engine_l1_backed(const struct engine *e, uint64_t off, uint64_t len);
+/* L1's segment generation: bumped when another process truncated the
+ * segment and it was restored in place (new pages). Lock-free. */
+uint64_t engine_l1_generation(const struct engine *e);
 
 /* LOOKUP: starts (or replaces) the lookup job of key->request_id. -ENOSPC
  * when the session caps refuse it (its job then reads as 0 hits or unknown).

@@ -1097,6 +1097,8 @@ void l1_recover_locked(struct l1 *l1, uint64_t now)
     log_rl(&rl, LOG_WARNING, "L1 segment /%s restored (empty); workers keep their mapping", l1->shm.name);
 }
 
+uint64_t l1_generation(const struct l1 *l1) { return __atomic_load_n(&l1->seg_gen, __ATOMIC_ACQUIRE); }
+
 uint64_t l1_check(struct l1 *l1)
 {
     if (__atomic_load_n(&l1->seg_broken, __ATOMIC_ACQUIRE) || !l1_shm_intact(&l1->shm)) {

@@ -279,6 +279,8 @@ void l1_stats_get(struct l1 *l1, struct l1_stats *out);
  * loss bumps: a caller that copies bytes out of L1 compares the generation
  * before and after the copy and drops the copy when it changed. */
 uint64_t l1_check(struct l1 *l1);
+/* The segment generation as it stands, without checking (lock-free). */
+uint64_t l1_generation(const struct l1 *l1);
 
 /* One background eviction round at the clock's current time: settles expired
  * locks/reservations; below the watermark does nothing; else evicts unlocked

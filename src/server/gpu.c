@@ -35,6 +35,11 @@ static bool gpu_l1_backed(void *arg, uint64_t off, uint64_t len)
     return engine_l1_backed(arg, off, len);
 }
 
+static uint64_t gpu_l1_gen(void *arg)
+{
+    return engine_l1_generation(arg);
+}
+
 void srv_gpu_open(struct server *s)
 {
     const char *mode = s->cfg->mp.supported_transfer_mode ? s->cfg->mp.supported_transfer_mode : "auto";
@@ -60,6 +65,7 @@ void srv_gpu_open(struct server *s)
                      : !strcmp(path, "direct") ? TRANSFER_PATH_DIRECT
                                                : TRANSFER_PATH_AUTO,
         .host_backed = gpu_l1_backed,
+        .host_gen = gpu_l1_gen,
         .host_arg = s->engine,
     };
     uint64_t len = 0;

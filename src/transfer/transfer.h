@@ -53,6 +53,11 @@ struct transfer_opts {
      * faults every page in. NULL: all exist. Called from the pinning
      * thread; must take no lock a request holds. */
     bool (*host_backed)(void *arg, uint64_t off, uint64_t len);
+    /* The segment's generation: it changes when the segment was truncated
+     * by another process and restored in place with new pages, which the
+     * slices pinned before do not hold (copies then use bounce buffers).
+     * NULL: never. Lock-free, called per copy. */
+    uint64_t (*host_gen)(void *arg);
     void *host_arg;
 };
 

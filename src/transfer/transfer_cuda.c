@@ -174,7 +174,8 @@ struct transfer_backend {
     pthread_mutex_t pin_mu; /* pin_stop */
     pthread_cond_t pin_cv;
     bool pin_stop;
-    atomic_bool pin_running, pin_gave_up;
+    atomic_bool pin_running, pin_gave_up, pin_lost;
+    atomic_uint_fast64_t pin_gen; /* L1's generation when pinning began (o.host_gen) */
     atomic_uint_fast64_t n_pinned, n_failed, pinned_bytes;
     atomic_uint_fast64_t obj_direct, obj_staged, obj_bounced;
     int ndev;
@@ -289,6 +290,20 @@ static bool pin_stopping(struct transfer_backend *b)
  * sl_state with an atomic load. Pinning faults every page of a slice in,
  * so a slice the lazy L1 has not committed is left alone (a pin would
  * commit it). */
+/* Whether another process truncated L1 since pinning began (it was
+ * restored in place: the pinned slices hold the old pages). Says so once,
+ * and pinning stops. Any thread. */
+static bool pin_stale(struct transfer_backend *b)
+{
+    if (!b->o.host_gen || b->o.host_gen(b->o.host_arg) == atomic_load(&b->pin_gen))
+        return false;
+    atomic_store(&b->pin_gave_up, true);
+    if (!atomic_exchange(&b->pin_lost, true))
+        log_warn("pinning L1: the segment was truncated by another process and restored; its pinned slices hold "
+                 "the old pages, so GPU copies go through bounce buffers until lmcd restarts");
+    return true;
+}
+
 static void *pin_main(void *arg)
 {
     struct transfer_backend *b = arg;
@@ -302,6 +317,14 @@ static void *pin_main(void *arg)
         return NULL;
     }
     while (!pin_stopping(b)) {
+        /* Another process truncated L1 and it was restored in place: the
+         * pinned slices hold the old pages. The copy path sees the same
+         * generation change and uses bounce buffers from then on; pinning
+         * stops (the old registrations are released at stop). */
+        if (pin_stale(b)) {
+            atomic_store(&b->pin_running, false);
+            return NULL;
+        }
         bool waiting = false;
         for (uint64_t i = 0; i < b->nslices; i++) {
             if (atomic_load_explicit(&b->sl_state[i], memory_order_relaxed) != SL_UNPINNED)
@@ -376,6 +399,7 @@ static void pin_start(struct transfer_backend *b, int i)
     if (b->pin_started || !b->nslices)
         return;
     b->pin_dev = i;
+    atomic_store(&b->pin_gen, b->o.host_gen ? b->o.host_gen(b->o.host_arg) : 0);
     atomic_store(&b->pin_running, true);
     if (pthread_create(&b->pin_thr, NULL, pin_main, b)) {
         atomic_store(&b->pin_running, false);
@@ -906,7 +930,10 @@ static uint64_t slice_dev(void *arg, uint64_t i)
 static bool obj_pinned(struct transfer_backend *b, const struct cu_reg *g, bool staging, const void *p, uint64_t obj,
                        uint64_t *dev)
 {
-    if (!b->nslices)
+    /* Pinned slices hold the pages of the generation pinning began in. A
+     * copy that passes this check just before a loss writes only objects
+     * the loss dropped (never published) or reads their old bytes. */
+    if (!b->nslices || pin_stale(b))
         return false;
     uint64_t off = (uint64_t)((const uint8_t *)p - (const uint8_t *)b->host_base);
     if (staging) {

@@ -211,3 +211,31 @@ def test_without_unified_addressing_each_slice_is_translated(gpu_lmcd, clients):
     assert got["direct"] > 0 and got["bounce"] > 0 and got["direct"] + got["bounce"] >= 24, got
     assert fake_errors(s) == [], s.log()
     stop_clean(s)
+
+
+def test_truncated_segment_stops_direct_copies(gpu_lmcd, clients):  # noqa: F811
+    """Another process truncates L1; lmcd restores it in place with new
+    pages, which the slices pinned before do not hold (a real driver keeps
+    the old pages pinned). From then on GPU copies go through bounce
+    buffers, bit for bit, with one WARNING; nothing is left at stop."""
+    import subprocess
+    import sys
+    s = gpu_lmcd(["--no-l1-use-lazy"])
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=2, nb=200)
+    register(c, 61, cache)
+    wait_for(lambda: gpu_status(s)["l1_pinning"]["state"] == "done", 30.0, what="pinning done")
+    round_trip(s, c, sched, 61, cache, 40000, 2, "t0")
+    before = objects(s)
+    assert before["direct"] == 4 and before["bounce"] == 0, before
+    subprocess.run([sys.executable, "-c", f"open('/dev/shm/{s.shm_name}', 'w+b').close()"], check=True, timeout=30)
+    round_trip(s, c, sched, 61, cache, 50000, 3, "t1")  # its STORE finds the loss; L1 is restored first
+    after = objects(s)
+    assert after["direct"] == before["direct"] and after["bounce"] == 6, after
+    wait_for(lambda: "truncated by another process and restored; its pinned slices" in s.log(), 10.0,
+             what="the pinning WARNING")
+    warns = [ln for ln in s.log().splitlines() if "its pinned slices hold the old pages" in ln]
+    assert len(warns) == 1 and "WARN" in warns[0], warns
+    assert gpu_status(s)["l1_pinning"]["state"] == "stopped"
+    assert fake_errors(s) == [], s.log()
+    stop_clean(s)
