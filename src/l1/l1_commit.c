@@ -125,6 +125,19 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
     return 0;
 }
 
+void l1_commit_mark(struct l1_commit *c, uint64_t off, uint64_t len)
+{
+    if (len == 0 || off >= c->size || len > c->size - off)
+        return;
+    uint64_t e0 = epoch_now(c);
+    uint64_t r0 = (off + REGION - 1) >> REGION_SHIFT, end = off + len;
+    for (uint64_t r = r0; (r << REGION_SHIFT) < end; r++) {
+        uint64_t rb = (r << REGION_SHIFT) + REGION;
+        if (rb <= end || end == c->size) /* wholly inside (the last region may be short) */
+            mark(c, r, e0);
+    }
+}
+
 bool l1_commit_backed(const struct l1_commit *c, uint64_t off, uint64_t len)
 {
     if (len == 0)

@@ -46,6 +46,9 @@ int l1_commit_start(int fd, uint64_t size, struct l1_commit **out);
 /* Backs [off, off+len): 0, or -ENOSPC / -errno (nothing was marked, the
  * caller must not hand the range out). Then asks for the space after it. */
 int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len);
+/* Marks the regions wholly inside [off, off+len) backed, which the caller
+ * backed itself (the header and table); asks for nothing ahead. */
+void l1_commit_mark(struct l1_commit *c, uint64_t off, uint64_t len);
 /* Whether every region [off, off+len) touches is marked backed. Any thread. */
 bool l1_commit_backed(const struct l1_commit *c, uint64_t off, uint64_t len);
 /* Forgets every backed region (after the segment was truncated and

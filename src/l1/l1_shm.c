@@ -394,9 +394,10 @@ int l1_shm_create(struct l1_shm *s, const char *name, const char *group, uint64_
         log_warn("L1 segment /%s: no commit-ahead thread (%s); pages are committed per reservation", s->name,
                  strerror(-rc));
     /* The header and table are backed: say so, so the bitmap has no hole
-     * there (their pages exist already; this only marks them). */
+     * there (their pages exist already; this only marks them, and backs
+     * nothing ahead: a lazy segment commits nothing more at start). */
     if (s->commit)
-        l1_commit_back(s->commit, 0, meta_bytes);
+        l1_commit_mark(s->commit, 0, meta_bytes);
     log_info("L1 segment /%s: %" PRIu64 " bytes, mode %04o%s%s, %s%s, owner lock held", s->name,
              size, (unsigned)mode, group ? ", group " : "", group ? group : "",
              lazy ? "lazy" : "pre-faulted", s->mlocked ? ", locked" : "");
@@ -456,7 +457,7 @@ int l1_shm_restore(struct l1_shm *s)
         lock_pages(s);
     l1_commit_reset(s->commit); /* the truncation took every page: nothing is backed now */
     if (s->commit)
-        l1_commit_back(s->commit, 0, s->meta_bytes); /* but the header and table, again */
+        l1_commit_mark(s->commit, 0, s->meta_bytes); /* but the header and table, again */
     return 0;
 }
 

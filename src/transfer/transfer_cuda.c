@@ -5,7 +5,11 @@
  * The kernels (transfer_cuda.cu) arrive as a fatbin embedded at build time
  * (transfer_cuda_fatbin.c, generated) and are loaded per device, in that
  * device's primary context, when its first worker registers: a GPU no worker
- * uses gets no context (LMCache #4019).
+ * uses gets no context (LMCache #4019). L1 is pinned by pin_main, slice by
+ * slice, in the first such context; a copy (cu_copy) moves each object
+ * straight to/from pinned L1 or, where its slices are not pinned, through
+ * the registration's bounce slots, in pieces (run_piece) that the
+ * completion thread (completion_main) finishes and reports.
  *
  * Built only with LMCD_CUDA=1 (the Makefile sets it when nvcc exists).
  * NOTHING HERE HAS RUN ON A GPU YET (no GPU on the build host or in CI).
@@ -343,6 +347,10 @@ static void *pin_main(void *arg)
                 atomic_fetch_add(&b->pinned_bytes, n);
                 atomic_fetch_add(&b->n_pinned, 1);
                 atomic_store_explicit(&b->sl_state[i], SL_PINNED, memory_order_release);
+                /* Lowest committed slice first (a lazy L1 fills from its
+                 * start; slices committed meanwhile below come next). */
+                i = (uint64_t)-1;
+                waiting = false;
                 continue;
             }
             atomic_store_explicit(&b->sl_state[i], SL_FAILED, memory_order_release);

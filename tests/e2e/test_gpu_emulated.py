@@ -528,11 +528,12 @@ def test_copy_queue_back_pressure_loop_stays_responsive(gpu_lmcd, clients):  # n
     c, other = clients(s.url, timeout=30.0), clients(s.url, timeout=5.0)
     cache = Cache("fa_nhd", "bf16", layers=1)
     register(c, 81, cache)
-    # L1 pinned where these objects land (the first 16 MiB, committed at
-    # start): else each copy also holds a bounce slot, 16 of them, and the
-    # 17th STORE waits for a slot instead of the queue bound tested here
-    wait_for(lambda: pinned_bytes(s) >= 16 << 20, 20.0, what="the first 16 MiB of L1 pinned")
     bpc = CHUNK // cache.bs
+    # L1 pinned where these objects land (the lazy L1 commits 16 MiB past
+    # a first store): else each copy also holds a bounce slot, 16 of them,
+    # and the 17th STORE waits for a slot instead of the queue bound tested
+    assert store(s, c, 81, key_of(list(range(7, 7 + CHUNK)), 0, CHUNK, "warm"), list(range(1, 1 + bpc)))
+    wait_for(lambda: pinned_bytes(s) >= 16 << 20, 20.0, what="the first 16 MiB of L1 pinned")
     ev = Event()
     ev.record()
     n = 40  # > TRANSFER_QUEUE_DEPTH (32)

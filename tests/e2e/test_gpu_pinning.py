@@ -92,7 +92,8 @@ def test_slow_pinning_never_stalls_requests_bounce_then_direct(gpu_lmcd, clients
     # pinned 0.8, 1.6 and 2.4 s after the registration: most went through
     # bounce buffers (how many depends on the machine's speed)
     assert got["bounce"] >= 10 and got["bounce"] + got["direct"] == 40, got
-    # pinning catches up with the slices of the first chunks (slice 0)
+    # pinning catches up with the slices of the first chunks (slice 0:
+    # the lowest committed slice is pinned first)
     wait_for(lambda: gpu_status(s)["l1_pinning"]["pinned_bytes"] >= 4 << 20, 60.0, what="pinning to catch up")
     before = objects(s)
     # the first chunks again (their slices are pinned now): retrieve direct

@@ -91,6 +91,15 @@ Test(l1_commit, backed_says_whether_a_range_would_need_a_fallocate, .timeout = 3
     cr_assert_not(l1_commit_backed(c, 1, UINT64_MAX));
     l1_commit_reset(c);
     cr_assert_not(l1_commit_backed(c, 2 * MIB, 2 * MIB), "a reset forgets it");
+    /* what the caller backed itself (the header and table): whole regions
+     * only, nothing ahead */
+    l1_commit_mark(c, 100 * MIB, 5 * MIB); /* far from what commit-ahead reached above */
+    cr_assert(l1_commit_backed(c, 100 * MIB, 4 * MIB), "regions 50 and 51 are marked");
+    cr_assert_not(l1_commit_backed(c, 104 * MIB, 4096), "region 52 is only partly inside");
+    usleep(100000);
+    cr_assert_not(l1_commit_backed(c, 104 * MIB, 4096), "marking asks for nothing ahead");
+    l1_commit_mark(c, size - 3 * MIB, 3 * MIB);
+    cr_assert(l1_commit_backed(c, size - 2 * MIB, 2 * MIB), "the last region, inside up to the end");
     l1_commit_stop(c);
     close(fd);
 }
