@@ -23,6 +23,7 @@
 #define AHEAD_MAX (256ull << 20)
 #define RETRY_NS 1000000000ull /* after a failed commit-ahead */
 #define PLENTY_SLACK (64ull << 20)
+#define HOLES 64 /* partial end regions of reservations waiting to be completed */
 
 struct l1_commit {
     int fd;
@@ -33,6 +34,8 @@ struct l1_commit {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t want_from, want_to; /* guarded by mu: the range to commit ahead */
+    uint64_t holes[HOLES];       /* guarded by mu: partial regions to complete */
+    unsigned n_holes;            /* guarded by mu */
     bool stop;                   /* guarded by mu */
     uint64_t epoch;              /* guarded by mu: +1 at each reset (the pages went away) */
     uint64_t failed_ns;          /* committer thread only: last failure, 0 = none */
@@ -108,20 +111,30 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
     }
     uint64_t ahead = len * 4;
     ahead = ahead < AHEAD_MIN ? AHEAD_MIN : ahead > AHEAD_MAX ? AHEAD_MAX : ahead;
-    /* From the reservation's own first region: its partial end regions
-     * (shared with the header, or with the next object, which usually
-     * lands right after) are backed whole in the background and marked, so
-     * the bitmap has no permanent holes in used space (the GPU path pins
-     * only wholly backed slices, transfer_pin.h). Marked regions cost the
-     * thread a bit test. */
-    uint64_t from = r0 << REGION_SHIFT, past = (r1 + 1) << REGION_SHIFT;
-    if (from < c->size) {
-        pthread_mutex_lock(&c->mu);
-        c->want_from = from;
-        c->want_to = past + ahead > c->size ? c->size : past + ahead;
-        pthread_cond_signal(&c->cv);
-        pthread_mutex_unlock(&c->mu);
+    uint64_t from = (r1 + 1) << REGION_SHIFT;
+    pthread_mutex_lock(&c->mu);
+    /* The reservation's partial end regions (shared with the header, or
+     * with the next object, which usually lands right after) are backed
+     * whole in the background and marked, so the bitmap has no permanent
+     * holes in used space (the GPU path pins only wholly backed slices,
+     * transfer_pin.h). Queued apart from the range ahead, which the next
+     * reservation replaces. */
+    uint64_t ends[2] = {r0, r1};
+    for (int i = 0; i < 2; i++) {
+        if (is_backed(c, ends[i]) || (i == 1 && r1 == r0))
+            continue;
+        unsigned h = 0;
+        while (h < c->n_holes && c->holes[h] != ends[i])
+            h++;
+        if (h == c->n_holes && c->n_holes < HOLES)
+            c->holes[c->n_holes++] = ends[i];
     }
+    if (from < c->size) {
+        c->want_from = from;
+        c->want_to = from + ahead > c->size ? c->size : from + ahead;
+    }
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
     return 0;
 }
 
@@ -172,15 +185,25 @@ static void *committer(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->stop && c->want_from >= c->want_to)
+        while (!c->stop && c->want_from >= c->want_to && !c->n_holes)
             pthread_cond_wait(&c->cv, &c->mu);
         if (c->stop)
             break;
+        uint64_t holes[HOLES];
+        unsigned n_holes = c->n_holes;
+        memcpy(holes, c->holes, n_holes * sizeof(holes[0]));
+        c->n_holes = 0;
         uint64_t r = c->want_from >> REGION_SHIFT;
-        uint64_t end = (c->want_to + REGION - 1) >> REGION_SHIFT;
+        uint64_t end = c->want_from < c->want_to ? (c->want_to + REGION - 1) >> REGION_SHIFT : r;
         c->want_from = c->want_to; /* taken */
         pthread_mutex_unlock(&c->mu);
-        bool retry_ok = (!c->failed_ns || clock_mono_ns() - c->failed_ns > RETRY_NS) && plenty(c, (end - r) << REGION_SHIFT);
+        bool retry_ok = (!c->failed_ns || clock_mono_ns() - c->failed_ns > RETRY_NS) &&
+                        plenty(c, (end - r + n_holes) << REGION_SHIFT);
+        for (unsigned h = 0; retry_ok && h < n_holes; h++)
+            if (!is_backed(c, holes[h]) && back_region(c, holes[h]) < 0) {
+                retry_ok = false; /* /dev/shm is (nearly) full: as below */
+                c->failed_ns = clock_mono_ns();
+            }
         for (; retry_ok && r < end; r++) {
             if (is_backed(c, r))
                 continue;
@@ -243,6 +266,7 @@ void l1_commit_reset(struct l1_commit *c)
     for (uint64_t i = 0; i < (c->n_regions + 63) / 64; i++)
         atomic_store_explicit(&c->backed[i], 0, memory_order_release);
     c->want_from = c->want_to = 0;
+    c->n_holes = 0;
     pthread_mutex_unlock(&c->mu);
 }
 
