@@ -27,7 +27,8 @@
  * intact check refuses every range anyway.
  *
  * Bounds: commit-ahead backs at most 4x the last reservation, 16..256 MiB,
- * past it, never beyond the segment. Memory: one bit per 2 MiB.
+ * past it, never beyond the segment, plus the partial end regions of
+ * recent reservations (at most 64 queued). Memory: one bit per 2 MiB.
  *
  * Threads: l1_commit_back() and l1_commit_reset() from any thread;
  * start/stop once each.
