@@ -254,8 +254,17 @@ static const struct mfield ed_fields[] = {
 
 #define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
-static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out, size_t *count)
+/* A u32 list; the one the validator captured (struct mp_cap) is taken as
+ * it decoded it, without reading it again. */
+static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, const struct mp_cap *cap, uint32_t **out,
+                       size_t *count)
 {
+    if (cap && cap->at && r->p == cap->at) {
+        *out = cap->buf;
+        *count = cap->n;
+        r->p = cap->end;
+        return 0;
+    }
     uint32_t n;
     uint32_t *v;
     int rc = wire_rd_array_own(r, own, sizeof(*v), (void **)&v, &n);
@@ -301,7 +310,8 @@ static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out,
     return 0;
 }
 
-static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct wire_alloc **own)
+static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct wire_alloc **own,
+                     const struct mp_cap *cap)
 {
     switch (f->kind) {
     case MF_STR: return wire_rd_str(r, (struct wire_str *)(base + f->off));
@@ -313,7 +323,7 @@ static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct
             return mp_skip(r, 0);
         return wire_rd_int(r, false, (int64_t *)(base + f->off));
     case MF_U32_LIST:
-        return rd_u32_list(r, own, (uint32_t **)(base + f->off), (size_t *)(base + f->off2));
+        return rd_u32_list(r, own, cap, (uint32_t **)(base + f->off), (size_t *)(base + f->off2));
     case MF_FLAG_NONNIL:
         if (!peek_nil(r))
             *(bool *)(base + f->off) = true;
@@ -335,7 +345,7 @@ static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct
 /* Decodes a msgspec Struct/dataclass map: fields by name, unknown keys
  * ignored, missing required field = -WIRE_EMISSING. */
 static int map_decode(const struct mfield *fields, size_t nf, struct mp_rd *r, void *base,
-                      struct wire_alloc **own)
+                      struct wire_alloc **own, const struct mp_cap *cap)
 {
     uint32_t n, seen = 0;
     int rc = wire_rd_map(r, &n);
@@ -348,7 +358,7 @@ static int map_decode(const struct mfield *fields, size_t nf, struct mp_rd *r, v
         size_t j = 0;
         while (j < nf && !wire_str_eq(key, fields[j].name))
             j++;
-        rc = j < nf ? mf_decode(&fields[j], r, base, own) : mp_skip(r, 0);
+        rc = j < nf ? mf_decode(&fields[j], r, base, own, cap) : mp_skip(r, 0);
         if (rc < 0)
             return rc;
         if (j < nf)
@@ -526,7 +536,7 @@ int wire_param_decode(enum wire_param p, struct mp_rd *r, struct wire_req *req, 
     case P_KEY:
     case P_KEY_WORKER:
         req->key.cache_salt.ptr = "";
-        if ((rc = map_decode(key_fields, NFIELDS(key_fields), r, &req->key, &req->owned_)) < 0)
+        if ((rc = map_decode(key_fields, NFIELDS(key_fields), r, &req->key, &req->owned_, req->cap_)) < 0)
             return rc;
         req->has_key = true;
         return p == P_KEY_WORKER && !req->key.has_worker_id ? -WIRE_EWRONGTYPE : 0;
@@ -553,7 +563,7 @@ int wire_param_decode(enum wire_param p, struct mp_rd *r, struct wire_req *req, 
         return wire_rd_bool(r, lenient, &req->force);
     case P_DATA: return wire_rd_bin(r, &req->data);
     case P_ED_PAYLOAD:
-        if ((rc = map_decode(ed_fields, NFIELDS(ed_fields), r, req, &req->owned_)) < 0)
+        if ((rc = map_decode(ed_fields, NFIELDS(ed_fields), r, req, &req->owned_, NULL)) < 0)
             return rc;
         req->has_instance_id = true;
         return 0;
