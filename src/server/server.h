@@ -4,8 +4,9 @@
  * DESIGN (threads and who owns what)
  *
  *   loop thread (main)      owns the ROUTER socket and everything marked
- *                           "loop only" below. zmq_poll()s the socket, the
- *                           reply eventfd and the signalfd. Receives a
+ *                           "loop only" below. poll()s the socket's ZMQ_FD
+ *                           (read until EAGAIN: the fd is edge-triggered),
+ *                           the reply eventfd and the signalfd. Receives a
  *                           request, decodes it (src/wire), answers SYNC ops
  *                           inline, hands the rest to a pool as a srv_req.
  *   affinity pool           data requests; FIFO per client identity.
