@@ -9,7 +9,6 @@
  * a bool is not an int and an int is not a bool; str is never bin; a float
  * field accepts an int.
  */
-#include <endian.h>
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -273,29 +272,7 @@ static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, const struct mp
     for (uint32_t k = 0; k < n; k++) {
         /* The forms encoders give token ids (positive fixint, uint8/16/32),
          * read in place; anything else, and truncation, through mp_next. */
-        const uint8_t *p = r->p, *end = r->end;
-        for (; k < n; k++) {
-            if (p < end && p[0] <= 0x7f) {
-                v[k] = p[0];
-                p += 1;
-            } else if (end - p >= 5 && p[0] == 0xce) {
-                uint32_t be32;
-                memcpy(&be32, p + 1, 4);
-                v[k] = be32toh(be32);
-                p += 5;
-            } else if (end - p >= 3 && p[0] == 0xcd) {
-                uint16_t be16;
-                memcpy(&be16, p + 1, 2);
-                v[k] = be16toh(be16);
-                p += 3;
-            } else if (end - p >= 2 && p[0] == 0xcc) {
-                v[k] = p[1];
-                p += 2;
-            } else {
-                break;
-            }
-        }
-        r->p = p;
+        k += mp_rd_u32s(r, v + k, n - k);
         if (k == n)
             break;
         struct mp_obj o;

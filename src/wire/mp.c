@@ -231,13 +231,7 @@ static const uint8_t scalar_w1[256] = {
 #undef W4
 #undef W8
 
-/*
- * Reads the elements of an n-element array at r->p that are in a token id's
- * forms (positive fixint, uint8/16/32, whole), into v, until one is not or
- * all n are read; returns how many. Each such element is a whole valid
- * scalar, exactly what the validator's scalar step would pass over.
- */
-static uint32_t cap_ints(struct mp_rd *r, uint32_t *v, uint32_t n)
+uint32_t mp_rd_u32s(struct mp_rd *r, uint32_t *v, uint32_t n)
 {
     const uint8_t *p = r->p, *end = r->end;
     uint32_t k = 0;
@@ -279,7 +273,7 @@ static uint32_t cap_try(struct mp_rd *r, const struct mp_obj *o, struct mp_cap *
         cap->buf = b;
         cap->buf_n = o->n;
     }
-    uint32_t k = cap_ints(r, cap->buf, o->n);
+    uint32_t k = mp_rd_u32s(r, cap->buf, o->n);
     if (k == o->n) {
         cap->at = o->start;
         cap->end = r->p;

@@ -94,6 +94,12 @@ int mp_validate_cap(const void *data, size_t len, struct mp_cap *cap);
  * not a valid header. */
 int mp_peek_type(const void *data, size_t len);
 
+/* Reads up to n elements at r->p that are in a token id's forms (positive
+ * fixint, uint8/16/32, whole) into v, stopping at the first that is not;
+ * returns how many. Each is a whole valid scalar: what mp_validate() would
+ * step over, read to the value mp_next() gives. */
+uint32_t mp_rd_u32s(struct mp_rd *r, uint32_t *v, uint32_t n);
+
 /* Integer conversions: 0 or -WIRE_ERANGE. */
 int mp_obj_i64(const struct mp_obj *o, int64_t *v);
 
