@@ -869,9 +869,13 @@ static void fill_slot(const struct instance *in, const struct l1_ref *ref, struc
     slot->dtype = in->dtype;
 }
 
-static struct instance *worker_instance(struct engine *e, int64_t id)
+/* The registered instance `id`, locked; NULL if there is none. With nowait
+ * (the loop thread's forms) it never waits for the instance's mutex: NULL
+ * with *busy set when another thread holds it. */
+static struct instance *worker_instance(struct engine *e, int64_t id, bool nowait, bool *busy)
 {
-    struct instance *in = instance_get(e, id);
+    *busy = false;
+    struct instance *in = nowait ? instance_tryget(e, id, busy) : instance_get(e, id);
     if (in && __atomic_load_n(&in->removed, __ATOMIC_RELAXED)) {
         /* UNREGISTER took it while we waited for its lock: it has released
          * everything; adding reservations now would leak them */
@@ -920,10 +924,11 @@ static int prepare_store(struct engine *e, const struct engine_key *k, int64_t i
         free(keys);
         return rc;
     }
-    struct instance *in = worker_instance(e, instance_id);
+    bool busy;
+    struct instance *in = worker_instance(e, instance_id, nowait, &busy);
     if (!in) {
         free(keys);
-        return -ENOENT;
+        return busy ? -EWOULDBLOCK : -ENOENT;
     }
     uint64_t *sizes = malloc(n * sizeof(*sizes));
     enum l1_status *st = malloc(n * sizeof(*st));
@@ -1024,10 +1029,11 @@ static int commit_store(struct engine *e, const struct engine_key *k, int64_t in
     int rc = range_keys(e, k, true, 0, nowait, &keys, &n);
     if (rc)
         return rc;
-    struct instance *in = worker_instance(e, instance_id);
+    bool busy;
+    struct instance *in = worker_instance(e, instance_id, nowait, &busy);
     if (!in) {
         free(keys);
-        return -ENOENT;
+        return busy ? -EWOULDBLOCK : -ENOENT;
     }
     size_t room = in->pending.n ? in->pending.n : 1;
     struct l1_key *pk = malloc(room * sizeof(*pk));
@@ -1087,10 +1093,11 @@ static int prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
         free(keys);
         return -ENOENT;
     }
-    struct instance *in = worker_instance(e, instance_id);
+    bool busy;
+    struct instance *in = worker_instance(e, instance_id, nowait, &busy);
     if (!in) {
         free(keys);
-        return -ENOENT;
+        return busy ? -EWOULDBLOCK : -ENOENT;
     }
     struct l1_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
     out->slots = malloc((n ? n : 1) * sizeof(*out->slots));
@@ -1149,19 +1156,27 @@ static int commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
 {
     if (check_key(k, true))
         return 0;
+    /* The loop's form takes the instance first: step 1 below changes the
+     * session's locks, so nothing may give way after it. Holding the
+     * instance while trying the session cannot deadlock (neither waits). */
+    bool busy = false;
+    struct instance *in = nowait ? worker_instance(e, instance_id, true, &busy) : NULL;
+    if (busy)
+        return -EWOULDBLOCK;
     struct l1_key *keys;
     size_t n;
     /* Step 1 also gives back one holder of this request's LOOKUP lock per
      * object: this reader is done with it. The session is (re)made if
      * END_SESSION came first: the transfer locks must go regardless. */
     int rc = range_keys(e, k, true, 1, nowait, &keys, &n);
-    if (rc == -EWOULDBLOCK)
-        return rc;
     if (rc || !n) {
+        if (in)
+            instance_put(e, in);
         free(keys);
-        return 0;
+        return rc == -EWOULDBLOCK ? rc : 0;
     }
-    struct instance *in = worker_instance(e, instance_id);
+    if (!nowait)
+        in = worker_instance(e, instance_id, false, &busy);
     if (in) {
         uint64_t tag = store_tag(k, keys, n);
         /* The transfer's records sit together, in key order, unless other

@@ -226,9 +226,11 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *key, int64
  * runs a worker's op itself when nothing of that worker's is queued, to save
  * two thread hand-offs per round trip): each returns -EWOULDBLOCK, having
  * changed nothing, where the op would wait for a session a LOOKUP is
- * hashing or (PREPARE_STORE) commit tmpfs pages not backed yet; the caller
- * then runs the plain form where waiting is fine. The locks they still take
- * (engine.mu, the instance's, l1.mu) are held only briefly by anyone. */
+ * hashing, for the worker's instance another thread holds (a PREPARE_STORE
+ * of the same instance id backing fresh pages in the pool holds it for
+ * milliseconds), or (PREPARE_STORE) commit tmpfs pages not backed yet; the
+ * caller then runs the plain form where waiting is fine. The locks they
+ * still take (engine.mu, l1.mu) are held only briefly by anyone. */
 int engine_prepare_store_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id,
                                 struct engine_slots *out);
 int engine_commit_store_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id, size_t data_len);
