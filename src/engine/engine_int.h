@@ -137,7 +137,14 @@ struct engine {
     atomic_uint_fast64_t freed_since_trim; /* bytes sweeps freed since the last malloc_trim (tests sweep too) */
     uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
     atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
+    /* GPU copies' holds (engine_hold_*): a leaf lock above l1.mu */
+    pthread_mutex_t hold_mu;
+    struct engine_hold *holds;
+    size_t n_holds, n_held_objects;
 };
+
+/* engine.c: renews held reservations past half the write TTL (sweeper). */
+void engine_holds_renew(struct engine *e, uint64_t now);
 
 /* L1 writer ids at and above this (as int64: every negative id too) are
  * lmcd's own: inline stores (1 << 63 | n) and L2 prefetch reservations. */

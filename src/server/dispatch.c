@@ -187,7 +187,7 @@ static void h_gpu_transfer(struct server *s, struct srv_req *r)
         int rc = srv_gpu_transfer(s, r, &k, why, sizeof(why));
         if (rc == 0)
             return;
-        if (nocuda_first(r->req.instance_id))
+        if (rc != -ESTALE && nocuda_first(r->req.instance_id)) /* -ESTALE: a reaped worker, logged by gpu.c */
             log_error("%s from instance %lld left unanswered: %s", r->req.op_name, (long long)r->req.instance_id,
                       why[0] ? why : strerror(-rc));
         r->no_reply = true;
@@ -204,7 +204,7 @@ static void h_gpu_transfer(struct server *s, struct srv_req *r)
 static void h_unregister(struct server *s, struct srv_req *r)
 {
     if (s->gpu)
-        s->gpu_ops->unregister(s->gpu, r->req.instance_id);
+        s->gpu_ops->unregister(s->gpu, r->req.instance_id, true);
     engine_unregister(s->engine, r->req.instance_id);
     resp_none(r);
 }

@@ -238,6 +238,20 @@ static int fk_reg_add(const struct fk_region *r)
 
 static void fk_reg_del(size_t i) { fk.reg[i] = fk.reg[--fk.n_reg]; }
 
+/* With FAKECUDA_TRACE set, one "fakecuda-trace:" line per IPC open/close
+ * with the references left open (tests see a mapping close mid-run, e.g.
+ * when lmcd reaps a worker). Under fk.mu. */
+static void fk_trace_ipc(const char *what)
+{
+    if (!getenv("FAKECUDA_TRACE"))
+        return;
+    size_t open = 0;
+    for (size_t i = 0; i < fk.n_reg; i++)
+        if (fk.reg[i].kind == R_IPC)
+            open += fk.reg[i].refs;
+    fprintf(stderr, "fakecuda-trace: %s: IPC mappings open: %zu\n", what, open);
+}
+
 /* ---------------------------------------------------------------- init, devices, contexts */
 
 CUresult CUDAAPI cuGetErrorName(CUresult error, const char **pStr)
@@ -1043,6 +1057,7 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
             !memcmp(fk.reg[i].handle, handle.reserved, CU_IPC_HANDLE_SIZE)) {
             fk.reg[i].refs++; /* documented: same context, same pointer, one more reference */
             *pdptr = (CUdeviceptr)fk.reg[i].base;
+            fk_trace_ipc("cuIpcOpenMemHandle");
             pthread_mutex_unlock(&fk.mu);
             return CUDA_SUCCESS;
         }
@@ -1069,6 +1084,8 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
     memcpy(reg.handle, handle.reserved, CU_IPC_HANDLE_SIZE);
     pthread_mutex_lock(&fk.mu);
     int rc = fk_reg_add(&reg);
+    if (!rc)
+        fk_trace_ipc("cuIpcOpenMemHandle");
     pthread_mutex_unlock(&fk.mu);
     if (rc) {
         munmap(p, size);
@@ -1125,6 +1142,8 @@ CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
             }
             break;
         }
+    if (found)
+        fk_trace_ipc("cuIpcCloseMemHandle");
     pthread_mutex_unlock(&fk.mu);
     if (unmap)
         munmap(unmap, len);
