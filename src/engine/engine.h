@@ -26,7 +26,9 @@
  * sweeper for session TTLs, lock expiry and silent-worker reaping: once a
  * second, one linear pass over the sessions and one over the instances
  * (transfer and reservation records older than the L1 TTLs pruned, silent
- * workers reaped, registrations silent past worker_expire_s forgotten).
+ * workers reaped, registrations silent past worker_expire_s forgotten, the
+ * GPU copies' held reservations renewed); after a reap it calls the
+ * server's on_reap hook outside every engine lock.
  *
  * Bounds: sessions are capped in count and in token bytes (max_sessions,
  * max_session_bytes); what they refuse is counted in the status counters.

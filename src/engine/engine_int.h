@@ -8,7 +8,9 @@
  *   2. session.mu /     one request's tokens, hashes, lookup job and locks;
  *      instance.mu      one worker's layout, reservations and transfer locks
  *                       (a session and an instance are never held together)
- *   3. l1.mu            inside src/l1, taken by l1_* calls
+ *   3. hold_mu          the GPU copies' holds (engine_hold_*); nothing of
+ *                       the engine's is taken under it, only l1.mu
+ *   4. l1.mu            inside src/l1, taken by l1_* calls
  * Sessions and instances are refcounted under engine.mu: a handler pins one
  * (session_get/instance_get), drops engine.mu, works under the entry's own
  * mutex, and unpins; removal from the table (END_SESSION, TTL, UNREGISTER)

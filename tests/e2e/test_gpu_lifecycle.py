@@ -25,8 +25,8 @@ pytestmark = pytest.mark.skipif(not _cuda_build(),
 
 @pytest.fixture
 def gpu_srv(lmcd_factory):
-    def start(args=()):
-        env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_TRACE": "1"}
+    def start(args=(), env_extra=None):
+        env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_TRACE": "1", **(env_extra or {})}
         s = lmcd_factory(["--l1-size-gb", "0.1", *args], env=env)
         wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
         return s
@@ -94,7 +94,7 @@ def test_reaped_gpu_worker_is_closed_and_must_register_again(gpu_srv, clients): 
     dst = list(range(cache.nb - bpc, cache.nb))
     assert retrieve(s, c, 101, key_of(toks, 0, CHUNK, "r1l"), dst)
     assert cache.blocks(dst) == cache.blocks(src)
-    s.stop()
+    assert s.stop() == 0
     assert "fakecuda: leak" not in s.log(), s.log()
     assert fake_errors(s) == [], s.log()
 
@@ -157,7 +157,7 @@ def test_reap_while_a_copy_waits_keeps_its_memory_quarantined(gpu_srv, clients):
     assert retrieve(s, c, 111, key_of(toks, 0, CHUNK, "q1b"), dst)
     assert cache.blocks(dst) == cache.blocks(src)
     ev.close()
-    s.stop()
+    assert s.stop() == 0
     assert "fakecuda: leak" not in s.log(), s.log()
     assert fake_errors(s) == [], s.log()
 
@@ -206,13 +206,19 @@ def test_event_that_never_completes_is_reported_once_and_holds_nothing(gpu_srv, 
     assert retrieve(s, c, 121, key_of(toks, 0, CHUNK, "t1b"), dst)
     assert cache2.blocks(dst) == cache.blocks(src)
     ev.close()
-    s.stop()
+    assert s.stop() == 0
     assert "fakecuda: leak" not in s.log(), s.log()
     assert fake_errors(s) == [], s.log()
 
 
 def test_shutdown_with_a_stuck_event_is_bounded(gpu_srv, clients):  # noqa: F811
-    s = gpu_srv()  # the default event timeout (60 s) has not passed when lmcd is stopped
+    # The default event timeout (60 s) has not passed when lmcd is stopped.
+    # lmcd abandons the stuck copy on purpose (its threads stay blocked and
+    # its backend allocated until the process is gone); LeakSanitizer's
+    # stop-the-world pass crashes on the emulated driver's blocked stream
+    # thread at exit, so leak checking is off for this one server (ASan's
+    # other checks stay on).
+    s = gpu_srv(env_extra={"ASAN_OPTIONS": "detect_leaks=0"})
     c = clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=1)
     register(c, 131, cache)
@@ -264,6 +270,6 @@ def test_kv_groups_beyond_one_are_refused(gpu_srv, clients):  # noqa: F811
     assert cache.blocks(dst) == before, "a refused RETRIEVE wrote blocks"
     assert lines_with(s, "KV groups (a hybrid model)"), s.log()
     ev.close()
-    s.stop()
+    assert s.stop() == 0
     assert "fakecuda: leak" not in s.log(), s.log()
     assert fake_errors(s) == [], s.log()

@@ -102,10 +102,12 @@ struct CUctx_st {
 };
 
 struct CUmod_st {
+    void *fk_next; /* fk.objs: freed at unload */
     struct CUctx_st *ctx;
 };
 
 struct CUfunc_st {
+    void *fk_next; /* fk.objs */
     struct CUmod_st *mod;
     int gather;
 };
@@ -163,6 +165,7 @@ static struct {
     size_t n_reg, cap_reg;
     struct CUstream_st *streams;
     int n_events, n_mods;
+    void *objs; /* modules and functions (their first field links them), freed at unload */
 } fk = {.mu = PTHREAD_MUTEX_INITIALIZER, .mem = PTHREAD_RWLOCK_INITIALIZER};
 
 static __thread struct CUctx_st *fk_cur;
@@ -379,6 +382,8 @@ CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image)
     m->ctx = fk_cur;
     pthread_mutex_lock(&fk.mu);
     fk.n_mods++;
+    m->fk_next = fk.objs;
+    fk.objs = m;
     pthread_mutex_unlock(&fk.mu);
     *module = m;
     return CUDA_SUCCESS;
@@ -402,6 +407,10 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const cha
      * counts nothing: lmcd never unloads its module. */
     f->mod = hmod;
     f->gather = gather;
+    pthread_mutex_lock(&fk.mu);
+    f->fk_next = fk.objs;
+    fk.objs = f;
+    pthread_mutex_unlock(&fk.mu);
     *hfunc = f;
     return CUDA_SUCCESS;
 }
@@ -1282,8 +1291,26 @@ __attribute__((destructor)) static void fk_unload(void)
         legacy[i] = fk.ctx[i].legacy;
         fk.ctx[i].legacy = NULL;
     }
+    /* The driver frees modules with their context and its own tables with
+     * the process; the fake frees its share here, unless a stream is still
+     * running (lmcd abandoned a copy stuck on a client event at shutdown):
+     * its thread may still read them. */
+    void *objs = streams ? NULL : fk.objs;
+    struct fk_region *reg = streams || fk.n_reg ? NULL : fk.reg;
+    if (objs)
+        fk.objs = NULL;
+    if (reg) {
+        fk.reg = NULL;
+        fk.cap_reg = 0;
+    }
     pthread_mutex_unlock(&fk.mu);
     for (int i = 0; i < FK_MAX_DEV; i++)
         if (legacy[i])
             fk_stream_free(legacy[i]);
+    while (objs) {
+        void *next = *(void **)objs;
+        free(objs);
+        objs = next;
+    }
+    free(reg);
 }
