@@ -1281,13 +1281,15 @@ int engine_hold_store(struct engine *e, const struct engine_key *k, int64_t inst
     if (in)
         instance_put(e, in);
     free(keys);
+    if (in && !h)
+        return -ENOMEM;
     if (h && got != n_reserved) { /* released meanwhile (or a stale record): copy nothing */
         l1_abort(e->l1, h->keys, h->ids, got, (uint64_t)instance_id);
         got = 0;
     }
     if (!got) {
         free(h);
-        return in ? -ENOENT : -ENOMEM;
+        return -ENOENT;
     }
     h->n = got;
     h->writer = (uint64_t)instance_id;

@@ -137,15 +137,18 @@ void srv_gpu_open(struct server *s)
     uint64_t len = 0;
     void *base = engine_l1_base(s->engine, &len);
     char why[200] = "";
-    int rc = ops->open(&o, base, (size_t)len, &s->gpu, why, sizeof(why));
+    struct transfer_backend *b = NULL;
+    int rc = ops->open(&o, base, (size_t)len, &b, why, sizeof(why));
     if (rc) {
-        s->gpu = NULL;
         snprintf(s->gpu_why, sizeof(s->gpu_why), "%s", why[0] ? why : strerror(-rc));
         log_warn("GPU path unavailable (%s): GPU workers' requests get the no-CUDA answer, engine-driven workers "
                  "are served", s->gpu_why);
         return;
     }
+    pthread_mutex_lock(&reaped.lock); /* the engine's sweeper already runs: its hook reads these */
     s->gpu_ops = ops;
+    s->gpu = b;
+    pthread_mutex_unlock(&reaped.lock);
     log_info("GPU path: CUDA driver loaded (mode %s); L1 is pinned at the first GPU registration", mode);
 }
 
@@ -155,10 +158,10 @@ void srv_gpu_close(struct server *s)
     struct transfer_backend *b = s->gpu;
     const struct transfer_ops *ops = s->gpu_ops;
     s->gpu = NULL;
+    s->gpu_ops = NULL;
     pthread_mutex_unlock(&reaped.lock);
     if (b && ops)
         ops->close(b);
-    s->gpu_ops = NULL;
 }
 
 int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_len)
