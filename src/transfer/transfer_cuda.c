@@ -126,7 +126,7 @@ struct cu_reg {
     pthread_cond_t cv;    /* queue changed, stop, users */
     struct cu_pending q[CU_QCAP];
     unsigned q_head, q_n;
-    unsigned users; /* copy() calls inside, which reg_free waits out */
+    unsigned users; /* copy() calls inside, which reg_retire waits out */
     bool stop;
     bool stuck;    /* the queue's head waited past event_timeout_s (the watchdog sets it) */
     bool warned;   /* that was reported (once per registration) */
@@ -497,7 +497,8 @@ static void *watchdog_main(void *arg)
             pthread_mutex_lock(&g->lock);
             bool report = false;
             unsigned left = g->q_n;
-            if (g->q_n && !g->stuck && now - g->q[g->q_head].t_ns > timeout) {
+            uint64_t t = g->q_n ? g->q[g->q_head].t_ns : now; /* queued after `now` was read: not old */
+            if (g->q_n && !g->stuck && now > t && now - t > timeout) {
                 g->stuck = true;
                 report = !g->warned;
                 g->warned = true;
@@ -920,7 +921,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     struct cu_reg *g = *s;
     /* Only this registration's copies serialise; b->lock is dropped first so
      * other workers' copies run in parallel. `users` keeps g alive until we
-     * leave (reg_free waits for it after setting stop). */
+     * leave (reg_retire waits for it after setting stop). */
     pthread_mutex_lock(&g->lock);
     g->users++;
     pthread_mutex_unlock(&b->lock);
