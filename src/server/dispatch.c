@@ -115,6 +115,8 @@ static void h_get_experimental(struct server *s, struct srv_req *r)
 static void h_ping(struct server *s, struct srv_req *r)
 {
     engine_ping(s->engine, r->req.has_instance_id, r->req.instance_id);
+    if (r->req.has_instance_id)
+        srv_gpu_on_ping(r->req.instance_id); /* a reaped GPU worker must register again */
     resp_bool(r, true);
 }
 
@@ -486,6 +488,8 @@ bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
     case WIRE_OP_PING:
         if (engine_ping_try(s->engine, r->req.has_instance_id, r->req.instance_id) != 0)
             return false;
+        if (r->req.has_instance_id)
+            srv_gpu_on_ping(r->req.instance_id); /* a reaped GPU worker must register again */
         resp_bool(r, true);
         return true;
     case WIRE_OP_QUERY_PREFETCH_STATUS:

@@ -40,15 +40,18 @@
 #include "util/log.h"
 
 /* Reaped GPU workers (closed by srv_gpu_on_reap, not re-registered yet):
- * their requests get one ERROR line per reap. The lock also orders the
- * sweeper's hook against srv_gpu_close. */
+ * their requests get one ERROR line per reap, their first PING one line.
+ * `lock` is a leaf held briefly (the loop thread takes it on PING);
+ * `gpu_mu` orders the sweeper's hook against srv_gpu_open/close and is held
+ * while the hook closes a registration. */
 #define GPU_REAPED_MAX 256
 static struct {
     pthread_mutex_t lock;
+    pthread_mutex_t gpu_mu;
     int64_t ids[GPU_REAPED_MAX];
-    bool logged[GPU_REAPED_MAX];
+    bool logged[GPU_REAPED_MAX], pinged[GPU_REAPED_MAX];
     unsigned n, next;
-} reaped = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} reaped = { .lock = PTHREAD_MUTEX_INITIALIZER, .gpu_mu = PTHREAD_MUTEX_INITIALIZER };
 
 static int reaped_find(int64_t iid)
 {
@@ -70,24 +73,42 @@ static void reaped_forget(int64_t iid)
 void srv_gpu_on_reap(void *ctx, int64_t iid)
 {
     struct server *s = ctx;
-    pthread_mutex_lock(&reaped.lock);
+    pthread_mutex_lock(&reaped.gpu_mu);
     struct transfer_geom g;
-    if (s->gpu && s->gpu_ops->geometry(s->gpu, iid, &g) == 0) {
+    bool closed = s->gpu && s->gpu_ops->geometry(s->gpu, iid, &g) == 0;
+    if (closed)
         s->gpu_ops->unregister(s->gpu, iid, false);
-        int i = reaped_find(iid);
-        if (i < 0) {
-            i = (int)reaped.next;
-            reaped.next = (reaped.next + 1) % GPU_REAPED_MAX;
-            if (reaped.n < GPU_REAPED_MAX)
-                reaped.n++;
-        }
-        reaped.ids[i] = iid;
-        reaped.logged[i] = false;
-        log_warn("GPU worker instance %lld reaped for silence: its GPU registration is closed (IPC mappings, stream, "
-                 "events; copies still queued complete first); it must send REGISTER_KV_CACHE again, and until then "
-                 "its STORE/RETRIEVE are left unanswered", (long long)iid);
+    pthread_mutex_unlock(&reaped.gpu_mu);
+    if (!closed)
+        return;
+    pthread_mutex_lock(&reaped.lock);
+    int i = reaped_find(iid);
+    if (i < 0) {
+        i = (int)reaped.next;
+        reaped.next = (reaped.next + 1) % GPU_REAPED_MAX;
+        if (reaped.n < GPU_REAPED_MAX)
+            reaped.n++;
     }
+    reaped.ids[i] = iid;
+    reaped.logged[i] = reaped.pinged[i] = false;
     pthread_mutex_unlock(&reaped.lock);
+    log_warn("GPU worker instance %lld reaped for silence: its GPU registration is closed (IPC mappings, stream, "
+             "events; copies still queued complete first); it must send REGISTER_KV_CACHE again, and until then "
+             "its STORE/RETRIEVE are left unanswered", (long long)iid);
+}
+
+void srv_gpu_on_ping(int64_t iid)
+{
+    pthread_mutex_lock(&reaped.lock);
+    int i = reaped_find(iid);
+    bool first = i >= 0 && !reaped.pinged[i];
+    if (first)
+        reaped.pinged[i] = true;
+    pthread_mutex_unlock(&reaped.lock);
+    if (first)
+        log_warn("GPU worker instance %lld is back (PING) after being reaped, but its GPU registration was closed: "
+                 "it must send REGISTER_KV_CACHE again (restart the worker); until then its STORE/RETRIEVE are left "
+                 "unanswered", (long long)iid);
 }
 
 /* One ERROR line per reap for a reaped worker's request; true when `iid`
@@ -145,21 +166,21 @@ void srv_gpu_open(struct server *s)
                  "are served", s->gpu_why);
         return;
     }
-    pthread_mutex_lock(&reaped.lock); /* the engine's sweeper already runs: its hook reads these */
+    pthread_mutex_lock(&reaped.gpu_mu); /* the engine's sweeper already runs: its hook reads these */
     s->gpu_ops = ops;
     s->gpu = b;
-    pthread_mutex_unlock(&reaped.lock);
+    pthread_mutex_unlock(&reaped.gpu_mu);
     log_info("GPU path: CUDA driver loaded (mode %s); L1 is pinned at the first GPU registration", mode);
 }
 
 void srv_gpu_close(struct server *s)
 {
-    pthread_mutex_lock(&reaped.lock); /* the sweeper's hook sees one or the other */
+    pthread_mutex_lock(&reaped.gpu_mu); /* the sweeper's hook sees one or the other */
     struct transfer_backend *b = s->gpu;
     const struct transfer_ops *ops = s->gpu_ops;
     s->gpu = NULL;
     s->gpu_ops = NULL;
-    pthread_mutex_unlock(&reaped.lock);
+    pthread_mutex_unlock(&reaped.gpu_mu);
     if (b && ops)
         ops->close(b);
 }

@@ -81,6 +81,11 @@ def test_reaped_gpu_worker_is_closed_and_must_register_again(gpu_srv, clients): 
     assert store(s, c, 101, key_of(toks, 0, CHUNK, "r1"), src)  # active: reaped after 1 s of silence
     s.wait_log("GPU worker instance 101 reaped for silence", 20.0)
     wait_for(lambda: mappings_open(s) == 0, 10.0, what="the reaped worker's IPC mapping closed")
+    # it comes back: PING says it must register again (once)
+    assert c.ping(101) is True and c.ping(101) is True
+    wait_for(lambda: lines_with(s, "GPU worker instance 101 is back (PING) after being reaped"), 5.0,
+             what="the PING line")
+    assert len(lines_with(s, "GPU worker instance 101 is back (PING)")) == 1
     # until it registers again its GPU requests are left unanswered, with one ERROR line per reap
     for i in range(2):
         uid = c.submit("store", key_of(toks, 0, CHUNK, f"late{i}"), 101, [src], bytes(64))
