@@ -61,6 +61,7 @@ struct cfg_mp {
     char *supported_transfer_mode; /* lmcache_driven | engine_driven | auto */
     int64_t null_block_id;         /* blocks with this id are neither read nor written */
     bool isolated_ipc;             /* clients' lmcache.mp.isolated_ipc: refused (not served) */
+    int gpu_event_timeout_seconds; /* a copy waiting longer on its worker's event is detached from waits */
 };
 
 struct cfg_storage {

@@ -159,6 +159,13 @@ int server_run(struct server *s);
  * host allow, logging one line either way; never fails the start. */
 void srv_gpu_open(struct server *s);
 void srv_gpu_close(struct server *s);
+/* The engine's on_reap hook (ctx: the server): closes a reaped worker's GPU
+ * registration without waiting on the GPU. Any thread; safe before
+ * srv_gpu_open and after srv_gpu_close (then a no-op). */
+void srv_gpu_on_reap(void *ctx, int64_t instance_id);
+/* A PING from a worker: one line when it is a reaped GPU worker that has
+ * not registered again. Never waits (the loop thread calls it). */
+void srv_gpu_on_ping(int64_t instance_id);
 /* Stops intake: the pools run what they hold for up to
  * --stop-timeout-seconds while their replies go out; what is still queued
  * then gets its safe reply (spec 9.3) without running. Replies get

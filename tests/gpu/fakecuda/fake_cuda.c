@@ -102,10 +102,12 @@ struct CUctx_st {
 };
 
 struct CUmod_st {
+    void *fk_next; /* fk.objs: freed at unload */
     struct CUctx_st *ctx;
 };
 
 struct CUfunc_st {
+    void *fk_next; /* fk.objs */
     struct CUmod_st *mod;
     int gather;
 };
@@ -163,6 +165,7 @@ static struct {
     size_t n_reg, cap_reg;
     struct CUstream_st *streams;
     int n_events, n_mods;
+    void *objs; /* modules and functions (their first field links them), freed at unload */
 } fk = {.mu = PTHREAD_MUTEX_INITIALIZER, .mem = PTHREAD_RWLOCK_INITIALIZER};
 
 static __thread struct CUctx_st *fk_cur;
@@ -237,6 +240,20 @@ static int fk_reg_add(const struct fk_region *r)
 }
 
 static void fk_reg_del(size_t i) { fk.reg[i] = fk.reg[--fk.n_reg]; }
+
+/* With FAKECUDA_TRACE set, one "fakecuda-trace:" line per IPC open/close
+ * with the references left open (tests see a mapping close mid-run, e.g.
+ * when lmcd reaps a worker). Under fk.mu. */
+static void fk_trace_ipc(const char *what)
+{
+    if (!getenv("FAKECUDA_TRACE"))
+        return;
+    size_t open = 0;
+    for (size_t i = 0; i < fk.n_reg; i++)
+        if (fk.reg[i].kind == R_IPC)
+            open += fk.reg[i].refs;
+    fprintf(stderr, "fakecuda-trace: %s: IPC mappings open: %zu\n", what, open);
+}
 
 /* ---------------------------------------------------------------- init, devices, contexts */
 
@@ -365,6 +382,8 @@ CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image)
     m->ctx = fk_cur;
     pthread_mutex_lock(&fk.mu);
     fk.n_mods++;
+    m->fk_next = fk.objs;
+    fk.objs = m;
     pthread_mutex_unlock(&fk.mu);
     *module = m;
     return CUDA_SUCCESS;
@@ -388,6 +407,10 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const cha
      * counts nothing: lmcd never unloads its module. */
     f->mod = hmod;
     f->gather = gather;
+    pthread_mutex_lock(&fk.mu);
+    f->fk_next = fk.objs;
+    fk.objs = f;
+    pthread_mutex_unlock(&fk.mu);
     *hfunc = f;
     return CUDA_SUCCESS;
 }
@@ -1043,6 +1066,7 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
             !memcmp(fk.reg[i].handle, handle.reserved, CU_IPC_HANDLE_SIZE)) {
             fk.reg[i].refs++; /* documented: same context, same pointer, one more reference */
             *pdptr = (CUdeviceptr)fk.reg[i].base;
+            fk_trace_ipc("cuIpcOpenMemHandle");
             pthread_mutex_unlock(&fk.mu);
             return CUDA_SUCCESS;
         }
@@ -1069,6 +1093,8 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
     memcpy(reg.handle, handle.reserved, CU_IPC_HANDLE_SIZE);
     pthread_mutex_lock(&fk.mu);
     int rc = fk_reg_add(&reg);
+    if (!rc)
+        fk_trace_ipc("cuIpcOpenMemHandle");
     pthread_mutex_unlock(&fk.mu);
     if (rc) {
         munmap(p, size);
@@ -1125,6 +1151,8 @@ CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
             }
             break;
         }
+    if (found)
+        fk_trace_ipc("cuIpcCloseMemHandle");
     pthread_mutex_unlock(&fk.mu);
     if (unmap)
         munmap(unmap, len);
@@ -1263,8 +1291,26 @@ __attribute__((destructor)) static void fk_unload(void)
         legacy[i] = fk.ctx[i].legacy;
         fk.ctx[i].legacy = NULL;
     }
+    /* The driver frees modules with their context and its own tables with
+     * the process; the fake frees its share here, unless a stream is still
+     * running (lmcd abandoned a copy stuck on a client event at shutdown):
+     * its thread may still read them. */
+    void *objs = streams ? NULL : fk.objs;
+    struct fk_region *reg = streams || fk.n_reg ? NULL : fk.reg;
+    if (objs)
+        fk.objs = NULL;
+    if (reg) {
+        fk.reg = NULL;
+        fk.cap_reg = 0;
+    }
     pthread_mutex_unlock(&fk.mu);
     for (int i = 0; i < FK_MAX_DEV; i++)
         if (legacy[i])
             fk_stream_free(legacy[i]);
+    while (objs) {
+        void *next = *(void **)objs;
+        free(objs);
+        objs = next;
+    }
+    free(reg);
 }
