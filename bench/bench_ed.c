@@ -13,7 +13,12 @@
  * are 1 MiB (32 layers x hidden 32) and 32 MiB (32 layers x hidden 1024,
  * Llama-3-8B: 2 x 32 x 256 x 1024 x bf16) per worker, one chunk per request;
  * and 1 MiB objects 16 per request; 1 worker and 2 workers (TP 2, each
- * storing its own shard of the same chunks).
+ * storing its own shard of the same chunks). Those are one request at a
+ * time: each call waits for its answer. The "pipelined" figures (1 and
+ * 32 MiB, one chunk per request) are what liblmcd's asynchronous API lets a
+ * worker do: request i+1's PREPARE in flight while it copies request i,
+ * COMMITs answered in the background, the scheduler's LOOKUPs from a
+ * thread and client of their own, ahead of the workers.
  *
  * The baseline does the same copies with plain memcpy in this process:
  * each thread copies its source into a pre-faulted destination area of the
@@ -50,6 +55,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -70,6 +76,7 @@ struct config {
     int per;         /* chunks per request */
     int rounds;
     size_t obj;
+    int depth; /* pipelined: PREPAREs (and LOOKUPs) kept in flight; 0 = one request at a time */
 };
 
 struct shared {
@@ -80,8 +87,17 @@ struct shared {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int looked_up; /* guarded by mu: requests of this round whose LOOKUP answered */
+    struct lmcd_client *sched; /* piped: the scheduler's own client (its own thread) */
     int failed;    /* guarded by mu */
     pthread_barrier_t stored; /* every worker's stores are committed before any LOOKUP */
+};
+
+/* A worker's time per phase of a round (summed over its requests), and the
+ * page faults of its copies into and out of the segment. */
+enum { PH_S_PREP, PH_S_COPY, PH_S_COMMIT, PH_R_LOOKUP, PH_R_WAIT, PH_R_PREP, PH_R_COPY, PH_R_COMMIT, PH_N };
+struct phases {
+    uint64_t ns[PH_N];
+    long store_faults, retrieve_faults;
 };
 
 struct worker {
@@ -92,8 +108,7 @@ struct worker {
     uint64_t pool;
     uint8_t *src, *out;
     uint64_t store_ns, retrieve_ns; /* this round's timed parts */
-    uint64_t prep_ns, copy_ns, commit_ns; /* store phases, summed over rounds STEADY.. */
-    long copy_faults;                     /* page faults in this round's store copies */
+    struct phases ph;               /* this round's, per phase */
     pthread_t th;
 };
 
@@ -136,6 +151,220 @@ static void key_of(struct lmcd_key *k, const struct config *cfg, int w, const ui
     k->request_id = rid;
 }
 
+/* ---- the pipelined worker ((cfg->depth > 0)) ----------------------------------
+ * What liblmcd's asynchronous API lets a worker do: submit request i+1's
+ * PREPARE before copying request i, and COMMIT without waiting for its
+ * answer (collected later). The scheduler's LOOKUP + WAIT run on a thread
+ * and client of their own, as vLLM's scheduler is a process of its own,
+ * ahead of the workers. Same bytes, same checks; the byte checks' time is
+ * taken out of the timed part as in the one-at-a-time worker. */
+
+static int submit_op(struct worker *wk, enum lmcd_op op, int i, uint32_t *t, uint64_t *uid)
+{
+    const struct config *cfg = wk->sh->cfg;
+    char rid[64];
+    struct lmcd_request rq = { .op = op, .instance_id = wk->sh->base_id + wk->w };
+    tokens_of(wk->sh->round, i, cfg->per, t);
+    snprintf(rid, sizeof(rid), "ed-%lld-%d-%d", (long long)wk->sh->base_id, wk->sh->round, i);
+    key_of(&rq.key, cfg, wk->w, t, rid); /* encoded by lmcd_submit: t and rid may change after */
+    return lmcd_submit(wk->c, &rq, uid);
+}
+
+/* Waits for uid's reply, adding the time blocked to *ns. */
+static int wait_timed(struct worker *wk, uint64_t uid, struct lmcd_reply *rep, uint64_t *ns)
+{
+    uint64_t t0 = clock_mono_ns();
+    int rc = lmcd_wait(wk->c, uid, 20000, rep);
+    *ns += clock_mono_ns() - t0;
+    return rc;
+}
+
+/* Collects the COMMIT replies in cu[*done..upto): false on a failed one. */
+static bool commits_collect(struct worker *wk, const uint64_t *cu, int *done, int upto, bool block, uint64_t *ns)
+{
+    for (; *done < upto; (*done)++) {
+        struct lmcd_reply rep;
+        int rc = block ? wait_timed(wk, cu[*done], &rep, ns) : lmcd_poll(wk->c, cu[*done], &rep);
+        if (rc == -EAGAIN && !block)
+            return true;
+        bool ok = !rc && rep.ok;
+        lmcd_reply_free(&rep);
+        if (!ok) {
+            fail(wk->sh, "commit (pipelined)", rc);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool store_piped(struct worker *wk, uint32_t *t, uint64_t *cu, uint64_t *pu)
+{
+    struct shared *sh = wk->sh;
+    const struct config *cfg = sh->cfg;
+    size_t per = (size_t)cfg->per;
+    int n = cfg->requests, done = 0, sent = 0;
+    uint64_t t0 = clock_mono_ns();
+    for (int i = 0; i < n; i++) {
+        if (sent == i && submit_op(wk, LMCD_OP_PREPARE_STORE, sent++, t, &pu[i]))
+            return fail(sh, "submit prepare_store", 0), false;
+        struct lmcd_reply rep;
+        int rc = wait_timed(wk, pu[i], &rep, &wk->ph.ns[PH_S_PREP]);
+        bool good = !rc && rep.n_slots == per;
+        for (size_t j = 0; good && j < per; j++)
+            good = rep.slots[j].length == cfg->obj && rep.slots[j].offset + cfg->obj <= wk->pool &&
+                   rep.chunk_indices[j] >= 0 && (size_t)rep.chunk_indices[j] < per;
+        /* the PREPAREs up to request i+depth go out before the copy of request i */
+        for (; good && sent < n && sent <= i + cfg->depth; sent++)
+            good = !submit_op(wk, LMCD_OP_PREPARE_STORE, sent, t, &pu[sent]);
+        if (!good) {
+            lmcd_reply_free(&rep);
+            return fail(sh, "prepare_store (pipelined)", rc), false;
+        }
+        uint64_t t1 = clock_mono_ns();
+        for (size_t j = 0; j < per; j++) {
+            stamp(wk->src, cfg->obj, sh->round, i * cfg->per + (int)rep.chunk_indices[j], wk->w);
+            memcpy(wk->base + rep.slots[j].offset, wk->src, cfg->obj);
+        }
+        wk->ph.ns[PH_S_COPY] += clock_mono_ns() - t1;
+        lmcd_reply_free(&rep);
+        if (submit_op(wk, LMCD_OP_COMMIT_STORE, i, t, &cu[i]) ||
+            !commits_collect(wk, cu, &done, i, false, NULL))
+            return fail(sh, "commit_store (pipelined)", 0), false;
+    }
+    if (!commits_collect(wk, cu, &done, n, true, &wk->ph.ns[PH_S_COMMIT]))
+        return false;
+    wk->store_ns = clock_mono_ns() - t0;
+    return true;
+}
+
+/* The scheduler: LOOKUP + WAIT of every request of the round, in order,
+ * once every worker's stores are committed. */
+static void *sched_start(void *arg)
+{
+    struct shared *sh = arg;
+    pthread_barrier_wait(&sh->stored);
+    const struct config *cfg = sh->cfg;
+    uint32_t *t = malloc(sizeof(uint32_t) * CHUNK * (size_t)cfg->per);
+    /* LOOKUPs up to request i+depth in flight, each one's WAIT in order */
+    uint64_t *lu = malloc(sizeof(uint64_t) * (size_t)cfg->requests);
+    int n = cfg->requests, sent = 0;
+    for (int i = 0; t && lu && i < n && !sh->failed; i++) {
+        char rid[64];
+        struct lmcd_request rq = { .op = LMCD_OP_LOOKUP, .tp_size = cfg->workers };
+        int rc = 0;
+        for (; !rc && sent < n && sent <= i + cfg->depth; sent++) {
+            tokens_of(sh->round, sent, cfg->per, t);
+            snprintf(rid, sizeof(rid), "ed-%lld-%d-%d", (long long)sh->base_id, sh->round, sent);
+            key_of(&rq.key, cfg, 0, t, rid);
+            rq.key.has_worker_id = false;
+            rc = lmcd_submit(sh->sched, &rq, &lu[sent]);
+        }
+        struct lmcd_reply rep;
+        if (!rc && !(rc = lmcd_wait(sh->sched, lu[i], 20000, &rep)))
+            lmcd_reply_free(&rep);
+        snprintf(rid, sizeof(rid), "ed-%lld-%d-%d", (long long)sh->base_id, sh->round, i);
+        int64_t hits = -1;
+        if (!rc)
+            rc = lmcd_wait_prefetch_status(sh->sched, rid, 5.0, &hits);
+        if (rc || hits != cfg->per) {
+            fail(sh, "lookup did not find every chunk (pipelined)", rc);
+            break;
+        }
+        pthread_mutex_lock(&sh->mu);
+        sh->looked_up = i + 1;
+        pthread_cond_broadcast(&sh->cv);
+        pthread_mutex_unlock(&sh->mu);
+    }
+    free(lu);
+    if (!t)
+        fail(sh, "out of memory", 0);
+    free(t);
+    return NULL;
+}
+
+static bool looked_up_wait(struct shared *sh, int i, uint64_t *ns)
+{
+    uint64_t t0 = clock_mono_ns();
+    pthread_mutex_lock(&sh->mu);
+    while (sh->looked_up <= i && !sh->failed)
+        pthread_cond_wait(&sh->cv, &sh->mu);
+    bool ok = !sh->failed;
+    pthread_mutex_unlock(&sh->mu);
+    *ns += clock_mono_ns() - t0;
+    return ok;
+}
+
+static bool retrieve_piped(struct worker *wk, uint32_t *t, uint64_t *cu, uint64_t *pu)
+{
+    struct shared *sh = wk->sh;
+    const struct config *cfg = sh->cfg;
+    size_t per = (size_t)cfg->per;
+    int n = cfg->requests, done = 0, sent = 0;
+    uint64_t check_ns = 0, t0 = clock_mono_ns();
+    for (int i = 0; i < n; i++) {
+        if (sent == i && (!looked_up_wait(sh, i, &wk->ph.ns[PH_R_WAIT]) ||
+                          submit_op(wk, LMCD_OP_PREPARE_RETRIEVE, sent++, t, &pu[i])))
+            return fail(sh, "submit prepare_retrieve", 0), false;
+        struct lmcd_reply rep;
+        int rc = wait_timed(wk, pu[i], &rep, &wk->ph.ns[PH_R_PREP]);
+        bool good = !rc && rep.success && rep.n_slots == per;
+        for (size_t j = 0; good && j < per; j++)
+            good = rep.slots[j].length == cfg->obj && rep.slots[j].offset + cfg->obj <= wk->pool;
+        /* the PREPAREs up to request i+depth go out before the copy of
+         * request i, each once the scheduler's LOOKUP of it has answered */
+        for (; good && sent < n && sent <= i + cfg->depth; sent++)
+            good = looked_up_wait(sh, sent, &wk->ph.ns[PH_R_WAIT]) &&
+                   !submit_op(wk, LMCD_OP_PREPARE_RETRIEVE, sent, t, &pu[sent]);
+        if (!good) {
+            lmcd_reply_free(&rep);
+            return fail(sh, "prepare_retrieve (pipelined)", rc), false;
+        }
+        uint64_t t1 = clock_mono_ns();
+        for (size_t j = 0; j < per; j++) /* slot j holds chunk j */
+            memcpy(wk->out + j * cfg->obj, wk->base + rep.slots[j].offset, cfg->obj);
+        uint64_t t2 = clock_mono_ns();
+        wk->ph.ns[PH_R_COPY] += t2 - t1;
+        lmcd_reply_free(&rep);
+        if (submit_op(wk, LMCD_OP_COMMIT_RETRIEVE, i, t, &cu[i]) ||
+            !commits_collect(wk, cu, &done, i, false, NULL))
+            return fail(sh, "commit_retrieve (pipelined)", 0), false;
+        uint64_t t3 = clock_mono_ns();
+        for (size_t j = 0; j < per; j++) {
+            stamp(wk->src, cfg->obj, sh->round, i * cfg->per + (int)j, wk->w);
+            if (memcmp(wk->out + j * cfg->obj, wk->src, cfg->obj)) {
+                fprintf(stderr, "bench_ed: chunk %zu of request %d of round %d (worker %d) read back wrong bytes\n",
+                        j, i, sh->round, wk->w);
+                return fail(sh, "byte check", 0), false;
+            }
+        }
+        check_ns += clock_mono_ns() - t3;
+    }
+    if (!commits_collect(wk, cu, &done, n, true, &wk->ph.ns[PH_R_COMMIT]))
+        return false;
+    wk->retrieve_ns = clock_mono_ns() - t0 - check_ns;
+    return true;
+}
+
+static void *worker_run_piped(struct worker *wk)
+{
+    struct shared *sh = wk->sh;
+    const struct config *cfg = sh->cfg;
+    uint32_t *t = malloc(sizeof(uint32_t) * CHUNK * (size_t)cfg->per);
+    uint64_t *cu = malloc(sizeof(uint64_t) * (size_t)cfg->requests);
+    uint64_t *pu = malloc(sizeof(uint64_t) * (size_t)cfg->requests);
+    bool ok = t && cu && pu;
+    if (!ok)
+        fail(sh, "out of memory", 0);
+    ok = ok && store_piped(wk, t, cu, pu);
+    pthread_barrier_wait(&sh->stored);
+    if (ok)
+        retrieve_piped(wk, t, cu, pu);
+    free(t);
+    free(cu);
+    free(pu);
+    return NULL;
+}
+
 static void *worker_run(void *arg)
 {
     struct worker *wk = arg;
@@ -148,7 +377,11 @@ static void *worker_run(void *arg)
     struct lmcd_key k;
     struct lmcd_reply rep;
     wk->store_ns = wk->retrieve_ns = 0;
-    wk->copy_faults = 0;
+    memset(&wk->ph, 0, sizeof(wk->ph));
+    if ((cfg->depth > 0)) {
+        free(t);
+        return worker_run_piped(wk);
+    }
     if (!t) {
         fail(sh, "out of memory", 0);
         pthread_barrier_wait(&sh->stored);
@@ -181,17 +414,15 @@ static void *worker_run(void *arg)
         }
         uint64_t t2 = clock_mono_ns();
         getrusage(RUSAGE_THREAD, &ru1);
-        wk->copy_faults += ru1.ru_minflt - ru0.ru_minflt + ru1.ru_majflt - ru0.ru_majflt;
+        wk->ph.store_faults += ru1.ru_minflt - ru0.ru_minflt + ru1.ru_majflt - ru0.ru_majflt;
         lmcd_reply_free(&rep);
         bool ok = false;
         rc = lmcd_commit_store(wk->c, &k, iid, &ok);
         uint64_t t3 = clock_mono_ns();
         wk->store_ns += t3 - t0;
-        if (sh->round >= STEADY) { /* rounds that reuse committed, mapped pages */
-            wk->prep_ns += t1 - t0;
-            wk->copy_ns += t2 - t1;
-            wk->commit_ns += t3 - t2;
-        }
+        wk->ph.ns[PH_S_PREP] += t1 - t0;
+        wk->ph.ns[PH_S_COPY] += t2 - t1;
+        wk->ph.ns[PH_S_COMMIT] += t3 - t2;
         if (rc || !ok) {
             fail(sh, "commit_store", rc);
             pthread_barrier_wait(&sh->stored);
@@ -210,8 +441,11 @@ static void *worker_run(void *arg)
             k.has_worker_id = false;
             int64_t hits = -1;
             int rc = lmcd_lookup(wk->c, &k, cfg->workers);
+            uint64_t tl = clock_mono_ns();
             if (!rc)
                 rc = lmcd_wait_prefetch_status(wk->c, rid, 5.0, &hits);
+            wk->ph.ns[PH_R_LOOKUP] += tl - t0;
+            wk->ph.ns[PH_R_WAIT] += clock_mono_ns() - tl;
             if (rc || hits != cfg->per) {
                 fail(sh, "lookup did not find every chunk", rc);
                 free(t);
@@ -228,6 +462,7 @@ static void *worker_run(void *arg)
             pthread_mutex_unlock(&sh->mu);
         }
         key_of(&k, cfg, wk->w, t, rid);
+        uint64_t tp = clock_mono_ns();
         int rc = lmcd_prepare_retrieve(wk->c, &k, iid, &rep);
         bool good = !rc && rep.success && rep.n_slots == per;
         for (size_t j = 0; good && j < per; j++)
@@ -238,12 +473,22 @@ static void *worker_run(void *arg)
             free(t);
             return NULL;
         }
+        uint64_t tc = clock_mono_ns();
+        struct rusage ru0, ru1;
+        getrusage(RUSAGE_THREAD, &ru0);
         for (size_t j = 0; j < per; j++) /* slot j holds chunk j */
             memcpy(wk->out + j * cfg->obj, wk->base + rep.slots[j].offset, cfg->obj);
+        uint64_t td = clock_mono_ns();
+        getrusage(RUSAGE_THREAD, &ru1);
         lmcd_reply_free(&rep);
         bool ok = false;
         rc = lmcd_commit_retrieve(wk->c, &k, iid, &ok);
-        wk->retrieve_ns += clock_mono_ns() - t0;
+        uint64_t te = clock_mono_ns();
+        wk->retrieve_ns += te - t0;
+        wk->ph.ns[PH_R_PREP] += tc - tp;
+        wk->ph.ns[PH_R_COPY] += td - tc;
+        wk->ph.ns[PH_R_COMMIT] += te - td;
+        wk->ph.retrieve_faults += ru1.ru_minflt - ru0.ru_minflt + ru1.ru_majflt - ru0.ru_majflt;
         if (rc || !ok) {
             fail(sh, "commit_retrieve", rc);
             free(t);
@@ -347,6 +592,48 @@ static void baseline_free(const struct config *cfg, struct base_worker *b)
     }
 }
 
+/* CPU time of every live thread of process pid, ns (from schedstat). */
+static uint64_t proc_cpu_ns(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    uint64_t sum = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char f[384];
+        unsigned long long ns = 0;
+        snprintf(f, sizeof(f), "%s/%s/schedstat", path, de->d_name);
+        FILE *fp = de->d_name[0] != '.' ? fopen(f, "r") : NULL;
+        if (fp && fscanf(fp, "%llu", &ns) == 1)
+            sum += ns;
+        if (fp)
+            fclose(fp);
+    }
+    if (d)
+        closedir(d);
+    return sum;
+}
+
+static uint64_t self_cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+}
+
+/* Per request, in us, and the copies' GB/s: what each part of a round cost. */
+static void phases_print(const struct config *cfg, const struct phases *p)
+{
+    double n = cfg->requests * 1e3, bytes = (double)cfg->obj * cfg->per * cfg->requests;
+    printf("  store: prepare %.1f, copy %.1f (%.2f GB/s, %ld faults), commit %.1f us;"
+           " retrieve: lookup %.1f, wait %.1f, prepare %.1f, copy %.1f (%.2f GB/s, %ld faults), commit %.1f us\n",
+           p->ns[PH_S_PREP] / n, p->ns[PH_S_COPY] / n, bytes / (double)(p->ns[PH_S_COPY] + 1), p->store_faults,
+           p->ns[PH_S_COMMIT] / n, p->ns[PH_R_LOOKUP] / n, p->ns[PH_R_WAIT] / n, p->ns[PH_R_PREP] / n,
+           p->ns[PH_R_COPY] / n, bytes / (double)(p->ns[PH_R_COPY] + 1), p->retrieve_faults, p->ns[PH_R_COMMIT] / n);
+}
+
 static void run_config(const struct config *cfg)
 {
     /* two rounds: background eviction (above its watermark) takes the older
@@ -367,7 +654,16 @@ static void run_config(const struct config *cfg)
     next_id += 10;
     pthread_mutex_init(&sh.mu, NULL);
     pthread_cond_init(&sh.cv, NULL);
-    pthread_barrier_init(&sh.stored, NULL, (unsigned)cfg->workers);
+    /* piped: the scheduler's thread starts its LOOKUPs when every store is committed */
+    pthread_barrier_init(&sh.stored, NULL, (unsigned)cfg->workers + (cfg->depth > 0 ? 1u : 0u));
+    if ((cfg->depth > 0)) {
+        int rc = lmcd_client_open(url, LMCD_PROFILE_2609, LMCD_FORM_POSITIONAL, &sh.sched);
+        if (rc) {
+            fprintf(stderr, "bench_ed: client: %s\n", lmcd_strerror(rc));
+            exit(1);
+        }
+        lmcd_client_set_timeout(sh.sched, 20000);
+    }
     struct worker wk[MAX_WORKERS];
     const char *me = getenv("LMCD_BENCH_ED_MAP_EACH");
     bool map_each = me && *me && strcmp(me, "0");
@@ -415,6 +711,9 @@ static void run_config(const struct config *cfg)
 
     double bytes = (double)area_bytes(cfg) * cfg->workers;
     double fresh = 0, store = 0, retrieve = 0, bs = 0, br = 0;
+    struct phases store_ph = { 0 }, retrieve_ph = { 0 }; /* worker 0's, in the best rounds */
+    bool verbose = getenv("LMCD_BENCH_VERBOSE") != NULL;
+    uint64_t cpu_lmcd = 0, cpu_self = 0; /* CPU time at the start of round STEADY */
     struct base_worker bw[MAX_WORKERS];
     baseline_setup(cfg, bw);
     for (int r = 0; r < cfg->rounds; r++) {
@@ -423,9 +722,18 @@ static void run_config(const struct config *cfg)
         baseline_round(cfg, bw, &bs, &br);
         sh.round = r;
         sh.looked_up = 0;
+        if (r == STEADY) {
+            cpu_lmcd = proc_cpu_ns(lmcd.pid);
+            cpu_self = self_cpu_ns();
+        }
         for (int w = 0; w < cfg->workers; w++)
             if (pthread_create(&wk[w].th, NULL, worker_run, &wk[w]))
                 exit(1);
+        pthread_t sched;
+        if ((cfg->depth > 0) && pthread_create(&sched, NULL, sched_start, &sh))
+            exit(1);
+        if ((cfg->depth > 0))
+            pthread_join(sched, NULL);
         uint64_t s = 0, g = 0;
         for (int w = 0; w < cfg->workers; w++) {
             pthread_join(wk[w].th, NULL);
@@ -434,18 +742,27 @@ static void run_config(const struct config *cfg)
         }
         if (sh.failed)
             exit(1);
-        if (getenv("LMCD_BENCH_VERBOSE"))
-            printf("    round %d: store %.2f GB/s (%ld page faults in worker 0's copies), retrieve %.2f GB/s; "
-                   "worker 0 so far: prepare %.1f, copy %.1f, commit %.1f us per request\n",
-                   r, bytes / (double)s, wk[0].copy_faults, bytes / (double)g, wk[0].prep_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
-                   wk[0].copy_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1),
-                   wk[0].commit_ns / 1e3 / cfg->requests / (r >= STEADY ? r - STEADY + 1 : 1));
-        if (r == 0)
+        if (verbose) {
+            printf("    round %d: store %.2f GB/s, retrieve %.2f GB/s\n", r, bytes / (double)s, bytes / (double)g);
+            phases_print(cfg, &wk[0].ph);
+        }
+        if (r == 0) {
             fresh = bytes / (double)s;
-        else if (r >= STEADY)
-            store = bytes / (double)s > store ? bytes / (double)s : store;
-        retrieve = r && bytes / (double)g > retrieve ? bytes / (double)g : retrieve;
+        } else if (r >= STEADY && bytes / (double)s > store) {
+            store = bytes / (double)s;
+            store_ph = wk[0].ph;
+        }
+        if (r && bytes / (double)g > retrieve) {
+            retrieve = bytes / (double)g;
+            retrieve_ph = wk[0].ph;
+        }
     }
+    /* CPU per request (store + retrieve, all workers) over rounds STEADY..:
+     * lmcd's threads, and this process's (workers with their copies and
+     * checks, ZeroMQ I/O threads, the baseline rounds' copies) */
+    double reqs = (double)(cfg->rounds - STEADY) * cfg->requests * cfg->workers;
+    double cpu_l = (double)(proc_cpu_ns(lmcd.pid) - cpu_lmcd) / reqs / 1e3;
+    double cpu_s = (double)(self_cpu_ns() - cpu_self) / reqs / 1e3;
     for (int w = 0; w < cfg->workers; w++) {
         lmcd_unregister_ed(wk[w].c, sh.base_id + w);
         lmcd_client_close(wk[w].c);
@@ -454,6 +771,8 @@ static void run_config(const struct config *cfg)
         munmap(wk[w].src, cfg->obj);
         munmap(wk[w].out, cfg->obj * (size_t)cfg->per);
     }
+    if (sh.sched)
+        lmcd_client_close(sh.sched);
     int st = bench_proc_stop(&lmcd, 10000);
     if (st != 0)
         fprintf(stderr, "bench_ed: lmcd exited with status 0x%x on SIGTERM\n", st);
@@ -462,16 +781,21 @@ static void run_config(const struct config *cfg)
     char name[128], size[48];
     snprintf(size, sizeof(size), "%s%s", cfg->obj >= (32u << 20) ? "32 MiB" : "1 MiB",
              cfg->per > 1 ? " x16 per request" : "");
-    const char *ws = cfg->workers > 1 ? "s" : "";
+    const char *ws = cfg->workers > 1 ? ((cfg->depth > 0) ? "s, pipelined" : "s") : ((cfg->depth > 0) ? ", pipelined" : "");
     printf("  %s objects, %d worker%s, %d requests x %d rounds (GB/s; memcpy in brackets)\n", size, cfg->workers, ws,
            cfg->requests, cfg->rounds);
     printf("    store, fresh L1 %7.2f (%6.2f) %5.2fx   store %7.2f (%6.2f) %5.2fx   retrieve %7.2f (%6.2f) %5.2fx\n",
            fresh, bs, fresh / bs, store, bs, store / bs, retrieve, br, retrieve / br);
-    double per = (double)(cfg->rounds - STEADY) * cfg->requests * 1e3;
-    printf("    store per request, worker 0: prepare %.1f us, copy %.1f us, commit %.1f us\n", wk[0].prep_ns / per,
-           wk[0].copy_ns / per, wk[0].commit_ns / per);
-    snprintf(name, sizeof(name), "ed store %s, %d worker%s, fresh L1", size, cfg->workers, ws);
-    bench_report(name, "GB/s", fresh, "memcpy", bs, true);
+    printf("    CPU per request (a store and a retrieve) from round %d on: lmcd %.1f us, bench process %.1f us\n",
+           STEADY, cpu_l, cpu_s);
+    printf("    best store round, worker 0:");
+    phases_print(cfg, &store_ph);
+    printf("    best retrieve round, worker 0:");
+    phases_print(cfg, &retrieve_ph);
+    if (!(cfg->depth > 0)) { /* a fresh L1 is the first touch of every page either way */
+        snprintf(name, sizeof(name), "ed store %s, %d worker%s, fresh L1", size, cfg->workers, ws);
+        bench_report(name, "GB/s", fresh, "memcpy", bs, true);
+    }
     snprintf(name, sizeof(name), "ed store %s, %d worker%s", size, cfg->workers, ws);
     bench_report(name, "GB/s", store, "memcpy", bs, true);
     snprintf(name, sizeof(name), "ed retrieve %s, %d worker%s", size, cfg->workers, ws);
@@ -485,19 +809,24 @@ int main(void)
 {
     bool quick = bench_quick();
     /* LMCD_BENCH_ED_ONLY=K,W runs one configuration (K: 0 = 1 MiB, 1 = 32 MiB,
-     * 2 = 1 MiB x16 per request; W workers), for profiling */
+     * 2 = 1 MiB x16 per request, 3 = 1 MiB pipelined, 4 = 32 MiB pipelined;
+     * W workers), for profiling */
     const char *only = getenv("LMCD_BENCH_ED_ONLY");
     int only_h = -1, only_w = -1;
     if (only && sscanf(only, "%d,%d", &only_h, &only_w) != 2)
         only_h = only_w = -1;
     static const int64_t hidden[] = { 32, 1024 }; /* 1 MiB, 32 MiB objects */
-    for (int h = 0; h < 3; h++) {
+    for (int h = 0; h < 5; h++) {
         for (int workers = 1; workers <= MAX_WORKERS; workers++) {
             /* h == 2: 1 MiB objects, 16 chunks per request (a 4K-token range, as
              * vLLM stores a request's new chunks in one PREPARE_STORE) */
             if (only_h >= 0 && (h != only_h || workers != only_w))
                 continue;
-            struct config cfg = { .workers = workers, .hidden = hidden[h == 1], .per = h == 2 ? 16 : 1 };
+            /* pipelined: enough PREPAREs in flight to cover a round trip
+             * (100-300 us here) with copies: 4 of 1 MiB, 1 of 32 MiB (L1
+             * keeps 64 MiB of slack beyond two rounds) */
+            struct config cfg = { .workers = workers, .hidden = hidden[h == 1 || h == 4], .per = h == 2 ? 16 : 1,
+                                  .depth = h == 3 ? 4 : h == 4 ? 1 : 0 };
             cfg.obj = (size_t)2 * LAYERS * CHUNK * (size_t)cfg.hidden * 2;
             /* per worker and round: 256 MiB (64 MiB quick) */
             cfg.requests = (int)(((quick ? 64u : 256u) << 20) / cfg.obj / (size_t)cfg.per);

@@ -267,6 +267,7 @@ int engine_create(const struct engine_opts *o, struct engine **out)
     e->shm_group_opt = strdup(o->shm_group ? o->shm_group : "");
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->size_mu, NULL);
+    pthread_mutex_init(&e->hold_mu, NULL);
     htab_init(&e->sessions);
     htab_init(&e->instances);
     atomic_init(&e->inline_writer, 0);
@@ -367,6 +368,12 @@ void engine_destroy(struct engine *e)
     }
     htab_free(&e->sessions);
     htab_free(&e->instances);
+    while (e->holds) { /* copies the GPU path abandoned at shutdown: L1 goes with the process */
+        struct engine_hold *h = e->holds;
+        e->holds = *(struct engine_hold **)h;
+        free(h);
+    }
+    pthread_mutex_destroy(&e->hold_mu);
     l1_destroy(e->l1);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->size_mu);
@@ -877,9 +884,13 @@ static void fill_slot(const struct instance *in, const struct l1_ref *ref, struc
     slot->dtype = in->dtype;
 }
 
-static struct instance *worker_instance(struct engine *e, int64_t id)
+/* The registered instance `id`, locked; NULL if there is none. With nowait
+ * (the loop thread's forms) it never waits for the instance's mutex: NULL
+ * with *busy set when another thread holds it. */
+static struct instance *worker_instance(struct engine *e, int64_t id, bool nowait, bool *busy)
 {
-    struct instance *in = instance_get(e, id);
+    *busy = false;
+    struct instance *in = nowait ? instance_tryget(e, id, busy) : instance_get(e, id);
     if (in && __atomic_load_n(&in->removed, __ATOMIC_RELAXED)) {
         /* UNREGISTER took it while we waited for its lock: it has released
          * everything; adding reservations now would leak them */
@@ -928,10 +939,11 @@ static int prepare_store(struct engine *e, const struct engine_key *k, int64_t i
         free(keys);
         return rc;
     }
-    struct instance *in = worker_instance(e, instance_id);
+    bool busy;
+    struct instance *in = worker_instance(e, instance_id, nowait, &busy);
     if (!in) {
         free(keys);
-        return -ENOENT;
+        return busy ? -EWOULDBLOCK : -ENOENT;
     }
     uint64_t *sizes = malloc(n * sizeof(*sizes));
     enum l1_status *st = malloc(n * sizeof(*st));
@@ -1032,10 +1044,11 @@ static int commit_store(struct engine *e, const struct engine_key *k, int64_t in
     int rc = range_keys(e, k, true, 0, nowait, &keys, &n);
     if (rc)
         return rc;
-    struct instance *in = worker_instance(e, instance_id);
+    bool busy;
+    struct instance *in = worker_instance(e, instance_id, nowait, &busy);
     if (!in) {
         free(keys);
-        return -ENOENT;
+        return busy ? -EWOULDBLOCK : -ENOENT;
     }
     size_t room = in->pending.n ? in->pending.n : 1;
     struct l1_key *pk = malloc(room * sizeof(*pk));
@@ -1095,10 +1108,11 @@ static int prepare_retrieve(struct engine *e, const struct engine_key *k, int64_
         free(keys);
         return -ENOENT;
     }
-    struct instance *in = worker_instance(e, instance_id);
+    bool busy;
+    struct instance *in = worker_instance(e, instance_id, nowait, &busy);
     if (!in) {
         free(keys);
-        return -ENOENT;
+        return busy ? -EWOULDBLOCK : -ENOENT;
     }
     struct l1_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
     out->slots = malloc((n ? n : 1) * sizeof(*out->slots));
@@ -1157,19 +1171,27 @@ static int commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
 {
     if (check_key(k, true))
         return 0;
+    /* The loop's form takes the instance first: step 1 below changes the
+     * session's locks, so nothing may give way after it. Holding the
+     * instance while trying the session cannot deadlock (neither waits). */
+    bool busy = false;
+    struct instance *in = nowait ? worker_instance(e, instance_id, true, &busy) : NULL;
+    if (busy)
+        return -EWOULDBLOCK;
     struct l1_key *keys;
     size_t n;
     /* Step 1 also gives back one holder of this request's LOOKUP lock per
      * object: this reader is done with it. The session is (re)made if
      * END_SESSION came first: the transfer locks must go regardless. */
     int rc = range_keys(e, k, true, 1, nowait, &keys, &n);
-    if (rc == -EWOULDBLOCK)
-        return rc;
     if (rc || !n) {
+        if (in)
+            instance_put(e, in);
         free(keys);
-        return 0;
+        return rc == -EWOULDBLOCK ? rc : 0;
     }
-    struct instance *in = worker_instance(e, instance_id);
+    if (!nowait)
+        in = worker_instance(e, instance_id, false, &busy);
     if (in) {
         uint64_t tag = store_tag(k, keys, n);
         /* The transfer's records sit together, in key order, unless other
@@ -1204,6 +1226,211 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *k, int64_t
 int engine_commit_retrieve_nowait(struct engine *e, const struct engine_key *k, int64_t instance_id)
 {
     return commit_retrieve(e, k, instance_id, true);
+}
+
+/* ------------------------------------------------------------ GPU copies' holds */
+
+struct engine_hold {
+    struct engine_hold *next, *prev; /* e->holds, under hold_mu (next first: engine_destroy) */
+    bool store;
+    uint64_t writer;
+    uint64_t obj_bytes;
+    uint64_t renewed_ns;
+    size_t n;
+    struct l1_key *keys;
+    uint64_t *ids;          /* STORE: the reservations */
+    struct lockrec *locks;  /* RETRIEVE: the transfer locks */
+    struct l1_ref *pins;    /* RETRIEVE: the pins */
+};
+
+static struct engine_hold *hold_new(size_t n, bool store)
+{
+    struct engine_hold *h = calloc(1, sizeof(*h) + n * (sizeof(struct l1_key) + sizeof(uint64_t) +
+                                                          (store ? 0 : sizeof(struct lockrec) + sizeof(struct l1_ref))));
+    if (!h)
+        return NULL;
+    h->store = store;
+    h->keys = (struct l1_key *)(h + 1);
+    h->ids = (uint64_t *)(h->keys + n);
+    if (!store) {
+        h->locks = (struct lockrec *)(h->ids + n);
+        h->pins = (struct l1_ref *)(h->locks + n);
+    }
+    return h;
+}
+
+static void hold_link(struct engine *e, struct engine_hold *h)
+{
+    pthread_mutex_lock(&e->hold_mu);
+    h->next = e->holds;
+    if (e->holds)
+        e->holds->prev = h;
+    e->holds = h;
+    e->n_holds++;
+    e->n_held_objects += h->n;
+    pthread_mutex_unlock(&e->hold_mu);
+}
+
+/* The instance of a hold: pinned and locked, without the worker_instance()
+ * side effects (a completion is not the worker coming back). */
+static struct instance *hold_instance(struct engine *e, int64_t id)
+{
+    struct instance *in = instance_get(e, id);
+    if (in && __atomic_load_n(&in->removed, __ATOMIC_RELAXED)) {
+        instance_put(e, in);
+        return NULL;
+    }
+    return in;
+}
+
+int engine_hold_store(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t n_reserved,
+                      struct engine_hold **out)
+{
+    *out = NULL;
+    if (check_key(k, true))
+        return -EINVAL;
+    struct l1_key *keys;
+    size_t n;
+    int rc = range_keys(e, k, true, 0, false, &keys, &n);
+    if (rc)
+        return rc;
+    struct instance *in = n ? hold_instance(e, instance_id) : NULL;
+    struct engine_hold *h = in ? hold_new(in->pending.n, true) : NULL;
+    size_t got = 0;
+    if (h) {
+        got = take_pending(in, keys, n, store_tag(k, keys, n), h->keys, h->ids);
+        h->obj_bytes = in->object_bytes;
+    }
+    if (in)
+        instance_put(e, in);
+    free(keys);
+    if (in && !h)
+        return -ENOMEM;
+    if (h && got != n_reserved) { /* released meanwhile (or a stale record): copy nothing */
+        l1_abort(e->l1, h->keys, h->ids, got, (uint64_t)instance_id);
+        got = 0;
+    }
+    if (!got) {
+        free(h);
+        return -ENOENT;
+    }
+    h->n = got;
+    h->writer = (uint64_t)instance_id;
+    h->renewed_ns = engine_now(e);
+    hold_link(e, h);
+    *out = h;
+    return 0;
+}
+
+int engine_hold_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id,
+                         struct engine_hold **out)
+{
+    *out = NULL;
+    if (check_key(k, true))
+        return -EINVAL;
+    struct l1_key *keys;
+    size_t n;
+    int rc = range_keys(e, k, true, 0, false, &keys, &n);
+    if (rc || !n) {
+        free(keys);
+        return rc ? rc : -ENOENT;
+    }
+    struct engine_hold *h = hold_new(n, false);
+    if (!h) {
+        free(keys);
+        return -ENOMEM;
+    }
+    struct instance *in = hold_instance(e, instance_id);
+    size_t got = 0;
+    if (in) {
+        uint64_t tag = store_tag(k, keys, n);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < in->transfers.n; j++) {
+                struct lockrec *r = &in->transfers.v[j];
+                if (r->tag == tag && !memcmp(&r->key, &keys[i], sizeof(r->key))) {
+                    h->keys[got] = keys[i];
+                    h->locks[got++] = *r;
+                    in->transfers.v[j] = in->transfers.v[--in->transfers.n];
+                    break;
+                }
+            }
+        instance_put(e, in);
+    }
+    free(keys);
+    /* Pinned too: a read lock lapses after read_ttl, a pin never does, and
+     * a pinned object removed by a forced clear is freed only at unpin. */
+    int pinned = got == n ? l1_pin_prefix(e->l1, h->keys, got, UINT64_MAX, h->pins, NULL) : 0;
+    bool same = pinned == (int)got && got == n;
+    for (size_t i = 0; same && i < got; i++)
+        same = h->pins[i].id == h->locks[i].id;
+    if (!in || !same) {
+        if (pinned > 0)
+            l1_unpin(e->l1, h->keys, h->pins, (size_t)pinned);
+        for (size_t i = 0; i < got; i++)
+            lockrec_unlock(e, &h->locks[i], h->locks[i].holders);
+        free(h);
+        return -ENOENT;
+    }
+    h->n = got;
+    h->writer = (uint64_t)instance_id;
+    hold_link(e, h);
+    *out = h;
+    return 0;
+}
+
+void engine_hold_end(struct engine *e, struct engine_hold *h, const struct engine_key *k, bool ok)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&e->hold_mu);
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        e->holds = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    e->n_holds--;
+    e->n_held_objects -= h->n;
+    pthread_mutex_unlock(&e->hold_mu);
+    if (h->store && !ok) {
+        l1_abort(e->l1, h->keys, h->ids, h->n, h->writer);
+    } else if (h->store) {
+        enum l1_status *st = malloc(h->n * sizeof(*st));
+        int pub = l1_publish(e->l1, h->keys, h->ids, h->n, h->writer, st);
+        if (pub > 0) {
+            struct met_row *mr = key_row(k);
+            metrics_row_add(mr, MET_ROW_L1_WRITE, (uint64_t)pub);
+            metrics_row_add(mr, MET_ROW_L1_WRITE_BYTES, (uint64_t)pub * h->obj_bytes);
+        }
+        if (pub > 0 && st) { /* write-behind to L2: the published ones */
+            size_t m = 0;
+            for (size_t i = 0; i < h->n; i++)
+                if (st[i] == L1_OK)
+                    h->keys[m++] = h->keys[i];
+            engine_l2_stored(e, k, h->keys, m, h->obj_bytes);
+        }
+        free(st);
+    } else {
+        l1_unpin(e->l1, h->keys, h->pins, h->n);
+        for (size_t i = 0; i < h->n; i++)
+            lockrec_unlock(e, &h->locks[i], h->locks[i].holders);
+        struct l1_key *keys;
+        size_t n;
+        if (range_keys(e, k, true, 1, false, &keys, &n) == 0) /* this reader is done with its LOOKUP locks */
+            free(keys);
+    }
+    free(h);
+}
+
+void engine_holds_renew(struct engine *e, uint64_t now)
+{
+    pthread_mutex_lock(&e->hold_mu);
+    for (struct engine_hold *h = e->holds; h; h = h->next)
+        if (h->store && now > h->renewed_ns && now - h->renewed_ns > e->write_ttl_ns / 2) {
+            l1_renew(e->l1, h->keys, h->ids, h->n, h->writer);
+            h->renewed_ns = now;
+        }
+    pthread_mutex_unlock(&e->hold_mu);
 }
 
 /* ------------------------------------------------------------ inline */
@@ -1437,6 +1664,10 @@ json_t *engine_status_json(struct engine *e)
                                (json_int_t)atomic_load(&e->session_bytes), "registered_instances",
                                (json_int_t)instances);
     json_object_set_new(counters, "inline_pin_refused", json_integer((json_int_t)atomic_load(&e->inline_pin_refused)));
+    pthread_mutex_lock(&e->hold_mu); /* GPU copies' quarantine (engine_hold_*) */
+    json_object_set_new(counters, "gpu_held_copies", json_integer((json_int_t)e->n_holds));
+    json_object_set_new(counters, "gpu_held_objects", json_integer((json_int_t)e->n_held_objects));
+    pthread_mutex_unlock(&e->hold_mu);
     json_t *out = json_pack("{s:b, s:s, s:i, s:s, s:[], s:{}, s:I, s:I, s:o, s:o, s:o}", "is_healthy", 1, "engine_type",
                      "lmcd", "chunk_size", e->o.chunk_size, "hash_algorithm", e->hash_name, "registered_gpu_ids",
                      "gpu_context_meta", "active_sessions", (json_int_t)sessions, "active_prefetch_jobs",

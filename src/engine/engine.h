@@ -26,7 +26,9 @@
  * sweeper for session TTLs, lock expiry and silent-worker reaping: once a
  * second, one linear pass over the sessions and one over the instances
  * (transfer and reservation records older than the L1 TTLs pruned, silent
- * workers reaped, registrations silent past worker_expire_s forgotten).
+ * workers reaped, registrations silent past worker_expire_s forgotten, the
+ * GPU copies' held reservations renewed); after a reap it calls the
+ * server's on_reap hook outside every engine lock.
  *
  * Bounds: sessions are capped in count and in token bytes (max_sessions,
  * max_session_bytes); what they refuse is counted in the status counters.
@@ -85,6 +87,13 @@ struct engine_opts {
     void (*on_job_done)(void *ctx, const char *request_id, size_t len);
     void *on_job_done_ctx;
     const struct clock_src *clock; /* NULL = monotonic */
+    /* Called by the sweeper thread, outside every engine lock, after it
+     * reaped a silent worker (reservations and locks released, registration
+     * kept) or forgot a silent registration: the GPU path closes that
+     * worker's GPU registration (src/server/gpu.c). May be NULL; may take
+     * the caller's own locks, but must not wait on the GPU. */
+    void (*on_reap)(void *ctx, int64_t instance_id);
+    void *on_reap_ctx;
     /* L2 tier (src/l2): --l2-adapter objects (borrowed for create; NULL or
      * empty = none), --l2-store-policy, --l2-prefetch-max-in-flight, and the
      * prefetch load deadline (ms; 0 = l2_tier's default). */
@@ -232,15 +241,40 @@ int engine_commit_retrieve(struct engine *e, const struct engine_key *key, int64
  * runs a worker's op itself when nothing of that worker's is queued, to save
  * two thread hand-offs per round trip): each returns -EWOULDBLOCK, having
  * changed nothing, where the op would wait for a session a LOOKUP is
- * hashing or (PREPARE_STORE) commit tmpfs pages not backed yet; the caller
- * then runs the plain form where waiting is fine. The locks they still take
- * (engine.mu, the instance's, l1.mu) are held only briefly by anyone. */
+ * hashing, for the worker's instance another thread holds (a PREPARE_STORE
+ * of the same instance id backing fresh pages in the pool holds it for
+ * milliseconds), or (PREPARE_STORE) commit tmpfs pages not backed yet; the
+ * caller then runs the plain form where waiting is fine. The locks they
+ * still take (engine.mu, l1.mu) are held only briefly by anyone. */
 int engine_prepare_store_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id,
                                 struct engine_slots *out);
 int engine_commit_store_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id, size_t data_len);
 int engine_prepare_retrieve_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id,
                                    struct engine_slots *out);
 int engine_commit_retrieve_nowait(struct engine *e, const struct engine_key *key, int64_t instance_id);
+
+/*
+ * The GPU path's quarantine (src/server/gpu.c). A GPU copy may still write
+ * into a STORE's reservations, or read a RETRIEVE's locked objects, after
+ * its worker was unregistered or reaped: a stream wait on the worker's
+ * event cannot be cancelled. A hold takes those out of the instance right
+ * after engine_prepare_store / engine_prepare_retrieve for the same key:
+ * from then on UNREGISTER, reaping and the sweeper's pruning leave them
+ * alone, and L1's TTLs are held off (the sweeper renews held reservations;
+ * held objects are pinned), so that memory is neither published nor given
+ * to anyone else until engine_hold_end, called once the copy completed or
+ * failed. -ENOENT: k's reservations or locks are not all there any more
+ * (nothing is held; the caller must not copy). GET /status counts holds.
+ */
+struct engine_hold;
+int engine_hold_store(struct engine *e, const struct engine_key *k, int64_t instance_id, size_t n_reserved,
+                      struct engine_hold **out);
+int engine_hold_retrieve(struct engine *e, const struct engine_key *k, int64_t instance_id,
+                         struct engine_hold **out);
+/* STORE: ok publishes (as COMMIT_STORE), else drops. RETRIEVE: releases the
+ * locks and pins, and one LOOKUP lock per object of k's request (as
+ * COMMIT_RETRIEVE). k: the key given to the take. Frees h. Any thread. */
+void engine_hold_end(struct engine *e, struct engine_hold *h, const struct engine_key *k, bool ok);
 
 /* lmcd.store_inline: chunk i of [start,end) is chunks[i]; each is copied
  * once into a new L1 object and published. *present = chunks now cached

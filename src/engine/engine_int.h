@@ -8,7 +8,9 @@
  *   2. session.mu /     one request's tokens, hashes, lookup job and locks;
  *      instance.mu      one worker's layout, reservations and transfer locks
  *                       (a session and an instance are never held together)
- *   3. l1.mu            inside src/l1, taken by l1_* calls
+ *   3. hold_mu          the GPU copies' holds (engine_hold_*); nothing of
+ *                       the engine's is taken under it, only l1.mu
+ *   4. l1.mu            inside src/l1, taken by l1_* calls
  * Sessions and instances are refcounted under engine.mu: a handler pins one
  * (session_get/instance_get), drops engine.mu, works under the entry's own
  * mutex, and unpins; removal from the table (END_SESSION, TTL, UNREGISTER)
@@ -137,7 +139,14 @@ struct engine {
     atomic_uint_fast64_t freed_since_trim; /* bytes sweeps freed since the last malloc_trim (tests sweep too) */
     uint64_t inline_pin_budget; /* bytes: inline_max_pinned_ratio x the L1 data area; set at create */
     atomic_uint_fast64_t inline_pin_refused; /* retrieve_inline replies cut short by the pin budget */
+    /* GPU copies' holds (engine_hold_*): a leaf lock above l1.mu */
+    pthread_mutex_t hold_mu;
+    struct engine_hold *holds;
+    size_t n_holds, n_held_objects;
 };
+
+/* engine.c: renews held reservations past half the write TTL (sweeper). */
+void engine_holds_renew(struct engine *e, uint64_t now);
 
 /* L1 writer ids at and above this (as int64: every negative id too) are
  * lmcd's own: inline stores (1 << 63 | n) and L2 prefetch reservations. */

@@ -375,7 +375,13 @@ struct instance *instance_take(struct engine *e, int64_t id)
 
 void instance_release(struct engine *e, struct instance *in)
 {
-    l1_abort_all(e->l1, (uint64_t)in->id);
+    /* Record by record, not l1_abort_all(writer): reservations a GPU copy
+     * may still write into were moved out of `pending` into a hold
+     * (engine_hold_*) and must outlive this. Every other live reservation
+     * of this writer is recorded here (prepare_store aborts what it cannot
+     * record). */
+    for (size_t i = 0; i < in->pending.n; i++)
+        l1_abort(e->l1, &in->pending.v[i].key, &in->pending.v[i].id, 1, (uint64_t)in->id);
     in->pending.n = 0;
     lockvec_release_all(e, &in->transfers);
 }
@@ -474,7 +480,7 @@ static bool silent_for(const struct instance *in, uint64_t now, uint64_t t)
 
 /* Forgets a registration the sweeper found silent past --worker-expire-seconds
  * (pinned by the caller, not locked). */
-static void instance_expire(struct engine *e, struct instance *in, uint64_t now, uint64_t expire)
+static bool instance_expire(struct engine *e, struct instance *in, uint64_t now, uint64_t expire)
 {
     pthread_mutex_lock(&e->mu);
     bool still = !in->removed && silent_for(in, now, expire);
@@ -484,13 +490,14 @@ static void instance_expire(struct engine *e, struct instance *in, uint64_t now,
     }
     pthread_mutex_unlock(&e->mu);
     if (!still)
-        return;
+        return false;
     pthread_mutex_lock(&in->mu);
     instance_release(e, in);
     atomic_fetch_add(&e->expired_workers, 1);
     log_warn("worker instance %lld silent for over %llu s: registration forgotten (--worker-expire-seconds); "
              "it must register again", (long long)in->id, (unsigned long long)(expire / SEC));
     pthread_mutex_unlock(&in->mu);
+    return true;
 }
 
 /*
@@ -535,7 +542,7 @@ static uint64_t sweep_instances(struct engine *e, uint64_t now)
         if (pt || pp)
             log_debug("worker instance %lld: pruned %zu transfer and %zu reservation records past the L1 TTL",
                       (long long)in->id, pt, pp);
-        bool active = __atomic_load_n(&in->active, __ATOMIC_RELAXED);
+        bool active = __atomic_load_n(&in->active, __ATOMIC_RELAXED), reaped = false;
         if (timeout && !__atomic_load_n(&in->reaped, __ATOMIC_RELAXED) && !__atomic_load_n(&in->removed, __ATOMIC_RELAXED) &&
             silent_for(in, now, active ? timeout : grace)) {
             size_t np = in->pending.n, nt = in->transfers.n;
@@ -546,10 +553,13 @@ static uint64_t sweep_instances(struct engine *e, uint64_t now)
             log_warn("worker instance %lld silent for over %d s: released its %zu reservations and %zu transfer "
                      "locks (its registration stays; it resumes if it comes back)",
                      (long long)in->id, e->o.worker_reap_timeout_s, np, nt);
+            reaped = true;
         }
         pthread_mutex_unlock(&in->mu);
-        if (expire && silent_for(in, now, expire))
-            instance_expire(e, in, now, expire);
+        if (expire && silent_for(in, now, expire) && instance_expire(e, in, now, expire))
+            reaped = true;
+        if (reaped && e->o.on_reap) /* outside every engine lock (the pin only keeps `in`) */
+            e->o.on_reap(e->o.on_reap_ctx, in->id);
         pthread_mutex_lock(&in->mu); /* instance_put unlocks */
         instance_put(e, in);
     }
@@ -569,6 +579,7 @@ void engine_sweep(struct engine *e)
     size_t expired;
     uint64_t freed = sweep_sessions(e, now, &expired);
     freed += sweep_instances(e, now);
+    engine_holds_renew(e, now);
     freed += atomic_fetch_add(&e->freed_since_trim, freed);
     if (freed >= TRIM_AFTER_BYTES && atomic_exchange(&e->freed_since_trim, 0) >= TRIM_AFTER_BYTES) {
         log_debug("sweeper: %llu bytes of sessions and records freed since the last trim: memory returned to the "

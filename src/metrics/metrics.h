@@ -73,6 +73,8 @@ enum met_label { MET_L_NONE, MET_L_OP, MET_L_KIND, MET_L_REFUSED, MET_L_ERROR, M
     X(SESSIONS_EXPIRED, 1, MET_L_NONE, "lmcd_sessions_expired_total", "Request sessions dropped by their TTL.")    \
     X(WORKERS_REAPED, 1, MET_L_NONE, "lmcd_workers_reaped_total",                                                    \
       "Silent engine-driven workers whose locks and reservations were reaped.")                                     \
+    X(GPU_EVENT_TIMEOUTS, 1, MET_L_NONE, "lmcd_gpu_event_timeouts_total",                                            \
+      "GPU copies still waiting on their worker's event past --gpu-event-timeout-seconds.")                         \
     X(L2_STORE_SUBMITTED, 1, MET_L_NONE, "lmcache_mp_l2_store_submitted_requests_total",                             \
       "L2 store requests submitted.")                                                                               \
     X(L2_STORE_COMPLETED, MET_MAX_L2, MET_L_L2, "lmcache_mp_l2_store_completed_requests_total",                      \

@@ -217,6 +217,10 @@ static const struct flag flags[] = {
       gpu_copy_path_choices, "PATH",
       "GPU STORE/RETRIEVE: direct (the kernel reads/writes pinned L1), staging (device staging + one DMA per "
       "object), auto (default: direct until a GPU run settles it; docs/gpu.md)" },
+    { "gpu-event-timeout-seconds", F_INT, OFF(mp.gpu_event_timeout_seconds), G_LMCD,
+      "mp_config.gpu_event_timeout_seconds", 1, INT_MAX, NULL, "S",
+      "a GPU copy still waiting on its worker's event after this is reported once, and UNREGISTER, re-registering, "
+      "reaping and shutdown stop waiting for it (default 60)" },
     /* Who may use the cache, and HTTP limits (issue 11 items 6-8; docs/security.md). One block. */
     { "ipc-mode", F_STR, OFF(access.ipc_mode), G_LMCD, "mp_config.ipc_mode", 0, 0, NULL, "MODE",
       "octal mode of an ipc:// socket file (default 0600; 0660 with --shm-group, which also becomes its group)" },
@@ -298,6 +302,7 @@ static void set_defaults(struct lmcd_config *c)
     c->mp.shm_name = xstrdup("");
     c->mp.shm_group = xstrdup("");
     c->mp.worker_reap_timeout_seconds = 120;
+    c->mp.gpu_event_timeout_seconds = 60;
     c->mp.plugin_restart = xstrdup("never");
     c->mp.plugin_max_restarts = 5;
     c->mp.plugin_stop_timeout_seconds = 5.0;
@@ -1097,6 +1102,7 @@ json_t *config_to_json(const struct lmcd_config *c)
     json_object_set_new(mp, "null_block_id", json_integer(m->null_block_id));
     json_object_set_new(mp, "isolated_ipc", json_boolean(m->isolated_ipc));
     json_object_set_new(mp, "gpu_copy_path", json_string(m->gpu_copy_path));
+    json_object_set_new(mp, "gpu_event_timeout_seconds", json_integer(m->gpu_event_timeout_seconds));
     json_object_set_new(mp, "ipc_mode", json_string(c->access.ipc_mode));
     json_object_set_new(mp, "allowed_uids", json_string(c->access.allowed_uids));
     json_object_set_new(mp, "allowed_gids", json_string(c->access.allowed_gids));

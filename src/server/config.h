@@ -62,6 +62,7 @@ struct cfg_mp {
     int64_t null_block_id;         /* blocks with this id are neither read nor written */
     char *gpu_copy_path;           /* auto | direct | staging (lmcd only, docs/gpu.md) */
     bool isolated_ipc;             /* clients' lmcache.mp.isolated_ipc: refused (not served) */
+    int gpu_event_timeout_seconds; /* a copy waiting longer on its worker's event is detached from waits */
 };
 
 struct cfg_storage {

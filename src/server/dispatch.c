@@ -115,6 +115,8 @@ static void h_get_experimental(struct server *s, struct srv_req *r)
 static void h_ping(struct server *s, struct srv_req *r)
 {
     engine_ping(s->engine, r->req.has_instance_id, r->req.instance_id);
+    if (r->req.has_instance_id)
+        srv_gpu_on_ping(r->req.instance_id); /* a reaped GPU worker must register again */
     resp_bool(r, true);
 }
 
@@ -187,7 +189,7 @@ static void h_gpu_transfer(struct server *s, struct srv_req *r)
         int rc = srv_gpu_transfer(s, r, &k, why, sizeof(why));
         if (rc == 0)
             return;
-        if (nocuda_first(r->req.instance_id))
+        if (rc != -ESTALE && nocuda_first(r->req.instance_id)) /* -ESTALE: a reaped worker, logged by gpu.c */
             log_error("%s from instance %lld left unanswered: %s", r->req.op_name, (long long)r->req.instance_id,
                       why[0] ? why : strerror(-rc));
         r->no_reply = true;
@@ -204,7 +206,7 @@ static void h_gpu_transfer(struct server *s, struct srv_req *r)
 static void h_unregister(struct server *s, struct srv_req *r)
 {
     if (s->gpu)
-        s->gpu_ops->unregister(s->gpu, r->req.instance_id);
+        s->gpu_ops->unregister(s->gpu, r->req.instance_id, true);
     engine_unregister(s->engine, r->req.instance_id);
     resp_none(r);
 }
@@ -486,6 +488,8 @@ bool dispatch_try_on_loop(struct server *s, struct srv_req *r)
     case WIRE_OP_PING:
         if (engine_ping_try(s->engine, r->req.has_instance_id, r->req.instance_id) != 0)
             return false;
+        if (r->req.has_instance_id)
+            srv_gpu_on_ping(r->req.instance_id); /* a reaped GPU worker must register again */
         resp_bool(r, true);
         return true;
     case WIRE_OP_QUERY_PREFETCH_STATUS:

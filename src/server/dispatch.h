@@ -84,7 +84,8 @@ enum wire_class dispatch_run_class(const struct srv_req *r);
 void dispatch_req_cleanup(struct server *s, struct srv_req *r);
 
 /* GPU path (src/server/gpu.c), called when s->gpu is set. 0 = answered
- * (None / (event, ok)); else no reply and *why says what went wrong. */
+ * (None / (event, ok)); else no reply and *why says what went wrong
+ * (-ESTALE: a worker reaped for silence, already logged). */
 int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_len);
 int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_key *k, char *why, size_t why_len);
 

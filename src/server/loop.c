@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -406,12 +407,14 @@ static void trim_after_burst(struct server *s)
     }
 }
 
-static void drain_replies(struct server *s)
+/* Sends the finished replies; true when there were any. */
+static bool drain_replies(struct server *s)
 {
     uint64_t v;
     if (read(s->replyq.efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
         log_error("reply eventfd read: %s", strerror(errno));
     struct srv_req *r = replyq_take(s);
+    bool sent = r != NULL;
     while (r) {
         struct srv_req *next = r->qnext;
         flight_sub(s, r);
@@ -419,6 +422,7 @@ static void drain_replies(struct server *s)
         r = next;
     }
     trim_after_burst(s);
+    return sent;
 }
 
 /* ------------------------------------------------------------ WAIT parking */
@@ -435,9 +439,11 @@ static void park(struct server *s, struct srv_req *r)
     s->parked = r;
 }
 
-/* Answers parked WAITs whose job finished or whose deadline passed. */
-static void check_parked(struct server *s, bool recheck_jobs)
+/* Answers parked WAITs whose job finished or whose deadline passed; true
+ * when it answered any. */
+static bool check_parked(struct server *s, bool recheck_jobs)
 {
+    bool sent = false;
     uint64_t now = clock_mono_ns();
     struct srv_req **pp = &s->parked;
     while (*pp) {
@@ -451,10 +457,12 @@ static void check_parked(struct server *s, bool recheck_jobs)
             *pp = r->next;
             encode_reply(r);
             send_reply(s, r);
+            sent = true;
         } else {
             pp = &r->next;
         }
     }
+    return sent;
 }
 
 /*
@@ -600,12 +608,13 @@ static void dispatch(struct server *s, struct srv_req *r)
     send_reply(s, r);
 }
 
-/* Receives one whole multipart message. 1 = got one, 0 = none waiting. */
+/* Receives one whole multipart message. 1 = got one, 0 = none waiting
+ * (EAGAIN), -1 = none read for another reason (try again later). */
 static int recv_one(struct server *s)
 {
     struct srv_req *r = req_new(s);
     if (!r)
-        return 0;
+        return -1;
     size_t cap = 0, total = 0;
     bool oversize = false, more = true;
     while (more) {
@@ -616,8 +625,9 @@ static int recv_one(struct server *s)
             zmq_msg_close(&m);
             if (e != EAGAIN && e != EINTR)
                 log_error("ZeroMQ receive failed: %s", zmq_strerror(e));
+            int none = e == EAGAIN && r->n_frames == 0;
             req_free(s, r);
-            return 0;
+            return none ? 0 : -1;
         }
         more = zmq_msg_more(&m);
         total += zmq_msg_size(&m);
@@ -794,35 +804,52 @@ static bool can_read(const struct server *s)
 
 int server_run(struct server *s)
 {
-    /* The monitor is polled by its ZMQ_FD, as a plain fd: a socket item
-     * would make zmq_poll ask the monitor for its events (a syscall or two)
-     * on every pass for every request, for events that almost never come.
-     * The fd is readable while the monitor has unprocessed commands, and
-     * srv_access_on_monitor() reads until nothing is left, so no event
-     * waits unseen (one drain first, for anything queued before). */
-    int mon_fd = -1;
-    size_t fd_len = sizeof(mon_fd);
-    if (srv_access_monitor(s) && zmq_getsockopt(srv_access_monitor(s), ZMQ_FD, &mon_fd, &fd_len) < 0)
-        mon_fd = -1;
-    zmq_pollitem_t items[4] = {
-        { s->router, 0, ZMQ_POLLIN, 0 },
-        { NULL, s->replyq.efd, ZMQ_POLLIN, 0 },
-        { NULL, s->sigfd, ZMQ_POLLIN, 0 },
-        { mon_fd < 0 ? srv_access_monitor(s) : NULL, mon_fd < 0 ? 0 : mon_fd, ZMQ_POLLIN, 0 },
+    /*
+     * One poll(2) over plain fds: the ROUTER by its ZMQ_FD, the reply
+     * eventfd, the signalfd and the access monitor's ZMQ_FD. zmq_poll on
+     * the socket itself asks it for ZMQ_EVENTS before and after every sleep
+     * (each a mailbox check: a poll and a getpid), where this loop reads
+     * until EAGAIN instead. A ZMQ_FD signals only that commands arrived,
+     * not that messages wait (edge, not level): so `zin` stays set until a
+     * receive says EAGAIN, and is set again after anything that may have
+     * processed the socket's commands without reading (a send: a reply
+     * sent outside the receive loop can take the command that announced a
+     * message); while it is set the loop does not sleep. The monitor's fd is read
+     * the same way by srv_access_on_monitor() (until nothing is left; one
+     * drain first, for anything queued before).
+     */
+    int zfd = -1, mon_fd = -1;
+    size_t fd_len = sizeof(zfd);
+    if (zmq_getsockopt(s->router, ZMQ_FD, &zfd, &fd_len) < 0) {
+        log_error("cannot get the ROUTER's file descriptor: %s", zmq_strerror(zmq_errno()));
+        return 0;
+    }
+    fd_len = sizeof(mon_fd);
+    if (srv_access_monitor(s) && zmq_getsockopt(srv_access_monitor(s), ZMQ_FD, &mon_fd, &fd_len) < 0) {
+        log_error("cannot get the access monitor's file descriptor: %s", zmq_strerror(zmq_errno()));
+        return 0;
+    }
+    struct pollfd fds[4] = {
+        { zfd, POLLIN, 0 },
+        { s->replyq.efd, POLLIN, 0 },
+        { s->sigfd, POLLIN, 0 },
+        { mon_fd, POLLIN, 0 },
     };
-    int n_items = srv_access_monitor(s) ? 4 : 3;
-    if (n_items > 3)
+    nfds_t n_fds = mon_fd >= 0 ? 4 : 3;
+    if (mon_fd >= 0)
         srv_access_on_monitor(s);
+    bool zin = true; /* the ROUTER may hold messages not yet read */
     for (;;) {
-        items[0].events = can_read(s) ? ZMQ_POLLIN : 0;
-        int rc = zmq_poll(items, n_items, server_watchdog(s, parked_timeout_ms(s)));
+        bool readable = can_read(s);
+        fds[0].fd = readable ? zfd : -1; /* back-pressure: not read, not polled */
+        int rc = poll(fds, n_fds, readable && zin ? 0 : server_watchdog(s, parked_timeout_ms(s)));
         if (rc < 0) {
-            if (zmq_errno() == EINTR)
+            if (errno == EINTR)
                 continue;
-            log_error("zmq_poll failed: %s", zmq_strerror(zmq_errno()));
+            log_error("poll failed: %s", strerror(errno));
             return 0; /* no signal: main() says the loop failed */
         }
-        if (items[2].revents & ZMQ_POLLIN) {
+        if (fds[2].revents & POLLIN) {
             struct signalfd_siginfo si;
             if (read(s->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
                 if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM || si.ssi_signo == SIGQUIT)
@@ -830,19 +857,27 @@ int server_run(struct server *s)
                 log_info("ignoring signal %u (%s)", si.ssi_signo, strsignal((int)si.ssi_signo));
             }
         }
-        if (n_items > 3 && (items[3].revents & ZMQ_POLLIN))
+        if (n_fds > 3 && (fds[3].revents & POLLIN))
             srv_access_on_monitor(s);
-        if (items[1].revents & ZMQ_POLLIN) {
-            drain_replies(s);
-            if (atomic_exchange(&s->job_done_pending, false))
-                check_parked(s, true);
+        if (fds[1].revents & POLLIN) {
+            if (drain_replies(s))
+                zin = true;
+            if (atomic_exchange(&s->job_done_pending, false) && check_parked(s, true))
+                zin = true;
         }
-        if (items[0].revents & ZMQ_POLLIN)
-            for (int i = 0; i < RECV_BATCH && can_read(s) && recv_one(s); i++)
-                if (i % REPLY_EVERY == REPLY_EVERY - 1)
-                    drain_replies(s); /* a burst being read must not hold back finished replies */
-        if (s->parked)
-            check_parked(s, true);
+        if (fds[0].revents & POLLIN)
+            zin = true;
+        for (int i = 0; zin && i < RECV_BATCH && can_read(s); i++) {
+            int got = recv_one(s);
+            if (got <= 0) {
+                zin = got < 0; /* EAGAIN: drained; otherwise read again */
+                break;
+            }
+            if (i % REPLY_EVERY == REPLY_EVERY - 1)
+                drain_replies(s); /* a burst being read must not hold back finished replies */
+        }
+        if (s->parked && check_parked(s, true))
+            zin = true;
     }
 }
 

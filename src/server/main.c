@@ -348,6 +348,8 @@ static int start_engine(struct app *a)
         .worker_expire_s = c->mp.worker_expire_seconds ? c->mp.worker_expire_seconds : -1, /* 0 = never */
         .on_job_done = server_on_job_done,
         .on_job_done_ctx = &a->srv,
+        .on_reap = srv_gpu_on_reap, /* the GPU path closes a reaped worker's registration */
+        .on_reap_ctx = &a->srv,
         .clock = NULL,
         .l2_adapters = c->storage.l2_adapters,
         .l2_store_policy = c->storage.l2_store_policy,

@@ -4,8 +4,9 @@
  * DESIGN (threads and who owns what)
  *
  *   loop thread (main)      owns the ROUTER socket and everything marked
- *                           "loop only" below. zmq_poll()s the socket, the
- *                           reply eventfd and the signalfd. Receives a
+ *                           "loop only" below. poll()s the socket's ZMQ_FD
+ *                           (read until EAGAIN: the fd is edge-triggered),
+ *                           the reply eventfd and the signalfd. Receives a
  *                           request, decodes it (src/wire), answers SYNC ops
  *                           inline, hands the rest to a pool as a srv_req.
  *   affinity pool           data requests; FIFO per client identity.
@@ -162,6 +163,13 @@ void srv_gpu_close(struct server *s);
  * /metrics (lmcd_gpu_*); any thread. */
 json_t *srv_gpu_status_json(struct server *s);
 void srv_gpu_metrics(FILE *b, struct server *s);
+/* The engine's on_reap hook (ctx: the server): closes a reaped worker's GPU
+ * registration without waiting on the GPU. Any thread; safe before
+ * srv_gpu_open and after srv_gpu_close (then a no-op). */
+void srv_gpu_on_reap(void *ctx, int64_t instance_id);
+/* A PING from a worker: one line when it is a reaped GPU worker that has
+ * not registered again. Never waits (the loop thread calls it). */
+void srv_gpu_on_ping(int64_t instance_id);
 /* Stops intake: the pools run what they hold for up to
  * --stop-timeout-seconds while their replies go out; what is still queued
  * then gets its safe reply (spec 9.3) without running. Replies get

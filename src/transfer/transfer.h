@@ -47,6 +47,11 @@ enum transfer_copy_path { TRANSFER_PATH_AUTO = 0, TRANSFER_PATH_DIRECT, TRANSFER
 struct transfer_opts {
     int64_t null_block_id;
     bool isolated_ipc; /* client's lmcache.mp.isolated_ipc: refused */
+    /* A queued copy not completed this long after it was queued (it waits
+     * on a client event that never completes: a GPU stream wait cannot be
+     * cancelled) is reported once (log line, metric) and from then on its
+     * registration is "stuck": unregister and close stop waiting for it. */
+    int event_timeout_s;
     enum transfer_copy_path copy_path;
     /* Whether the segment's pages in [off, off+len) exist (a lazy L1
      * commits them as it fills): only those are pinned, since pinning
@@ -119,9 +124,15 @@ struct transfer_ops {
     /* Replaces any earlier registration of the instance. */
     int (*register_kv)(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
                        struct transfer_geom *geom, char *why, size_t why_len);
-    /* Waits for the instance's queued copies (their `done` callbacks run
-     * first), then closes its mappings, stream and events. */
-    void (*unregister)(struct transfer_backend *b, int64_t instance);
+    /* Takes the instance's registration out at once (later copies get
+     * -ENOENT). With `wait`, waits for its queued copies (their `done`
+     * callbacks run first) unless they are stuck past event_timeout_s; then
+     * (or at once without `wait`) a registration with copies left is
+     * detached: its mappings, stream and events stay open until its last
+     * copy completed, its `done` callbacks still run, and its completion
+     * thread closes everything then. Without `wait` it never blocks on the
+     * GPU (the backend's table lock only): a reaper may call it. */
+    void (*unregister)(struct transfer_backend *b, int64_t instance, bool wait);
     /* The geometry of a registered instance; -ENOENT when not registered. */
     int (*geometry)(struct transfer_backend *b, int64_t instance, struct transfer_geom *out);
     /* Queues, on the instance's stream: a wait on the client's event, the
@@ -135,6 +146,11 @@ struct transfer_ops {
                 bool *copied, char *why, size_t why_len);
     /* Counters and pinning progress; any thread, takes no lock. */
     void (*stats)(struct transfer_backend *b, struct transfer_stats *out);
+    /* Unregisters everything, waiting a short grace (at most 2 s and
+     * event_timeout_s) for queued copies; registrations whose copies still
+     * wait then are abandoned with one log line: their `done` callbacks
+     * never run, and the backend is left allocated (and the driver loaded)
+     * so a late completion touches nothing freed. Bounded in time. */
     void (*close)(struct transfer_backend *b);
 };
 

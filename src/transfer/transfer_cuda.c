@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "metrics/metrics.h"
 #include "transfer/transfer_layout.h"
 #include "transfer/transfer_pin.h"
 #include "util/clock.h"
@@ -84,8 +85,13 @@ struct cu_api {
 
 #define CU_MAX_DEVICES 64
 #define CU_EVENT_POOL 64 /* interprocess events per registration, reused round-robin */
-/* An event is recorded again only CU_EVENT_POOL copies later; the queue
- * bound keeps the completion thread done with it by then. */
+/* Every recorded event is queued (copies and event-only replies alike), at
+ * most CU_QCAP - 1 at once: an event is recorded again only CU_EVENT_POOL
+ * records later, by when the completion thread is done with it. Copies
+ * wait past TRANSFER_QUEUE_DEPTH (back-pressure), event-only records past
+ * CU_QCAP - 1. With everything on the stream in the queue, an empty queue
+ * means an idle stream: closing it never waits on a client event. */
+#define CU_QCAP CU_EVENT_POOL
 _Static_assert(CU_EVENT_POOL >= 2 * TRANSFER_QUEUE_DEPTH, "event pool smaller than twice the copy queue");
 /* Bounce buffers and device staging, per registration: slots of one chunk
  * object each, CU_BOUNCE_BYTES in all (at least 2 slots, at most
@@ -120,8 +126,9 @@ struct cu_group {
 
 /* A queued piece of a copy that the completion thread waits for. */
 struct cu_pending {
-    struct cu_group *grp; /* NULL: nothing to report */
+    struct cu_group *grp; /* NULL: nothing to report (an event-only record) */
     unsigned ev;          /* index in pool[] of the event recorded after the piece */
+    uint64_t t_ns;        /* when it was queued (the watchdog's stuck test) */
     bool store;
     unsigned nb;                 /* bounce slots the piece holds */
     uint8_t slot[CU_BOUNCE_MAX]; /* store: copied to l1[i] once complete; all: freed then */
@@ -152,12 +159,17 @@ struct cu_reg {
     unsigned n_pool, next_pool;
     pthread_mutex_t lock; /* this registration's stream, pool and queue */
     pthread_cond_t cv;    /* queue changed, stop, users */
-    struct cu_pending q[TRANSFER_QUEUE_DEPTH];
+    struct cu_pending q[CU_QCAP];
     unsigned q_head, q_n;
-    unsigned users; /* copy() calls inside, which reg_free waits out */
+    unsigned users; /* copy() calls inside, which reg_retire waits out */
     bool stop;
+    bool stuck;    /* the queue's head waited past event_timeout_s (the watchdog sets it) */
+    bool warned;   /* that was reported (once per registration) */
+    bool detached; /* out of the table with copies left: the completion thread frees it */
     bool thr_started;
     pthread_t thr; /* the completion thread */
+    struct cu_reg *all_next, *all_prev; /* b->all, under b->all_mu */
+    bool in_all;
 };
 
 struct transfer_backend {
@@ -187,7 +199,40 @@ struct transfer_backend {
     pthread_mutex_t lock; /* regs[] and devs[].ctx/mod (registration is rare) */
     struct cu_reg **regs;
     size_t n_regs, cap_regs;
+    /* Every registration with a completion thread, in the table or
+     * detached; the watchdog walks it. */
+    pthread_mutex_t all_mu; /* order: b->lock, all_mu, g->lock */
+    pthread_cond_t all_cv; /* cb_active dropped, watchdog stop */
+    struct cu_reg *all;
+    unsigned cb_active; /* done callbacks running */
+    unsigned dying;     /* registrations out of `all` still being freed */
+    bool closing;       /* close() passed its grace: no more done callbacks */
+    bool wd_stop, wd_started;
+    pthread_t wd; /* the watchdog */
 };
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void deadline_ts(uint64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / 1000000000ull);
+    ts->tv_nsec = (long)(ns % 1000000000ull);
+}
+
+/* Condition variables on the monotonic clock (timed waits). */
+static void cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
 
 static const char *cu_err(struct transfer_backend *b, CUresult r)
 {
@@ -203,6 +248,8 @@ static void fmt_uuid(const CUuuid *u, char out[40])
     snprintf(out, 40, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", p[0], p[1], p[2],
              p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]);
 }
+
+static void *watchdog_main(void *arg);
 
 static int cu_open(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
                    char *why, size_t why_len)
@@ -267,6 +314,15 @@ static int cu_open(const struct transfer_opts *o, void *host_base, size_t host_l
     }
     pthread_mutex_init(&b->pin_mu, NULL);
     pthread_cond_init(&b->pin_cv, NULL);
+    pthread_mutex_init(&b->all_mu, NULL);
+    cond_init_mono(&b->all_cv);
+    if (pthread_create(&b->wd, NULL, watchdog_main, b)) {
+        pthread_mutex_destroy(&b->all_mu);
+        pthread_cond_destroy(&b->all_cv);
+        snprintf(why, why_len, "no watchdog thread");
+        goto nodev;
+    }
+    b->wd_started = true;
     *out = b;
     return 0;
 nodev:
@@ -418,9 +474,10 @@ static void pin_start(struct transfer_backend *b, int i)
     b->pin_started = true;
 }
 
-/* Stops the pinning thread and unregisters every pinned slice, in the
- * context that pinned them. After every registration is gone. */
-static void pin_stop(struct transfer_backend *b)
+/* Stops the pinning thread and (unpin) unregisters every pinned slice, in
+ * the context that pinned them: after every registration is gone, never
+ * while a copy may still use them. */
+static void pin_stop(struct transfer_backend *b, bool unpin)
 {
     if (!b->pin_started)
         return;
@@ -430,7 +487,7 @@ static void pin_stop(struct transfer_backend *b)
     pthread_mutex_unlock(&b->pin_mu);
     pthread_join(b->pin_thr, NULL);
     b->pin_started = false;
-    if (b->cu.CtxSetCurrent(b->devs[b->pin_dev].ctx) != CUDA_SUCCESS)
+    if (!unpin || b->cu.CtxSetCurrent(b->devs[b->pin_dev].ctx) != CUDA_SUCCESS)
         return;
     for (uint64_t i = 0; i < b->nslices; i++)
         if (atomic_load(&b->sl_state[i]) == SL_PINNED) {
@@ -474,25 +531,25 @@ static int dev_ready(struct transfer_backend *b, int i, char *why, size_t why_le
     return 0;
 }
 
-static void reg_free(struct transfer_backend *b, struct cu_reg *g)
+/* Frees a registration whose queue is empty and whose completion thread
+ * has ended (or is the caller). No lock held. */
+static void reg_destroy(struct transfer_backend *b, struct cu_reg *g)
 {
-    if (!g)
-        return;
-    /* g has left the table (or never entered it): copy() calls that found
-     * it earlier leave (one waiting for queue room sees stop), then the
-     * completion thread reports every queued copy and ends. */
-    pthread_mutex_lock(&g->lock);
-    g->stop = true;
-    pthread_cond_broadcast(&g->cv);
-    while (g->users)
-        pthread_cond_wait(&g->cv, &g->lock);
-    pthread_mutex_unlock(&g->lock);
-    if (g->thr_started)
-        pthread_join(g->thr, NULL);
+    if (g->in_all) { /* out of the watchdog's list first; close() waits for `dying` */
+        pthread_mutex_lock(&b->all_mu);
+        if (g->all_prev)
+            g->all_prev->all_next = g->all_next;
+        else
+            b->all = g->all_next;
+        if (g->all_next)
+            g->all_next->all_prev = g->all_prev;
+        b->dying++;
+        pthread_mutex_unlock(&b->all_mu);
+    }
     if (b->devs[g->dev].ctx)
         b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
     if (g->stream) {
-        b->cu.StreamSynchronize(g->stream); /* no copy may outlive its mappings */
+        b->cu.StreamSynchronize(g->stream); /* idle: every record on it completed (see CU_QCAP) */
         b->cu.StreamDestroy(g->stream);
     }
     for (unsigned i = 0; i < g->n_pool; i++)
@@ -510,9 +567,54 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
         b->cu.IpcCloseMemHandle(g->maps[i].base);
     pthread_mutex_destroy(&g->lock);
     pthread_cond_destroy(&g->cv);
+    bool in_all = g->in_all;
     free(g->maps);
     free(g->layer_base);
     free(g);
+    if (in_all) {
+        pthread_mutex_lock(&b->all_mu);
+        b->dying--;
+        pthread_cond_broadcast(&b->all_cv);
+        pthread_mutex_unlock(&b->all_mu);
+    }
+}
+
+/*
+ * g has left the table (or never entered it). copy() calls that found it
+ * earlier leave (one waiting for queue room sees stop); then its queued
+ * copies are waited for until `deadline` (monotonic ns; 0: not at all) or
+ * until the watchdog marks them stuck. An empty queue: g is freed here.
+ * Copies left: g is detached, and its completion thread frees it after the
+ * last one completed (a GPU stream wait cannot be cancelled, so mappings
+ * and stream must outlive it). Never holds b->lock.
+ */
+static void reg_retire(struct transfer_backend *b, struct cu_reg *g, uint64_t deadline)
+{
+    if (!g)
+        return;
+    pthread_mutex_lock(&g->lock);
+    g->stop = true;
+    pthread_cond_broadcast(&g->cv);
+    while (g->users)
+        pthread_cond_wait(&g->cv, &g->lock);
+    for (uint64_t now = now_ns(); g->q_n && !g->stuck && now < deadline; now = now_ns()) {
+        struct timespec ts;
+        deadline_ts(deadline - now > 1000000000ull ? now + 1000000000ull : deadline, &ts);
+        pthread_cond_timedwait(&g->cv, &g->lock, &ts);
+    }
+    if (g->q_n) {
+        unsigned left = g->q_n;
+        g->detached = true;
+        pthread_mutex_unlock(&g->lock);
+        log_warn("instance %lld: GPU registration closed with %u queued copies not completed (waiting on the "
+                 "worker's event): detached; its mappings and stream close, and the L1 memory those copies use "
+                 "is released, only once they complete", (long long)g->instance, left);
+        return;
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (g->thr_started)
+        pthread_join(g->thr, NULL);
+    reg_destroy(b, g);
 }
 
 /* PyTorch's shareable handle: [version 1|2]['c'][64-byte cudaIpcMemHandle_t]
@@ -564,14 +666,73 @@ static struct cu_reg **reg_slot(struct transfer_backend *b, int64_t instance)
     return NULL;
 }
 
-static void reg_remove(struct transfer_backend *b, int64_t instance)
+/* Takes the instance's registration out of the table (under b->lock); the
+ * caller retires it after dropping b->lock. */
+static struct cu_reg *reg_take(struct transfer_backend *b, int64_t instance)
 {
     struct cu_reg **s = reg_slot(b, instance);
     if (!s)
-        return;
+        return NULL;
     struct cu_reg *g = *s;
     *s = b->regs[--b->n_regs];
-    reg_free(b, g);
+    return g;
+}
+
+/* Runs a done callback unless close() gave up on callbacks (the engine
+ * behind them may be gone). False: abandoned. */
+static bool cb_run(struct transfer_backend *b, const struct cu_group *p, bool ok)
+{
+    pthread_mutex_lock(&b->all_mu);
+    bool go = !b->closing;
+    if (go)
+        b->cb_active++;
+    pthread_mutex_unlock(&b->all_mu);
+    if (!go)
+        return false;
+    p->done(p->arg, ok);
+    pthread_mutex_lock(&b->all_mu);
+    b->cb_active--;
+    pthread_cond_broadcast(&b->all_cv);
+    pthread_mutex_unlock(&b->all_mu);
+    return true;
+}
+
+/* Reports queue heads older than event_timeout_s, once per registration,
+ * and marks them stuck so that unregister and close stop waiting. */
+static void *watchdog_main(void *arg)
+{
+    struct transfer_backend *b = arg;
+    uint64_t timeout = (uint64_t)(b->o.event_timeout_s > 0 ? b->o.event_timeout_s : 60) * 1000000000ull;
+    uint64_t tick = timeout / 4 < 500000000ull ? timeout / 4 : 500000000ull;
+    pthread_mutex_lock(&b->all_mu);
+    while (!b->wd_stop) {
+        struct timespec ts;
+        deadline_ts(now_ns() + tick, &ts);
+        pthread_cond_timedwait(&b->all_cv, &b->all_mu, &ts);
+        uint64_t now = now_ns();
+        for (struct cu_reg *g = b->all; g && !b->wd_stop; g = g->all_next) {
+            pthread_mutex_lock(&g->lock);
+            bool report = false;
+            unsigned left = g->q_n;
+            uint64_t t = g->q_n ? g->q[g->q_head].t_ns : now; /* queued after `now` was read: not old */
+            if (g->q_n && !g->stuck && now > t && now - t > timeout) {
+                g->stuck = true;
+                report = !g->warned;
+                g->warned = true;
+                pthread_cond_broadcast(&g->cv);
+            }
+            pthread_mutex_unlock(&g->lock);
+            if (report) {
+                metrics_add(MET_GPU_EVENT_TIMEOUTS, 1);
+                log_warn("instance %lld: a GPU copy has waited over %d s on the worker's event "
+                         "(--gpu-event-timeout-seconds; %u queued): UNREGISTER, re-registering, reaping and shutdown "
+                         "no longer wait for it; the L1 memory it uses stays reserved until it completes",
+                         (long long)g->instance, b->o.event_timeout_s, left);
+            }
+        }
+    }
+    pthread_mutex_unlock(&b->all_mu);
+    return NULL;
 }
 
 /* One per registration: waits for its queued copies in queue (= stream)
@@ -602,23 +763,34 @@ static void *completion_main(void *arg)
         pthread_mutex_lock(&g->lock);
         for (unsigned i = 0; i < p.nb; i++)
             g->slot_busy &= ~(1u << p.slot[i]);
-        g->q_head = (g->q_head + 1) % TRANSFER_QUEUE_DEPTH;
-        g->q_n--;
         bool fire = false;
         if (p.grp) {
             p.grp->pending--;
             p.grp->ok = p.grp->ok && r == CUDA_SUCCESS;
             fire = p.grp->sealed && !p.grp->pending;
         }
-        pthread_cond_broadcast(&g->cv); /* room (queue, bounce) for a blocked copy() */
+        pthread_cond_broadcast(&g->cv); /* bounce slots for a blocked copy() */
         pthread_mutex_unlock(&g->lock);
+        /* The copy reports once, after its last piece (before that piece
+         * leaves the queue, as reg_retire expects). */
         if (fire) {
-            p.grp->done(p.grp->arg, p.grp->ok);
+            bool ran = cb_run(b, p.grp, p.grp->ok);
             free(p.grp);
+            if (!ran)
+                return NULL; /* close() abandoned it: touch nothing more */
         }
         pthread_mutex_lock(&g->lock);
+        g->q_head = (g->q_head + 1) % CU_QCAP;
+        g->q_n--;
+        g->stuck = false; /* the next head gets its own time */
+        pthread_cond_broadcast(&g->cv); /* room for a blocked copy(), progress for reg_retire */
     }
+    bool detached = g->detached;
     pthread_mutex_unlock(&g->lock);
+    if (detached) { /* nobody joins it: the last copy completed, close everything */
+        pthread_detach(pthread_self());
+        reg_destroy(b, g);
+    }
     return NULL;
 }
 
@@ -637,7 +809,7 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         return -ENOMEM;
     }
     pthread_mutex_init(&g->lock, NULL);
-    pthread_cond_init(&g->cv, NULL);
+    cond_init_mono(&g->cv);
     g->instance = instance;
     g->b = b;
     g->dev = -1;
@@ -646,11 +818,16 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
     g->maps = calloc(reg->n_descs, sizeof(*g->maps));
     bool hint_hnd = str_eq(reg->kv_layout, "HND");
     int rc = -ENOMEM;
-    pthread_mutex_lock(&b->lock);
     /* Re-registering replaces: the old registration goes first (its queued
-     * copies complete, its mappings close; a handle reopened in the same
-     * context would only count a reference, as the driver documents). */
-    reg_remove(b, instance);
+     * copies complete, unless stuck on the worker's event; its mappings
+     * close; a handle reopened in the same context would only count a
+     * reference, as the driver documents). Outside b->lock: other
+     * workers' copies go on meanwhile. */
+    pthread_mutex_lock(&b->lock);
+    struct cu_reg *old = reg_take(b, instance);
+    pthread_mutex_unlock(&b->lock);
+    reg_retire(b, old, UINT64_MAX);
+    pthread_mutex_lock(&b->lock);
     if (!g->layer_base || !g->maps)
         goto fail;
     for (size_t l = 0; l < reg->n_descs; l++) {
@@ -787,6 +964,13 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         goto fail;
     }
     g->thr_started = true;
+    pthread_mutex_lock(&b->all_mu);
+    g->all_next = b->all;
+    if (b->all)
+        b->all->all_prev = g;
+    b->all = g;
+    g->in_all = true;
+    pthread_mutex_unlock(&b->all_mu);
     if (b->n_regs == b->cap_regs) {
         size_t cap = b->cap_regs ? 2 * b->cap_regs : 8;
         struct cu_reg **n = realloc(b->regs, cap * sizeof(*n));
@@ -797,8 +981,10 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         b->regs = n;
         b->cap_regs = cap;
     }
+    struct cu_reg *dup = reg_take(b, instance); /* a registration of the same id that raced this one */
     b->regs[b->n_regs++] = g;
     pthread_mutex_unlock(&b->lock);
+    reg_retire(b, dup, 0);
     log_info("instance %lld registered %u layers on GPU %s: layout %d, %lld blocks of %lld tokens, %lld-byte "
              "token rows, %d-byte accesses, %zu IPC mappings", (long long)instance, g->nlayers, b->devs[g->dev].uuid,
              g->lay.kind, (long long)g->lay.nb, (long long)g->lay.bs, (long long)g->lay.row_bytes, g->lay.vec,
@@ -808,17 +994,18 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
 fail:
     if (g->dev < 0)
         g->dev = 0;
-    reg_free(b, g);
     pthread_mutex_unlock(&b->lock);
+    reg_retire(b, g, UINT64_MAX); /* nothing was queued: freed at once */
     free(ipc);
     return rc;
 }
 
-static void cu_unregister(struct transfer_backend *b, int64_t instance)
+static void cu_unregister(struct transfer_backend *b, int64_t instance, bool wait)
 {
     pthread_mutex_lock(&b->lock);
-    reg_remove(b, instance);
+    struct cu_reg *g = reg_take(b, instance);
     pthread_mutex_unlock(&b->lock);
+    reg_retire(b, g, wait ? UINT64_MAX : 0);
 }
 
 static int cu_geometry(struct transfer_backend *b, int64_t instance, struct transfer_geom *out)
@@ -872,6 +1059,22 @@ static int scratch(struct transfer_backend *b, struct cu_reg *g, size_t need)
         return -ENOMEM;
     }
     g->scratch_cap = cap;
+    return 0;
+}
+
+/* Records the reply event after what the stream holds and queues it
+ * without a callback (every record is queued: see CU_QCAP). Under g->lock,
+ * with room in the queue. */
+static int record_event_only(struct transfer_backend *b, struct cu_reg *g, uint8_t event[TRANSFER_EVENT_BYTES],
+                             char *why, size_t why_len)
+{
+    unsigned ev = 0;
+    int rc = record_event(b, g, event, &ev, why, why_len);
+    if (rc)
+        return rc; /* no valid event: the caller drops what it reserved */
+    g->q[(g->q_head + g->q_n) % CU_QCAP] = (struct cu_pending){.ev = ev, .t_ns = now_ns()};
+    g->q_n++;
+    pthread_cond_broadcast(&g->cv);
     return 0;
 }
 
@@ -1139,7 +1342,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     struct cu_reg *g = *s;
     /* Only this registration's copies serialise; b->lock is dropped first so
      * other workers' copies run in parallel. `users` keeps g alive until we
-     * leave (reg_free waits for it after setting stop). */
+     * leave (reg_retire waits for it after setting stop). */
     pthread_mutex_lock(&g->lock);
     g->users++;
     pthread_mutex_unlock(&b->lock);
@@ -1149,11 +1352,18 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     uint64_t *dev = NULL;
     /* Back-pressure: a worker with a full queue waits here, in its pool
      * thread, never in the ZeroMQ loop. */
-    while (c->n_chunks && g->q_n >= TRANSFER_QUEUE_DEPTH && !g->stop)
+    unsigned room = c->n_chunks ? TRANSFER_QUEUE_DEPTH : CU_QCAP - 1;
+    while (g->q_n >= room && !g->stop && !g->stuck)
         pthread_cond_wait(&g->cv, &g->lock);
     if (g->stop) {
         snprintf(why, why_len, "instance unregistered meanwhile");
         rc = -ENOENT;
+        goto out;
+    }
+    if (g->q_n >= room) { /* full behind a copy stuck on the worker's event: no waiting forever */
+        snprintf(why, why_len, "its copy queue is full behind a copy stuck on the worker's event for over %d s",
+                 b->o.event_timeout_s);
+        rc = -EBUSY;
         goto out;
     }
     CUresult r = b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
@@ -1183,10 +1393,8 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         (!(dev = malloc(c->n_chunks * sizeof(*dev))) || !(slot = malloc(c->n_chunks * sizeof(*slot))) ||
          !(grp = calloc(1, sizeof(*grp)))))
         crc = -ENOMEM;
-    unsigned ev = 0;
     if (crc) { /* nothing to move: the reply's event still follows the client's */
-        if ((rc = record_event(b, g, event, &ev, why, why_len)))
-            goto out;
+        rc = record_event_only(b, g, event, why, why_len);
         goto out;
     }
     *grp = (struct cu_group){c->done, c->done_arg, 0, true, false};
@@ -1223,12 +1431,16 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
             p.l1[nbounce++] = c->chunk_ptr[k + n];
             n++;
         }
-        /* a slot wait may have let the queue fill meanwhile */
-        while (!rc && g->q_n >= TRANSFER_QUEUE_DEPTH && !g->stop)
+        /* room in the queue for this piece (a slot wait may have let it fill) */
+        while (!rc && g->q_n >= TRANSFER_QUEUE_DEPTH && !g->stop && !g->stuck)
             pthread_cond_wait(&g->cv, &g->lock);
         if (!rc && g->stop) {
             snprintf(why, why_len, "instance unregistered meanwhile");
             rc = -ENOENT;
+        } else if (!rc && g->q_n >= TRANSFER_QUEUE_DEPTH) {
+            snprintf(why, why_len, "its copy queue is full behind a copy stuck on the worker's event for over %d s",
+                     b->o.event_timeout_s);
+            rc = -EBUSY;
         }
         if (!rc)
             rc = run_piece(b, g, c, staging, k, n, slot, dev, event, &p.ev, why, why_len);
@@ -1240,7 +1452,8 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         p.nb = nbounce;
         atomic_fetch_add(staging ? &b->obj_staged : &b->obj_direct, n - nbounce);
         atomic_fetch_add(&b->obj_bounced, nbounce);
-        g->q[(g->q_head + g->q_n) % TRANSFER_QUEUE_DEPTH] = p;
+        p.t_ns = now_ns();
+        g->q[(g->q_head + g->q_n) % CU_QCAP] = p;
         g->q_n++;
         grp->pending++;
         pthread_cond_broadcast(&g->cv);
@@ -1257,8 +1470,10 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         if (rc)
             log_warn("instance %lld: part of a copy could not be queued: %s", (long long)c->instance, why);
         rc = 0;
-    } else if (rc && rc != -ENOENT) {
-        int rc2 = record_event(b, g, event, &ev, why, why_len);
+    } else if (rc && rc != -ENOENT && rc != -EBUSY) {
+        while (g->q_n >= CU_QCAP - 1 && !g->stop && !g->stuck)
+            pthread_cond_wait(&g->cv, &g->lock);
+        int rc2 = g->q_n < CU_QCAP - 1 ? record_event_only(b, g, event, why, why_len) : rc;
         rc = rc2 ? rc2 : 0; /* not queued: nothing moved, the reply says so */
     }
 out:
@@ -1287,18 +1502,55 @@ static void cu_stats(struct transfer_backend *b, struct transfer_stats *o)
     o->obj_staged = atomic_load(&b->obj_staged);
     o->obj_bounced = atomic_load(&b->obj_bounced);
 }
+/* Shutdown grace for queued copies: short, as a stop must be bounded. */
+#define CU_CLOSE_GRACE_NS 2000000000ull
 
 static void cu_close(struct transfer_backend *b)
 {
     if (!b)
         return;
+    uint64_t grace = (uint64_t)(b->o.event_timeout_s > 0 ? b->o.event_timeout_s : 60) * 1000000000ull;
+    uint64_t deadline = now_ns() + (grace < CU_CLOSE_GRACE_NS ? grace : CU_CLOSE_GRACE_NS);
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        struct cu_reg *g = b->n_regs ? reg_take(b, b->regs[0]->instance) : NULL;
+        pthread_mutex_unlock(&b->lock);
+        if (!g)
+            break;
+        reg_retire(b, g, deadline);
+    }
+    /* Detached registrations get the rest of the grace, then no callback
+     * runs any more (the engine goes next). */
+    pthread_mutex_lock(&b->all_mu);
+    for (uint64_t now = now_ns(); b->all && now < deadline; now = now_ns()) {
+        struct timespec ts;
+        deadline_ts(deadline, &ts);
+        pthread_cond_timedwait(&b->all_cv, &b->all_mu, &ts);
+    }
+    b->closing = true;
+    b->wd_stop = true;
+    pthread_cond_broadcast(&b->all_cv);
+    while (b->cb_active || b->dying)
+        pthread_cond_wait(&b->all_cv, &b->all_mu);
+    size_t abandoned = 0;
+    for (struct cu_reg *g = b->all; g; g = g->all_next)
+        abandoned++;
+    pthread_mutex_unlock(&b->all_mu);
+    if (b->wd_started)
+        pthread_join(b->wd, NULL);
+    pin_stop(b, !abandoned);
+    if (abandoned) {
+        /* A GPU stream wait cannot be cancelled: their DMA may still land
+         * in their mappings and in pinned L1, so neither is released, and
+         * the backend and the driver stay (the process is exiting). */
+        log_warn("GPU path: %zu registrations still have copies waiting on their workers' events; lmcd stops "
+                 "without waiting for them (their L1 memory is never reused: the process exits)", abandoned);
+        return;
+    }
     pthread_mutex_lock(&b->lock);
-    while (b->n_regs)
-        reg_remove(b, b->regs[0]->instance);
-    /* Unpinning needs a current context (this thread, the one that stops
-     * the server, may never have had one): pin_stop sets the one that
-     * pinned. */
-    pin_stop(b);
+    /* The slices were unpinned above (pin_stop sets the context that
+     * pinned them: this thread, the one that stops the server, may never
+     * have had one). */
     for (int i = 0; i < b->ndev; i++)
         if (b->devs[i].ctx)
             b->cu.PrimaryCtxRelease(b->devs[i].dev);
@@ -1308,6 +1560,8 @@ static void cu_close(struct transfer_backend *b)
     pthread_cond_destroy(&b->pin_cv);
     free((void *)b->sl_state);
     free((void *)b->sl_dev);
+    pthread_mutex_destroy(&b->all_mu);
+    pthread_cond_destroy(&b->all_cv);
     free(b->regs);
     dlclose(b->lib);
     free(b);

@@ -9,7 +9,6 @@
  * a bool is not an int and an int is not a bool; str is never bin; a float
  * field accepts an int.
  */
-#include <endian.h>
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -254,8 +253,17 @@ static const struct mfield ed_fields[] = {
 
 #define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
-static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out, size_t *count)
+/* A u32 list; the one the validator captured (struct mp_cap) is taken as
+ * it decoded it, without reading it again. */
+static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, const struct mp_cap *cap, uint32_t **out,
+                       size_t *count)
 {
+    if (cap && cap->at && r->p == cap->at) {
+        *out = cap->buf;
+        *count = cap->n;
+        r->p = cap->end;
+        return 0;
+    }
     uint32_t n;
     uint32_t *v;
     int rc = wire_rd_array_own(r, own, sizeof(*v), (void **)&v, &n);
@@ -264,29 +272,7 @@ static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out,
     for (uint32_t k = 0; k < n; k++) {
         /* The forms encoders give token ids (positive fixint, uint8/16/32),
          * read in place; anything else, and truncation, through mp_next. */
-        const uint8_t *p = r->p, *end = r->end;
-        for (; k < n; k++) {
-            if (p < end && p[0] <= 0x7f) {
-                v[k] = p[0];
-                p += 1;
-            } else if (end - p >= 5 && p[0] == 0xce) {
-                uint32_t be32;
-                memcpy(&be32, p + 1, 4);
-                v[k] = be32toh(be32);
-                p += 5;
-            } else if (end - p >= 3 && p[0] == 0xcd) {
-                uint16_t be16;
-                memcpy(&be16, p + 1, 2);
-                v[k] = be16toh(be16);
-                p += 3;
-            } else if (end - p >= 2 && p[0] == 0xcc) {
-                v[k] = p[1];
-                p += 2;
-            } else {
-                break;
-            }
-        }
-        r->p = p;
+        k += mp_rd_u32s(r, v + k, n - k);
         if (k == n)
             break;
         struct mp_obj o;
@@ -301,7 +287,8 @@ static int rd_u32_list(struct mp_rd *r, struct wire_alloc **own, uint32_t **out,
     return 0;
 }
 
-static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct wire_alloc **own)
+static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct wire_alloc **own,
+                     const struct mp_cap *cap)
 {
     switch (f->kind) {
     case MF_STR: return wire_rd_str(r, (struct wire_str *)(base + f->off));
@@ -313,7 +300,7 @@ static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct
             return mp_skip(r, 0);
         return wire_rd_int(r, false, (int64_t *)(base + f->off));
     case MF_U32_LIST:
-        return rd_u32_list(r, own, (uint32_t **)(base + f->off), (size_t *)(base + f->off2));
+        return rd_u32_list(r, own, cap, (uint32_t **)(base + f->off), (size_t *)(base + f->off2));
     case MF_FLAG_NONNIL:
         if (!peek_nil(r))
             *(bool *)(base + f->off) = true;
@@ -335,7 +322,7 @@ static int mf_decode(const struct mfield *f, struct mp_rd *r, char *base, struct
 /* Decodes a msgspec Struct/dataclass map: fields by name, unknown keys
  * ignored, missing required field = -WIRE_EMISSING. */
 static int map_decode(const struct mfield *fields, size_t nf, struct mp_rd *r, void *base,
-                      struct wire_alloc **own)
+                      struct wire_alloc **own, const struct mp_cap *cap)
 {
     uint32_t n, seen = 0;
     int rc = wire_rd_map(r, &n);
@@ -348,7 +335,7 @@ static int map_decode(const struct mfield *fields, size_t nf, struct mp_rd *r, v
         size_t j = 0;
         while (j < nf && !wire_str_eq(key, fields[j].name))
             j++;
-        rc = j < nf ? mf_decode(&fields[j], r, base, own) : mp_skip(r, 0);
+        rc = j < nf ? mf_decode(&fields[j], r, base, own, cap) : mp_skip(r, 0);
         if (rc < 0)
             return rc;
         if (j < nf)
@@ -526,7 +513,7 @@ int wire_param_decode(enum wire_param p, struct mp_rd *r, struct wire_req *req, 
     case P_KEY:
     case P_KEY_WORKER:
         req->key.cache_salt.ptr = "";
-        if ((rc = map_decode(key_fields, NFIELDS(key_fields), r, &req->key, &req->owned_)) < 0)
+        if ((rc = map_decode(key_fields, NFIELDS(key_fields), r, &req->key, &req->owned_, req->cap_)) < 0)
             return rc;
         req->has_key = true;
         return p == P_KEY_WORKER && !req->key.has_worker_id ? -WIRE_EWRONGTYPE : 0;
@@ -553,7 +540,7 @@ int wire_param_decode(enum wire_param p, struct mp_rd *r, struct wire_req *req, 
         return wire_rd_bool(r, lenient, &req->force);
     case P_DATA: return wire_rd_bin(r, &req->data);
     case P_ED_PAYLOAD:
-        if ((rc = map_decode(ed_fields, NFIELDS(ed_fields), r, req, &req->owned_)) < 0)
+        if ((rc = map_decode(ed_fields, NFIELDS(ed_fields), r, req, &req->owned_, NULL)) < 0)
             return rc;
         req->has_instance_id = true;
         return 0;

@@ -1,9 +1,12 @@
 /* mp: bounded msgpack reader and smallest-form writer (see mp.h). */
 #include "wire/mp.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "wire/proto.h"
 
 static uint64_t be(const uint8_t *p, int n)
 {
@@ -228,9 +231,61 @@ static const uint8_t scalar_w1[256] = {
 #undef W4
 #undef W8
 
+uint32_t mp_rd_u32s(struct mp_rd *r, uint32_t *v, uint32_t n)
+{
+    const uint8_t *p = r->p, *end = r->end;
+    uint32_t k = 0;
+    for (; k < n; k++) {
+        if (p < end && p[0] <= 0x7f) {
+            v[k] = p[0];
+            p += 1;
+        } else if (end - p >= 5 && p[0] == 0xce) {
+            uint32_t be32;
+            memcpy(&be32, p + 1, 4);
+            v[k] = be32toh(be32);
+            p += 5;
+        } else if (end - p >= 3 && p[0] == 0xcd) {
+            uint16_t be16;
+            memcpy(&be16, p + 1, 2);
+            v[k] = be16toh(be16);
+            p += 3;
+        } else if (end - p >= 2 && p[0] == 0xcc) {
+            v[k] = p[1];
+            p += 2;
+        } else {
+            break;
+        }
+    }
+    r->p = p;
+    return k;
+}
+
+/* Tries to capture the array whose header o was just read (struct mp_cap);
+ * returns how many of its elements were read past (all of them when it was
+ * captured). */
+static uint32_t cap_try(struct mp_rd *r, const struct mp_obj *o, struct mp_cap *cap)
+{
+    if (o->n > cap->buf_n) {
+        /* o->n <= bytes left (mp_next), so the buffer is bounded by the frame */
+        uint32_t *b = wire_own_uninit(cap->own, o->n, sizeof(*b));
+        if (!b)
+            return 0;
+        cap->buf = b;
+        cap->buf_n = o->n;
+    }
+    uint32_t k = mp_rd_u32s(r, cap->buf, o->n);
+    if (k == o->n) {
+        cap->at = o->start;
+        cap->end = r->p;
+        cap->n = o->n;
+    }
+    return k;
+}
+
 /* Skips one value. Recursion depth is bounded by WIRE_MAX_DEPTH, so the C
- * stack use is bounded too. `check_ext` rejects ext codes other than 1. */
-static int skip(struct mp_rd *r, int depth, bool check_ext)
+ * stack use is bounded too. `check_ext` rejects ext codes other than 1;
+ * `cap`, when not NULL, captures a token list (struct mp_cap). */
+static int skip(struct mp_rd *r, int depth, bool check_ext, struct mp_cap *cap)
 {
     struct mp_obj o;
     int rc = mp_next(r, &o);
@@ -242,8 +297,13 @@ static int skip(struct mp_rd *r, int depth, bool check_ext)
         return 0;
     if (depth >= WIRE_MAX_DEPTH)
         return -WIRE_EDEPTH;
-    uint64_t items = o.type == MP_MAP ? 2ull * o.n : o.n;
-    for (uint64_t k = 0; k < items; k++) {
+    uint64_t items = o.type == MP_MAP ? 2ull * o.n : o.n, k0 = 0;
+    if (cap && !cap->at && o.type == MP_ARRAY && o.n >= MP_CAP_MIN) {
+        k0 = cap_try(r, &o, cap);
+        if (cap->at)
+            return 0;
+    }
+    for (uint64_t k = k0; k < items; k++) {
         const uint8_t *p = r->p, *end = r->end;
         while (k < items && p < end) { /* whole fixed-size scalars: step over them */
             unsigned w1 = scalar_w1[*p];
@@ -255,23 +315,25 @@ static int skip(struct mp_rd *r, int depth, bool check_ext)
         r->p = p;
         if (k == items)
             break;
-        if ((rc = skip(r, depth + 1, check_ext)) < 0) /* truncation and the rest: the full reader */
+        if ((rc = skip(r, depth + 1, check_ext, cap)) < 0) /* truncation and the rest: the full reader */
             return rc;
     }
     return 0;
 }
 
-int mp_skip(struct mp_rd *r, int depth) { return skip(r, depth, false); }
+int mp_skip(struct mp_rd *r, int depth) { return skip(r, depth, false, NULL); }
 
-int mp_validate(const void *data, size_t len)
+int mp_validate_cap(const void *data, size_t len, struct mp_cap *cap)
 {
     struct mp_rd r;
     mp_rd_init(&r, data, len);
-    int rc = skip(&r, 0, true);
+    int rc = skip(&r, 0, true, cap);
     if (rc < 0)
         return rc;
     return mp_left(&r) ? -WIRE_ETRAILING : 0;
 }
+
+int mp_validate(const void *data, size_t len) { return mp_validate_cap(data, len, NULL); }
 
 int mp_peek_type(const void *data, size_t len)
 {

@@ -183,6 +183,18 @@ void *wire_own(struct wire_alloc **list, size_t n, size_t size)
     return a->data;
 }
 
+void *wire_own_uninit(struct wire_alloc **list, size_t n, size_t size)
+{
+    if (n && size > (SIZE_MAX - sizeof(struct wire_alloc)) / n)
+        return NULL;
+    struct wire_alloc *a = malloc(sizeof(*a) + n * size);
+    if (!a)
+        return NULL;
+    a->next = *list;
+    *list = a;
+    return a->data;
+}
+
 void wire_own_free(struct wire_alloc **list)
 {
     while (*list) {

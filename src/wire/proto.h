@@ -106,7 +106,8 @@ int wire_param_encode(enum wire_param p, struct wire_buf *b, const struct wire_r
                       enum wire_profile profile);
 
 /* ---- allocations owned by a request/response ---- */
-void *wire_own(struct wire_alloc **list, size_t n, size_t size);
+void *wire_own(struct wire_alloc **list, size_t n, size_t size); /* zeroed */
+void *wire_own_uninit(struct wire_alloc **list, size_t n, size_t size); /* for what is written whole */
 void wire_own_free(struct wire_alloc **list);
 
 /* Typed readers shared by the request and reply codecs. */

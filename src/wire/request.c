@@ -68,6 +68,14 @@ static bool is_message_form(const struct wire_profile_def *pd, const struct wire
     return !(row->min <= 1 && row->p[0] != P_END && wire_param_info(row->p[0])->is_map);
 }
 
+static bool row_has_key(const struct wire_row *row)
+{
+    for (unsigned j = 0; row->p[j] != P_END; j++)
+        if (row->p[j] == P_KEY || row->p[j] == P_KEY_WORKER)
+            return true;
+    return false;
+}
+
 static int decode_message(const struct wire_row *row, const struct wire_frame *f,
                           struct wire_req *req)
 {
@@ -112,20 +120,28 @@ static int decode_positional(const struct wire_row *row, const struct wire_frame
     } else if (n > row->max) {
         n_params = row->max;
     }
+    /* every frame is validated before any is decoded; a key's token list is
+     * decoded by the same walk (struct mp_cap) and taken from it below */
+    struct mp_cap cap = { .own = &req->owned_ };
     for (size_t k = 0; k < n_params; k++) {
-        int rc = mp_validate(payload[k].data, payload[k].len);
+        bool key = params[k] == P_KEY || params[k] == P_KEY_WORKER;
+        int rc = mp_validate_cap(payload[k].data, payload[k].len, key ? &cap : NULL);
         if (rc < 0)
             return rc;
     }
+    req->cap_ = &cap;
     for (size_t k = 0; k < n_params; k++) {
         struct mp_rd r;
         mp_rd_init(&r, payload[k].data, payload[k].len);
         int rc = wire_param_decode(params[k], &r, req, true);
-        if (rc < 0)
+        if (rc == 0 && mp_left(&r))
+            rc = -WIRE_ETRAILING;
+        if (rc < 0) {
+            req->cap_ = NULL;
             return rc;
-        if (mp_left(&r))
-            return -WIRE_ETRAILING;
+        }
     }
+    req->cap_ = NULL;
     if (row->flags & ROW_RAW_TAIL) {
         req->n_raw = n - n_params;
         req->raw = wire_own(&req->owned_, req->n_raw ? req->n_raw : 1, sizeof(*req->raw));
@@ -162,9 +178,12 @@ int wire_decode_request(enum wire_profile profile, const struct wire_frame *fram
     size_t np = n - 2;
     if (is_message_form(pd, row, payload, np)) {
         out->form = WIRE_FORM_MESSAGE;
-        rc = mp_validate(payload[0].data, payload[0].len);
+        struct mp_cap cap = { .own = &out->owned_ };
+        rc = mp_validate_cap(payload[0].data, payload[0].len, row_has_key(row) ? &cap : NULL);
+        out->cap_ = &cap;
         if (rc == 0)
             rc = decode_message(row, &payload[0], out);
+        out->cap_ = NULL;
     } else {
         rc = decode_positional(row, payload, np, out);
     }

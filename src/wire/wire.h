@@ -270,6 +270,7 @@ struct wire_req {
     size_t n_raw;
 
     struct wire_alloc *owned_; /* private */
+    const void *cap_;          /* private: the decoder's token-list capture, while decoding */
 };
 
 /* Zeroes a request (op NONE, owns nothing). */

@@ -73,6 +73,12 @@ static void reply_roundtrip(const struct wire_req *req)
         abort();
     if (again.op != req->op || again.form != req->form)
         abort();
+    /* the same token ids, whichever reader took them (the validator's
+     * capture of the client's smallest forms, or the general reader) */
+    if (req->has_key && (again.key.n_tokens != req->key.n_tokens ||
+                         (req->key.n_tokens && memcmp(again.key.token_ids, req->key.token_ids,
+                                                      req->key.n_tokens * sizeof(uint32_t)))))
+        abort();
     wire_req_free(&again);
     wire_msg_free(&m);
     wire_buf_free(&out);

@@ -11,8 +11,8 @@ P = msgpack.packb
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus", "request")
 
 
-def key(worker=0, salt=True, newest=False):
-    k = {"model_name": "m", "world_size": 1, "worker_id": worker, "token_ids": [1, 2, 300, 70000],
+def key(worker=0, salt=True, newest=False, tokens=(1, 2, 300, 70000)):
+    k = {"model_name": "m", "world_size": 1, "worker_id": worker, "token_ids": list(tokens),
          "start": 0, "end": 4, "request_id": "r"}
     if salt:
         k["cache_salt"] = ""
@@ -27,6 +27,8 @@ ED = {"instance_id": 7, "model_name": "m", "world_size": 1, "block_size": 16, "n
       "enable_l1_kvweave_quant": False}
 EXT = msgpack.ExtType(1, b"\x80\x04\x95" + b"x" * 20)
 EV = b"\x00" * 64
+# long enough for the validator to decode it in its walk (MP_CAP_MIN in src/wire/mp.h), every form
+LONG = [(k * 2654435761) % (1 << (7, 8, 16, 32)[k % 4]) for k in range(80)]
 
 seeds = {
     # 2604 (profile byte 0)
@@ -60,6 +62,8 @@ seeds = {
     "2609_report": (1, 23, [1, "m", []]),
     "2609_experimental": (1, 32, []),
     "2609_name_lookup": (1, "lookup", [key(None), 1]),
+    "2604_lookup_long": (0, 5, [key(None, tokens=LONG), 1]),
+    "2609_msg_lookup_long": (1, 8, [{"key": key(None, tokens=LONG), "tp_size": 1}]),
     "2609_msg_store": (1, 6, [{"key": key(0), "instance_id": 7, "gpu_block_ids": [[1]],
                                "event_ipc_handle": EV}]),
     "2609_msg_chunk": (1, 21, [{}]),

@@ -107,3 +107,46 @@ Test(engine_nowait, prepare_store_gives_way_to_pages_not_backed)
     cr_assert_eq(te_stats(e).total_object_count, 2);
     engine_destroy(e);
 }
+
+Test(engine_nowait, gives_way_to_an_instance_another_thread_holds)
+{
+    struct engine *e = te_create_backed(8 * MIB);
+    te_register(e, 1, 1, false);
+    te_store(e, 1, "st", 24, 2 * CHUNK, 1, 0, 0, 2);
+    cr_assert_eq(te_lookup(e, "rd", 24, 2, 1, 1, 1), 2);
+    cr_assert_eq(te_stats(e).read_locked_count, 2, "the LOOKUP's locks");
+    uint32_t tok[2 * CHUNK];
+    te_tokens(tok, 2 * CHUNK, 24);
+    struct engine_key k = te_key(tok, 2 * CHUNK, "rd", 1, 0, 0, 2);
+    struct engine_slots s;
+    cr_assert_eq(engine_prepare_retrieve_nowait(e, &k, 1, &s), 0);
+    cr_assert_eq(s.n, 2);
+    engine_slots_free(&s);
+    /* another thread (a PREPARE_STORE of the same instance id backing fresh
+     * pages in the pool) holds the instance */
+    struct instance *held = instance_get(e, 1);
+    cr_assert_not_null(held);
+    long long locked = (long long)te_stats(e).read_locked_count;
+    cr_assert_eq(engine_commit_retrieve_nowait(e, &k, 1), -EWOULDBLOCK);
+    cr_assert_eq((long long)te_stats(e).read_locked_count, locked,
+                 "neither the LOOKUP's locks nor the transfer's were given back");
+    cr_assert_eq(engine_prepare_retrieve_nowait(e, &k, 1, &s), -EWOULDBLOCK);
+    cr_assert_eq(s.n, 0);
+    uint32_t tok2[CHUNK];
+    te_tokens(tok2, CHUNK, 25);
+    struct engine_key k2 = te_key(tok2, CHUNK, "st2", 1, 0, 0, 1);
+    cr_assert_eq(engine_prepare_store_nowait(e, &k2, 1, &s), -EWOULDBLOCK);
+    cr_assert_eq(engine_commit_store_nowait(e, &k2, 1, 0), -EWOULDBLOCK);
+    cr_assert_eq(te_stats(e).write_locked_count, 0, "nothing was reserved");
+    cr_assert_eq((long long)te_stats(e).read_locked_count, locked);
+    instance_put(e, held);
+    /* free again: the plain result, every lock given back once */
+    cr_assert_eq(engine_commit_retrieve_nowait(e, &k, 1), 0);
+    cr_assert_eq(te_stats(e).read_locked_count, 0, "the LOOKUP's and the transfer's locks are released");
+    cr_assert_eq(engine_prepare_store_nowait(e, &k2, 1, &s), 0);
+    cr_assert_eq(s.n, 1);
+    engine_slots_free(&s);
+    cr_assert_eq(engine_commit_store_nowait(e, &k2, 1, 0), 0);
+    cr_assert_eq(te_stats(e).total_object_count, 3);
+    engine_destroy(e);
+}

@@ -123,10 +123,12 @@ struct CUctx_st {
 };
 
 struct CUmod_st {
+    void *fk_next; /* fk.objs: freed at unload */
     struct CUctx_st *ctx;
 };
 
 struct CUfunc_st {
+    void *fk_next; /* fk.objs */
     struct CUmod_st *mod;
     int gather;
 };
@@ -186,8 +188,7 @@ static struct {
     struct CUstream_st *streams;
     int n_events, n_mods;
     uint64_t pinned_bytes; /* registered by cuMemHostRegister, for FAKECUDA_PIN_LIMIT_MB */
-    void **keep;           /* modules and functions: the driver frees them with the context; here at unload */
-    size_t n_keep, cap_keep;
+    void *objs; /* modules and functions (their first field links them), freed at unload */
 } fk = {.mu = PTHREAD_MUTEX_INITIALIZER, .mem = PTHREAD_RWLOCK_INITIALIZER};
 
 static __thread struct CUctx_st *fk_cur;
@@ -263,21 +264,18 @@ static int fk_reg_add(const struct fk_region *r)
 
 static void fk_reg_del(size_t i) { fk.reg[i] = fk.reg[--fk.n_reg]; }
 
-/* Remembers p to free at unload (sanitizer builds check for leaks). */
-static void fk_keep(void *p)
+/* With FAKECUDA_TRACE set, one "fakecuda-trace:" line per IPC open/close
+ * with the references left open (tests see a mapping close mid-run, e.g.
+ * when lmcd reaps a worker). Under fk.mu. */
+static void fk_trace_ipc(const char *what)
 {
-    pthread_mutex_lock(&fk.mu);
-    if (fk.n_keep == fk.cap_keep) {
-        size_t cap = fk.cap_keep ? 2 * fk.cap_keep : 16;
-        void **n = realloc(fk.keep, cap * sizeof(*n));
-        if (n) {
-            fk.keep = n;
-            fk.cap_keep = cap;
-        }
-    }
-    if (fk.n_keep < fk.cap_keep)
-        fk.keep[fk.n_keep++] = p;
-    pthread_mutex_unlock(&fk.mu);
+    if (!getenv("FAKECUDA_TRACE"))
+        return;
+    size_t open = 0;
+    for (size_t i = 0; i < fk.n_reg; i++)
+        if (fk.reg[i].kind == R_IPC)
+            open += fk.reg[i].refs;
+    fprintf(stderr, "fakecuda-trace: %s: IPC mappings open: %zu\n", what, open);
 }
 
 /* ---------------------------------------------------------------- init, devices, contexts */
@@ -407,8 +405,9 @@ CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image)
     m->ctx = fk_cur;
     pthread_mutex_lock(&fk.mu);
     fk.n_mods++;
+    m->fk_next = fk.objs;
+    fk.objs = m;
     pthread_mutex_unlock(&fk.mu);
-    fk_keep(m);
     *module = m;
     return CUDA_SUCCESS;
 }
@@ -431,7 +430,10 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const cha
      * modules) at unload, counting nothing: lmcd never unloads its module. */
     f->mod = hmod;
     f->gather = gather;
-    fk_keep(f);
+    pthread_mutex_lock(&fk.mu);
+    f->fk_next = fk.objs;
+    fk.objs = f;
+    pthread_mutex_unlock(&fk.mu);
     *hfunc = f;
     return CUDA_SUCCESS;
 }
@@ -1147,6 +1149,7 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
             !memcmp(fk.reg[i].handle, handle.reserved, CU_IPC_HANDLE_SIZE)) {
             fk.reg[i].refs++; /* documented: same context, same pointer, one more reference */
             *pdptr = (CUdeviceptr)fk.reg[i].base;
+            fk_trace_ipc("cuIpcOpenMemHandle");
             pthread_mutex_unlock(&fk.mu);
             return CUDA_SUCCESS;
         }
@@ -1173,6 +1176,8 @@ CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle
     memcpy(reg.handle, handle.reserved, CU_IPC_HANDLE_SIZE);
     pthread_mutex_lock(&fk.mu);
     int rc = fk_reg_add(&reg);
+    if (!rc)
+        fk_trace_ipc("cuIpcOpenMemHandle");
     pthread_mutex_unlock(&fk.mu);
     if (rc) {
         munmap(p, size);
@@ -1229,6 +1234,8 @@ CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
             }
             break;
         }
+    if (found)
+        fk_trace_ipc("cuIpcCloseMemHandle");
     pthread_mutex_unlock(&fk.mu);
     if (unmap)
         munmap(unmap, len);
@@ -1493,19 +1500,26 @@ __attribute__((destructor)) static void fk_unload(void)
         legacy[i] = fk.ctx[i].legacy;
         fk.ctx[i].legacy = NULL;
     }
-    void **keep = fk.keep;
-    size_t n_keep = fk.n_keep;
-    struct fk_region *reg = fk.reg;
-    fk.keep = NULL;
-    fk.n_keep = fk.cap_keep = 0;
-    fk.reg = NULL;
-    fk.n_reg = fk.cap_reg = 0;
+    /* The driver frees modules with their context and its own tables with
+     * the process; the fake frees its share here, unless a stream is still
+     * running (lmcd abandoned a copy stuck on a client event at shutdown):
+     * its thread may still read them. */
+    void *objs = streams ? NULL : fk.objs;
+    struct fk_region *reg = streams || fk.n_reg ? NULL : fk.reg;
+    if (objs)
+        fk.objs = NULL;
+    if (reg) {
+        fk.reg = NULL;
+        fk.cap_reg = 0;
+    }
     pthread_mutex_unlock(&fk.mu);
     for (int i = 0; i < FK_MAX_DEV; i++)
         if (legacy[i])
             fk_stream_free(legacy[i]);
-    for (size_t i = 0; i < n_keep; i++)
-        free(keep[i]);
-    free(keep);
+    while (objs) {
+        void *next = *(void **)objs;
+        free(objs);
+        objs = next;
+    }
     free(reg);
 }
