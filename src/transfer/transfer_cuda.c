@@ -1422,6 +1422,12 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
             if (free_slot == CU_BOUNCE_MAX) {
                 if (n)
                     break; /* queue what we have; its completion frees slots */
+                if (g->stuck) { /* the slots are held behind a copy stuck on the worker's event */
+                    snprintf(why, why_len, "its bounce buffers are held behind a copy stuck on the worker's event "
+                                           "for over %d s", b->o.event_timeout_s);
+                    rc = -EBUSY;
+                    break;
+                }
                 pthread_cond_wait(&g->cv, &g->lock);
                 continue; /* and look again: pinning may have caught up meanwhile */
             }
