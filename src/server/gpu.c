@@ -405,8 +405,8 @@ static int gpu_copy(struct server *s, struct srv_req *r, bool store, const struc
         .done_arg = d,
     };
     rc = s->gpu_ops->copy(s->gpu, &c, r->gpu_event, queued, why, why_len);
-    if (rc == 0 && *queued)
-        d = NULL; /* the completion frees it */
+    if (*queued)
+        d = NULL; /* the completion frees it (even with rc: no valid event, the copy still runs) */
 out:
     free(d);
     free(ptrs);

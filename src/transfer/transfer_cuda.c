@@ -130,6 +130,12 @@ struct cu_pending {
     unsigned ev;          /* index in pool[] of the event recorded after the piece */
     uint64_t t_ns;        /* when it was queued (the watchdog's stuck test) */
     bool store;
+    /* A piece that failed part-way (run_piece): what it queued may still
+     * run, behind the worker's event, into its bounce slots or L1 objects.
+     * No event of its own: the completion thread waits for the stream,
+     * then frees its slots and fails the copy (its reservations are
+     * dropped, its read locks released, only then). */
+    bool fence;
     unsigned nb;                 /* bounce slots the piece holds */
     uint8_t slot[CU_BOUNCE_MAX]; /* store: copied to l1[i] once complete; all: freed then */
     void *l1[CU_BOUNCE_MAX];
@@ -752,9 +758,13 @@ static void *completion_main(void *arg)
         struct cu_pending p = g->q[g->q_head];
         CUevent ev = g->pool[p.ev];
         pthread_mutex_unlock(&g->lock);
-        CUresult r = ctx_ok ? b->cu.EventSynchronize(ev) : CUDA_ERROR_INVALID_CONTEXT;
+        CUresult r = !ctx_ok   ? CUDA_ERROR_INVALID_CONTEXT
+                     : p.fence ? b->cu.StreamSynchronize(g->stream)
+                               : b->cu.EventSynchronize(ev);
         if (r != CUDA_SUCCESS)
             log_warn("instance %lld: a copy failed on the GPU: %s", (long long)g->instance, cu_err(b, r));
+        if (p.fence)
+            r = CUDA_ERROR_UNKNOWN; /* its piece failed: the copy fails (logged when it failed) */
         /* A STORE's bounced objects reach L1 before the engine publishes
          * them (the bounce slots are this piece's until freed below). */
         if (r == CUDA_SUCCESS && p.store)
@@ -1350,6 +1360,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     struct cu_group *grp = NULL;
     int *slot = NULL;
     uint64_t *dev = NULL;
+    bool have_ev = false; /* a piece recorded the reply's event */
     /* Back-pressure: a worker with a full queue waits here, in its pool
      * thread, never in the ZeroMQ loop. */
     unsigned room = c->n_chunks ? TRANSFER_QUEUE_DEPTH : CU_QCAP - 1;
@@ -1448,13 +1459,25 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
                      b->o.event_timeout_s);
             rc = -EBUSY;
         }
+        bool ran = !rc;
         if (!rc)
             rc = run_piece(b, g, c, staging, k, n, slot, dev, event, &p.ev, why, why_len);
+        if (rc && ran) { /* part of it may be on the stream: queued as a fence, holding its slots */
+            p.fence = true;
+            p.nb = nbounce;
+            p.t_ns = now_ns();
+            g->q[(g->q_head + g->q_n) % CU_QCAP] = p;
+            g->q_n++;
+            grp->pending++;
+            pthread_cond_broadcast(&g->cv);
+            break;
+        }
         if (rc) {
             for (unsigned i = 0; i < nbounce; i++)
                 g->slot_busy &= ~(1u << p.slot[i]);
             break;
         }
+        have_ev = true;
         p.nb = nbounce;
         atomic_fetch_add(staging ? &b->obj_staged : &b->obj_direct, n - nbounce);
         atomic_fetch_add(&b->obj_bounced, nbounce);
@@ -1476,6 +1499,8 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         if (rc)
             log_warn("instance %lld: part of a copy could not be queued: %s", (long long)c->instance, why);
         rc = 0;
+        if (!have_ev) /* only a fence queued: the reply's event still follows everything */
+            rc = g->q_n < CU_QCAP - 1 ? record_event_only(b, g, event, why, why_len) : -EBUSY;
     } else if (rc && rc != -ENOENT && rc != -EBUSY) {
         while (g->q_n >= CU_QCAP - 1 && !g->stop && !g->stuck)
             pthread_cond_wait(&g->cv, &g->lock);
