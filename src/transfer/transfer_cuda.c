@@ -155,6 +155,12 @@ struct cu_reg {
     CUdeviceptr d_layers;  /* layer_base[] on the device */
     CUdeviceptr d_scratch; /* block ids and chunk addresses of one copy */
     size_t scratch_cap;
+    /* Outgrown scratch that queued copies may still read, freed with the
+     * registration: freeing device memory waits for the device in practice
+     * (here: on the worker's event, behind which the stream waits). Sizes
+     * at least double: a few at most, under twice the last one in all. */
+    CUdeviceptr scratch_old[48];
+    unsigned n_scratch_old;
     uint64_t obj_bytes;    /* one full chunk object: the size of a bounce/staging slot */
     unsigned n_slots;      /* slots per piece (bounce and staging alike) */
     void *bounce_h[CU_BOUNCE_MAX]; /* pinned, device-mapped; all or none allocated */
@@ -564,6 +570,8 @@ static void reg_destroy(struct transfer_backend *b, struct cu_reg *g)
         b->cu.MemFree(g->d_layers);
     if (g->d_scratch)
         b->cu.MemFree(g->d_scratch);
+    for (unsigned i = 0; i < g->n_scratch_old; i++)
+        b->cu.MemFree(g->scratch_old[i]);
     if (g->d_stage)
         b->cu.MemFree(g->d_stage);
     for (unsigned i = 0; i < CU_BOUNCE_MAX; i++)
@@ -1059,8 +1067,10 @@ static int scratch(struct transfer_backend *b, struct cu_reg *g, size_t need)
 {
     if (need <= g->scratch_cap)
         return 0;
+    if (g->d_scratch && g->n_scratch_old == sizeof(g->scratch_old) / sizeof(g->scratch_old[0]))
+        return -ENOMEM; /* not reached: sizes at least double */
     if (g->d_scratch)
-        b->cu.MemFree(g->d_scratch);
+        g->scratch_old[g->n_scratch_old++] = g->d_scratch;
     g->d_scratch = 0;
     g->scratch_cap = 0;
     size_t cap = need < 4096 ? 4096 : need * 2;

@@ -55,3 +55,41 @@ def test_a_copy_failing_after_its_kernel_was_queued_keeps_its_bounce_slot(lmcd_f
     ev.close()
     ev2.close()
 
+
+def test_a_larger_block_table_does_not_wait_for_queued_copies(lmcd_factory, clients):  # noqa: F811
+    """A copy whose block table outgrows the registration's device scratch
+    must not free the old one while an earlier copy (waiting on its worker's
+    event) may still read it: freeing device memory waits for the device in
+    practice (the emulated driver drains the context's streams), so the
+    STORE's reply would wait on the GPU, and on a stuck event forever."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_PIN_FAIL": "1"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=1, nb=600, bs=4)
+    register(c, 82, cache)
+    bpc = CHUNK // cache.bs
+    ev = Event()
+    ev.record()  # the first STORE waits for it on the stream
+    small = list(range(1, 1 + bpc))
+    h1, ok1 = c.call("store", key_of(list(range(7, 7 + CHUNK)), 0, CHUNK, "s1"), 82, [small], ev.handle,
+                     timeout=10.0)
+    assert ok1 is True and not event_done(h1)
+    # 8 chunks (under the 16 bounce slots, one held by the first STORE):
+    # 8 x (64 block ids + 1 address) x 8 bytes > the first scratch's 4096
+    n = 8
+    big = list(range(1 + bpc, 1 + bpc + n * bpc))
+    toks = list(range(40000, 40000 + n * CHUNK))
+    ev2 = Event()
+    t0 = time.monotonic()
+    h2, ok2 = c.call("store", key_of(toks, 0, n * CHUNK, "s2"), 82, [big], ev2.handle, timeout=10.0)
+    took = time.monotonic() - t0
+    ev.complete()
+    assert ok2 is True
+    assert took < 10.0, f"the STORE's reply waited {took:.1f} s for an earlier copy's event"
+    wait_reply_event(s, h1)
+    wait_reply_event(s, h2)
+    assert lookup(sched, toks, n * CHUNK, "s2l", want=n) == n
+    assert fake_errors(s) == [ln for ln in fake_errors(s) if "PIN_FAIL" in ln], s.log()
+    ev.close()
+    ev2.close()
