@@ -93,3 +93,38 @@ def test_a_larger_block_table_does_not_wait_for_queued_copies(lmcd_factory, clie
     assert fake_errors(s) == [ln for ln in fake_errors(s) if "PIN_FAIL" in ln], s.log()
     ev.close()
     ev2.close()
+
+
+@pytest.mark.xfail(strict=True, reason="open: reg_destroy's cuMemFree waits for the device, so for another "
+                   "registration's stuck stream (needs stream-ordered cuMemAllocAsync/cuMemFreeAsync)")
+def test_unregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, clients):  # noqa: F811
+    """Two workers on one GPU (TP ranks, two engines): UNREGISTER of one with
+    nothing queued answers at once while the other's copy waits on an event
+    that never completes. Freeing device memory (cuMemFree, cuMemFreeHost)
+    waits for the device in practice, which the emulated driver models by
+    draining the context's streams: closing one registration must not free
+    device memory while another's stream waits."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    a, b = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    ca, cb = Cache("fa_nhd", "bf16", layers=1), Cache("fa_nhd", "bf16", layers=1, seed=2)
+    register(a, 93, ca)
+    register(b, 94, cb)
+    bpc = CHUNK // ca.bs
+    assert store(s, a, 93, key_of(list(range(5, 5 + CHUNK)), 0, CHUNK, "a93"), list(range(1, 1 + bpc)))
+    ev = Event()
+    ev.record()  # never completed while the UNREGISTER runs
+    h, ok = b.call("store", key_of(list(range(9, 9 + CHUNK)), 0, CHUNK, "b94"), 94, [list(range(1, 1 + bpc))],
+                   ev.handle, timeout=10.0)
+    assert ok is True and not event_done(h)
+    t0 = time.monotonic()
+    un = a.submit("unregister_kv_cache", 93)
+    try:
+        assert a.wait(un, 10.0) is None
+    finally:
+        took = time.monotonic() - t0
+        ev.complete()
+    assert took < 5.0, f"UNREGISTER waited {took:.1f} s for another worker's copy"
+    wait_reply_event(s, h)
+    ev.close()
