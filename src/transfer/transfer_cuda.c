@@ -549,6 +549,10 @@ static void reg_destroy(struct transfer_backend *b, struct cu_reg *g)
 {
     if (g->in_all) { /* out of the watchdog's list first; close() waits for `dying` */
         pthread_mutex_lock(&b->all_mu);
+        if (b->closing) { /* close() abandoned it: freeing could wait on another's stuck stream */
+            pthread_mutex_unlock(&b->all_mu);
+            return;
+        }
         if (g->all_prev)
             g->all_prev->all_next = g->all_next;
         else
@@ -1543,6 +1547,17 @@ static void cu_stats(struct transfer_backend *b, struct transfer_stats *o)
     o->obj_staged = atomic_load(&b->obj_staged);
     o->obj_bounced = atomic_load(&b->obj_bounced);
 }
+/* At a stop with copies left: g stays in b->all (counted abandoned) and is
+ * never freed; its completion thread, with copies queued, goes on waiting
+ * (detached: it stops at the first callback, close() having passed). */
+static void cu_abandon(struct cu_reg *g)
+{
+    pthread_mutex_lock(&g->lock);
+    if (g->q_n)
+        g->detached = true;
+    pthread_mutex_unlock(&g->lock);
+}
+
 /* Shutdown grace for queued copies: short, as a stop must be bounded. */
 #define CU_CLOSE_GRACE_NS 2000000000ull
 
@@ -1552,22 +1567,58 @@ static void cu_close(struct transfer_backend *b)
         return;
     uint64_t grace = (uint64_t)(b->o.event_timeout_s > 0 ? b->o.event_timeout_s : 60) * 1000000000ull;
     uint64_t deadline = now_ns() + (grace < CU_CLOSE_GRACE_NS ? grace : CU_CLOSE_GRACE_NS);
-    for (;;) {
-        pthread_mutex_lock(&b->lock);
-        struct cu_reg *g = b->n_regs ? reg_take(b, b->regs[0]->instance) : NULL;
-        pthread_mutex_unlock(&b->lock);
-        if (!g)
-            break;
-        reg_retire(b, g, deadline);
+    /* Every registration out of the table; each copy gets the grace. */
+    pthread_mutex_lock(&b->lock);
+    struct cu_reg **gs = b->regs;
+    size_t n = b->n_regs;
+    b->regs = NULL;
+    b->n_regs = b->cap_regs = 0;
+    pthread_mutex_unlock(&b->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct cu_reg *g = gs[i];
+        pthread_mutex_lock(&g->lock);
+        g->stop = true;
+        pthread_cond_broadcast(&g->cv);
+        while (g->users)
+            pthread_cond_wait(&g->cv, &g->lock);
+        for (uint64_t now = now_ns(); g->q_n && !g->stuck && now < deadline; now = now_ns()) {
+            struct timespec ts;
+            deadline_ts(deadline - now > 1000000000ull ? now + 1000000000ull : deadline, &ts);
+            pthread_cond_timedwait(&g->cv, &g->lock, &ts);
+        }
+        pthread_mutex_unlock(&g->lock);
     }
     /* Detached registrations get the rest of the grace, then no callback
      * runs any more (the engine goes next). */
     pthread_mutex_lock(&b->all_mu);
-    for (uint64_t now = now_ns(); b->all && now < deadline; now = now_ns()) {
+    size_t in_all = 0;
+    for (uint64_t now = now_ns();; now = now_ns()) {
+        in_all = 0;
+        for (struct cu_reg *g = b->all; g; g = g->all_next)
+            in_all++;
+        if (in_all <= n || now >= deadline)
+            break;
         struct timespec ts;
         deadline_ts(deadline, &ts);
         pthread_cond_timedwait(&b->all_cv, &b->all_mu, &ts);
     }
+    pthread_mutex_unlock(&b->all_mu);
+    bool busy = in_all > n; /* detached ones still waiting */
+    for (size_t i = 0; i < n && !busy; i++) {
+        pthread_mutex_lock(&gs[i]->lock);
+        busy = gs[i]->q_n > 0;
+        pthread_mutex_unlock(&gs[i]->lock);
+    }
+    /* Freeing device memory waits for the device in practice: with a copy
+     * still waiting on a worker's event, no registration is freed (all are
+     * abandoned below), or the stop would wait for that event. */
+    for (size_t i = 0; i < n; i++)
+        if (!busy)
+            reg_retire(b, gs[i], 0); /* queue empty: freed */
+        else
+            cu_abandon(gs[i]);
+    free(gs);
+    pthread_mutex_lock(&b->all_mu);
     b->closing = true;
     b->wd_stop = true;
     pthread_cond_broadcast(&b->all_cv);
@@ -1584,8 +1635,8 @@ static void cu_close(struct transfer_backend *b)
         /* A GPU stream wait cannot be cancelled: their DMA may still land
          * in their mappings and in pinned L1, so neither is released, and
          * the backend and the driver stay (the process is exiting). */
-        log_warn("GPU path: %zu registrations still have copies waiting on their workers' events; lmcd stops "
-                 "without waiting for them (their L1 memory is never reused: the process exits)", abandoned);
+        log_warn("GPU path: %zu registrations are left open, as copies still wait on their workers' events; lmcd "
+                 "stops without waiting for them (their L1 memory is never reused: the process exits)", abandoned);
         return;
     }
     pthread_mutex_lock(&b->lock);

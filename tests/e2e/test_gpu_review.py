@@ -128,3 +128,32 @@ def test_unregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, c
     assert took < 5.0, f"UNREGISTER waited {took:.1f} s for another worker's copy"
     wait_reply_event(s, h)
     ev.close()
+
+
+def test_shutdown_with_another_workers_stuck_copy_is_bounded(lmcd_factory, clients):  # noqa: F811
+    """A stop with two workers on one GPU, one of them with a copy stuck on
+    its event: closing the idle one must not free device memory while the
+    stuck stream waits (the free waits for the device), or the stop hangs.
+    Leak checking off for this server, as in test_gpu_lifecycle's stuck
+    shutdown (the abandoned copy's threads stay blocked)."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "ASAN_OPTIONS": "detect_leaks=0"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    a, b = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    ca, cb = Cache("fa_nhd", "bf16", layers=1), Cache("fa_nhd", "bf16", layers=1, seed=2)
+    register(a, 95, ca)  # first in the backend's table: closed first
+    register(b, 96, cb)
+    bpc = CHUNK // ca.bs
+    ev = Event()
+    ev.record()  # never completed
+    _, ok = b.call("store", key_of(list(range(9, 9 + CHUNK)), 0, CHUNK, "b96"), 96, [list(range(1, 1 + bpc))],
+                   ev.handle, timeout=10.0)
+    assert ok is True
+    t0 = time.monotonic()
+    try:
+        assert s.stop(timeout=20.0) == 0
+    finally:
+        ev.complete()
+        ev.close()
+    assert time.monotonic() - t0 < 15.0
+    assert "lmcd stops without waiting for them" in s.log(), s.log()
