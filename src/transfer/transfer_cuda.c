@@ -1375,6 +1375,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     int *slot = NULL;
     uint64_t *dev = NULL;
     bool have_ev = false; /* a piece recorded the reply's event */
+    bool ev_bad = false;  /* the client's event could not be waited on */
     /* Back-pressure: a worker with a full queue waits here, in its pool
      * thread, never in the ZeroMQ loop. */
     unsigned room = c->n_chunks ? TRANSFER_QUEUE_DEPTH : CU_QCAP - 1;
@@ -1402,8 +1403,15 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         CUevent cev;
         memcpy(h.reserved, c->client_event, CU_IPC_HANDLE_SIZE);
         if ((r = b->cu.IpcOpenEventHandle(&cev, h)) == CUDA_SUCCESS) {
-            b->cu.StreamWaitEvent(g->stream, cev, 0);
+            r = b->cu.StreamWaitEvent(g->stream, cev, 0);
             b->cu.EventDestroy(cev); /* the wait is queued; the handle may go */
+        }
+        /* Without the wait a STORE would read blocks the worker is still
+         * writing (and publish them), a RETRIEVE write blocks still in use:
+         * nothing is copied, the reply says false. */
+        if (r != CUDA_SUCCESS) {
+            snprintf(why, why_len, "the worker's event cannot be waited on (%s): nothing copied", cu_err(b, r));
+            ev_bad = true;
         }
     } else if (c->client_event_len) {
         snprintf(why, why_len, "a %u-byte event handle (isolated IPC) is not served; run the client with "
@@ -1413,7 +1421,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     }
     bool staging = b->o.copy_path == TRANSFER_PATH_STAGING;
     uint64_t obj = c->n_chunks ? tl_chunk_bytes(&g->lay, g->nlayers, c->chunk_tokens) : 0;
-    int crc = c->n_chunks ? check_blocks(b, g, c, why, why_len) : -ENODATA;
+    int crc = ev_bad ? -EIO : c->n_chunks ? check_blocks(b, g, c, why, why_len) : -ENODATA;
     if (!crc && (crc = slots_ready(b, g, staging, obj, why, why_len)) == 0 &&
         (!(dev = malloc(c->n_chunks * sizeof(*dev))) || !(slot = malloc(c->n_chunks * sizeof(*slot))) ||
          !(grp = calloc(1, sizeof(*grp)))))

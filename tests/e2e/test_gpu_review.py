@@ -1,5 +1,6 @@
 """The GPU path's failure edges (adversarial review), against the emulated
 driver (tests/gpu/fakecuda); unrun on a GPU."""
+import struct
 import time
 
 import pytest
@@ -157,3 +158,23 @@ def test_shutdown_with_another_workers_stuck_copy_is_bounded(lmcd_factory, clien
         ev.close()
     assert time.monotonic() - t0 < 15.0
     assert "lmcd stops without waiting for them" in s.log(), s.log()
+
+
+def test_a_client_event_that_cannot_be_opened_copies_nothing(lmcd_factory, clients):  # noqa: F811
+    """A STORE whose event handle cannot be opened (a dead worker's, a
+    forged one) must not copy without waiting: the blocks may still be
+    being written, and publishing them would serve wrong bytes."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    c, sched = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=1)
+    register(c, 97, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(300, 300 + CHUNK))
+    bogus = b"fkcudaE\0" + struct.pack("<II", 0x7ffffff0, 9999) + bytes(48)
+    h, ok = c.call("store", key_of(toks, 0, CHUNK, "bog"), 97, [list(range(1, 1 + bpc))], bogus, timeout=10.0)
+    wait_reply_event(s, h)
+    assert ok is False
+    time.sleep(0.2)
+    assert lookup(sched, toks, CHUNK, "bogl") == 0, "stored without waiting for the worker's event"
