@@ -1561,9 +1561,14 @@ static void cu_stats(struct transfer_backend *b, struct transfer_stats *o)
 static void cu_abandon(struct cu_reg *g)
 {
     pthread_mutex_lock(&g->lock);
-    if (g->q_n)
+    bool idle = !g->q_n;
+    if (!idle)
         g->detached = true;
     pthread_mutex_unlock(&g->lock);
+    if (idle && g->thr_started) { /* stopped with nothing queued: it ends now */
+        pthread_join(g->thr, NULL);
+        g->thr_started = false;
+    }
 }
 
 /* Shutdown grace for queued copies: short, as a stop must be bounded. */
