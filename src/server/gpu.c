@@ -513,6 +513,7 @@ int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_ke
         if (prc || !h)
             engine_slots_free(&sl);
         int64_t skip = r->req.skip_first_n_tokens > 0 ? r->req.skip_first_n_tokens / bs : 0;
+        why[0] = '\0';
         rc = gpu_copy(s, r, false, k, &sl, h, ids, nb, skip, &queued, why, why_len);
         if (h && !queued) /* nothing will complete: release the locks now */
             engine_hold_end(s->engine, h, k, true);
@@ -521,7 +522,7 @@ int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_ke
         engine_slots_free(&sl);
         if (rc)
             return rc;
-        ok = prc == 0 && queued;
+        ok = prc == 0 && queued && !why[0]; /* queued in part (why says so): blocks left unwritten */
         evented = true;
     }
     if (!evented) { /* nothing to copy: the reply still carries an event, after the client's */

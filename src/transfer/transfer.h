@@ -142,7 +142,9 @@ struct transfer_ops {
      * Not queued (a block id outside the cache, a null block in a stored chunk,
      * n_chunks 0): done never runs and nothing may be published. -ENOENT:
      * instance not registered; other errors: no valid event (with *copied
-     * still set when part of a copy was queued: done runs then too). */
+     * still set when part of a copy was queued: done runs then too).
+     * *copied with `why` set (and 0): only part of it was queued, the
+     * rest never moves (done reports a failure). */
     int (*copy)(struct transfer_backend *b, const struct transfer_copy *c, uint8_t event[TRANSFER_EVENT_BYTES],
                 bool *copied, char *why, size_t why_len);
     /* Counters and pinning progress; any thread, takes no lock. */

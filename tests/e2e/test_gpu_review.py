@@ -178,3 +178,35 @@ def test_a_client_event_that_cannot_be_opened_copies_nothing(lmcd_factory, clien
     assert ok is False
     time.sleep(0.2)
     assert lookup(sched, toks, CHUNK, "bogl") == 0, "stored without waiting for the worker's event"
+
+
+def test_a_retrieve_queued_only_in_part_answers_false(lmcd_factory, clients):  # noqa: F811
+    """A RETRIEVE whose first piece is queued but whose next cannot be (its
+    bounce slots are held behind a copy stuck on the worker's event) must
+    not answer true: the worker would use blocks lmcd never wrote."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_PIN_FAIL": "1",
+           "ASAN_OPTIONS": "detect_leaks=0"}
+    s = lmcd_factory(["--l1-size-gb", "0.1", "--gpu-event-timeout-seconds", "1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    c, sched = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=1, nb=330)  # 256 KiB objects: 16 bounce slots
+    register(c, 98, cache)
+    bpc = CHUNK // cache.bs
+    toks = list(range(600, 600 + 2 * CHUNK))
+    assert store(s, c, 98, key_of(toks, 0, 2 * CHUNK, "r2"), list(range(1, 1 + 2 * bpc)))
+    assert lookup(sched, toks, 2 * CHUNK, "r2l", want=2) == 2
+    ev = Event()
+    ev.record()  # never completed: its STORE holds 15 of the 16 slots
+    held = list(range(1 + 2 * bpc, 1 + 17 * bpc))
+    toks15 = list(range(90000, 90000 + 15 * CHUNK))
+    _, ok = c.call("store", key_of(toks15, 0, 15 * CHUNK, "h15"), 98, [held], ev.handle, timeout=10.0)
+    assert ok is True
+    wait_for(lambda: "has waited over 1 s on the worker's event" in s.log(), 15.0, what="the stuck warning")
+    dst = list(range(cache.nb - 2 * bpc, cache.nb))
+    _, ok = c.call("retrieve", key_of(toks, 0, 2 * CHUNK, "r2l"), 98, [dst], Event().handle, 0, timeout=10.0)
+    assert ok is False, "a RETRIEVE with a chunk never queued answered true"
+    try:
+        assert s.stop(timeout=20.0) == 0
+    finally:
+        ev.complete()
+        ev.close()
