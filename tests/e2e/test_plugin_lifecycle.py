@@ -162,8 +162,13 @@ def test_kill_9_of_lmcd_stops_the_example_heartbeat_and_its_sleep(lmcd_factory, 
     srv = lmcd_factory(["--runtime-plugin-locations", example], env=ENV)
     srv.wait_log("[mp_heartbeat] heartbeat #0")
     # its `sleep 30` runs in the background of the plugin
-    wait_for(lambda: any(open(f"/proc/{p}/comm").read().strip() == "sleep"
-                         for p in descendants(srv.proc.pid) if proc_start(p)), 10, what="the heartbeat's sleep")
+    def comm(p):
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                return f.read().strip()
+        except OSError:  # gone meanwhile
+            return None
+    wait_for(lambda: any(comm(p) == "sleep" for p in descendants(srv.proc.pid)), 10, what="the heartbeat's sleep")
     procs = snapshot(descendants(srv.proc.pid))
     srv.proc.kill()
     srv.proc.wait(5)

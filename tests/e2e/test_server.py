@@ -271,8 +271,11 @@ def test_server_second_signal_exits_at_once(lmcd_factory, tmp_path):
             os.kill(plugin_pid, 0)
         except ProcessLookupError:
             return True
-        with open(f"/proc/{plugin_pid}/stat") as f:  # a zombie until its reaper runs counts as gone
-            return f.read().split(") ")[1].startswith("Z")
+        try:
+            with open(f"/proc/{plugin_pid}/stat") as f:  # a zombie until its reaper runs counts as gone
+                return f.read().split(") ")[1].startswith("Z")
+        except (FileNotFoundError, ProcessLookupError):  # reaped between the kill and the read
+            return True
     wait_for(plugin_gone, timeout=10, what="plugin killed by the parent-death signal")
 
 
