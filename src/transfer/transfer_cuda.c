@@ -216,7 +216,7 @@ struct transfer_backend {
     pthread_mutex_t all_mu; /* order: b->lock, all_mu, g->lock */
     pthread_cond_t all_cv; /* cb_active dropped, watchdog stop */
     struct cu_reg *all;
-    unsigned cb_active; /* done callbacks running */
+    unsigned cb_active; /* done callbacks and STORE bounce copies into L1 running */
     unsigned dying;     /* registrations out of `all` still being freed */
     bool closing;       /* close() passed its grace: no more done callbacks */
     bool wd_stop, wd_started;
@@ -779,9 +779,26 @@ static void *completion_main(void *arg)
             r = CUDA_ERROR_UNKNOWN; /* its piece failed: the copy fails (logged when it failed) */
         /* A STORE's bounced objects reach L1 before the engine publishes
          * them (the bounce slots are this piece's until freed below). */
-        if (r == CUDA_SUCCESS && p.store)
-            for (unsigned i = 0; i < p.nb; i++)
-                memcpy(p.l1[i], g->bounce_h[p.slot[i]], g->obj_bytes);
+        if (r == CUDA_SUCCESS && p.store && p.nb) {
+            /* L1 may be unmapped once close() passed its grace: the copy
+             * into it counts as a callback (close() waits for cb_active
+             * after setting closing, so none runs past it). */
+            pthread_mutex_lock(&b->all_mu);
+            bool go = !b->closing;
+            if (go)
+                b->cb_active++;
+            pthread_mutex_unlock(&b->all_mu);
+            if (go) {
+                for (unsigned i = 0; i < p.nb; i++)
+                    memcpy(p.l1[i], g->bounce_h[p.slot[i]], g->obj_bytes);
+                pthread_mutex_lock(&b->all_mu);
+                b->cb_active--;
+                pthread_cond_broadcast(&b->all_cv);
+                pthread_mutex_unlock(&b->all_mu);
+            } else {
+                r = CUDA_ERROR_UNKNOWN; /* abandoned: nothing reached L1 */
+            }
+        }
         pthread_mutex_lock(&g->lock);
         for (unsigned i = 0; i < p.nb; i++)
             g->slot_busy &= ~(1u << p.slot[i]);
