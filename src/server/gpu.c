@@ -455,16 +455,8 @@ int srv_gpu_transfer(struct server *s, struct srv_req *r, const struct engine_ke
         log_rl(&groups_rl, LOG_WARNING, "%s from instance %lld carries block ids for %zu KV groups (a hybrid model): "
                "not served (answered false: nothing stored / a miss); lmcd serves single-group models only",
                r->req.op_name, (long long)iid, groups);
-        memset(&sl, 0, sizeof(sl));
-        if ((rc = gpu_copy(s, r, store, k, &sl, NULL, ids, nb, 0, &queued, why, why_len)))
-            return rc;
-        r->resp.kind = WIRE_RESP_EVENT_BOOL;
-        r->resp.event.ptr = r->gpu_event;
-        r->resp.event.len = TRANSFER_EVENT_BYTES;
-        r->resp.b = false;
-        return 0;
-    }
-    if (store) {
+        ok = false; /* the event-only reply below */
+    } else if (store) {
         /* Chunks with a null block are skipped (their bytes do not exist),
          * the others stored: one reservation and copy per run of chunks
          * without one, each committed by its completion. The reply event is

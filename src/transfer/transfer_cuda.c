@@ -597,6 +597,21 @@ static void reg_destroy(struct transfer_backend *b, struct cu_reg *g)
     }
 }
 
+/* g->lock held: no new copies, no submitter inside, and the queued copies
+ * given until deadline to drain (less if one is stuck on its event). */
+static void reg_stop_locked(struct cu_reg *g, uint64_t deadline)
+{
+    g->stop = true;
+    pthread_cond_broadcast(&g->cv);
+    while (g->users)
+        pthread_cond_wait(&g->cv, &g->lock);
+    for (uint64_t now = now_ns(); g->q_n && !g->stuck && now < deadline; now = now_ns()) {
+        struct timespec ts;
+        deadline_ts(deadline - now > 1000000000ull ? now + 1000000000ull : deadline, &ts);
+        pthread_cond_timedwait(&g->cv, &g->lock, &ts);
+    }
+}
+
 /*
  * g has left the table (or never entered it). copy() calls that found it
  * earlier leave (one waiting for queue room sees stop); then its queued
@@ -611,15 +626,7 @@ static void reg_retire(struct transfer_backend *b, struct cu_reg *g, uint64_t de
     if (!g)
         return;
     pthread_mutex_lock(&g->lock);
-    g->stop = true;
-    pthread_cond_broadcast(&g->cv);
-    while (g->users)
-        pthread_cond_wait(&g->cv, &g->lock);
-    for (uint64_t now = now_ns(); g->q_n && !g->stuck && now < deadline; now = now_ns()) {
-        struct timespec ts;
-        deadline_ts(deadline - now > 1000000000ull ? now + 1000000000ull : deadline, &ts);
-        pthread_cond_timedwait(&g->cv, &g->lock, &ts);
-    }
+    reg_stop_locked(g, deadline);
     if (g->q_n) {
         unsigned left = g->q_n;
         g->detached = true;
@@ -1607,15 +1614,7 @@ static void cu_close(struct transfer_backend *b)
     for (size_t i = 0; i < n; i++) {
         struct cu_reg *g = gs[i];
         pthread_mutex_lock(&g->lock);
-        g->stop = true;
-        pthread_cond_broadcast(&g->cv);
-        while (g->users)
-            pthread_cond_wait(&g->cv, &g->lock);
-        for (uint64_t now = now_ns(); g->q_n && !g->stuck && now < deadline; now = now_ns()) {
-            struct timespec ts;
-            deadline_ts(deadline - now > 1000000000ull ? now + 1000000000ull : deadline, &ts);
-            pthread_cond_timedwait(&g->cv, &g->lock, &ts);
-        }
+        reg_stop_locked(g, deadline);
         pthread_mutex_unlock(&g->lock);
     }
     /* Detached registrations get the rest of the grace, then no callback
