@@ -31,8 +31,8 @@ struct lru {
     bool enabled;       /* has a capacity */
     pthread_mutex_t mu;
     struct htab idx;    /* guarded by mu */
-    struct lnode head;  /* sentinel, guarded by mu */
     uint64_t evicted, rounds_triggered; /* guarded by mu */
+    struct lnode head;  /* sentinel, guarded by mu; last: its key[] is never used */
 };
 
 struct l2_evict {

@@ -11,7 +11,7 @@
 
 #include "wire/wire.h"
 
-/* Reads up to `want` frames from *pd/*pn into f, advancing past them. */
+/* Reads up to `want` frames from *pd and *pn into f, advancing past them. */
 static inline size_t fuzz_read_frames(const uint8_t **pd, size_t *pn, size_t want, struct wire_frame *f)
 {
     const uint8_t *d = *pd;
