@@ -68,8 +68,14 @@
  * Not faithful (said so where it matters): no timing, no real pinning, no
  * peer-access rules, no check that the image holds the kernels, streams are
  * drained at cuStreamDestroy (the driver returns at once and releases later),
- * cuMemFree drains the context's streams first (the driver's free is
- * implicitly synchronising in practice, not by contract).
+ * cuMemFree, cuMemFreeHost and cuIpcCloseMemHandle drain every stream of
+ * the context first, another registration's stream waiting on a client
+ * event included (the driver's frees synchronise the device in practice,
+ * and an unmap is taken to do the same, the safe assumption for a caller);
+ * allocating (cuMemAlloc, cuMemHostAlloc), opening IPC handles, creating
+ * streams and events and recording never wait for the device, as the
+ * driver documents no synchronisation for them and a caller must not need
+ * it (lmcd allocates while another worker's copy may be stuck).
  *
  * Every failure it returns is printed as one line "fakecuda: <call>:
  * <error>: <why>" on stderr, and at unload it prints "fakecuda: leak: ..."
@@ -1226,6 +1232,8 @@ CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
     CUresult r = fk_ctx_check("cuIpcCloseMemHandle");
     if (r)
         return r;
+    /* Unmapping waits for the device, as the frees do (see the header). */
+    fk_drain_ctx(fk_cur);
     pthread_rwlock_wrlock(&fk.mem); /* no stream work touches it meanwhile */
     pthread_mutex_lock(&fk.mu);
     void *unmap = NULL;
