@@ -826,7 +826,11 @@ static void *watchdog_main(void *arg)
         pthread_cond_timedwait(&b->all_cv, &b->all_mu, &ts);
         uint64_t now = now_ns();
         for (struct cu_reg *g = b->all; g && !b->wd_stop; g = g->all_next) {
-            pthread_mutex_lock(&g->lock);
+            /* Never waits for g->lock under all_mu: a copy() holds it across
+             * driver calls (queueing a piece), and everyone's completions,
+             * retirements and the stop take all_mu. Busy: next tick. */
+            if (pthread_mutex_trylock(&g->lock))
+                continue;
             bool report = false;
             unsigned left = g->q_n;
             uint64_t t = g->q_n ? g->q[g->q_head].t_ns : now; /* queued after `now` was read: not old */
@@ -860,7 +864,9 @@ static void *completion_main(void *arg)
     bool ctx_ok = b->cu.CtxSetCurrent(g->ctx) == CUDA_SUCCESS;
     pthread_mutex_lock(&g->lock);
     for (;;) {
-        while (!g->q_n && !g->stop)
+        /* Stopped, it ends only once no copy() is inside either (one may
+         * still queue what it had begun; it broadcasts when it leaves). */
+        while (!g->q_n && (!g->stop || g->users))
             pthread_cond_wait(&g->cv, &g->lock);
         if (!g->q_n)
             break;
