@@ -1178,7 +1178,7 @@ static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t ev
                         unsigned *idx, char *why, size_t why_len)
 {
     CUresult r;
-    if (g->n_pool < CU_EVENT_POOL) {
+    if (g->next_pool == g->n_pool) { /* the slot's first use (the pool grows to CU_EVENT_POOL) */
         r = b->cu.EventCreate(&g->pool[g->n_pool], CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING);
         if (r != CUDA_SUCCESS) {
             snprintf(why, why_len, "cuEventCreate: %s", cu_err(b, r));

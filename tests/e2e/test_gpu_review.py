@@ -328,3 +328,41 @@ def test_a_retrieve_queued_only_in_part_answers_false(lmcd_factory, clients):  #
     finally:
         ev.complete()
         ev.close()
+
+
+def test_a_failed_event_record_does_not_use_up_a_pool_event(lmcd_factory, clients):  # noqa: F811
+    """A reply's event comes from the registration's pool of 64, reused
+    round-robin, which relies on an event being recorded again only 64
+    records later, when its earlier reply is long done. A record that fails
+    (here: its handle cannot be had; the request goes unanswered) must not
+    use up a slot: after 63 failures the next reply would otherwise carry
+    the very event of a reply still pending, and the worker waiting on that
+    earlier one would wait for the later record instead."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_FAIL_EVENT_HANDLE": "2-64"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    c = clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=1)
+    register(c, 181, cache)
+    bpc = CHUNK // cache.bs
+    toks, dst = list(range(800, 800 + CHUNK)), list(range(1, 1 + bpc))
+    ev, done = Event(), Event()
+    ev.record()  # the first reply's record waits behind it
+    try:
+        h1, ok1 = c.call("retrieve", key_of(toks, 0, CHUNK, "p0"), 181, [dst], ev.handle, 0, timeout=10.0)
+        assert ok1 is False and not event_done(h1)  # a miss: an event-only reply, pending
+        for i in range(1, 64):  # calls 2 to 64 of cuIpcGetEventHandle fail: no reply
+            c.submit("retrieve", key_of(toks, 0, CHUNK, f"p{i}"), 181, [dst], done.handle, 0)
+        failed = "cuIpcGetEventHandle: CUDA error: FAKECUDA_FAIL_EVENT_HANDLE"
+        wait_for(lambda: sum(failed in ln for ln in fake_errors(s)) == 63, 30.0, what="63 failed records")
+        h65, ok65 = c.call("retrieve", key_of(toks, 0, CHUNK, "p64"), 181, [dst], done.handle, 0, timeout=10.0)
+        assert ok65 is False
+        assert h65 != h1, "a reply carries the event of an earlier reply still pending"
+    finally:
+        ev.complete()
+    wait_reply_event(s, h1)
+    wait_reply_event(s, h65)
+    assert s.stop() == 0
+    assert "fakecuda: leak" not in s.log(), s.log()
+    ev.close()
+    done.close()

@@ -47,7 +47,8 @@
  *   (every registration fails with CUDA_ERROR_OUT_OF_MEMORY, as under a
  *   low memlock limit) and FAKECUDA_PIN_LIMIT_MB (registrations past that
  *   many MiB in all fail so). FAKECUDA_FAIL_EVENT_HANDLE=N fails the Nth
- *   cuIpcGetEventHandle (the event is recorded, its handle not given).
+ *   cuIpcGetEventHandle (=N-M: the Nth to the Mth; the event is recorded,
+ *   its handle not given).
  * - FAKECUDA_NO_UVA=1: registered and allocated host memory is seen by
  *   kernels at another address (a second mapping of the same pages, one
  *   per registration), as without unified addressing: only the address
@@ -877,11 +878,16 @@ CUresult CUDAAPI cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event)
     if (!(event->flags & CU_EVENT_INTERPROCESS) || event->imported)
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuIpcGetEventHandle", "event not created with "
                                                                        "CU_EVENT_INTERPROCESS");
-    /* FAKECUDA_FAIL_EVENT_HANDLE=N: the Nth call fails (a driver error
-     * after the event was recorded on a stream, behind queued work). */
+    /* FAKECUDA_FAIL_EVENT_HANDLE=N (or N-M): the Nth call (the Nth to the
+     * Mth) fails (a driver error after the event was recorded on a
+     * stream, behind queued work). */
     static atomic_uint n_calls;
     const char *e = getenv("FAKECUDA_FAIL_EVENT_HANDLE");
-    if (atomic_fetch_add(&n_calls, 1) + 1 == (unsigned)(e ? atoi(e) : 0))
+    unsigned call = atomic_fetch_add(&n_calls, 1) + 1, lo = e ? (unsigned)atoi(e) : 0, hi = lo;
+    const char *dash = e ? strchr(e, '-') : NULL;
+    if (dash)
+        hi = (unsigned)atoi(dash + 1);
+    if (lo && call >= lo && call <= hi)
         return fk_fail(CUDA_ERROR_UNKNOWN, "cuIpcGetEventHandle", "FAKECUDA_FAIL_EVENT_HANDLE=%s", e);
     memset(pHandle->reserved, 0, sizeof(pHandle->reserved));
     uint32_t pid = (uint32_t)getpid(), fd = (uint32_t)event->map->fd;
