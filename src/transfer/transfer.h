@@ -121,7 +121,10 @@ struct transfer_ops {
      * registration on, as far as it is committed (o->host_backed). */
     int (*open)(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
                 char *why, size_t why_len);
-    /* Replaces any earlier registration of the instance. */
+    /* Replaces any earlier registration of the instance, which is closed
+     * as unregister with `wait` closes it (its driver resources are freed
+     * later, by the backend, so a handle it still maps may be reopened
+     * here: the driver counts a reference). */
     int (*register_kv)(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
                        struct transfer_geom *geom, char *why, size_t why_len);
     /* Takes the instance's registration out at once (later copies get
