@@ -112,6 +112,13 @@ _Static_assert(CU_EVENT_POOL >= 2 * TRANSFER_QUEUE_DEPTH, "event pool smaller th
  * into pieces; a piece waits for a slot when all are in use. */
 #define CU_BOUNCE_BYTES (64ull << 20)
 #define CU_BOUNCE_MAX 16
+/* A piece's block table (its block ids and chunk addresses) goes to the
+ * device from pinned memory, one buffer per queue slot (the piece's own
+ * until its entry leaves the queue, by when its upload ran): an async copy
+ * from pageable memory may synchronise with the stream first, which waits
+ * on the worker's event, under g->lock. A piece holds at most this many
+ * bytes of table. */
+#define CU_TABLE_BYTES (64u << 10)
 #define CU_PIN_POLL_NS 50000000L /* the pinning thread looks for newly committed slices this often */
 
 enum { SL_UNPINNED = 0, SL_PINNED = 1, SL_FAILED = 2 };
@@ -167,7 +174,8 @@ struct cu_reg {
     uint32_t nlayers;
     struct tl_layout lay;
     CUdeviceptr d_layers;  /* layer_base[] on the device */
-    CUdeviceptr d_scratch; /* block ids and chunk addresses of one copy */
+    CUdeviceptr d_scratch; /* block ids and chunk addresses of one piece */
+    void *tbl_h[CU_QCAP];  /* pinned, CU_TABLE_BYTES each: the table of the piece in that queue slot */
     size_t scratch_cap;
     /* Outgrown scratch that queued copies may still read, freed with the
      * registration: freeing device memory waits for the device in practice
@@ -609,6 +617,9 @@ static void reg_free(struct transfer_backend *b, struct cu_reg *g)
         for (unsigned i = 0; i < CU_BOUNCE_MAX; i++)
             if (g->bounce_h[i])
                 b->cu.MemFreeHost(g->bounce_h[i]);
+        for (unsigned i = 0; i < CU_QCAP; i++)
+            if (g->tbl_h[i])
+                b->cu.MemFreeHost(g->tbl_h[i]);
         for (size_t i = 0; i < g->n_maps; i++)
             b->cu.IpcCloseMemHandle(g->maps[i].base);
     }
@@ -1249,6 +1260,11 @@ static int check_blocks(struct transfer_backend *b, const struct cu_reg *g, cons
         return -EINVAL;
     }
     uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs;
+    if ((bpc + 1) * sizeof(uint64_t) > CU_TABLE_BYTES) {
+        snprintf(why, why_len, "a chunk of %llu blocks (its block table exceeds %u bytes)", (unsigned long long)bpc,
+                 CU_TABLE_BYTES);
+        return -EINVAL;
+    }
     for (size_t k = 0; k < c->n_chunks; k++) {
         uint64_t first = (uint64_t)c->chunk_index[k] * bpc;
         for (uint64_t j = 0; j < bpc; j++) {
@@ -1399,20 +1415,19 @@ static CUresult stage_dma(struct transfer_backend *b, struct cu_reg *g, bool to_
 /* One piece of a copy: chunks [k0, k0+n) of c. Object j is in pinned L1
  * (slot[j] < 0, dev[j] its device address for DIRECT) or in bounce slot
  * slot[j]. Queues on the stream: (RETRIEVE, STAGING: one HtoD per object
- * into staging), the block table, one gather/scatter launch, (STORE,
- * STAGING: one DtoH per object out of staging), and the piece's event.
- * Under g->lock. */
+ * into staging), the block table (written into `tbl`, the pinned table
+ * buffer of the queue slot the piece will take, at most CU_TABLE_BYTES),
+ * one gather/scatter launch, (STORE, STAGING: one DtoH per object out of
+ * staging), and the piece's event. Under g->lock. */
 static int run_piece(struct transfer_backend *b, struct cu_reg *g, const struct transfer_copy *c, bool staging,
-                     size_t k0, size_t n, const int *slot, const uint64_t *dev, uint8_t event[TRANSFER_EVENT_BYTES],
-                     unsigned *ev, char *why, size_t why_len)
+                     size_t k0, size_t n, const int *slot, const uint64_t *dev, void *tbl,
+                     uint8_t event[TRANSFER_EVENT_BYTES], unsigned *ev, char *why, size_t why_len)
 {
     const struct tl_layout *l = &g->lay;
     uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs, obj = g->obj_bytes;
     size_t nb = n * bpc;
     size_t bytes = nb * sizeof(int64_t) + n * sizeof(uint64_t);
-    uint8_t *host = malloc(bytes);
-    if (!host)
-        return -ENOMEM;
+    uint8_t *host = tbl;
     int64_t *blocks = (int64_t *)host;
     uint64_t *addrs = (uint64_t *)(host + nb * sizeof(int64_t));
     int rc = 0;
@@ -1479,7 +1494,6 @@ drv:
     snprintf(why, why_len, "a staging copy failed: %s", cu_err(b, r));
     rc = -EIO;
 out:
-    free(host);
     return rc;
 }
 
@@ -1567,13 +1581,15 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     }
     *grp = (struct cu_group){c->done, c->done_arg, 0, true, false};
     /* Pieces of at most n_slots objects when staging (the staging buffer's
-     * size; reused in stream order), and as many bounced objects as there
-     * are free bounce slots. Each piece is one queue entry. */
+     * size; reused in stream order), as many bounced objects as there are
+     * free bounce slots, and as many objects as a block table of
+     * CU_TABLE_BYTES holds. Each piece is one queue entry. */
+    size_t max_tbl = CU_TABLE_BYTES / ((c->chunk_tokens / (uint64_t)g->lay.bs + 1) * sizeof(uint64_t));
     for (size_t k = 0; k < c->n_chunks;) {
         size_t n = 0;
         unsigned nbounce = 0;
         struct cu_pending p = {.grp = grp, .store = c->store};
-        while (!g->stop && k + n < c->n_chunks && (!staging || n < g->n_slots)) {
+        while (!g->stop && k + n < c->n_chunks && (!staging || n < g->n_slots) && n < max_tbl) {
             if (obj_pinned(b, g, staging, c->chunk_ptr[k + n], obj, &dev[n])) {
                 slot[n] = -1;
                 n++;
@@ -1616,9 +1632,18 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
                      b->o.event_timeout_s);
             rc = -EBUSY;
         }
+        /* The piece's block table: the pinned buffer of the queue slot it
+         * takes (free: its last piece left the queue after completing). */
+        unsigned qi = (g->q_head + g->q_n) % CU_QCAP;
+        if (!rc && !g->tbl_h[qi] &&
+            (r = b->cu.MemHostAlloc(&g->tbl_h[qi], CU_TABLE_BYTES, CU_MEMHOSTALLOC_PORTABLE)) != CUDA_SUCCESS) {
+            g->tbl_h[qi] = NULL;
+            snprintf(why, why_len, "a pinned block table (%u bytes): %s", CU_TABLE_BYTES, cu_err(b, r));
+            rc = -ENOMEM;
+        }
         bool ran = !rc;
         if (!rc)
-            rc = run_piece(b, g, c, staging, k, n, slot, dev, event, &p.ev, why, why_len);
+            rc = run_piece(b, g, c, staging, k, n, slot, dev, g->tbl_h[qi], event, &p.ev, why, why_len);
         if (rc && ran) { /* part of it may be on the stream: queued as a fence, holding its slots */
             p.fence = true;
             p.nb = nbounce;

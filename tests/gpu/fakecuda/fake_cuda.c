@@ -60,7 +60,10 @@
  * - cuMemcpyDtoHAsync/cuMemcpyHtoDAsync between device memory and pinned
  *   host memory run in stream order and touch the host bytes only then (so
  *   a host buffer reused before the copy ran is caught); an async DtoH into
- *   pageable memory is refused (lmcd must only DMA into pinned memory).
+ *   pageable memory is refused (lmcd must only DMA into pinned memory); an
+ *   async HtoD from pageable memory first waits for its stream to drain
+ *   (the driver "may synchronize with the stream" to stage it), then
+ *   stages the bytes at the call.
  * - cuModuleLoadData accepts an image with the fatbin magic; the functions
  *   lmcd_gather/lmcd_scatter run on the CPU with tl_item(), the index
  *   function the .cu kernels use, reading `struct tl_xfer` by value as the
@@ -1088,6 +1091,12 @@ static CUresult fk_htod(const char *fn, CUdeviceptr dst, const void *src, size_t
             free(stage);
         return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, fn, "staging %zu bytes", n);
     }
+    /* An async copy from pageable memory may first synchronise with its
+     * stream ("API synchronization behavior"): the fake always does, so a
+     * caller that queues one under a lock, behind a wait that never ends,
+     * is seen waiting. */
+    if (hStream && !pinned)
+        fk_drain(hStream);
     if (!pinned)
         memcpy(stage, src, n);
     op->kind = OP_COPY;
