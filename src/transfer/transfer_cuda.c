@@ -21,8 +21,9 @@
  * re-registering and reaping return once the registration is out of the
  * table and queued to it. No lock is held across a driver call that may
  * wait for the device; the calls made under one (allocating, recording,
- * queueing on a stream, opening handles) are documented as asynchronous
- * or carry no synchronisation.
+ * queueing on a stream from pinned memory, opening handles) are documented
+ * as asynchronous or carry no synchronisation (loading the kernels, once
+ * per device under b->lock, documents neither).
  *
  * Built only with LMCD_CUDA=1 (the Makefile sets it when nvcc exists).
  * NOTHING HERE HAS RUN ON A GPU YET (no GPU on the build host or in CI).
