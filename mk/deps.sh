@@ -27,6 +27,7 @@ libcriterion-dev
 python3-pytest
 python3-zmq
 python3-msgpack
+python3-numpy
 redis-server
 redis-tools
 b3sum

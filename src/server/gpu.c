@@ -20,10 +20,14 @@
  * Lifecycle: the engine's sweeper calls srv_gpu_on_reap (outside engine
  * locks) when it reaps a silent worker: its GPU registration is closed as
  * an UNREGISTER closes it, without waiting (a copy still queued keeps its
- * mappings until it completes). Its engine registration stays, as for any
- * reaped worker; its STOREs/RETRIEVEs are left unanswered (there is no
- * registration to record a valid event on, spec 9.3) with one ERROR line
- * per reap, until it sends REGISTER_KV_CACHE again.
+ * mappings until it completes; the backend's reaper thread frees the
+ * driver resources, so the hook never waits for the GPU, not even for
+ * another worker's copy stuck on its event, while it holds the lock that
+ * /status, /metrics and srv_gpu_close take). Its engine registration
+ * stays, as for any reaped worker; its STOREs/RETRIEVEs are left
+ * unanswered (there is no registration to record a valid event on, spec
+ * 9.3) with one ERROR line per reap, until it sends REGISTER_KV_CACHE
+ * again.
  *
  * Run end to end against an emulated driver (tests/e2e/test_gpu_emulated.py);
  * NOT RUN ON A GPU YET (docs/gpu.md).
@@ -54,7 +58,9 @@ static uint64_t gpu_l1_gen(void *arg)
  * their requests get one ERROR line per reap, their first PING one line.
  * `lock` is a leaf held briefly (the loop thread takes it on PING);
  * `gpu_mu` orders the sweeper's hook against srv_gpu_open/close and is held
- * while the hook closes a registration. */
+ * while the hook closes a registration, which only takes it out of the
+ * backend's table and queues it for freeing (never a wait on the GPU), so
+ * /status and /metrics, which take gpu_mu too, answer at once. */
 #define GPU_REAPED_MAX 256
 static struct {
     pthread_mutex_t lock;
@@ -270,9 +276,11 @@ int srv_gpu_register(struct server *s, struct srv_req *r, char *why, size_t why_
         return -ENOTSUP;
     }
     /* Re-registering replaces, on both sides: the GPU side first, which
-     * waits out the copies in flight unless they are stuck on the worker's
-     * event; their reservations and locks are held apart (engine_hold_*),
-     * so dropping the engine side never frees memory a copy may touch. */
+     * waits out this worker's copies in flight unless they are stuck on
+     * its event (never another worker's, nor the freeing of the old
+     * registration: the backend's reaper does that); their reservations
+     * and locks are held apart (engine_hold_*), so dropping the engine side
+     * never frees memory a copy may touch. */
     s->gpu_ops->unregister(s->gpu, iid, true);
     engine_unregister(s->engine, iid);
     reaped_forget(iid);

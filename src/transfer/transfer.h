@@ -121,7 +121,10 @@ struct transfer_ops {
      * registration on, as far as it is committed (o->host_backed). */
     int (*open)(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
                 char *why, size_t why_len);
-    /* Replaces any earlier registration of the instance. */
+    /* Replaces any earlier registration of the instance, which is closed
+     * as unregister with `wait` closes it (its driver resources are freed
+     * later, by the backend, so a handle it still maps may be reopened
+     * here: the driver counts a reference). */
     int (*register_kv)(struct transfer_backend *b, int64_t instance, const struct wire_register *reg,
                        struct transfer_geom *geom, char *why, size_t why_len);
     /* Takes the instance's registration out at once (later copies get
@@ -129,9 +132,13 @@ struct transfer_ops {
      * callbacks run first) unless they are stuck past event_timeout_s; then
      * (or at once without `wait`) a registration with copies left is
      * detached: its mappings, stream and events stay open until its last
-     * copy completed, its `done` callbacks still run, and its completion
-     * thread closes everything then. Without `wait` it never blocks on the
-     * GPU (the backend's table lock only): a reaper may call it. */
+     * copy completed, its `done` callbacks still run, and it is closed
+     * then. The driver resources are freed by a thread of the backend (the
+     * frees wait for the device, so for any other registration's stuck
+     * copy), never by the caller: this call waits for nothing but the
+     * instance's own copies (with `wait`), and without `wait` it never
+     * blocks on the GPU at all (the backend's locks only, none held across
+     * a driver call): a reaper may call it under its own lock. */
     void (*unregister)(struct transfer_backend *b, int64_t instance, bool wait);
     /* The geometry of a registered instance; -ENOENT when not registered. */
     int (*geometry)(struct transfer_backend *b, int64_t instance, struct transfer_geom *out);
@@ -153,7 +160,11 @@ struct transfer_ops {
      * event_timeout_s) for queued copies; registrations whose copies still
      * wait then are abandoned with one log line: their `done` callbacks
      * never run, and the backend is left allocated (and the driver loaded)
-     * so a late completion touches nothing freed. Bounded in time. */
+     * so a late completion touches nothing freed. Registrations retired
+     * earlier whose freeing still waits for the device when the grace
+     * ends are abandoned the same way. With nothing left waiting, the
+     * frees get a grace of their own (2 s; the device is idle then).
+     * Bounded in time. */
     void (*close)(struct transfer_backend *b);
 };
 

@@ -11,6 +11,20 @@
  * the registration's bounce slots, in pieces (run_piece) that the
  * completion thread (completion_main) finishes and reports.
  *
+ * Threads: the pinning thread (pin_main), one completion thread per
+ * registration, the watchdog (watchdog_main: copies stuck on a worker's
+ * event) and the reaper (reaper_main). Freeing a registration's driver
+ * resources (cuMemFree, cuMemFreeHost, cuIpcCloseMemHandle, syncing its
+ * stream) waits for the device in practice, so for every stream on it,
+ * including another worker's copy stuck on an event that never completes:
+ * only the reaper makes those calls, with no lock held, and UNREGISTER,
+ * re-registering and reaping return once the registration is out of the
+ * table and queued to it. No lock is held across a driver call that may
+ * wait for the device; the calls made under one (allocating, recording,
+ * queueing on a stream from pinned memory, opening handles) are documented
+ * as asynchronous or carry no synchronisation (loading the kernels, once
+ * per device under b->lock, documents neither).
+ *
  * Built only with LMCD_CUDA=1 (the Makefile sets it when nvcc exists).
  * NOTHING HERE HAS RUN ON A GPU YET (no GPU on the build host or in CI).
  */
@@ -99,6 +113,13 @@ _Static_assert(CU_EVENT_POOL >= 2 * TRANSFER_QUEUE_DEPTH, "event pool smaller th
  * into pieces; a piece waits for a slot when all are in use. */
 #define CU_BOUNCE_BYTES (64ull << 20)
 #define CU_BOUNCE_MAX 16
+/* A piece's block table (its block ids and chunk addresses) goes to the
+ * device from pinned memory, one buffer per queue slot (the piece's own
+ * until its entry leaves the queue, by when its upload ran): an async copy
+ * from pageable memory may synchronise with the stream first, which waits
+ * on the worker's event, under g->lock. A piece holds at most this many
+ * bytes of table. */
+#define CU_TABLE_BYTES (64u << 10)
 #define CU_PIN_POLL_NS 50000000L /* the pinning thread looks for newly committed slices this often */
 
 enum { SL_UNPINNED = 0, SL_PINNED = 1, SL_FAILED = 2 };
@@ -144,6 +165,7 @@ struct cu_pending {
 struct cu_reg {
     int64_t instance;
     int dev;
+    CUcontext ctx; /* its device's primary context (NULL: no driver resource was created) */
     struct transfer_backend *b;
     struct transfer_geom geom;
     CUstream stream;
@@ -153,7 +175,8 @@ struct cu_reg {
     uint32_t nlayers;
     struct tl_layout lay;
     CUdeviceptr d_layers;  /* layer_base[] on the device */
-    CUdeviceptr d_scratch; /* block ids and chunk addresses of one copy */
+    CUdeviceptr d_scratch; /* block ids and chunk addresses of one piece */
+    void *tbl_h[CU_QCAP];  /* pinned, CU_TABLE_BYTES each: the table of the piece in that queue slot */
     size_t scratch_cap;
     /* Outgrown scratch that queued copies may still read, freed with the
      * registration: freeing device memory waits for the device in practice
@@ -163,8 +186,9 @@ struct cu_reg {
     unsigned n_scratch_old;
     uint64_t obj_bytes;    /* one full chunk object: the size of a bounce/staging slot */
     unsigned n_slots;      /* slots per piece (bounce and staging alike) */
-    void *bounce_h[CU_BOUNCE_MAX]; /* pinned, device-mapped; all or none allocated */
+    void *bounce_h[CU_BOUNCE_MAX]; /* pinned, device-mapped; [0, n_bounce) usable */
     CUdeviceptr bounce_d[CU_BOUNCE_MAX];
+    unsigned n_bounce;     /* slots allocated and device-mapped (a failed allocation is retried) */
     uint32_t slot_busy;    /* bounce slots in use (under lock) */
     CUdeviceptr d_stage;   /* staging: n_slots objects on the device */
     CUevent pool[CU_EVENT_POOL];
@@ -182,6 +206,7 @@ struct cu_reg {
     pthread_t thr; /* the completion thread */
     struct cu_reg *all_next, *all_prev; /* b->all, under b->all_mu */
     bool in_all;
+    struct cu_reg *reap_next; /* the reaper's queue, under b->all_mu */
 };
 
 struct transfer_backend {
@@ -214,11 +239,19 @@ struct transfer_backend {
     /* Every registration with a completion thread, in the table or
      * detached; the watchdog walks it. */
     pthread_mutex_t all_mu; /* order: b->lock, all_mu, g->lock */
-    pthread_cond_t all_cv; /* cb_active dropped, watchdog stop */
+    pthread_cond_t all_cv; /* cb_active or dying dropped, watchdog stop */
     struct cu_reg *all;
     unsigned cb_active; /* done callbacks and STORE bounce copies into L1 running */
-    unsigned dying;     /* registrations out of `all` still being freed */
-    bool closing;       /* close() passed its grace: no more done callbacks */
+    /* The reaper (reaper_main): registrations retired with an empty queue
+     * wait here to have their driver resources freed, which waits for the
+     * device in practice, so for every stream on it. Under all_mu. */
+    struct cu_reg *rp_head, *rp_tail;
+    pthread_cond_t rp_cv; /* queued, rp_stop */
+    unsigned dying;       /* queued for the reaper or being freed by it */
+    bool rp_stop, rp_started;
+    bool rp_abandoned; /* close() left it freeing (the device never drained): it detaches itself */
+    pthread_t rp;
+    bool closing;       /* close() passed its grace: no more done callbacks, nothing more freed */
     bool wd_stop, wd_started;
     pthread_t wd; /* the watchdog */
 };
@@ -262,6 +295,7 @@ static void fmt_uuid(const CUuuid *u, char out[40])
 }
 
 static void *watchdog_main(void *arg);
+static void *reaper_main(void *arg);
 
 static int cu_open(const struct transfer_opts *o, void *host_base, size_t host_len, struct transfer_backend **out,
                    char *why, size_t why_len)
@@ -328,15 +362,29 @@ static int cu_open(const struct transfer_opts *o, void *host_base, size_t host_l
     pthread_cond_init(&b->pin_cv, NULL);
     pthread_mutex_init(&b->all_mu, NULL);
     cond_init_mono(&b->all_cv);
-    if (pthread_create(&b->wd, NULL, watchdog_main, b)) {
-        pthread_mutex_destroy(&b->all_mu);
-        pthread_cond_destroy(&b->all_cv);
-        snprintf(why, why_len, "no watchdog thread");
-        goto nodev;
+    pthread_cond_init(&b->rp_cv, NULL);
+    if (pthread_create(&b->rp, NULL, reaper_main, b)) {
+        snprintf(why, why_len, "no reaper thread");
+        goto nothread;
     }
-    b->wd_started = true;
+    if (pthread_create(&b->wd, NULL, watchdog_main, b)) {
+        pthread_mutex_lock(&b->all_mu);
+        b->rp_stop = true;
+        pthread_cond_signal(&b->rp_cv);
+        pthread_mutex_unlock(&b->all_mu);
+        pthread_join(b->rp, NULL);
+        snprintf(why, why_len, "no watchdog thread");
+        goto nothread;
+    }
+    b->rp_started = b->wd_started = true;
     *out = b;
     return 0;
+nothread:
+    pthread_mutex_destroy(&b->all_mu);
+    pthread_cond_destroy(&b->all_cv);
+    pthread_cond_destroy(&b->rp_cv);
+    pthread_mutex_destroy(&b->pin_mu);
+    pthread_cond_destroy(&b->pin_cv);
 nodev:
     pthread_mutex_destroy(&b->lock);
     free((void *)b->sl_state);
@@ -543,58 +591,112 @@ static int dev_ready(struct transfer_backend *b, int i, char *why, size_t why_le
     return 0;
 }
 
-/* Frees a registration whose queue is empty and whose completion thread
- * has ended (or is the caller). No lock held. */
-static void reg_destroy(struct transfer_backend *b, struct cu_reg *g)
+/* Frees a registration's driver resources and memory. On the reaper thread
+ * only: freeing device or pinned memory, closing an IPC mapping and
+ * synchronising a stream wait for the device in practice (cuMemFree and
+ * cuMemFreeHost synchronise it), so for every stream on it, including
+ * another worker's copy stuck on its event. Its queue is empty (so its
+ * stream idle: see CU_QCAP), its completion thread joined, and nothing
+ * else refers to it. No lock held. */
+static void reg_free(struct transfer_backend *b, struct cu_reg *g)
 {
-    if (g->in_all) { /* out of the watchdog's list first; close() waits for `dying` */
-        pthread_mutex_lock(&b->all_mu);
-        if (b->closing) { /* close() abandoned it: freeing could wait on another's stuck stream */
-            pthread_mutex_unlock(&b->all_mu);
-            return;
+    if (g->ctx && b->cu.CtxSetCurrent(g->ctx) == CUDA_SUCCESS) {
+        if (g->stream) {
+            b->cu.StreamSynchronize(g->stream);
+            b->cu.StreamDestroy(g->stream);
         }
+        for (unsigned i = 0; i < g->n_pool; i++)
+            b->cu.EventDestroy(g->pool[i]);
+        if (g->d_layers)
+            b->cu.MemFree(g->d_layers);
+        if (g->d_scratch)
+            b->cu.MemFree(g->d_scratch);
+        for (unsigned i = 0; i < g->n_scratch_old; i++)
+            b->cu.MemFree(g->scratch_old[i]);
+        if (g->d_stage)
+            b->cu.MemFree(g->d_stage);
+        for (unsigned i = 0; i < CU_BOUNCE_MAX; i++)
+            if (g->bounce_h[i])
+                b->cu.MemFreeHost(g->bounce_h[i]);
+        for (unsigned i = 0; i < CU_QCAP; i++)
+            if (g->tbl_h[i])
+                b->cu.MemFreeHost(g->tbl_h[i]);
+        for (size_t i = 0; i < g->n_maps; i++)
+            b->cu.IpcCloseMemHandle(g->maps[i].base);
+    }
+    pthread_mutex_destroy(&g->lock);
+    pthread_cond_destroy(&g->cv);
+    free(g->maps);
+    free(g->layer_base);
+    free(g);
+}
+
+/*
+ * Hands g to the reaper, which joins its completion thread and frees it
+ * (reg_free). g is out of the table, stopped, its queue empty; whoever
+ * calls this touches g no more. Never waits on the GPU, so UNREGISTER,
+ * re-registering and reaping return here. False: close() passed its grace
+ * (`closing`): g is abandoned, left in b->all and never freed (a free could
+ * wait on another's stuck stream).
+ */
+static bool reg_queue(struct transfer_backend *b, struct cu_reg *g)
+{
+    pthread_mutex_lock(&b->all_mu);
+    if (b->closing) {
+        pthread_mutex_unlock(&b->all_mu);
+        return false;
+    }
+    if (g->in_all) { /* out of the watchdog's list: the reaper may free it */
         if (g->all_prev)
             g->all_prev->all_next = g->all_next;
         else
             b->all = g->all_next;
         if (g->all_next)
             g->all_next->all_prev = g->all_prev;
-        b->dying++;
+        g->in_all = false;
+    }
+    g->reap_next = NULL;
+    if (b->rp_tail)
+        b->rp_tail->reap_next = g;
+    else
+        b->rp_head = g;
+    b->rp_tail = g;
+    b->dying++;
+    pthread_cond_signal(&b->rp_cv);
+    pthread_mutex_unlock(&b->all_mu);
+    return true;
+}
+
+/* The reaper: frees retired registrations one by one, in the order they
+ * were retired, holding no lock while the driver waits for the device. It
+ * stops at rp_stop with its queue empty, or at `closing` (close() passed
+ * its grace: what is left is abandoned). */
+static void *reaper_main(void *arg)
+{
+    struct transfer_backend *b = arg;
+    pthread_mutex_lock(&b->all_mu);
+    for (;;) {
+        while (!b->rp_head && !b->rp_stop)
+            pthread_cond_wait(&b->rp_cv, &b->all_mu);
+        if (!b->rp_head || b->closing)
+            break;
+        struct cu_reg *g = b->rp_head;
+        b->rp_head = g->reap_next;
+        if (!b->rp_head)
+            b->rp_tail = NULL;
         pthread_mutex_unlock(&b->all_mu);
-    }
-    if (b->devs[g->dev].ctx)
-        b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
-    if (g->stream) {
-        b->cu.StreamSynchronize(g->stream); /* idle: every record on it completed (see CU_QCAP) */
-        b->cu.StreamDestroy(g->stream);
-    }
-    for (unsigned i = 0; i < g->n_pool; i++)
-        b->cu.EventDestroy(g->pool[i]);
-    if (g->d_layers)
-        b->cu.MemFree(g->d_layers);
-    if (g->d_scratch)
-        b->cu.MemFree(g->d_scratch);
-    for (unsigned i = 0; i < g->n_scratch_old; i++)
-        b->cu.MemFree(g->scratch_old[i]);
-    if (g->d_stage)
-        b->cu.MemFree(g->d_stage);
-    for (unsigned i = 0; i < CU_BOUNCE_MAX; i++)
-        if (g->bounce_h[i])
-            b->cu.MemFreeHost(g->bounce_h[i]);
-    for (size_t i = 0; i < g->n_maps; i++)
-        b->cu.IpcCloseMemHandle(g->maps[i].base);
-    pthread_mutex_destroy(&g->lock);
-    pthread_cond_destroy(&g->cv);
-    bool in_all = g->in_all;
-    free(g->maps);
-    free(g->layer_base);
-    free(g);
-    if (in_all) {
+        if (g->thr_started) /* ending or ended: its queue is empty and it was stopped */
+            pthread_join(g->thr, NULL);
+        reg_free(b, g);
         pthread_mutex_lock(&b->all_mu);
         b->dying--;
         pthread_cond_broadcast(&b->all_cv);
-        pthread_mutex_unlock(&b->all_mu);
     }
+    bool detach = b->rp_abandoned; /* set by close() with rp_stop, read after it */
+    pthread_mutex_unlock(&b->all_mu);
+    if (detach)
+        pthread_detach(pthread_self());
+    return NULL;
 }
 
 /* g->lock held: no new copies, no submitter inside, and the queued copies
@@ -616,10 +718,12 @@ static void reg_stop_locked(struct cu_reg *g, uint64_t deadline)
  * g has left the table (or never entered it). copy() calls that found it
  * earlier leave (one waiting for queue room sees stop); then its queued
  * copies are waited for until `deadline` (monotonic ns; 0: not at all) or
- * until the watchdog marks them stuck. An empty queue: g is freed here.
- * Copies left: g is detached, and its completion thread frees it after the
- * last one completed (a GPU stream wait cannot be cancelled, so mappings
- * and stream must outlive it). Never holds b->lock.
+ * until the watchdog marks them stuck. An empty queue: g goes to the
+ * reaper, which frees it. Copies left: g is detached, and its completion
+ * thread hands it to the reaper after the last one completed (a GPU stream
+ * wait cannot be cancelled, so mappings and stream must outlive it). Waits
+ * for g's own copies only, never for the driver's frees (so never for
+ * another registration's stream). Never holds b->lock.
  */
 static void reg_retire(struct transfer_backend *b, struct cu_reg *g, uint64_t deadline)
 {
@@ -637,9 +741,7 @@ static void reg_retire(struct transfer_backend *b, struct cu_reg *g, uint64_t de
         return;
     }
     pthread_mutex_unlock(&g->lock);
-    if (g->thr_started)
-        pthread_join(g->thr, NULL);
-    reg_destroy(b, g);
+    reg_queue(b, g); /* false only once close() passed its grace, which retires nothing after */
 }
 
 /* PyTorch's shareable handle: [version 1|2]['c'][64-byte cudaIpcMemHandle_t]
@@ -736,7 +838,11 @@ static void *watchdog_main(void *arg)
         pthread_cond_timedwait(&b->all_cv, &b->all_mu, &ts);
         uint64_t now = now_ns();
         for (struct cu_reg *g = b->all; g && !b->wd_stop; g = g->all_next) {
-            pthread_mutex_lock(&g->lock);
+            /* Never waits for g->lock under all_mu: a copy() holds it across
+             * driver calls (queueing a piece), and everyone's completions,
+             * retirements and the stop take all_mu. Busy: next tick. */
+            if (pthread_mutex_trylock(&g->lock))
+                continue;
             bool report = false;
             unsigned left = g->q_n;
             uint64_t t = g->q_n ? g->q[g->q_head].t_ns : now; /* queued after `now` was read: not old */
@@ -767,10 +873,12 @@ static void *completion_main(void *arg)
 {
     struct cu_reg *g = arg;
     struct transfer_backend *b = g->b;
-    bool ctx_ok = b->cu.CtxSetCurrent(b->devs[g->dev].ctx) == CUDA_SUCCESS;
+    bool ctx_ok = b->cu.CtxSetCurrent(g->ctx) == CUDA_SUCCESS;
     pthread_mutex_lock(&g->lock);
     for (;;) {
-        while (!g->q_n && !g->stop)
+        /* Stopped, it ends only once no copy() is inside either (one may
+         * still queue what it had begun; it broadcasts when it leaves). */
+        while (!g->q_n && (!g->stop || g->users))
             pthread_cond_wait(&g->cv, &g->lock);
         if (!g->q_n)
             break;
@@ -833,10 +941,10 @@ static void *completion_main(void *arg)
     }
     bool detached = g->detached;
     pthread_mutex_unlock(&g->lock);
-    if (detached) { /* nobody joins it: the last copy completed, close everything */
+    /* Detached: the last copy completed; the reaper joins this thread and
+     * closes everything. Abandoned by close() instead: nobody joins it. */
+    if (detached && !reg_queue(b, g))
         pthread_detach(pthread_self());
-        reg_destroy(b, g);
-    }
     return NULL;
 }
 
@@ -865,15 +973,17 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
     bool hint_hnd = str_eq(reg->kv_layout, "HND");
     int rc = -ENOMEM;
     /* Re-registering replaces: the old registration goes first (its queued
-     * copies complete, unless stuck on the worker's event; its mappings
-     * close; a handle reopened in the same context would only count a
-     * reference, as the driver documents). Outside b->lock: other
-     * workers' copies go on meanwhile. */
+     * copies complete, unless stuck on the worker's event), and the reaper
+     * closes its mappings later: a handle reopened below in the same
+     * context meanwhile only counts a reference and gets the same pointer,
+     * as the driver documents. Outside b->lock: other workers' copies go on
+     * meanwhile. b->lock is held only to set the device up (dev_ready) and
+     * to enter the table; the driver calls of this registration run
+     * without it (g is nobody else's until it is in the table). */
     pthread_mutex_lock(&b->lock);
     struct cu_reg *old = reg_take(b, instance);
     pthread_mutex_unlock(&b->lock);
     reg_retire(b, old, UINT64_MAX);
-    pthread_mutex_lock(&b->lock);
     if (!g->layer_base || !g->maps)
         goto fail;
     for (size_t l = 0; l < reg->n_descs; l++) {
@@ -899,7 +1009,11 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
         }
         if (g->dev < 0) {
             g->dev = dev;
-            if ((rc = dev_ready(b, dev, why, why_len)))
+            pthread_mutex_lock(&b->lock);
+            rc = dev_ready(b, dev, why, why_len); /* also makes its context current in this thread */
+            g->ctx = rc ? NULL : b->devs[dev].ctx;
+            pthread_mutex_unlock(&b->lock);
+            if (rc)
                 goto fail;
         }
         struct tl_desc d = {ipc->ndim, ipc->shape, ipc->stride, ipc->dtype.ptr, ipc->dtype.len, TL_HINT_NONE, false};
@@ -1017,10 +1131,17 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
     b->all = g;
     g->in_all = true;
     pthread_mutex_unlock(&b->all_mu);
+    /* Once in the table g may be retired and freed by another thread at
+     * any time: the log line below reads these instead. */
+    struct tl_layout lay = g->lay;
+    size_t n_maps = g->n_maps;
+    int dev = g->dev;
+    pthread_mutex_lock(&b->lock);
     if (b->n_regs == b->cap_regs) {
         size_t cap = b->cap_regs ? 2 * b->cap_regs : 8;
         struct cu_reg **n = realloc(b->regs, cap * sizeof(*n));
         if (!n) {
+            pthread_mutex_unlock(&b->lock);
             rc = -ENOMEM;
             goto fail;
         }
@@ -1032,16 +1153,15 @@ static int cu_register(struct transfer_backend *b, int64_t instance, const struc
     pthread_mutex_unlock(&b->lock);
     reg_retire(b, dup, 0);
     log_info("instance %lld registered %u layers on GPU %s: layout %d, %lld blocks of %lld tokens, %lld-byte "
-             "token rows, %d-byte accesses, %zu IPC mappings", (long long)instance, g->nlayers, b->devs[g->dev].uuid,
-             g->lay.kind, (long long)g->lay.nb, (long long)g->lay.bs, (long long)g->lay.row_bytes, g->lay.vec,
-             g->n_maps);
+             "token rows, %d-byte accesses, %zu IPC mappings", (long long)instance, (unsigned)reg->n_descs,
+             b->devs[dev].uuid, lay.kind, (long long)lay.nb, (long long)lay.bs, (long long)lay.row_bytes, lay.vec,
+             n_maps);
     free(ipc);
     return 0;
 fail:
     if (g->dev < 0)
         g->dev = 0;
-    pthread_mutex_unlock(&b->lock);
-    reg_retire(b, g, UINT64_MAX); /* nothing was queued: freed at once */
+    reg_retire(b, g, UINT64_MAX); /* nothing was queued: to the reaper at once */
     free(ipc);
     return rc;
 }
@@ -1070,7 +1190,7 @@ static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t ev
                         unsigned *idx, char *why, size_t why_len)
 {
     CUresult r;
-    if (g->n_pool < CU_EVENT_POOL) {
+    if (g->next_pool == g->n_pool) { /* the slot's first use (the pool grows to CU_EVENT_POOL) */
         r = b->cu.EventCreate(&g->pool[g->n_pool], CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING);
         if (r != CUDA_SUCCESS) {
             snprintf(why, why_len, "cuEventCreate: %s", cu_err(b, r));
@@ -1078,14 +1198,17 @@ static int record_event(struct transfer_backend *b, struct cu_reg *g, uint8_t ev
         }
         g->n_pool++;
     }
-    *idx = g->next_pool;
     CUevent ev = g->pool[g->next_pool];
-    g->next_pool = (g->next_pool + 1) % CU_EVENT_POOL;
     CUipcEventHandle h;
     if ((r = b->cu.EventRecord(ev, g->stream)) != CUDA_SUCCESS || (r = b->cu.IpcGetEventHandle(&h, ev)) != CUDA_SUCCESS) {
+        /* Not queued and never handed out: the slot stays next (recording
+         * it again only moves its latest record later on the stream), so
+         * a failure never shortens the reuse distance CU_QCAP relies on. */
         snprintf(why, why_len, "recording the reply event: %s", cu_err(b, r));
         return -EIO;
     }
+    *idx = g->next_pool;
+    g->next_pool = (g->next_pool + 1) % CU_EVENT_POOL;
     memcpy(event, h.reserved, TRANSFER_EVENT_BYTES);
     return 0;
 }
@@ -1138,6 +1261,11 @@ static int check_blocks(struct transfer_backend *b, const struct cu_reg *g, cons
         return -EINVAL;
     }
     uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs;
+    if ((bpc + 1) * sizeof(uint64_t) > CU_TABLE_BYTES) {
+        snprintf(why, why_len, "a chunk of %llu blocks (its block table exceeds %u bytes)", (unsigned long long)bpc,
+                 CU_TABLE_BYTES);
+        return -EINVAL;
+    }
     for (size_t k = 0; k < c->n_chunks; k++) {
         uint64_t first = (uint64_t)c->chunk_index[k] * bpc;
         for (uint64_t j = 0; j < bpc; j++) {
@@ -1234,28 +1362,28 @@ static int slots_ready(struct transfer_backend *b, struct cu_reg *g, bool stagin
     return 0;
 }
 
+/* The registration's bounce slots: pinned, device-mapped host memory, one
+ * object each, on first need. A failed allocation keeps the slots made so
+ * far (the reaper frees them with the registration: freeing pinned memory
+ * waits for the device, never done under g->lock) and the next copy tries
+ * again from there. Under g->lock. */
 static int bounce_ready(struct transfer_backend *b, struct cu_reg *g, char *why, size_t why_len)
 {
-    if (g->bounce_h[0])
-        return 0;
-    for (unsigned i = 0; i < g->n_slots; i++) {
-        CUresult r = b->cu.MemHostAlloc(&g->bounce_h[i], g->obj_bytes,
-                                        CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
-        if (r == CUDA_SUCCESS && (r = b->cu.MemHostGetDevicePointer(&g->bounce_d[i], g->bounce_h[i], 0)) !=
-                                     CUDA_SUCCESS) {
-            b->cu.MemFreeHost(g->bounce_h[i]);
-            r = r ? r : CUDA_ERROR_UNKNOWN;
-        }
-        if (r != CUDA_SUCCESS) {
+    for (unsigned i = g->n_bounce; i < g->n_slots; i++) {
+        CUresult r = CUDA_SUCCESS;
+        if (!g->bounce_h[i] &&
+            (r = b->cu.MemHostAlloc(&g->bounce_h[i], g->obj_bytes, CU_MEMHOSTALLOC_PORTABLE |
+                                                                   CU_MEMHOSTALLOC_DEVICEMAP)) != CUDA_SUCCESS)
             g->bounce_h[i] = NULL;
-            for (unsigned j = 0; j < i; j++) {
-                b->cu.MemFreeHost(g->bounce_h[j]);
-                g->bounce_h[j] = NULL;
-            }
+        if (r == CUDA_SUCCESS && (r = b->cu.MemHostGetDevicePointer(&g->bounce_d[i], g->bounce_h[i], 0)) ==
+                                     CUDA_SUCCESS && !g->bounce_d[i])
+            r = CUDA_ERROR_UNKNOWN;
+        if (r != CUDA_SUCCESS) {
             snprintf(why, why_len, "bounce buffers (%u x %llu bytes): %s", g->n_slots,
                      (unsigned long long)g->obj_bytes, cu_err(b, r));
             return -ENOMEM;
         }
+        g->n_bounce = i + 1;
     }
     return 0;
 }
@@ -1288,20 +1416,19 @@ static CUresult stage_dma(struct transfer_backend *b, struct cu_reg *g, bool to_
 /* One piece of a copy: chunks [k0, k0+n) of c. Object j is in pinned L1
  * (slot[j] < 0, dev[j] its device address for DIRECT) or in bounce slot
  * slot[j]. Queues on the stream: (RETRIEVE, STAGING: one HtoD per object
- * into staging), the block table, one gather/scatter launch, (STORE,
- * STAGING: one DtoH per object out of staging), and the piece's event.
- * Under g->lock. */
+ * into staging), the block table (written into `tbl`, the pinned table
+ * buffer of the queue slot the piece will take, at most CU_TABLE_BYTES),
+ * one gather/scatter launch, (STORE, STAGING: one DtoH per object out of
+ * staging), and the piece's event. Under g->lock. */
 static int run_piece(struct transfer_backend *b, struct cu_reg *g, const struct transfer_copy *c, bool staging,
-                     size_t k0, size_t n, const int *slot, const uint64_t *dev, uint8_t event[TRANSFER_EVENT_BYTES],
-                     unsigned *ev, char *why, size_t why_len)
+                     size_t k0, size_t n, const int *slot, const uint64_t *dev, void *tbl,
+                     uint8_t event[TRANSFER_EVENT_BYTES], unsigned *ev, char *why, size_t why_len)
 {
     const struct tl_layout *l = &g->lay;
     uint64_t bpc = c->chunk_tokens / (uint64_t)l->bs, obj = g->obj_bytes;
     size_t nb = n * bpc;
     size_t bytes = nb * sizeof(int64_t) + n * sizeof(uint64_t);
-    uint8_t *host = malloc(bytes);
-    if (!host)
-        return -ENOMEM;
+    uint8_t *host = tbl;
     int64_t *blocks = (int64_t *)host;
     uint64_t *addrs = (uint64_t *)(host + nb * sizeof(int64_t));
     int rc = 0;
@@ -1368,7 +1495,6 @@ drv:
     snprintf(why, why_len, "a staging copy failed: %s", cu_err(b, r));
     rc = -EIO;
 out:
-    free(host);
     return rc;
 }
 
@@ -1416,7 +1542,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         rc = -EBUSY;
         goto out;
     }
-    CUresult r = b->cu.CtxSetCurrent(b->devs[g->dev].ctx);
+    CUresult r = b->cu.CtxSetCurrent(g->ctx);
     if (r != CUDA_SUCCESS) {
         snprintf(why, why_len, "set context: %s", cu_err(b, r));
         rc = -EIO;
@@ -1456,13 +1582,15 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
     }
     *grp = (struct cu_group){c->done, c->done_arg, 0, true, false};
     /* Pieces of at most n_slots objects when staging (the staging buffer's
-     * size; reused in stream order), and as many bounced objects as there
-     * are free bounce slots. Each piece is one queue entry. */
+     * size; reused in stream order), as many bounced objects as there are
+     * free bounce slots, and as many objects as a block table of
+     * CU_TABLE_BYTES holds. Each piece is one queue entry. */
+    size_t max_tbl = CU_TABLE_BYTES / ((c->chunk_tokens / (uint64_t)g->lay.bs + 1) * sizeof(uint64_t));
     for (size_t k = 0; k < c->n_chunks;) {
         size_t n = 0;
         unsigned nbounce = 0;
         struct cu_pending p = {.grp = grp, .store = c->store};
-        while (!g->stop && k + n < c->n_chunks && (!staging || n < g->n_slots)) {
+        while (!g->stop && k + n < c->n_chunks && (!staging || n < g->n_slots) && n < max_tbl) {
             if (obj_pinned(b, g, staging, c->chunk_ptr[k + n], obj, &dev[n])) {
                 slot[n] = -1;
                 n++;
@@ -1505,9 +1633,18 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
                      b->o.event_timeout_s);
             rc = -EBUSY;
         }
+        /* The piece's block table: the pinned buffer of the queue slot it
+         * takes (free: its last piece left the queue after completing). */
+        unsigned qi = (g->q_head + g->q_n) % CU_QCAP;
+        if (!rc && !g->tbl_h[qi] &&
+            (r = b->cu.MemHostAlloc(&g->tbl_h[qi], CU_TABLE_BYTES, CU_MEMHOSTALLOC_PORTABLE)) != CUDA_SUCCESS) {
+            g->tbl_h[qi] = NULL;
+            snprintf(why, why_len, "a pinned block table (%u bytes): %s", CU_TABLE_BYTES, cu_err(b, r));
+            rc = -ENOMEM;
+        }
         bool ran = !rc;
         if (!rc)
-            rc = run_piece(b, g, c, staging, k, n, slot, dev, event, &p.ev, why, why_len);
+            rc = run_piece(b, g, c, staging, k, n, slot, dev, g->tbl_h[qi], event, &p.ev, why, why_len);
         if (rc && ran) { /* part of it may be on the stream: queued as a fence, holding its slots */
             p.fence = true;
             p.nb = nbounce;
@@ -1639,31 +1776,51 @@ static void cu_close(struct transfer_backend *b)
         pthread_mutex_unlock(&gs[i]->lock);
     }
     /* Freeing device memory waits for the device in practice: with a copy
-     * still waiting on a worker's event, no registration is freed (all are
-     * abandoned below), or the stop would wait for that event. */
+     * still waiting on a worker's event, no registration is handed to the
+     * reaper (all are abandoned below), or the stop would wait for that
+     * event. */
     for (size_t i = 0; i < n; i++)
         if (!busy)
-            reg_retire(b, gs[i], 0); /* queue empty: freed */
+            reg_retire(b, gs[i], 0); /* queue empty: to the reaper */
         else
             cu_abandon(gs[i]);
     free(gs);
+    /* The reaper frees what was retired (here, and by earlier UNREGISTERs
+     * and reaps), each free waiting for the device: for a stuck stream
+     * (busy), only until the grace ends; otherwise every stream is idle
+     * and a grace of its own bounds it. What it has not freed then is
+     * abandoned with the rest: nothing more is freed once `closing` is
+     * set. */
     pthread_mutex_lock(&b->all_mu);
+    uint64_t free_by = busy ? deadline : now_ns() + CU_CLOSE_GRACE_NS;
+    for (uint64_t now = now_ns(); b->dying && now < free_by; now = now_ns()) {
+        struct timespec ts;
+        deadline_ts(free_by, &ts);
+        pthread_cond_timedwait(&b->all_cv, &b->all_mu, &ts);
+    }
     b->closing = true;
     b->wd_stop = true;
+    b->rp_stop = true;
+    b->rp_abandoned = b->dying > 0; /* still freeing: it detaches itself, b stays */
+    bool rp_join = !b->rp_abandoned;
     pthread_cond_broadcast(&b->all_cv);
-    while (b->cb_active || b->dying)
+    pthread_cond_signal(&b->rp_cv);
+    while (b->cb_active)
         pthread_cond_wait(&b->all_cv, &b->all_mu);
-    size_t abandoned = 0;
+    size_t abandoned = b->dying;
     for (struct cu_reg *g = b->all; g; g = g->all_next)
         abandoned++;
     pthread_mutex_unlock(&b->all_mu);
     if (b->wd_started)
         pthread_join(b->wd, NULL);
+    if (b->rp_started && rp_join)
+        pthread_join(b->rp, NULL);
     pin_stop(b, !abandoned);
     if (abandoned) {
         /* A GPU stream wait cannot be cancelled: their DMA may still land
          * in their mappings and in pinned L1, so neither is released, and
-         * the backend and the driver stay (the process is exiting). */
+         * the backend and the driver stay (the process is exiting), as
+         * does the reaper if a free of its still waits for the device. */
         log_warn("GPU path: %zu registrations are left open, as copies still wait on their workers' events; lmcd "
                  "stops without waiting for them (their L1 memory is never reused: the process exits)", abandoned);
         return;
@@ -1683,6 +1840,7 @@ static void cu_close(struct transfer_backend *b)
     free((void *)b->sl_dev);
     pthread_mutex_destroy(&b->all_mu);
     pthread_cond_destroy(&b->all_cv);
+    pthread_cond_destroy(&b->rp_cv);
     free(b->regs);
     dlclose(b->lib);
     free(b);

@@ -245,3 +245,37 @@ def test_truncated_segment_stops_direct_copies(gpu_lmcd, clients):  # noqa: F811
     assert gpu_status(s)["l1_pinning"]["state"] == "stopped"
     assert fake_errors(s) == [], s.log()
     stop_clean(s)
+
+
+def test_a_copy_larger_than_one_block_table_goes_in_pieces(gpu_lmcd, clients):  # noqa: F811
+    """A piece's block table is uploaded from a pinned buffer of 64 KiB (an
+    upload from pageable memory may first wait for the stream, so for the
+    worker's event, under the registration's lock). With 1-token blocks a
+    chunk has 256 blocks, so a table holds 31 chunks: a STORE and a RETRIEVE
+    of 40 chunks straight to and from pinned L1 go in two pieces each, and
+    every byte lands where it belongs (a RETRIEVE skipping the whole first
+    piece and part of the second leaves those blocks alone)."""
+    s = gpu_lmcd()
+    c, sched = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    n = 40
+    cache = Cache("fa_nhd", "bf16", layers=1, nb=(2 * n + 1) * CHUNK + 8, bs=1, nh=1, hs=8)  # 8 KiB objects
+    register(c, 191, cache)
+    bpc = CHUNK // cache.bs
+    assert store(s, c, 191, key_of(list(range(3, 3 + CHUNK)), 0, CHUNK, "warm"), list(range(1, 1 + bpc)))
+    wait_for(lambda: gpu_status(s)["l1_pinning"]["pinned_bytes"] >= 16 << 20, 20.0,
+             what="the first 16 MiB of L1 pinned")
+    before = objects(s)
+    toks = list(range(50000, 50000 + n * CHUNK))
+    src = list(range(1 + bpc, 1 + bpc + n * bpc))
+    cache.fill(src, 8)
+    assert store(s, c, 191, key_of(toks, 0, n * CHUNK, "big"), src)
+    assert objects(s)["direct"] - before["direct"] == n, "not all objects moved straight to pinned L1"
+    assert lookup(sched, toks, n * CHUNK, "bigl", want=n) == n
+    dst = list(range(1 + bpc + n * bpc, 1 + bpc + 2 * n * bpc))
+    skip = 31 * CHUNK + 64  # the first piece's 31 chunks, and 64 blocks into the second's first
+    untouched = cache.blocks(dst[:skip])
+    assert retrieve(s, c, 191, key_of(toks, 0, n * CHUNK, "bigl"), dst, skip=skip)
+    assert cache.blocks(dst[:skip]) == untouched, "a skipped block was written"
+    assert cache.blocks(dst[skip:]) == cache.blocks(src[skip:])
+    assert objects(s)["direct"] - before["direct"] == 2 * n
+    assert fake_errors(s) == [], s.log()

@@ -1,17 +1,26 @@
 """The GPU path's failure edges (adversarial review), against the emulated
 driver (tests/gpu/fakecuda); unrun on a GPU."""
+import json
+import os
 import struct
 import time
+import urllib.request
 
 import pytest
 
 from conftest import wait_for
 from test_gpu_emulated import (CHUNK, FAKE_DIR, Cache, Event, _cuda_build, event_done, fake_errors, key_of, lookup,
-                               register, store, wait_reply_event)
+                               register, retrieve, store, wait_reply_event)
+from test_gpu_lifecycle import Pinger, mappings_open
 from test_protocol import clients  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not _cuda_build(),
                                 reason="built without nvcc: no CUDA backend, so no emulated driver to load")
+
+
+def http_get(s, path):
+    with urllib.request.urlopen(s.http + path, timeout=10) as r:
+        return r.read().decode()
 
 
 def test_a_copy_failing_after_its_kernel_was_queued_keeps_its_bounce_slot(lmcd_factory, clients):  # noqa: F811
@@ -96,15 +105,13 @@ def test_a_larger_block_table_does_not_wait_for_queued_copies(lmcd_factory, clie
     ev2.close()
 
 
-@pytest.mark.xfail(strict=True, reason="open: reg_destroy's cuMemFree waits for the device, so for another "
-                   "registration's stuck stream (needs stream-ordered cuMemAllocAsync/cuMemFreeAsync)")
 def test_unregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, clients):  # noqa: F811
     """Two workers on one GPU (TP ranks, two engines): UNREGISTER of one with
     nothing queued answers at once while the other's copy waits on an event
     that never completes. Freeing device memory (cuMemFree, cuMemFreeHost)
     waits for the device in practice, which the emulated driver models by
-    draining the context's streams: closing one registration must not free
-    device memory while another's stream waits."""
+    draining the context's streams: the backend's reaper thread frees it,
+    never the thread that answers the UNREGISTER."""
     env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1"}
     s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
     wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
@@ -129,6 +136,133 @@ def test_unregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, c
     assert took < 5.0, f"UNREGISTER waited {took:.1f} s for another worker's copy"
     wait_reply_event(s, h)
     ev.close()
+    # the reaper freed A's resources once the device drained: nothing leaks
+    assert s.stop() == 0
+    assert "fakecuda: leak" not in s.log(), s.log()
+    assert fake_errors(s) == [], s.log()
+
+
+def _two_workers_one_stuck(s, clients, ia, ib):  # noqa: F811
+    """Workers ia and ib on one GPU; ia stored once (so it counts as active),
+    ib has a STORE queued behind an event that is not completed. Returns
+    (client a, client b, cache a, the event, ib's reply handle)."""
+    a, b = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
+    ca, cb = Cache("fa_nhd", "bf16", layers=1), Cache("fa_nhd", "bf16", layers=1, seed=2)
+    register(a, ia, ca)
+    register(b, ib, cb)
+    bpc = CHUNK // ca.bs
+    assert store(s, a, ia, key_of(list(range(5, 5 + CHUNK)), 0, CHUNK, f"a{ia}"), list(range(1, 1 + bpc)))
+    ev = Event()
+    ev.record()  # not completed until the test says so
+    h, ok = b.call("store", key_of(list(range(9, 9 + CHUNK)), 0, CHUNK, f"b{ib}"), ib, [list(range(1, 1 + bpc))],
+                   ev.handle, timeout=10.0)
+    assert ok is True and not event_done(h)
+    return a, b, ca, ev, h
+
+
+def _ends_clean(s, h, ev, mappings, what):
+    """Once the stuck event completed: the copy reports, the reaper frees
+    what waited for the device (`mappings` IPC references stay open), and
+    the stop is clean (no leak, no driver error)."""
+    wait_reply_event(s, h)
+    wait_for(lambda: mappings_open(s) == mappings, 10.0, what=what)
+    ev.close()
+    assert s.stop() == 0
+    assert "fakecuda: leak" not in s.log(), s.log()
+    assert fake_errors(s) == [], s.log()
+
+
+def test_reregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, clients):  # noqa: F811
+    """A re-REGISTER replaces the worker's registration: the old one's
+    device memory and mappings are freed by the reaper, which waits for the
+    device (here: another worker's copy stuck on its event). The REGISTER
+    answers at once, the new registration serves (its handle, reopened while
+    the old mapping is still open, only counts a reference), and the old
+    resources are freed once the device drains."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_TRACE": "1"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    a, b, ca, ev, h = _two_workers_one_stuck(s, clients, 151, 152)
+    sched = clients(s.url, timeout=30.0)
+    bpc = CHUNK // ca.bs
+    try:
+        t0 = time.monotonic()
+        register(a, 151, ca)  # the same cache: the same IPC handle
+        took = time.monotonic() - t0
+        assert took < 5.0, f"re-REGISTER waited {took:.1f} s for another worker's copy"
+        # the new registration serves while the old one's free still waits for the device
+        toks = list(range(700, 700 + CHUNK))
+        src, dst = list(range(1 + bpc, 1 + 2 * bpc)), list(range(ca.nb - bpc, ca.nb))
+        ca.fill(src, 6)
+        assert store(s, a, 151, key_of(toks, 0, CHUNK, "n1"), src)
+        assert lookup(sched, toks, CHUNK, "n1l", want=1) == 1
+        assert retrieve(s, a, 151, key_of(toks, 0, CHUNK, "n1l"), dst)
+        assert ca.blocks(dst) == ca.blocks(src)
+    finally:
+        ev.complete()
+    # A's old mapping reference closes once the device drained: A's new one and B's stay
+    _ends_clean(s, h, ev, 2, "the old registration's mapping closed")
+
+
+def test_reaping_a_worker_while_another_is_stuck_leaves_status_answering(lmcd_factory, clients):  # noqa: F811
+    """The sweeper reaps a silent GPU worker while another worker's copy is
+    stuck on its event. The reap hook runs under the lock /status and
+    /metrics take for the backend's counters: it hands the registration to
+    the reaper and returns, so both answer at once, and the reaped worker's
+    resources are freed once the device drains."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_TRACE": "1"}
+    s = lmcd_factory(["--l1-size-gb", "0.1", "--worker-reap-timeout-seconds", "1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    _, b, _, ev, h = _two_workers_one_stuck(s, clients, 161, 162)
+    pinger = Pinger(clients(s.url, timeout=30.0), 162)  # the stuck worker stays alive
+    try:
+        s.wait_log("worker instance 161 silent for over 1 s", 20.0)  # the reap hook runs right after
+        time.sleep(0.5)
+        for path in ("/status", "/metrics"):
+            t0 = time.monotonic()
+            body = http_get(s, path)
+            took = time.monotonic() - t0
+            assert took < 3.0 and body, f"{path} took {took:.1f} s while a reap waited for the device"
+        s.wait_log("GPU worker instance 161 reaped for silence", 5.0)
+        assert json.loads(http_get(s, "/status"))["gpu"]["enabled"] is True
+        assert "lmcd_gpu_objects_total" in http_get(s, "/metrics")
+        assert mappings_open(s) == 2, "a mapping closed while another worker's copy was stuck"
+    finally:
+        ev.complete()
+        pinger.close()
+    _ends_clean(s, h, ev, 1, "the reaped worker's mapping closed")
+
+
+def test_shutdown_while_a_free_waits_on_another_workers_stuck_copy_is_bounded(lmcd_factory, clients):  # noqa: F811
+    """SIGTERM while the reaper is blocked freeing an unregistered worker's
+    resources (the device never drains: another worker's copy is stuck on
+    its event): the stop abandons both within its bound, exits 0, removes
+    its L1 segment and leaves no process behind. Leak checking off for this
+    server (the abandoned threads stay blocked, as in the other stuck
+    shutdowns)."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "ASAN_OPTIONS": "detect_leaks=0"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    a, _, _, ev, _ = _two_workers_one_stuck(s, clients, 171, 172)
+    assert a.call("unregister_kv_cache", 171, timeout=10.0) is None  # its free now waits for the device
+    _stop_bounded(s, ev)
+
+
+def _stop_bounded(s, ev):
+    """SIGTERM with a copy stuck on `ev`: lmcd exits 0 within its bound
+    (--stop-timeout-seconds 5 at most, 2 s of GPU grace), abandoning what
+    waits, and leaves neither its L1 segment nor its process."""
+    pid = s.proc.pid
+    t0 = time.monotonic()
+    try:
+        assert s.stop(timeout=20.0) == 0
+    finally:
+        ev.complete()
+        ev.close()
+    assert time.monotonic() - t0 < 12.0
+    assert "lmcd stops without waiting for them" in s.log(), s.log()
+    assert not os.path.exists(f"/dev/shm/{s.shm_name}"), "the L1 segment was left behind"
+    assert not os.path.exists(f"/proc/{pid}"), "lmcd's process is still there"
 
 
 def test_shutdown_with_another_workers_stuck_copy_is_bounded(lmcd_factory, clients):  # noqa: F811
@@ -140,24 +274,8 @@ def test_shutdown_with_another_workers_stuck_copy_is_bounded(lmcd_factory, clien
     env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "ASAN_OPTIONS": "detect_leaks=0"}
     s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
     wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
-    a, b = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
-    ca, cb = Cache("fa_nhd", "bf16", layers=1), Cache("fa_nhd", "bf16", layers=1, seed=2)
-    register(a, 95, ca)  # first in the backend's table: closed first
-    register(b, 96, cb)
-    bpc = CHUNK // ca.bs
-    ev = Event()
-    ev.record()  # never completed
-    _, ok = b.call("store", key_of(list(range(9, 9 + CHUNK)), 0, CHUNK, "b96"), 96, [list(range(1, 1 + bpc))],
-                   ev.handle, timeout=10.0)
-    assert ok is True
-    t0 = time.monotonic()
-    try:
-        assert s.stop(timeout=20.0) == 0
-    finally:
-        ev.complete()
-        ev.close()
-    assert time.monotonic() - t0 < 15.0
-    assert "lmcd stops without waiting for them" in s.log(), s.log()
+    _, _, _, ev, _ = _two_workers_one_stuck(s, clients, 95, 96)  # 95 first in the backend's table: closed first
+    _stop_bounded(s, ev)
 
 
 def test_a_client_event_that_cannot_be_opened_copies_nothing(lmcd_factory, clients):  # noqa: F811
@@ -210,3 +328,41 @@ def test_a_retrieve_queued_only_in_part_answers_false(lmcd_factory, clients):  #
     finally:
         ev.complete()
         ev.close()
+
+
+def test_a_failed_event_record_does_not_use_up_a_pool_event(lmcd_factory, clients):  # noqa: F811
+    """A reply's event comes from the registration's pool of 64, reused
+    round-robin, which relies on an event being recorded again only 64
+    records later, when its earlier reply is long done. A record that fails
+    (here: its handle cannot be had; the request goes unanswered) must not
+    use up a slot: after 63 failures the next reply would otherwise carry
+    the very event of a reply still pending, and the worker waiting on that
+    earlier one would wait for the later record instead."""
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_FAIL_EVENT_HANDLE": "2-64"}
+    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
+    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    c = clients(s.url, timeout=30.0)
+    cache = Cache("fa_nhd", "bf16", layers=1)
+    register(c, 181, cache)
+    bpc = CHUNK // cache.bs
+    toks, dst = list(range(800, 800 + CHUNK)), list(range(1, 1 + bpc))
+    ev, done = Event(), Event()
+    ev.record()  # the first reply's record waits behind it
+    try:
+        h1, ok1 = c.call("retrieve", key_of(toks, 0, CHUNK, "p0"), 181, [dst], ev.handle, 0, timeout=10.0)
+        assert ok1 is False and not event_done(h1)  # a miss: an event-only reply, pending
+        for i in range(1, 64):  # calls 2 to 64 of cuIpcGetEventHandle fail: no reply
+            c.submit("retrieve", key_of(toks, 0, CHUNK, f"p{i}"), 181, [dst], done.handle, 0)
+        failed = "cuIpcGetEventHandle: CUDA error: FAKECUDA_FAIL_EVENT_HANDLE"
+        wait_for(lambda: sum(failed in ln for ln in fake_errors(s)) == 63, 30.0, what="63 failed records")
+        h65, ok65 = c.call("retrieve", key_of(toks, 0, CHUNK, "p64"), 181, [dst], done.handle, 0, timeout=10.0)
+        assert ok65 is False
+        assert h65 != h1, "a reply carries the event of an earlier reply still pending"
+    finally:
+        ev.complete()
+    wait_reply_event(s, h1)
+    wait_reply_event(s, h65)
+    assert s.stop() == 0
+    assert "fakecuda: leak" not in s.log(), s.log()
+    ev.close()
+    done.close()

@@ -47,7 +47,8 @@
  *   (every registration fails with CUDA_ERROR_OUT_OF_MEMORY, as under a
  *   low memlock limit) and FAKECUDA_PIN_LIMIT_MB (registrations past that
  *   many MiB in all fail so). FAKECUDA_FAIL_EVENT_HANDLE=N fails the Nth
- *   cuIpcGetEventHandle (the event is recorded, its handle not given).
+ *   cuIpcGetEventHandle (=N-M: the Nth to the Mth; the event is recorded,
+ *   its handle not given).
  * - FAKECUDA_NO_UVA=1: registered and allocated host memory is seen by
  *   kernels at another address (a second mapping of the same pages, one
  *   per registration), as without unified addressing: only the address
@@ -59,7 +60,10 @@
  * - cuMemcpyDtoHAsync/cuMemcpyHtoDAsync between device memory and pinned
  *   host memory run in stream order and touch the host bytes only then (so
  *   a host buffer reused before the copy ran is caught); an async DtoH into
- *   pageable memory is refused (lmcd must only DMA into pinned memory).
+ *   pageable memory is refused (lmcd must only DMA into pinned memory); an
+ *   async HtoD from pageable memory first waits for its stream to drain
+ *   (the driver "may synchronize with the stream" to stage it), then
+ *   stages the bytes at the call.
  * - cuModuleLoadData accepts an image with the fatbin magic; the functions
  *   lmcd_gather/lmcd_scatter run on the CPU with tl_item(), the index
  *   function the .cu kernels use, reading `struct tl_xfer` by value as the
@@ -68,8 +72,14 @@
  * Not faithful (said so where it matters): no timing, no real pinning, no
  * peer-access rules, no check that the image holds the kernels, streams are
  * drained at cuStreamDestroy (the driver returns at once and releases later),
- * cuMemFree drains the context's streams first (the driver's free is
- * implicitly synchronising in practice, not by contract).
+ * cuMemFree, cuMemFreeHost and cuIpcCloseMemHandle drain every stream of
+ * the context first, another registration's stream waiting on a client
+ * event included (the driver's frees synchronise the device in practice,
+ * and an unmap is taken to do the same, the safe assumption for a caller);
+ * allocating (cuMemAlloc, cuMemHostAlloc), opening IPC handles, creating
+ * streams and events and recording never wait for the device, as the
+ * driver documents no synchronisation for them and a caller must not need
+ * it (lmcd allocates while another worker's copy may be stuck).
  *
  * Every failure it returns is printed as one line "fakecuda: <call>:
  * <error>: <why>" on stderr, and at unload it prints "fakecuda: leak: ..."
@@ -871,11 +881,16 @@ CUresult CUDAAPI cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event)
     if (!(event->flags & CU_EVENT_INTERPROCESS) || event->imported)
         return fk_fail(CUDA_ERROR_INVALID_VALUE, "cuIpcGetEventHandle", "event not created with "
                                                                        "CU_EVENT_INTERPROCESS");
-    /* FAKECUDA_FAIL_EVENT_HANDLE=N: the Nth call fails (a driver error
-     * after the event was recorded on a stream, behind queued work). */
+    /* FAKECUDA_FAIL_EVENT_HANDLE=N (or N-M): the Nth call (the Nth to the
+     * Mth) fails (a driver error after the event was recorded on a
+     * stream, behind queued work). */
     static atomic_uint n_calls;
     const char *e = getenv("FAKECUDA_FAIL_EVENT_HANDLE");
-    if (atomic_fetch_add(&n_calls, 1) + 1 == (unsigned)(e ? atoi(e) : 0))
+    unsigned call = atomic_fetch_add(&n_calls, 1) + 1, lo = e ? (unsigned)atoi(e) : 0, hi = lo;
+    const char *dash = e ? strchr(e, '-') : NULL;
+    if (dash)
+        hi = (unsigned)atoi(dash + 1);
+    if (lo && call >= lo && call <= hi)
         return fk_fail(CUDA_ERROR_UNKNOWN, "cuIpcGetEventHandle", "FAKECUDA_FAIL_EVENT_HANDLE=%s", e);
     memset(pHandle->reserved, 0, sizeof(pHandle->reserved));
     uint32_t pid = (uint32_t)getpid(), fd = (uint32_t)event->map->fd;
@@ -1076,6 +1091,12 @@ static CUresult fk_htod(const char *fn, CUdeviceptr dst, const void *src, size_t
             free(stage);
         return fk_fail(CUDA_ERROR_OUT_OF_MEMORY, fn, "staging %zu bytes", n);
     }
+    /* An async copy from pageable memory may first synchronise with its
+     * stream ("API synchronization behavior"): the fake always does, so a
+     * caller that queues one under a lock, behind a wait that never ends,
+     * is seen waiting. */
+    if (hStream && !pinned)
+        fk_drain(hStream);
     if (!pinned)
         memcpy(stage, src, n);
     op->kind = OP_COPY;
@@ -1226,6 +1247,8 @@ CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr)
     CUresult r = fk_ctx_check("cuIpcCloseMemHandle");
     if (r)
         return r;
+    /* Unmapping waits for the device, as the frees do (see the header). */
+    fk_drain_ctx(fk_cur);
     pthread_rwlock_wrlock(&fk.mem); /* no stream work touches it meanwhile */
     pthread_mutex_lock(&fk.mu);
     void *unmap = NULL;
