@@ -74,20 +74,23 @@ L1_INLINE struct l1_act *act_of(struct l1 *l1, const struct l1_obj *o)
     return &l1->acts[o->act];
 }
 
-static struct l1_act *act_take(struct l1 *l1, struct l1_obj *o)
+/* A record for o, not on a list yet; `word` is the writer or lock epoch. */
+L1_INLINE struct l1_act *act_take(struct l1 *l1, struct l1_obj *o, uint64_t expiry_ns,
+                                  uint64_t word, uint32_t holders)
 {
     uint32_t i = l1->act_free;
     if (i != L1_NIL)
         l1->act_free = l1->acts[i].q.next;
     else
         i = (uint32_t)l1->acts_used++; /* a fresh record: its page is touched only now */
-    l1->acts[i] = (struct l1_act){ .q = { L1_NIL, L1_NIL }, .slot = l1_slot_of(l1, o) };
+    l1->acts[i] = (struct l1_act){ .expiry_ns = expiry_ns, .writer = word, .q = { L1_NIL, L1_NIL },
+                                   .slot = l1_slot_of(l1, o), .holders = holders };
     o->act = i;
     return &l1->acts[i];
 }
 
 /* o's record, off every list already. */
-static void act_put(struct l1 *l1, struct l1_obj *o)
+L1_INLINE void act_put(struct l1 *l1, struct l1_obj *o)
 {
     l1->acts[o->act].q = (struct l1_link){ L1_NIL, l1->act_free };
     l1->act_free = o->act;
@@ -242,7 +245,7 @@ static void table_write(struct l1 *l1, const struct l1_obj *o, enum l1_seg_state
 /* ---- object lifecycle ----------------------------------------------------- */
 
 /* Takes o off its resv / locked / pending list and frees its record. */
-static void act_drop(struct l1 *l1, struct l1_obj *o)
+L1_INLINE void act_drop(struct l1 *l1, struct l1_obj *o)
 {
     if (o->state == L1_OBJ_RESERVED)
         l1->n_resv--;
@@ -324,7 +327,7 @@ static void obj_make_pending(struct l1 *l1, struct l1_obj *o)
     if (o->state == L1_OBJ_READY)
         list_del(l1, L_LRU, l1_slot_of(l1, o));
     if (o->act == L1_NIL) {
-        act_take(l1, o); /* READY without holders: no expiry, no epoch */
+        act_take(l1, o, 0, 0, 0); /* READY without holders: no expiry, no epoch */
     } else {
         list_del(l1, L_Q, o->act);
         if (o->state == L1_OBJ_RESERVED)
@@ -697,9 +700,7 @@ static enum l1_status reserve_one(struct l1 *l1, struct room *rm, const struct l
         .hnext = L1_NIL,
     };
     l1->lru[l1_slot_of(l1, o)] = (struct l1_link){ L1_NIL, L1_NIL };
-    struct l1_act *a = act_take(l1, o);
-    a->expiry_ns = now + l1->write_ttl_ns;
-    a->writer = writer;
+    act_take(l1, o, now + l1->write_ttl_ns, writer, 0);
     index_insert(l1, o);
     list_append(l1, L_Q, l1->head_resv, o->act);
     l1->n_resv++;
@@ -826,19 +827,18 @@ L1_INLINE void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint6
 {
     if (o->act != L1_NIL && act_of(l1, o)->expiry_ns <= now)
         drop_holders(l1, o); /* an expired lock restarts from zero */
-    struct l1_act *a;
+    uint64_t expiry = now + l1->read_ttl_ns;
     if (o->act == L1_NIL) {
         /* A new run of holders: late releases of an old run are ignored. */
-        a = act_take(l1, o);
-        a->lock_epoch = l1->next_epoch++;
+        act_take(l1, o, expiry, l1->next_epoch++, readers);
         l1->n_locked++;
     } else {
-        a = act_of(l1, o);
+        struct l1_act *a = act_of(l1, o);
         list_del(l1, L_Q, o->act);
+        uint64_t h = (uint64_t)a->holders + readers;
+        a->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
+        a->expiry_ns = expiry;
     }
-    uint64_t h = (uint64_t)a->holders + readers;
-    a->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
-    a->expiry_ns = now + l1->read_ttl_ns;
     /* Moving to the tail keeps `locked` in expiry order. */
     list_append(l1, L_Q, l1->head_locked, o->act);
 }
