@@ -92,7 +92,7 @@ L1_INLINE struct l1_act *act_take(struct l1 *l1, struct l1_obj *o, uint64_t expi
 /* o's record, off every list already. */
 L1_INLINE void act_put(struct l1 *l1, struct l1_obj *o)
 {
-    l1->acts[o->act].q = (struct l1_link){ L1_NIL, l1->act_free };
+    l1->acts[o->act].q.next = l1->act_free; /* q.prev of a free record is never read */
     l1->act_free = o->act;
     o->act = L1_NIL;
 }
@@ -609,16 +609,22 @@ const char *l1_status_name(enum l1_status s)
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "unknown";
 }
 
-L1_INLINE void ref_of(struct l1 *l1, const struct l1_obj *o, struct l1_ref *r)
+L1_INLINE void ref_with_epoch(const struct l1 *l1, const struct l1_obj *o, uint64_t epoch,
+                              struct l1_ref *r)
 {
     r->id = o->id;
     r->offset = obj_offset(l1, o);
     r->length = l1_obj_length(o);
-    /* a READY object's epoch is that of its current holders (0: none);
-     * a reservation's record holds the writer in that word */
-    r->lock_epoch = o->state == L1_OBJ_READY && o->act != L1_NIL ? act_of(l1, o)->lock_epoch : 0;
+    r->lock_epoch = epoch;
     r->slot = l1_slot_of(l1, o) + 1;
     r->reserved_ = 0;
+}
+
+/* A READY object's epoch is that of its current holders (0: none); a
+ * reservation's record holds the writer in that word, so its ref has 0. */
+L1_INLINE void ref_of(struct l1 *l1, const struct l1_obj *o, struct l1_ref *r)
+{
+    ref_with_epoch(l1, o, o->state == L1_OBJ_READY && o->act != L1_NIL ? act_of(l1, o)->lock_epoch : 0, r);
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -823,17 +829,21 @@ int l1_abort_all(struct l1 *l1, uint64_t writer)
 
 /* ---- reads ---------------------------------------------------------------- */
 
-L1_INLINE void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
+/* Returns the lock epoch of the run of holders the lock joined. */
+L1_INLINE uint64_t lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
 {
+    uint64_t epoch;
     if (o->act != L1_NIL && act_of(l1, o)->expiry_ns <= now)
         drop_holders(l1, o); /* an expired lock restarts from zero */
     uint64_t expiry = now + l1->read_ttl_ns;
     if (o->act == L1_NIL) {
         /* A new run of holders: late releases of an old run are ignored. */
-        act_take(l1, o, expiry, l1->next_epoch++, readers);
+        epoch = l1->next_epoch++;
+        act_take(l1, o, expiry, epoch, readers);
         l1->n_locked++;
     } else {
         struct l1_act *a = act_of(l1, o);
+        epoch = a->lock_epoch;
         list_del(l1, L_Q, o->act);
         uint64_t h = (uint64_t)a->holders + readers;
         a->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
@@ -841,6 +851,7 @@ L1_INLINE void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint6
     }
     /* Moving to the tail keeps `locked` in expiry order. */
     list_append(l1, L_Q, l1->head_locked, o->act);
+    return epoch;
 }
 
 L1_INLINE struct l1_obj *ready_find(struct l1 *l1, const struct l1_key *k)
@@ -862,9 +873,9 @@ int l1_lock_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t 
         struct l1_obj *o = ready_find(l1, &keys[i]);
         if (!o)
             break;
-        lock_obj(l1, o, readers, now);
+        uint64_t epoch = lock_obj(l1, o, readers, now);
         if (refs)
-            ref_of(l1, o, &refs[i]);
+            ref_with_epoch(l1, o, epoch, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     return (int)i;
@@ -884,9 +895,9 @@ int l1_lock(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t readers
             rc = -ENOENT;
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct l1_obj *o = ready_find(l1, &keys[i]);
-        lock_obj(l1, o, readers, now);
+        uint64_t epoch = lock_obj(l1, o, readers, now);
         if (refs)
-            ref_of(l1, o, &refs[i]);
+            ref_with_epoch(l1, o, epoch, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     return rc;
