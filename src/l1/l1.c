@@ -27,47 +27,82 @@
 #define L1_MIN_BUCKETS 1024u
 
 /* ---- lists ----------------------------------------------------------------
- * Circular lists of slot indices with a sentinel record per list (l1->head_*).
- * Each object has two links: lru, and q (resv, locked or pending). */
+ * Circular lists with a sentinel per list (l1->head_*): the LRU links slots
+ * (l1->lru), the resv, locked and pending lists link activity records
+ * (l1->acts[].q). */
 
 enum l1_which { L_LRU, L_Q };
 
 #define L1_INLINE static inline __attribute__((always_inline))
 
-L1_INLINE struct l1_link *lnk(struct l1_obj *objs, uint32_t i, enum l1_which w)
+L1_INLINE struct l1_link *lnk(struct l1 *l1, uint32_t i, enum l1_which w)
 {
-    return w == L_LRU ? &objs[i].lru : &objs[i].q;
+    return w == L_LRU ? &l1->lru[i] : &l1->acts[i].q;
 }
 
-static void list_init(struct l1 *l1, uint32_t h)
+static void list_init(struct l1 *l1, enum l1_which w, uint32_t h)
 {
-    l1->objs[h].lru = l1->objs[h].q = (struct l1_link){ h, h };
+    *lnk(l1, h, w) = (struct l1_link){ h, h };
 }
 
 L1_INLINE void list_append(struct l1 *l1, enum l1_which w, uint32_t h, uint32_t n)
 {
-    struct l1_obj *objs = l1->objs;
-    struct l1_link *hl = lnk(objs, h, w), *nl = lnk(objs, n, w);
+    struct l1_link *hl = lnk(l1, h, w), *nl = lnk(l1, n, w);
     uint32_t tail = hl->prev;
     nl->prev = tail;
     nl->next = h;
-    lnk(objs, tail, w)->next = n;
+    lnk(l1, tail, w)->next = n;
     hl->prev = n;
 }
 
 L1_INLINE void list_del(struct l1 *l1, enum l1_which w, uint32_t n)
 {
-    struct l1_obj *objs = l1->objs;
-    struct l1_link *nl = lnk(objs, n, w);
+    struct l1_link *nl = lnk(l1, n, w);
     uint32_t prev = nl->prev, next = nl->next;
     if (next == L1_NIL)
         return;
-    lnk(objs, prev, w)->next = next;
-    lnk(objs, next, w)->prev = prev;
+    lnk(l1, prev, w)->next = next;
+    lnk(l1, next, w)->prev = prev;
     nl->prev = nl->next = L1_NIL;
 }
 
-static inline bool on_q(const struct l1_obj *o) { return o->q.next != L1_NIL; }
+/* ---- activity records ------------------------------------------------------
+ * See struct l1_act. act_take cannot fail: the pool has one per slot. */
+
+L1_INLINE struct l1_act *act_of(struct l1 *l1, const struct l1_obj *o)
+{
+    return &l1->acts[o->act];
+}
+
+/* A record for o, not on a list yet; `word` is the writer or lock epoch. */
+L1_INLINE struct l1_act *act_take(struct l1 *l1, struct l1_obj *o, uint64_t expiry_ns,
+                                  uint64_t word, uint32_t holders)
+{
+    uint32_t i = l1->act_free;
+    if (i != L1_NIL)
+        l1->act_free = l1->acts[i].q.next;
+    else
+        i = (uint32_t)l1->acts_used++; /* a fresh record: its page is touched only now */
+    l1->acts[i] = (struct l1_act){ .expiry_ns = expiry_ns, .writer = word, .q = { L1_NIL, L1_NIL },
+                                   .slot = l1_slot_of(l1, o), .holders = holders };
+    o->act = i;
+    return &l1->acts[i];
+}
+
+/* o's record, off every list already. */
+L1_INLINE void act_put(struct l1 *l1, struct l1_obj *o)
+{
+    l1->acts[o->act].q.next = l1->act_free; /* q.prev of a free record is never read */
+    l1->act_free = o->act;
+    o->act = L1_NIL;
+}
+
+/* The object whose record is first on list h, or NULL when it is empty. */
+L1_INLINE struct l1_obj *q_first(struct l1 *l1, uint32_t h)
+{
+    uint32_t i = l1->acts[h].q.next;
+    return i == h ? NULL : &l1->objs[l1->acts[i].slot];
+}
 
 /* ---- hash index -----------------------------------------------------------
  * Chains of slot indices; the key itself is read from the object's table
@@ -172,7 +207,7 @@ static struct l1_obj *slot_take(struct l1 *l1)
 
 static void slot_put(struct l1 *l1, struct l1_obj *o)
 {
-    *o = (struct l1_obj){ .state = L1_OBJ_FREE, .hnext = l1->free_head };
+    *o = (struct l1_obj){ .state = L1_OBJ_FREE, .hnext = l1->free_head, .act = L1_NIL };
     l1->free_head = l1_slot_of(l1, o);
     l1->n_free_slots++;
 }
@@ -209,30 +244,39 @@ static void table_write(struct l1 *l1, const struct l1_obj *o, enum l1_seg_state
 
 /* ---- object lifecycle ----------------------------------------------------- */
 
+/* Takes o off its resv / locked / pending list and frees its record. */
+L1_INLINE void act_drop(struct l1 *l1, struct l1_obj *o)
+{
+    if (o->state == L1_OBJ_RESERVED)
+        l1->n_resv--;
+    else if (o->state == L1_OBJ_READY)
+        l1->n_locked--;
+    else
+        l1->n_pending--;
+    list_del(l1, L_Q, o->act);
+    act_put(l1, o);
+}
+
 /* Unlinks o from every structure, frees its extent and table slot. */
 static void obj_free(struct l1 *l1, struct l1_obj *o)
 {
     uint32_t s = l1_slot_of(l1, o);
     if (o->state != L1_OBJ_PENDING)
         index_remove(l1, o);
-    list_del(l1, L_LRU, s);
-    if (on_q(o)) {
-        list_del(l1, L_Q, s);
-        if (o->state == L1_OBJ_RESERVED)
-            l1->n_resv--;
-        else if (o->state == L1_OBJ_READY)
-            l1->n_locked--;
-        else
-            l1->n_pending--;
-    }
+    if (o->state == L1_OBJ_READY)
+        list_del(l1, L_LRU, s);
+    if (o->act != L1_NIL)
+        act_drop(l1, o);
     table_write(l1, o, L1_SEG_FREE);
     l1_alloc_put(&l1->alloc, s, l1_obj_length(o));
     slot_put(l1, o);
 }
 
-bool l1_evictable_locked(const struct l1_obj *o, uint64_t now)
+/* A READY object has a record only while it has holders (maybe expired). */
+bool l1_evictable_locked(const struct l1 *l1, const struct l1_obj *o, uint64_t now)
 {
-    return o->state == L1_OBJ_READY && o->pins == 0 && (o->holders == 0 || o->expiry_ns <= now);
+    return o->state == L1_OBJ_READY && o->pins == 0 &&
+           (o->act == L1_NIL || l1->acts[o->act].expiry_ns <= now);
 }
 
 void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o)
@@ -242,42 +286,35 @@ void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o)
     obj_free(l1, o);
 }
 
-/* A READY object's holders expired: it becomes unlocked. */
+/* The holders of o (READY, or PENDING that was READY; it has a record)
+ * expired or left: a READY object becomes unlocked and gives its record
+ * back, a PENDING one keeps it (it stays on pending). */
 L1_INLINE void drop_holders(struct l1 *l1, struct l1_obj *o)
 {
-    if (o->holders)
+    struct l1_act *a = act_of(l1, o);
+    if (a->holders)
         l1->st.expired_read_locks++; /* readers that never released: a metric to alert on */
-    o->holders = 0;
-    if (on_q(o) && o->state == L1_OBJ_READY) {
-        list_del(l1, L_Q, l1_slot_of(l1, o));
-        l1->n_locked--;
-    }
+    a->holders = 0;
+    if (o->state == L1_OBJ_READY)
+        act_drop(l1, o);
 }
 
 void l1_settle_locked(struct l1 *l1, uint64_t now)
 {
-    uint32_t h;
-    h = l1->head_resv;
-    while (l1->objs[h].q.next != h) {
-        struct l1_obj *o = &l1->objs[l1->objs[h].q.next];
-        if (o->expiry_ns > now)
-            break;
+    struct l1_obj *o;
+    while ((o = q_first(l1, l1->head_resv)) && act_of(l1, o)->expiry_ns <= now) {
         l1->st.expired_reservations++;
         obj_free(l1, o);
     }
-    h = l1->head_locked;
-    while (l1->objs[h].q.next != h) {
-        struct l1_obj *o = &l1->objs[l1->objs[h].q.next];
-        if (o->expiry_ns > now)
-            break;
+    while ((o = q_first(l1, l1->head_locked)) && act_of(l1, o)->expiry_ns <= now)
         drop_holders(l1, o);
-    }
-    h = l1->head_pending;
-    for (uint32_t i = l1->objs[h].q.next, next; i != h; i = next) {
-        struct l1_obj *o = &l1->objs[i];
-        next = o->q.next;
+    uint32_t h = l1->head_pending;
+    for (uint32_t i = l1->acts[h].q.next, next; i != h; i = next) {
+        struct l1_act *a = &l1->acts[i];
+        next = a->q.next;
+        o = &l1->objs[a->slot];
         if (o->pins == 0 &&
-            (o->expiry_ns <= now || (!(o->flags & L1_OBJ_WAS_RESERVED) && o->holders == 0)))
+            (a->expiry_ns <= now || (!(o->flags & L1_OBJ_WAS_RESERVED) && a->holders == 0)))
             obj_free(l1, o);
     }
 }
@@ -286,11 +323,13 @@ void l1_settle_locked(struct l1 *l1, uint64_t now)
  * its bytes; it is freed when they finish or its TTL runs out. */
 static void obj_make_pending(struct l1 *l1, struct l1_obj *o)
 {
-    uint32_t s = l1_slot_of(l1, o);
     index_remove(l1, o);
-    list_del(l1, L_LRU, s);
-    if (on_q(o)) {
-        list_del(l1, L_Q, s);
+    if (o->state == L1_OBJ_READY)
+        list_del(l1, L_LRU, l1_slot_of(l1, o));
+    if (o->act == L1_NIL) {
+        act_take(l1, o, 0, 0, 0); /* READY without holders: no expiry, no epoch */
+    } else {
+        list_del(l1, L_Q, o->act);
         if (o->state == L1_OBJ_RESERVED)
             l1->n_resv--;
         else
@@ -301,7 +340,7 @@ static void obj_make_pending(struct l1 *l1, struct l1_obj *o)
     else
         o->flags &= (uint8_t)~L1_OBJ_WAS_RESERVED;
     o->state = L1_OBJ_PENDING;
-    list_append(l1, L_Q, l1->head_pending, s);
+    list_append(l1, L_Q, l1->head_pending, o->act);
     l1->n_pending++;
     table_write(l1, o, L1_SEG_PENDING_FREE);
 }
@@ -310,11 +349,12 @@ static struct l1_obj *pending_find(struct l1 *l1, const struct l1_key *k, uint64
                                    bool match_id, bool want_reserved)
 {
     uint32_t h = l1->head_pending;
-    for (uint32_t i = l1->objs[h].q.next; i != h; i = l1->objs[i].q.next) {
-        struct l1_obj *o = &l1->objs[i];
+    for (uint32_t i = l1->acts[h].q.next; i != h; i = l1->acts[i].q.next) {
+        uint32_t s = l1->acts[i].slot;
+        struct l1_obj *o = &l1->objs[s];
         if (!(o->flags & L1_OBJ_WAS_RESERVED) != !want_reserved)
             continue;
-        if (match_id ? o->id == id : key_eq(key_of(l1, i), k))
+        if (match_id ? o->id == id : key_eq(key_of(l1, s), k))
             return o;
     }
     return NULL;
@@ -476,7 +516,9 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
     l1->read_ttl_ns = (uint64_t)o->read_ttl_s * 1000000000ull;
     l1->write_ttl_ns = (uint64_t)o->write_ttl_s * 1000000000ull;
     l1->next_id = 1;
+    l1->next_epoch = 1;
     l1->free_head = L1_NIL;
+    l1->act_free = L1_NIL;
     l1->st.read_ttl_s = o->read_ttl_s;
     l1->st.write_ttl_s = o->write_ttl_s;
 
@@ -486,16 +528,20 @@ int l1_create(const struct l1_opts *o, struct l1 **out)
     l1->nb = L1_MIN_BUCKETS;
     l1->table_entries = h.table_entries;
     /* calloc of a large array maps zero pages: a record costs memory only
-     * once its slot is first used (slots are handed out low first). */
+     * once its slot is first used (slots and activity records are handed
+     * out low first). */
     if (!(l1->buckets = buckets_new(l1->nb)) ||
-        !(l1->objs = calloc(h.table_entries + 4, sizeof(*l1->objs))))
+        !(l1->objs = calloc(h.table_entries, sizeof(*l1->objs))) ||
+        !(l1->lru = calloc(h.table_entries + 1, sizeof(*l1->lru))) ||
+        !(l1->acts = calloc(h.table_entries + 3, sizeof(*l1->acts))))
         goto fail;
     l1->head_lru = (uint32_t)h.table_entries;
-    l1->head_resv = l1->head_lru + 1;
-    l1->head_locked = l1->head_lru + 2;
-    l1->head_pending = l1->head_lru + 3;
-    for (uint32_t i = l1->head_lru; i <= l1->head_pending; i++)
-        list_init(l1, i);
+    list_init(l1, L_LRU, l1->head_lru);
+    l1->head_resv = (uint32_t)h.table_entries;
+    l1->head_locked = l1->head_resv + 1;
+    l1->head_pending = l1->head_resv + 2;
+    for (uint32_t i = l1->head_resv; i <= l1->head_pending; i++)
+        list_init(l1, L_Q, i);
     l1->n_free_slots = h.table_entries;
     if ((rc = l1_alloc_init(&l1->alloc, h.data_offset, h.data_bytes, o->align_bytes,
                             h.table_entries)) < 0) {
@@ -528,6 +574,8 @@ fail:
     }
     l1_alloc_fini(&l1->alloc);
     free(l1->objs);
+    free(l1->lru);
+    free(l1->acts);
     free(l1->buckets);
     free(l1);
     return rc;
@@ -544,6 +592,8 @@ void l1_destroy(struct l1 *l1)
     pthread_mutex_destroy(&l1->evict_mu);
     pthread_mutex_destroy(&l1->mu);
     free(l1->objs);
+    free(l1->lru);
+    free(l1->acts);
     free(l1->buckets);
     free(l1);
 }
@@ -559,14 +609,22 @@ const char *l1_status_name(enum l1_status s)
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "unknown";
 }
 
-L1_INLINE void ref_of(const struct l1 *l1, const struct l1_obj *o, struct l1_ref *r)
+L1_INLINE void ref_with_epoch(const struct l1 *l1, const struct l1_obj *o, uint64_t epoch,
+                              struct l1_ref *r)
 {
     r->id = o->id;
     r->offset = obj_offset(l1, o);
     r->length = l1_obj_length(o);
-    r->lock_epoch = o->state == L1_OBJ_RESERVED ? 0 : o->lock_epoch; /* writer shares its word */
+    r->lock_epoch = epoch;
     r->slot = l1_slot_of(l1, o) + 1;
     r->reserved_ = 0;
+}
+
+/* A READY object's epoch is that of its current holders (0: none); a
+ * reservation's record holds the writer in that word, so its ref has 0. */
+L1_INLINE void ref_of(struct l1 *l1, const struct l1_obj *o, struct l1_ref *r)
+{
+    ref_with_epoch(l1, o, o->state == L1_OBJ_READY && o->act != L1_NIL ? act_of(l1, o)->lock_epoch : 0, r);
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -584,8 +642,8 @@ static bool evict_next(struct l1 *l1, struct room *rm, uint64_t now)
 {
     while (rm->cursor != l1->head_lru) {
         struct l1_obj *o = &l1->objs[rm->cursor];
-        rm->cursor = o->lru.next;
-        if (l1_evictable_locked(o, now)) {
+        rm->cursor = l1->lru[rm->cursor].next;
+        if (l1_evictable_locked(l1, o, now)) {
             l1->st.demand_evicted_count++;
             l1_evict_obj_locked(l1, o);
             return true;
@@ -621,7 +679,7 @@ static enum l1_status reserve_one(struct l1 *l1, struct room *rm, const struct l
     struct l1_obj *o = index_find(l1, k);
     if (o && o->state == L1_OBJ_READY)
         return L1_EXISTS;
-    if (o && o->expiry_ns > now)
+    if (o && act_of(l1, o)->expiry_ns > now) /* RESERVED */
         return L1_BUSY;
     if (o) {
         /* An abandoned reservation: never published, never readable. */
@@ -641,18 +699,16 @@ static enum l1_status reserve_one(struct l1 *l1, struct room *rm, const struct l
     }
     *o = (struct l1_obj){
         .id = l1->next_id++,
-        .expiry_ns = now + l1->write_ttl_ns,
-        .writer = writer,
         .len_lo = (uint32_t)size,
         .len_hi = (uint16_t)(size >> 32),
         .state = L1_OBJ_RESERVED,
         .hash = (uint32_t)key_hash(k),
         .hnext = L1_NIL,
-        .lru = { L1_NIL, L1_NIL },
-        .q = { L1_NIL, L1_NIL },
     };
+    l1->lru[l1_slot_of(l1, o)] = (struct l1_link){ L1_NIL, L1_NIL };
+    act_take(l1, o, now + l1->write_ttl_ns, writer, 0);
     index_insert(l1, o);
-    list_append(l1, L_Q, l1->head_resv, l1_slot_of(l1, o));
+    list_append(l1, L_Q, l1->head_resv, o->act);
     l1->n_resv++;
     table_reserve(l1, o, k);
     ref_of(l1, o, ref);
@@ -670,7 +726,7 @@ int l1_reserve_write(struct l1 *l1, const struct l1_key *keys, const uint64_t *s
     uint64_t now = clock_now_ns(l1->clock);
     l1_settle_locked(l1, now);
     bool broken = __atomic_load_n(&l1->seg_broken, __ATOMIC_RELAXED);
-    struct room rm = { l1->objs[l1->head_lru].lru.next, false };
+    struct room rm = { l1->lru[l1->head_lru].next, false };
     for (size_t i = 0; i < n; i++) {
         st[i] = broken ? L1_NOMEM : reserve_one(l1, &rm, &keys[i], sizes[i], writer, now, &refs[i]);
         done += st[i] == L1_OK;
@@ -687,8 +743,8 @@ static struct l1_obj *take_reservation(struct l1 *l1, const struct l1_key *k, ui
 {
     struct l1_obj *o = index_find(l1, k);
     *why = L1_NOTFOUND;
-    if (o && o->state == L1_OBJ_RESERVED && o->id == id && o->writer == writer) {
-        if (o->expiry_ns > now)
+    if (o && o->state == L1_OBJ_RESERVED && o->id == id && act_of(l1, o)->writer == writer) {
+        if (act_of(l1, o)->expiry_ns > now)
             return o;
         l1->st.expired_reservations++;
         obj_free(l1, o);
@@ -696,7 +752,7 @@ static struct l1_obj *take_reservation(struct l1 *l1, const struct l1_key *k, ui
         return NULL;
     }
     struct l1_obj *p = pending_find(l1, k, id, true, true);
-    if (p && p->writer == writer)
+    if (p && act_of(l1, p)->writer == writer)
         obj_free(l1, p);
     return NULL;
 }
@@ -714,14 +770,9 @@ int l1_publish(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, si
         enum l1_status s;
         struct l1_obj *o = take_reservation(l1, &keys[i], ids[i], writer, now, &s);
         if (o) {
-            uint32_t slot = l1_slot_of(l1, o);
-            list_del(l1, L_Q, slot);
-            l1->n_resv--;
+            act_drop(l1, o); /* RESERVED: off resv; READY starts without holders */
             o->state = L1_OBJ_READY;
-            o->holders = 0;
-            o->expiry_ns = 0;
-            o->lock_epoch = 0; /* the word held the writer */
-            list_append(l1, L_LRU, l1->head_lru, slot);
+            list_append(l1, L_LRU, l1->head_lru, l1_slot_of(l1, o));
             table_write(l1, o, L1_SEG_READY);
             s = L1_OK;
             done++;
@@ -757,18 +808,19 @@ int l1_abort_all(struct l1 *l1, uint64_t writer)
 {
     int done = 0;
     pthread_mutex_lock(&l1->mu);
-    for (uint32_t h = l1->head_resv, i = l1->objs[h].q.next, next; i != h; i = next) {
-        struct l1_obj *o = &l1->objs[i];
-        next = o->q.next;
-        if (o->writer == writer) {
-            obj_free(l1, o);
+    for (uint32_t h = l1->head_resv, i = l1->acts[h].q.next, next; i != h; i = next) {
+        struct l1_act *a = &l1->acts[i];
+        next = a->q.next;
+        if (a->writer == writer) {
+            obj_free(l1, &l1->objs[a->slot]);
             done++;
         }
     }
-    for (uint32_t h = l1->head_pending, i = l1->objs[h].q.next, next; i != h; i = next) {
-        struct l1_obj *o = &l1->objs[i];
-        next = o->q.next;
-        if ((o->flags & L1_OBJ_WAS_RESERVED) && o->writer == writer)
+    for (uint32_t h = l1->head_pending, i = l1->acts[h].q.next, next; i != h; i = next) {
+        struct l1_act *a = &l1->acts[i];
+        next = a->q.next;
+        struct l1_obj *o = &l1->objs[a->slot];
+        if ((o->flags & L1_OBJ_WAS_RESERVED) && a->writer == writer)
             obj_free(l1, o);
     }
     pthread_mutex_unlock(&l1->mu);
@@ -777,22 +829,29 @@ int l1_abort_all(struct l1 *l1, uint64_t writer)
 
 /* ---- reads ---------------------------------------------------------------- */
 
-L1_INLINE void lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
+/* Returns the lock epoch of the run of holders the lock joined. */
+L1_INLINE uint64_t lock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
 {
-    if (o->holders && o->expiry_ns <= now)
+    uint64_t epoch;
+    if (o->act != L1_NIL && act_of(l1, o)->expiry_ns <= now)
         drop_holders(l1, o); /* an expired lock restarts from zero */
-    if (o->holders == 0)
-        o->lock_epoch++; /* a new run of holders: late releases of the old run are ignored */
-    uint64_t h = (uint64_t)o->holders + readers;
-    o->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
-    o->expiry_ns = now + l1->read_ttl_ns;
-    /* Moving to the tail keeps `locked` in expiry order. */
-    uint32_t slot = l1_slot_of(l1, o);
-    if (on_q(o))
-        list_del(l1, L_Q, slot);
-    else
+    uint64_t expiry = now + l1->read_ttl_ns;
+    if (o->act == L1_NIL) {
+        /* A new run of holders: late releases of an old run are ignored. */
+        epoch = l1->next_epoch++;
+        act_take(l1, o, expiry, epoch, readers);
         l1->n_locked++;
-    list_append(l1, L_Q, l1->head_locked, slot);
+    } else {
+        struct l1_act *a = act_of(l1, o);
+        epoch = a->lock_epoch;
+        list_del(l1, L_Q, o->act);
+        uint64_t h = (uint64_t)a->holders + readers;
+        a->holders = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
+        a->expiry_ns = expiry;
+    }
+    /* Moving to the tail keeps `locked` in expiry order. */
+    list_append(l1, L_Q, l1->head_locked, o->act);
+    return epoch;
 }
 
 L1_INLINE struct l1_obj *ready_find(struct l1 *l1, const struct l1_key *k)
@@ -814,9 +873,9 @@ int l1_lock_prefix(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t 
         struct l1_obj *o = ready_find(l1, &keys[i]);
         if (!o)
             break;
-        lock_obj(l1, o, readers, now);
+        uint64_t epoch = lock_obj(l1, o, readers, now);
         if (refs)
-            ref_of(l1, o, &refs[i]);
+            ref_with_epoch(l1, o, epoch, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     return (int)i;
@@ -836,9 +895,9 @@ int l1_lock(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t readers
             rc = -ENOENT;
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct l1_obj *o = ready_find(l1, &keys[i]);
-        lock_obj(l1, o, readers, now);
+        uint64_t epoch = lock_obj(l1, o, readers, now);
         if (refs)
-            ref_of(l1, o, &refs[i]);
+            ref_with_epoch(l1, o, epoch, &refs[i]);
     }
     pthread_mutex_unlock(&l1->mu);
     return rc;
@@ -847,10 +906,13 @@ int l1_lock(struct l1 *l1, const struct l1_key *keys, size_t n, uint32_t readers
 /* Drops holders from a READY or PENDING object; true when some were held. */
 static bool unlock_obj(struct l1 *l1, struct l1_obj *o, uint32_t readers, uint64_t now)
 {
-    if (o->holders == 0 || o->expiry_ns <= now)
+    if (o->act == L1_NIL)
+        return false; /* READY without holders */
+    struct l1_act *a = act_of(l1, o);
+    if (a->holders == 0 || a->expiry_ns <= now)
         return false; /* expired: the lock already let go of everyone */
-    o->holders = o->holders > readers ? o->holders - readers : 0;
-    if (o->holders == 0) {
+    a->holders = a->holders > readers ? a->holders - readers : 0;
+    if (a->holders == 0) {
         if (o->state == L1_OBJ_PENDING && o->pins == 0)
             obj_free(l1, o);
         else
@@ -914,7 +976,8 @@ int l1_unlock_refs(struct l1 *l1, const struct l1_key *keys, const struct l1_ref
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
         struct l1_obj *o = held_find_ref(l1, &keys[i], &refs[i]);
-        if (o && o->lock_epoch == refs[i].lock_epoch && unlock_obj(l1, o, readers, now))
+        if (o && o->act != L1_NIL && act_of(l1, o)->lock_epoch == refs[i].lock_epoch &&
+            unlock_obj(l1, o, readers, now))
             done++;
     }
     pthread_mutex_unlock(&l1->mu);
@@ -968,7 +1031,8 @@ int l1_unpin(struct l1 *l1, const struct l1_key *keys, const struct l1_ref *refs
             l1->n_pinned--;
             l1->pinned_bytes -= obj_alloc_bytes(l1, o);
             /* removed by a forced clear meanwhile: free it once nothing holds it */
-            if (o->state == L1_OBJ_PENDING && (o->holders == 0 || o->expiry_ns <= now))
+            if (o->state == L1_OBJ_PENDING &&
+                (act_of(l1, o)->holders == 0 || act_of(l1, o)->expiry_ns <= now))
                 obj_free(l1, o);
         }
         done++;
@@ -1028,10 +1092,10 @@ static int clear_locked(struct l1 *l1, bool force, uint64_t now)
 {
     int done = 0;
     l1_settle_locked(l1, now);
-    for (uint32_t h = l1->head_lru, i = l1->objs[h].lru.next, next; i != h; i = next) {
+    for (uint32_t h = l1->head_lru, i = l1->lru[h].next, next; i != h; i = next) {
         struct l1_obj *o = &l1->objs[i];
-        next = o->lru.next;
-        if (l1_evictable_locked(o, now))
+        next = l1->lru[i].next;
+        if (l1_evictable_locked(l1, o, now))
             obj_free(l1, o);
         else if (force)
             obj_make_pending(l1, o);
@@ -1040,9 +1104,9 @@ static int clear_locked(struct l1 *l1, bool force, uint64_t now)
         done++;
     }
     if (force) {
-        uint32_t h = l1->head_resv;
-        while (l1->objs[h].q.next != h) {
-            obj_make_pending(l1, &l1->objs[l1->objs[h].q.next]);
+        struct l1_obj *o;
+        while ((o = q_first(l1, l1->head_resv))) {
+            obj_make_pending(l1, o);
             done++;
         }
     }
@@ -1141,15 +1205,16 @@ int l1_renew(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, size
     uint64_t now = clock_now_ns(l1->clock);
     for (size_t i = 0; i < n; i++) {
         struct l1_obj *o = index_find(l1, &keys[i]);
-        if (!(o && o->state == L1_OBJ_RESERVED && o->id == ids[i] && o->writer == writer))
+        if (!(o && o->state == L1_OBJ_RESERVED && o->id == ids[i] && act_of(l1, o)->writer == writer))
             o = pending_find(l1, &keys[i], ids[i], true, true);
-        if (!o || o->writer != writer || o->expiry_ns <= now)
+        struct l1_act *a = o ? act_of(l1, o) : NULL;
+        if (!a || a->writer != writer || a->expiry_ns <= now)
             continue;
-        o->expiry_ns = now + l1->write_ttl_ns;
+        a->expiry_ns = now + l1->write_ttl_ns;
         /* the lists are kept in expiry order: move to the tail */
-        list_del(l1, L_Q, l1_slot_of(l1, o));
+        list_del(l1, L_Q, o->act);
         list_append(l1, L_Q, o->state == L1_OBJ_RESERVED ? l1->head_resv : l1->head_pending,
-                    l1_slot_of(l1, o));
+                    o->act);
         done++;
     }
     pthread_mutex_unlock(&l1->mu);
@@ -1167,7 +1232,7 @@ int l1_remove(struct l1 *l1, const struct l1_key *keys, const uint64_t *ids, siz
         struct l1_obj *o = ready_find(l1, &keys[i]);
         if (!o || (ids && o->id != ids[i]))
             continue;
-        if (l1_evictable_locked(o, now))
+        if (l1_evictable_locked(l1, o, now))
             obj_free(l1, o);
         else if (force)
             obj_make_pending(l1, o); /* freed when its last holder unlocks */

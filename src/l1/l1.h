@@ -129,7 +129,9 @@ struct l1_ref {
     uint64_t id;
     uint64_t offset; /* from l1_base() */
     uint64_t length;
-    uint64_t lock_epoch; /* lock calls: which run of holders this lock joined */
+    uint64_t lock_epoch; /* lock calls: which run of holders this lock joined
+                            (unique for the life of the L1); 0 when the object
+                            has no holders */
     uint32_t slot;       /* L1's own (its table slot + 1): lets l1_unpin and
                             l1_unlock_refs find the object without reading its
                             key from the segment; 0 in a ref the caller built */

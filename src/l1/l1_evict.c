@@ -33,11 +33,11 @@ static int evict_bytes_locked(struct l1 *l1, uint64_t target, uint64_t now)
 {
     int n = 0;
     uint64_t freed = 0;
-    for (uint32_t h = l1->head_lru, i = l1->objs[h].lru.next, next; i != h && freed < target;
+    for (uint32_t h = l1->head_lru, i = l1->lru[h].next, next; i != h && freed < target;
          i = next) {
         struct l1_obj *o = &l1->objs[i];
-        next = o->lru.next;
-        if (!l1_evictable_locked(o, now))
+        next = l1->lru[i].next;
+        if (!l1_evictable_locked(l1, o, now))
             continue;
         freed += l1_alloc_round(&l1->alloc, l1_obj_length(o));
         l1_evict_obj_locked(l1, o);

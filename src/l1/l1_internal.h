@@ -7,8 +7,8 @@
  *   lock         guards
  *   ----------   -------------------------------------------------------
  *   evict_mu     evict_stop, evict_started; never held while taking mu
- *   mu           objs (every l1_obj field), buckets/nb/count, alloc,
- *                the four lists, free slots, next_id,
+ *   mu           objs, lru, acts (every field), buckets/nb/count, alloc,
+ *                the four lists, free slots and records, next_id, next_epoch,
  *                the object table in the segment, all counters in st
  *   (none)       opts copy, shm, hdr, table pointer: written in
  *                l1_create before any other thread sees the l1, then
@@ -28,12 +28,16 @@
 /*
  * Objects live in one array indexed by their object table slot (the entry
  * in the segment's table holds the key, so it is kept once). Links are
- * 32-bit slot indices; L1_NIL ends a list or marks "not on a list". Four
- * records past the last slot are the sentinels of the circular lists
- * (L1_HEAD_*), so a list operation never special-cases its ends. A free
- * slot is chained through hnext. 64 bytes a record (docs/l1.md,
- * "Metadata per object"); what that costs in limits: at most
- * L1_MAX_SLOTS objects (l1_create refuses more with one line).
+ * 32-bit indices; L1_NIL ends a list or marks "not on a list". A free slot
+ * is chained through hnext. What an object needs only while something is
+ * in flight on it (a writer, a run of read holders, a forced clear waiting
+ * for them) is a 32-byte activity record (struct l1_act) from a second
+ * pool: a RESERVED or PENDING object always has one, a READY object only
+ * while it has read holders. So the per-object cost at rest is the 32-byte
+ * record, its 8-byte LRU links (l1->lru) and its 12-byte extent (l1_alloc),
+ * besides the table entry (docs/l1.md, "Metadata per object"). What the
+ * 32-bit links cost in limits: at most L1_MAX_SLOTS objects (l1_create
+ * refuses more with one line).
  */
 #define L1_NIL UINT32_MAX
 #define L1_MAX_SLOTS (L1_ALLOC_MAX_SLOTS - 4u)
@@ -51,25 +55,42 @@ enum l1_obj_state {
 
 #define L1_OBJ_WAS_RESERVED 1u /* PENDING: it was a reservation (its writer may publish/abort) */
 
+/* Two records a cache line; what LOOKUP reads besides the key. */
 struct l1_obj {
-    uint64_t id;
-    uint64_t expiry_ns;   /* RESERVED: write deadline; READY/PENDING with holders: lock expiry */
-    union {
-        uint64_t writer;     /* RESERVED, and PENDING that was reserved */
-        uint64_t lock_epoch; /* READY, and PENDING that was READY: +1 each time holders restart from zero */
-    };
+    uint64_t id;          /* unique for the life of the L1 (a 64-bit counter) */
     uint32_t len_lo;      /* payload bytes: len_lo | len_hi << 32 (L1_MAX_LENGTH) */
     uint16_t len_hi;
     uint8_t state;
     uint8_t flags;
     uint32_t hash;        /* low 32 bits of the key hash: bucket and a cheap compare */
     uint32_t hnext;       /* hash chain; a free slot: the next free slot */
-    struct l1_link lru;   /* READY: recency order, least recent first */
-    struct l1_link q;     /* RESERVED: resv; READY with holders: locked; PENDING: pending */
-    uint32_t holders;
+    uint32_t act;         /* its activity record (l1->acts), or L1_NIL */
     uint32_t pins;        /* lmcd's own zero-copy readers (l1_pin_prefix): no TTL, never evicted or freed */
 };
-static_assert(sizeof(struct l1_obj) == 64, "one cache line per object");
+static_assert(sizeof(struct l1_obj) == 32, "two records per cache line");
+
+/*
+ * An object's activity record: RESERVED (its writer and write deadline, on
+ * resv), READY with read holders (their count, lock expiry and lock epoch,
+ * on locked), PENDING (on pending). Indexed by its own pool; the lists
+ * below link these records, and `slot` leads back to the object. Free
+ * records are chained through q.next. The pool holds one per slot (an
+ * object has at most one) plus the three list sentinels, and is touched
+ * only as records are used, lowest first, so it costs memory for the most
+ * objects ever in flight at once, not for the objects cached.
+ */
+struct l1_act {
+    uint64_t expiry_ns;   /* RESERVED: write deadline; READY/PENDING with holders: lock expiry */
+    union {
+        uint64_t writer;     /* RESERVED, and PENDING that was reserved */
+        uint64_t lock_epoch; /* READY, and PENDING that was READY: this run of holders, from a
+                                64-bit counter of the L1 (unique for its life) */
+    };
+    struct l1_link q;     /* RESERVED: resv; READY: locked; PENDING: pending */
+    uint32_t slot;        /* the object */
+    uint32_t holders;
+};
+static_assert(sizeof(struct l1_act) == 32, "two activity records per cache line");
 
 #define L1_MAX_LENGTH ((1ull << 48) - 1)
 
@@ -93,18 +114,24 @@ struct l1 {
     uint64_t table_entries;
 
     pthread_mutex_t mu;
-    struct l1_obj *objs;       /* guarded by mu; table_entries + 4 sentinels */
+    struct l1_obj *objs;       /* guarded by mu; table_entries */
+    struct l1_link *lru;       /* guarded by mu; READY objects' LRU links by slot; + 1 sentinel */
+    struct l1_act *acts;       /* guarded by mu; table_entries + 3 sentinels */
     uint32_t *buckets;         /* guarded by mu; slot or L1_NIL */
     uint64_t nb;               /* guarded by mu; power of two */
     uint64_t count;            /* guarded by mu; indexed objects */
     struct l1_alloc alloc;     /* guarded by mu; extents indexed by slot */
-    uint32_t head_lru, head_resv, head_locked, head_pending; /* sentinel slots (constant) */
+    uint32_t head_lru;         /* sentinel in lru[] (constant) */
+    uint32_t head_resv, head_locked, head_pending; /* sentinels in acts[] (constant) */
+    uint32_t act_free;         /* guarded by mu; released activity records, chained by q.next */
+    uint64_t acts_used;        /* guarded by mu; activity records ever used (the rest are fresh) */
     uint64_t n_resv, n_locked, n_pending; /* guarded by mu */
     uint64_t n_pinned, pinned_bytes;      /* guarded by mu: objects with pins, their allocation bytes */
     uint32_t free_head;        /* guarded by mu; free slots chained by hnext */
     uint64_t n_free_slots;     /* guarded by mu */
     uint64_t slots_used;       /* guarded by mu; slots ever used (the rest are fresh) */
     uint64_t next_id;          /* guarded by mu */
+    uint64_t next_epoch;       /* guarded by mu; lock epochs */
     struct l1_stats st;        /* guarded by mu; counters only */
     /* Segment health (l1_check): seg_gen counts restorations of a truncated
      * segment; seg_broken is set while a restoration failed. Written under
@@ -126,7 +153,7 @@ static inline uint32_t l1_slot_of(const struct l1 *l1, const struct l1_obj *o)
 
 /* Called with mu held. */
 void l1_settle_locked(struct l1 *l1, uint64_t now);
-bool l1_evictable_locked(const struct l1_obj *o, uint64_t now);
+bool l1_evictable_locked(const struct l1 *l1, const struct l1_obj *o, uint64_t now);
 /* Evicts o (READY, evictable) and counts it. */
 void l1_evict_obj_locked(struct l1 *l1, struct l1_obj *o);
 

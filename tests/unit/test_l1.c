@@ -972,3 +972,207 @@ Test(l1, eviction_thread_starts_and_destroy_stops_it_at_once)
     l1_destroy(l1);
     cr_assert(clock_mono_ns() - t0 < 900000000ull, "destroy waited for the tick");
 }
+
+/* ---- activity records (docs/l1.md, "Metadata per object") ---------------- */
+
+/* Every record in use belongs to exactly one object that points back at it;
+ * RESERVED and PENDING objects have one, READY ones only with holders; the
+ * rest are on the free chain. Reads l1's internals under its mutex. */
+static void check_acts(struct l1 *l1)
+{
+    pthread_mutex_lock(&l1->mu);
+    uint64_t with = 0, free_n = 0, ready_locked = 0;
+    for (uint64_t s = 0; s < l1->slots_used; s++) {
+        const struct l1_obj *o = &l1->objs[s];
+        if (o->state == L1_OBJ_FREE)
+            continue;
+        if (o->state != L1_OBJ_READY)
+            cr_assert_neq(o->act, L1_NIL, "slot %lu state %d has no record", (unsigned long)s, o->state);
+        if (o->act == L1_NIL)
+            continue;
+        with++;
+        cr_assert_lt(o->act, l1->acts_used);
+        cr_assert_eq(l1->acts[o->act].slot, s, "record %u points elsewhere", o->act);
+        if (o->state == L1_OBJ_READY) {
+            cr_assert_gt(l1->acts[o->act].holders, 0, "a READY record without holders is kept");
+            ready_locked++;
+        }
+    }
+    for (uint32_t i = l1->act_free; i != L1_NIL; i = l1->acts[i].q.next)
+        cr_assert_lt(free_n++, l1->acts_used, "free chain loops");
+    cr_assert_eq(with + free_n, l1->acts_used, "a record leaked or is shared");
+    cr_assert_eq(with, l1->n_resv + l1->n_locked + l1->n_pending);
+    cr_assert_eq(ready_locked, l1->n_locked);
+    pthread_mutex_unlock(&l1->mu);
+}
+
+Test(l1, cached_objects_hold_no_activity_record_and_records_are_reused)
+{
+    cr_assert_eq(sizeof(struct l1_obj), 32);
+    cr_assert_eq(sizeof(struct l1_act), 32);
+    struct l1 *l1 = make_l1(64);
+    for (int i = 0; i < 40; i++)
+        put(l1, i, 1);
+    check_acts(l1);
+    cr_assert_eq(l1->act_free != L1_NIL || l1->acts_used <= 1, true,
+                 "40 published objects: the one record of each reservation went back");
+    uint64_t used_after_fill = l1->acts_used;
+    cr_assert_leq(used_after_fill, 1, "reservations made one at a time reuse one record");
+    struct l1_key k[40];
+    for (int i = 0; i < 40; i++)
+        k[i] = key(i);
+    for (int round = 0; round < 100; round++) {
+        cr_assert_eq(l1_lock_prefix(l1, k, 40, 1, NULL), 40);
+        cr_assert_eq(stats(l1).read_locked_count, 40);
+        if (round % 2)
+            cr_assert_eq(l1_unlock(l1, k, NULL, 40, 1), 40);
+        else
+            advance(301 * SEC); /* settled by the next call instead */
+        check_acts(l1);
+    }
+    cr_assert_eq(stats(l1).read_locked_count, 0);
+    cr_assert_leq(l1->acts_used, 40, "records in use never exceed the objects in flight");
+    check_acts(l1);
+    l1_destroy(l1);
+}
+
+Test(l1, lock_epochs_never_repeat_so_a_late_release_drops_nobody_elses_holders)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 1, 1);
+    put(l1, 2, 1);
+    struct l1_key k1 = key(1), k2 = key(2);
+    struct l1_ref a, b, c, d;
+    cr_assert_eq(l1_lock(l1, &k1, 1, 1, &a), 0);
+    cr_assert_eq(l1_lock(l1, &k2, 1, 1, &d), 0);
+    cr_assert_neq(a.lock_epoch, 0);
+    cr_assert_neq(a.lock_epoch, d.lock_epoch, "epochs are unique across objects too");
+    cr_assert_eq(l1_unlock_refs(l1, &k1, &a, 1, 1), 1);
+    cr_assert_eq(l1_lock(l1, &k1, 1, 1, &b), 0);
+    cr_assert_neq(b.lock_epoch, a.lock_epoch, "a new run of holders after release");
+    cr_assert_eq(l1_unlock_refs(l1, &k1, &a, 1, 1), 0, "late release of the old run");
+    cr_assert_eq(stats(l1).read_locked_count, 2);
+    advance(301 * SEC); /* b's run expires; the next lock starts another */
+    cr_assert_eq(l1_lock(l1, &k1, 1, 1, &c), 0);
+    cr_assert_neq(c.lock_epoch, b.lock_epoch);
+    cr_assert_neq(c.lock_epoch, a.lock_epoch);
+    cr_assert_eq(l1_unlock_refs(l1, &k1, &b, 1, 1), 0, "expired run: ignored");
+    /* a ref of an unlocked object carries no epoch */
+    struct l1_ref g;
+    cr_assert_eq(stats(l1).read_locked_count, 1, "k2's expired lock is settled");
+    cr_assert_eq(l1_get(l1, &k2, &g), 0);
+    cr_assert_eq(g.lock_epoch, 0, "k2's lock expired: no holders");
+    cr_assert_eq(l1_get(l1, &k1, &g), 0);
+    cr_assert_eq(g.lock_epoch, c.lock_epoch);
+    cr_assert_eq(l1_unlock_refs(l1, &k1, &c, 1, 1), 1);
+    cr_assert_eq(stats(l1).read_locked_count, 0);
+    check_acts(l1);
+    l1_destroy(l1);
+}
+
+Test(l1, pinned_object_without_holders_cleared_by_force_is_freed_at_unpin)
+{
+    struct l1 *l1 = make_l1(16);
+    put(l1, 1, 1);
+    struct l1_key k1 = key(1);
+    struct l1_ref p;
+    cr_assert_eq(l1_pin_prefix(l1, &k1, 1, UINT64_MAX, &p, NULL), 1);
+    check_acts(l1);
+    cr_assert_eq(l1->objs[p.slot - 1].act, L1_NIL, "a pin alone takes no record");
+    cr_assert_eq(l1_clear(l1, true), 1);
+    cr_assert_eq(stats(l1).pending_free_count, 1);
+    check_acts(l1);
+    advance(3600 * SEC);
+    cr_assert_eq(stats(l1).pending_free_count, 1, "a pin has no TTL");
+    cr_assert_eq(l1_unpin(l1, &k1, &p, 1), 1);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.pending_free_count, 0);
+    cr_assert_eq(s.memory_used_bytes, 0);
+    check_acts(l1);
+    l1_destroy(l1);
+}
+
+/* Random operations on a few keys, with the record invariants and the
+ * byte accounting checked after each: no record and no byte leaks. */
+Test(l1, random_operations_keep_records_and_bytes_consistent)
+{
+    struct l1 *l1 = make_l1(64);
+    enum { KEYS = 24 };
+    struct l1_ref res[KEYS], lk[KEYS], pin[KEYS];
+    bool have_res[KEYS] = { 0 }, have_lk[KEYS] = { 0 }, have_pin[KEYS] = { 0 };
+    unsigned seed = 12345;
+    for (int step = 0; step < 20000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)((seed >> 8) % KEYS), op = (int)((seed >> 20) % 11);
+        struct l1_key k = key(i);
+        uint64_t writer = 1 + (uint64_t)(i % 3);
+        switch (op) {
+        case 0:
+        case 1:
+            if (!have_res[i])
+                have_res[i] = reserve1(l1, i, (1 + (seed >> 28) % 3) * UNIT, writer, &res[i]) == L1_OK;
+            break;
+        case 2:
+            if (have_res[i]) {
+                l1_publish(l1, &k, &res[i].id, 1, writer, NULL);
+                have_res[i] = false;
+            }
+            break;
+        case 3:
+            if (have_res[i]) {
+                l1_abort(l1, &k, &res[i].id, 1, writer);
+                have_res[i] = false;
+            }
+            break;
+        case 4:
+            if (!have_lk[i])
+                have_lk[i] = l1_lock(l1, &k, 1, 1, &lk[i]) == 0;
+            break;
+        case 5:
+            if (have_lk[i]) {
+                l1_unlock_refs(l1, &k, &lk[i], 1, 1);
+                have_lk[i] = false;
+            }
+            break;
+        case 6:
+            if (!have_pin[i])
+                have_pin[i] = l1_pin_prefix(l1, &k, 1, 32 * UNIT, &pin[i], NULL) == 1;
+            break;
+        case 7:
+            if (have_pin[i]) {
+                cr_assert_eq(l1_unpin(l1, &k, &pin[i], 1), 1);
+                have_pin[i] = false;
+            }
+            break;
+        case 8:
+            if (seed % 16 == 0)
+                l1_clear(l1, (seed >> 4) % 2);
+            break;
+        case 9:
+            advance((seed >> 12) % 200 * SEC);
+            break;
+        default:
+            l1_abort_all(l1, writer);
+            break;
+        }
+        if (step % 64 == 0)
+            check_acts(l1);
+    }
+    for (int i = 0; i < KEYS; i++) {
+        struct l1_key k = key(i);
+        if (have_pin[i])
+            cr_assert_eq(l1_unpin(l1, &k, &pin[i], 1), 1);
+        if (have_lk[i])
+            l1_unlock_refs(l1, &k, &lk[i], 1, 1);
+    }
+    advance(601 * SEC); /* every reservation and lock lapses */
+    l1_clear(l1, true);
+    check_acts(l1);
+    struct l1_stats s = stats(l1);
+    cr_assert_eq(s.total_object_count, 0);
+    cr_assert_eq(s.pending_free_count, 0);
+    cr_assert_eq(s.memory_used_bytes, 0, "every byte came back");
+    cr_assert_eq(l1->n_free_slots, l1->table_entries);
+    cr_assert_eq(s.read_locked_count + s.write_locked_count, 0, "every record is free (check_acts)");
+    l1_destroy(l1);
+}
