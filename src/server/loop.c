@@ -918,7 +918,7 @@ void server_stop(struct server *s, int timeout_ms)
     cancel_srv = s;
     size_t cancelled = pool_cancel(s->aff_pool, cancel_job) + pool_cancel(s->norm_pool, cancel_job);
     if (cancelled)
-        log_warn("stop timeout (%.1f s) reached: %zu queued requests answered with their safe replies without "
+        log_warn("stop timeout (%g s) reached: %zu queued requests answered with their safe replies without "
                  "running", s->cfg->mp.stop_timeout_seconds, cancelled);
     /* Jobs already running finish (one per pool thread at most). */
     pool_destroy(s->aff_pool);

@@ -41,8 +41,11 @@ def read_until(fd, pattern, timeout):
 @contextlib.contextmanager
 def top_on_pty(port):
     """lmcd-cli top on a fresh pseudo-terminal: yields (proc, master, slave);
-    kills it if the test did not make it quit, and closes the terminal."""
+    kills it if the test did not make it quit, and closes the terminal. The
+    terminal's modes as they were before top started are in top_on_pty.modes
+    (read after the spawn, they may already be top's raw mode)."""
     master, slave = pty.openpty()
+    top_on_pty.modes = termios.tcgetattr(slave)
     proc = subprocess.Popen([LMCD_CLI, "top", "--http-port", str(port), "--interval", "0.2"],
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     try:
@@ -60,7 +63,7 @@ def test_top_on_a_pty_shows_status_and_quits_on_q(lmcd_factory):
     done = run_load(srv.url, rounds=12)
     st = http_json(srv.http)
     with top_on_pty(srv.http_port) as (proc, master, slave):
-        before = termios.tcgetattr(slave)
+        before = top_on_pty.modes
         screen = read_until(master, r"lookup\s+12\s", 30)
         l1 = st["storage_manager"]["l1_manager"]
         assert f"objects {l1['total_object_count']} " in screen

@@ -135,7 +135,7 @@ def test_session_caps(lmcd_factory):
 
 def test_sigterm_with_a_backlog_stops_within_the_stop_timeout(lmcd_factory):
     s = lmcd_factory(["--chunk-size", str(CHUNK), "--l1-size-gb", "0.2", "--max-workers", "1",
-                      "--stop-timeout-seconds", "0.5"])
+                      "--stop-timeout-seconds", "0.05"])
     toks = list(range(CHUNKS * CHUNK))
     n = 1500
     with Client(s.url, timeout=60) as a:
@@ -153,7 +153,8 @@ def test_sigterm_with_a_backlog_stops_within_the_stop_timeout(lmcd_factory):
         took = time.monotonic() - t0
     assert got == n
     assert "answered with their safe replies without running" in s.log()
-    # generous: 0.5 s of draining, one running LOOKUP, the replies, the rest of the stop
+    # generous: 0.05 s of draining (short: this machine drains hundreds of these
+    # LOOKUPs in 0.5 s, and nothing would be left to cancel), one running LOOKUP, the replies, the rest of the stop
     print(f"stop took {took:.2f}s")
     assert took < 20, f"stop took {took:.1f}s"
 
