@@ -7,7 +7,9 @@
  *   batch   S sessions hashed side by side (hasher_chain_update_many)
  *   1 MB    plain BLAKE3 of one long input (blake3_update's lanes)
  *
- * for each BLAKE3 path the CPU has, and xxh3_128. Against the official
+ * for each BLAKE3 path the CPU has, and xxh3_128; the chain also on each
+ * one-block compression (portable, SSE4.1 rows; the other rows use the one
+ * picked at start-up, printed first). Against the official
  * BLAKE3: the official C library (built by bench.mk from the sources Debian
  * ships in librust-blake3-dev; bookworm has no libblake3-dev) computing the
  * same chain (the same BE32 token bytes, one hasher per chunk) and hashing
@@ -211,8 +213,14 @@ int main(int argc, char **argv)
         void (*fn)(void *);
         size_t bytes;
         uint64_t best;
+        int one; /* one-block compression (blake3_set_one) */
     } cfgs[24];
     int nc = 0;
+    double cal[2];
+    enum blake3_one chosen = blake3_get_one();
+    blake3_one_measured(cal);
+    printf("one-input compression picked at start: %s (portable %.1f ns, sse41 %.1f ns per block)\n",
+           blake3_one_name(chosen), cal[0], cal[1]);
     cfgs[nc++] = (struct cfg){ "memcpy", -1, HASHER_BLAKE3, run_memcpy, j.bytes, UINT64_MAX };
     for (int p = BLAKE3_PATH_PORTABLE; p <= BLAKE3_PATH_AVX2; p++) {
         if (!blake3_path_supported(p))
@@ -227,10 +235,18 @@ int main(int argc, char **argv)
             c->fn = fns[k];
             c->bytes = k == 2 ? j.bytes - j.bytes % (1 << 20) : j.bytes;
             c->best = UINT64_MAX;
+            c->one = (int)chosen;
         }
     }
-    cfgs[nc++] = (struct cfg){ "xxh3_128 chain", 0, HASHER_XXH3_128, run_chain, j.bytes, UINT64_MAX };
-    cfgs[nc++] = (struct cfg){ "xxh3_128 batch x64", 0, HASHER_XXH3_128, run_batch, j.bytes, UINT64_MAX };
+    for (int o = BLAKE3_ONE_PORTABLE; o <= BLAKE3_ONE_SSE41; o++) {
+        if (!blake3_one_supported(o))
+            continue;
+        struct cfg *c = &cfgs[nc++];
+        *c = (struct cfg){ "", BLAKE3_PATH_PORTABLE, HASHER_BLAKE3, run_chain, j.bytes, UINT64_MAX, o };
+        snprintf(c->name, sizeof(c->name), "blake3 chain one-block %s", blake3_one_name(o));
+    }
+    cfgs[nc++] = (struct cfg){ "xxh3_128 chain", 0, HASHER_XXH3_128, run_chain, j.bytes, UINT64_MAX, (int)chosen };
+    cfgs[nc++] = (struct cfg){ "xxh3_128 batch x64", 0, HASHER_XXH3_128, run_batch, j.bytes, UINT64_MAX, (int)chosen };
 #ifdef LMCD_BENCH_B3_OFFICIAL
     int official_chain = nc;
     cfgs[nc++] = (struct cfg){ "official C chain", -2, HASHER_BLAKE3, run_official_chain, j.bytes, UINT64_MAX };
@@ -243,6 +259,7 @@ int main(int argc, char **argv)
             struct cfg *c = &cfgs[i];
             if (c->path >= 0) {
                 blake3_set_path(c->path);
+                blake3_set_one(c->one);
                 hasher_init(&j.h, c->algo, CHUNK);
             }
             uint64_t t0 = clock_mono_ns();
@@ -268,7 +285,8 @@ int main(int argc, char **argv)
     for (int k = 0; k < 2; k++) {
         void (*fn)(void *) = k == 0 ? run_chain : run_long;
         for (int i = 1; i < nc; i++) {
-            if (cfgs[i].path != best_path || cfgs[i].algo != HASHER_BLAKE3 || cfgs[i].fn != fn)
+            if (cfgs[i].path != best_path || cfgs[i].algo != HASHER_BLAKE3 || cfgs[i].fn != fn ||
+                cfgs[i].one != (int)chosen)
                 continue;
             double ours = (double)cfgs[i].bytes / (double)cfgs[i].best;
 #ifdef LMCD_BENCH_B3_OFFICIAL
@@ -282,6 +300,7 @@ int main(int argc, char **argv)
                    vs_c[k]);
             bench_report(vs_c[k], "GB/s", ours, "official BLAKE3 C", NAN, true);
 #endif
+            break; /* one line per kind */
         }
     }
     for (int i = 1; i < nc; i++) {

@@ -16,6 +16,7 @@
 
 #include "engine/blake3.h"
 #include "engine/blake3_impl.h"
+#include "util/clock.h"
 
 const uint32_t blake3_iv[8] = {
     0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
@@ -82,7 +83,7 @@ static void compress_rounds(uint32_t v[16], const uint32_t cv[8], const uint8_t 
     BLAKE3_ROUNDS(g, v, m);
 }
 
-static void compress_in_place(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
+void blake3_compress_portable(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
                               uint64_t counter, uint8_t flags)
 {
     uint32_t v[16];
@@ -91,9 +92,9 @@ static void compress_in_place(uint32_t cv[8], const uint8_t block[64], uint8_t b
         cv[i] = v[i] ^ v[i + 8];
 }
 
-/* The full 64-byte output of one compression (extended output blocks). */
-static void compress_xof(const uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
-                         uint64_t counter, uint8_t flags, uint8_t out[64])
+void blake3_compress_xof_portable(const uint32_t cv[8], const uint8_t block[64],
+                                  uint8_t block_len, uint64_t counter, uint8_t flags,
+                                  uint8_t out[64])
 {
     uint32_t v[16];
     compress_rounds(v, cv, block, block_len, counter, flags);
@@ -101,6 +102,153 @@ static void compress_xof(const uint32_t cv[8], const uint8_t block[64], uint8_t 
         store32(out + 4 * i, v[i] ^ v[i + 8]);
         store32(out + 4 * (i + 8), v[i + 8] ^ cv[i]);
     }
+}
+
+/* ---- one-block compression choice -------------------------------------- */
+
+/* The process-wide one-block compression: -1 until first use. Atomic for
+ * the same reason as b3_path below: a stale read picks the other one, which
+ * gives the same bytes. */
+static _Atomic int b3_one = -1;
+/* What the start-up calibration measured, picoseconds per compression
+ * (portable, sse41); 0 when it did not run. Written before b3_one is set. */
+static _Atomic uint64_t b3_one_ps[2];
+/* Keeps the timed compressions from being optimized away. */
+static volatile uint32_t b3_cal_sink;
+
+/* A timed run is a chain of this many compressions, each waiting for the
+ * previous chaining value as the hasher's chain does; each path runs
+ * B3_CAL_TRIES times, interleaved, best kept (the first run warms caches and
+ * predictors and is usually the one discarded). About 1300 compressions in
+ * all: 0.1-0.3 ms, once per process. */
+#define B3_CAL_BLOCKS 128
+#define B3_CAL_TRIES 5
+
+int blake3_one_supported(enum blake3_one o)
+{
+    switch (o) {
+    case BLAKE3_ONE_PORTABLE:
+        return 1;
+#if BLAKE3_HAVE_X86
+    case BLAKE3_ONE_SSE41:
+        return __builtin_cpu_supports("sse4.1") ? 1 : 0;
+#endif
+    default:
+        return 0;
+    }
+}
+
+const char *blake3_one_name(enum blake3_one o)
+{
+    switch (o) {
+    case BLAKE3_ONE_PORTABLE: return "portable";
+    case BLAKE3_ONE_SSE41: return "sse41";
+    }
+    return "unknown";
+}
+
+static blake3_compress_fn *one_compress(enum blake3_one o)
+{
+#if BLAKE3_HAVE_X86
+    if (o == BLAKE3_ONE_SSE41)
+        return blake3_compress_sse41;
+#endif
+    (void)o;
+    return blake3_compress_portable;
+}
+
+static uint64_t time_chain(blake3_compress_fn *fn)
+{
+    uint32_t cv[8];
+    uint8_t block[BLAKE3_BLOCK_LEN];
+    memcpy(cv, blake3_iv, sizeof(cv));
+    for (int i = 0; i < BLAKE3_BLOCK_LEN; i++)
+        block[i] = (uint8_t)(i * 37 + 11);
+    uint64_t t0 = clock_mono_ns();
+    for (int i = 0; i < B3_CAL_BLOCKS; i++)
+        fn(cv, block, BLAKE3_BLOCK_LEN, (uint64_t)i, B3_CHUNK_START);
+    uint64_t dt = clock_mono_ns() - t0;
+    b3_cal_sink ^= cv[0];
+    return dt ? dt : 1;
+}
+
+enum blake3_one blake3_one_calibrate(double ns[2])
+{
+    uint64_t best[2] = { UINT64_MAX, UINT64_MAX };
+    int n = blake3_one_supported(BLAKE3_ONE_SSE41) ? 2 : 1;
+    for (int t = 0; t < B3_CAL_TRIES; t++) {
+        for (int o = 0; o < n; o++) {
+            uint64_t dt = time_chain(one_compress((enum blake3_one)o));
+            if (dt < best[o])
+                best[o] = dt;
+        }
+    }
+    for (int o = 0; o < 2; o++)
+        ns[o] = o < n ? (double)best[o] / B3_CAL_BLOCKS : 0;
+    return n == 2 && best[1] < best[0] ? BLAKE3_ONE_SSE41 : BLAKE3_ONE_PORTABLE;
+}
+
+int blake3_set_one(enum blake3_one o)
+{
+    if (o != BLAKE3_ONE_PORTABLE && o != BLAKE3_ONE_SSE41)
+        return -EINVAL;
+    if (!blake3_one_supported(o))
+        return -ENOTSUP;
+    atomic_store_explicit(&b3_one, (int)o, memory_order_relaxed);
+    return 0;
+}
+
+enum blake3_one blake3_one_detect(double ns[2])
+{
+    ns[0] = ns[1] = 0;
+    const char *env = getenv("LMCD_BLAKE3_ONE");
+    if (env) {
+        for (int o = BLAKE3_ONE_SSE41; o >= BLAKE3_ONE_PORTABLE; o--)
+            if (!strcmp(env, blake3_one_name(o)) && blake3_one_supported(o))
+                return o;
+    }
+    return blake3_one_calibrate(ns);
+}
+
+enum blake3_one blake3_get_one(void)
+{
+    int o = atomic_load_explicit(&b3_one, memory_order_relaxed);
+    if (o < 0) {
+        double ns[2];
+        o = (int)blake3_one_detect(ns);
+        for (int i = 0; i < 2; i++)
+            atomic_store_explicit(&b3_one_ps[i], (uint64_t)(ns[i] * 1000), memory_order_relaxed);
+        int expected = -1;
+        /* Lose quietly to a concurrent blake3_set_one() or first use. */
+        if (!atomic_compare_exchange_strong(&b3_one, &expected, o))
+            o = expected;
+    }
+    return (enum blake3_one)o;
+}
+
+void blake3_one_measured(double ns[2])
+{
+    for (int i = 0; i < 2; i++)
+        ns[i] = (double)atomic_load_explicit(&b3_one_ps[i], memory_order_relaxed) / 1000;
+}
+
+static void compress_in_place(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
+                              uint64_t counter, uint8_t flags)
+{
+    one_compress(blake3_get_one())(cv, block, block_len, counter, flags);
+}
+
+/* The full 64-byte output of one compression (extended output blocks). */
+static void compress_xof(const uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
+                         uint64_t counter, uint8_t flags, uint8_t out[64])
+{
+#if BLAKE3_HAVE_X86
+    if (blake3_get_one() == BLAKE3_ONE_SSE41) {
+        blake3_compress_xof_sse41(cv, block, block_len, counter, flags, out);
+        return;
+    }
+#endif
+    blake3_compress_xof_portable(cv, block, block_len, counter, flags, out);
 }
 
 static void words_to_bytes(const uint32_t w[8], uint8_t out[32])
@@ -127,7 +275,7 @@ static void hash_lanes_portable(const uint8_t *const *inputs, size_t blocks, con
             f |= flags_start;
         if (b + 1 == blocks)
             f |= flags_end;
-        compress_in_place(cv, inputs[0] + b * BLAKE3_BLOCK_LEN, BLAKE3_BLOCK_LEN, counter, f);
+        blake3_compress_portable(cv, inputs[0] + b * BLAKE3_BLOCK_LEN, BLAKE3_BLOCK_LEN, counter, f);
     }
     (void)increment_counter;
     words_to_bytes(cv, out);
@@ -203,7 +351,8 @@ enum blake3_path blake3_get_path(void)
     return (enum blake3_path)p;
 }
 
-/* Runs the lanes over n inputs: 8 at a time on AVX2, 4 on SSE4.1, then one by one. */
+/* Runs the lanes over n inputs: 8 at a time on AVX2, 4 on SSE4.1, then one by
+ * one on the one-block compression in use (blake3_get_one()). */
 static void hash_many(const uint8_t *const *inputs, size_t n, size_t blocks, const uint32_t key[8],
                       uint64_t counter, bool inc, uint8_t flags, uint8_t flags_start,
                       uint8_t flags_end, uint8_t *out)
@@ -221,8 +370,13 @@ static void hash_many(const uint8_t *const *inputs, size_t n, size_t blocks, con
 #else
     (void)p;
 #endif
+    blake3_hash_lanes_fn *one = hash_lanes_portable;
+#if BLAKE3_HAVE_X86
+    if (n > 0 && blake3_get_one() == BLAKE3_ONE_SSE41)
+        one = blake3_hash1_sse41;
+#endif
     for (; n > 0; n--, inputs++, out += 32, counter += inc ? 1 : 0)
-        hash_lanes_portable(inputs, blocks, key, counter, inc, flags, flags_start, flags_end, out);
+        one(inputs, blocks, key, counter, inc, flags, flags_start, flags_end, out);
 }
 
 /* ---- the incremental hasher -------------------------------------------- */

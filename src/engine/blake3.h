@@ -14,9 +14,18 @@
  * use; blake3_set_path() overrides it (tests, benchmarks). Every path gives
  * the same bytes.
  *
+ * Separately, the one-block compression that single inputs go through (a
+ * session's token chain, the chunk in progress, parents, root output):
+ * portable C, or SSE4.1 with the state in four row registers. Which is
+ * faster depends on the CPU, so the first use (hasher_init() at start-up)
+ * times a short chain of each, a fraction of a millisecond, and keeps the
+ * faster; $LMCD_BLAKE3_ONE (portable|sse41) skips the timing, and
+ * blake3_set_one() overrides both. Both give the same bytes.
+ *
  * Threads: a hasher belongs to one thread at a time; all functions are
- * reentrant. blake3_set_path() may be called from any thread, but hashing in
- * flight on other threads may run on either path while it switches.
+ * reentrant. blake3_set_path() and blake3_set_one() may be called from any
+ * thread, but hashing in flight on other threads may run on either path
+ * while they switch.
  *
  * Left out: multithreaded hashing of one input, AVX-512 and NEON paths,
  * seeking in the extended output.
@@ -71,5 +80,25 @@ int blake3_path_supported(enum blake3_path p);
 int blake3_set_path(enum blake3_path p);
 enum blake3_path blake3_get_path(void);
 const char *blake3_path_name(enum blake3_path p);
+
+enum blake3_one { BLAKE3_ONE_PORTABLE = 0, BLAKE3_ONE_SSE41 = 1 };
+
+/* 1 when this CPU (and build) can run the one-block compression o, else 0. */
+int blake3_one_supported(enum blake3_one o);
+/* Forces one: 0, or -ENOTSUP when the CPU lacks it, -EINVAL when unknown. */
+int blake3_set_one(enum blake3_one o);
+/* The one in use; the first call picks it with blake3_one_detect(). */
+enum blake3_one blake3_get_one(void);
+const char *blake3_one_name(enum blake3_one o);
+/* $LMCD_BLAKE3_ONE when it names a supported one (ns[] = 0), else
+ * blake3_one_calibrate(ns). Sets nothing. */
+enum blake3_one blake3_one_detect(double ns[2]);
+/* Times a chain of compressions with each supported one, best of a few runs,
+ * and returns the faster; ns[o] = nanoseconds per compression (0 where o is
+ * unsupported). Sets nothing. */
+enum blake3_one blake3_one_calibrate(double ns[2]);
+/* What blake3_get_one()'s first call measured, ns per compression (portable,
+ * sse41); zeros when it did not time them (environment, or set first). */
+void blake3_one_measured(double ns[2]);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * blake3_impl: what blake3.c shares with its SIMD files (blake3_sse41.c,
- * blake3_avx2.c). Not for use outside the blake3 files and their tests.
+ * blake3_avx2.c, blake3_row.c). Not for use outside the blake3 files and their tests.
  */
 #ifndef LMCD_ENGINE_BLAKE3_IMPL_H
 #define LMCD_ENGINE_BLAKE3_IMPL_H
@@ -51,10 +51,28 @@ typedef void blake3_hash_lanes_fn(const uint8_t *const *inputs, size_t blocks,
                                   bool increment_counter, uint8_t flags,
                                   uint8_t flags_start, uint8_t flags_end, uint8_t *out);
 
+/*
+ * One compression of one 64-byte block: cv becomes the new chaining value
+ * (in place), or out gets the full 64-byte output (extended output). The
+ * portable versions are in blake3.c, the SSE4.1 row versions in
+ * blake3_row.c; blake3.c calls whichever blake3_get_one() picked.
+ */
+typedef void blake3_compress_fn(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
+                                uint64_t counter, uint8_t flags);
+typedef void blake3_compress_xof_fn(const uint32_t cv[8], const uint8_t block[64],
+                                    uint8_t block_len, uint64_t counter, uint8_t flags,
+                                    uint8_t out[64]);
+blake3_compress_fn blake3_compress_portable;
+blake3_compress_xof_fn blake3_compress_xof_portable;
+
 #if defined(__x86_64__) || defined(__i386__)
 #define BLAKE3_HAVE_X86 1
 blake3_hash_lanes_fn blake3_hash4_sse41;
 blake3_hash_lanes_fn blake3_hash8_avx2;
+blake3_compress_fn blake3_compress_sse41;
+blake3_compress_xof_fn blake3_compress_xof_sse41;
+/* One input through the SSE4.1 row compression (blake3_row.c). */
+blake3_hash_lanes_fn blake3_hash1_sse41;
 #else
 #define BLAKE3_HAVE_X86 0
 #endif

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "engine/blake3.h"
+#include "engine/blake3_impl.h"
+#include "util/clock.h"
 
 /* The official BLAKE3 vectors, kept in the repository (tests/data/README.md
  * says where they come from); tests run from the repository root. */
@@ -68,13 +70,19 @@ static void init_mode(struct blake3_hasher *h, enum mode m, json_t *root)
         blake3_init_derive_key(h, json_string_value(json_object_get(root, "context_string")));
 }
 
-static void check_vectors_on(enum blake3_path path)
+/* Every vector (all lengths; hash, keyed_hash and derive_key; the full
+ * extended output) on lanes path `path` with one-block compression `one`. */
+static void check_vectors_on(enum blake3_path path, enum blake3_one one)
 {
     static const char *const names[] = { "hash", "keyed_hash", "derive_key" };
     if (!blake3_path_supported(path))
         cr_skip_test("CPU lacks %s", blake3_path_name(path));
+    if (!blake3_one_supported(one))
+        cr_skip_test("CPU lacks %s", blake3_one_name(one));
     cr_assert_eq(blake3_set_path(path), 0);
     cr_assert_eq(blake3_get_path(), path);
+    cr_assert_eq(blake3_set_one(one), 0);
+    cr_assert_eq(blake3_get_one(), one);
     json_t *root = load_vectors();
     cr_assert_eq(strlen(json_string_value(json_object_get(root, "key"))), BLAKE3_KEY_LEN);
     json_t *cases = json_object_get(root, "cases");
@@ -95,8 +103,8 @@ static void check_vectors_on(enum blake3_path path)
             init_mode(&h, m, root);
             blake3_update(&h, in, len);
             blake3_finalize(&h, got, olen);
-            cr_assert_arr_eq(got, want, olen, "%s len %zu path %s", names[m], len,
-                             blake3_path_name(path));
+            cr_assert_arr_eq(got, want, olen, "%s len %zu path %s one %s", names[m], len,
+                             blake3_path_name(path), blake3_one_name(one));
             blake3_finalize(&h, got, 32); /* finalize leaves the hasher reusable */
             cr_assert_arr_eq(got, want, 32, "%s len %zu short output", names[m], len);
 
@@ -121,15 +129,23 @@ static void check_vectors_on(enum blake3_path path)
     json_decref(root);
 }
 
-Test(blake3, vectors_portable) { check_vectors_on(BLAKE3_PATH_PORTABLE); }
-Test(blake3, vectors_sse41) { check_vectors_on(BLAKE3_PATH_SSE41); }
-Test(blake3, vectors_avx2) { check_vectors_on(BLAKE3_PATH_AVX2); }
+/* Lanes portable: every compression runs on the one-block path named. */
+Test(blake3, vectors_portable) { check_vectors_on(BLAKE3_PATH_PORTABLE, BLAKE3_ONE_PORTABLE); }
+Test(blake3, vectors_one_sse41) { check_vectors_on(BLAKE3_PATH_PORTABLE, BLAKE3_ONE_SSE41); }
+/* The lanes, with either one-block path for what they leave over. */
+Test(blake3, vectors_sse41) { check_vectors_on(BLAKE3_PATH_SSE41, BLAKE3_ONE_PORTABLE); }
+Test(blake3, vectors_sse41_one_sse41) { check_vectors_on(BLAKE3_PATH_SSE41, BLAKE3_ONE_SSE41); }
+Test(blake3, vectors_avx2) { check_vectors_on(BLAKE3_PATH_AVX2, BLAKE3_ONE_PORTABLE); }
+Test(blake3, vectors_avx2_one_sse41) { check_vectors_on(BLAKE3_PATH_AVX2, BLAKE3_ONE_SSE41); }
 
 Test(blake3, set_path_rejects_unknown)
 {
     cr_assert_eq(blake3_set_path((enum blake3_path)7), -EINVAL);
     cr_assert_eq(blake3_path_supported(BLAKE3_PATH_PORTABLE), 1);
     cr_assert_str_eq(blake3_path_name(BLAKE3_PATH_AVX2), "avx2");
+    cr_assert_eq(blake3_set_one((enum blake3_one)5), -EINVAL);
+    cr_assert_eq(blake3_one_supported(BLAKE3_ONE_PORTABLE), 1);
+    cr_assert_str_eq(blake3_one_name(BLAKE3_ONE_SSE41), "sse41");
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -217,4 +233,124 @@ Test(blake3, agrees_with_b3sum_on_random_inputs)
     free(cmd);
     free(buf);
     free(want);
+}
+
+static void random_bytes(uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)rng();
+}
+
+/* The SSE4.1 row compression against the portable one, word for word, on
+ * random chaining values, blocks, lengths, 64-bit counters and flags. */
+Test(blake3, one_block_sse41_matches_portable)
+{
+#if BLAKE3_HAVE_X86
+    if (!blake3_one_supported(BLAKE3_ONE_SSE41))
+        cr_skip_test("CPU lacks SSE4.1");
+    rng_state = 777;
+    for (int it = 0; it < 20000; it++) {
+        uint32_t cv[8], a[8], b[8];
+        uint8_t block[64], xa[64], xb[64];
+        random_bytes((uint8_t *)cv, sizeof(cv));
+        random_bytes(block, sizeof(block));
+        uint64_t counter = rng();
+        if (it % 3 == 0)
+            counter &= 0xffffffff; /* the common case: high word 0 */
+        uint8_t len = (uint8_t)(rng() % 65), flags = (uint8_t)rng();
+        memcpy(a, cv, sizeof(cv));
+        memcpy(b, cv, sizeof(cv));
+        blake3_compress_portable(a, block, len, counter, flags);
+        blake3_compress_sse41(b, block, len, counter, flags);
+        cr_assert_arr_eq(a, b, sizeof(a), "in place, iteration %d", it);
+        blake3_compress_xof_portable(cv, block, len, counter, flags, xa);
+        blake3_compress_xof_sse41(cv, block, len, counter, flags, xb);
+        cr_assert_arr_eq(xa, xb, sizeof(xa), "xof, iteration %d", it);
+    }
+    /* One input of several blocks with the chaining value kept in registers. */
+    for (int it = 0; it < 200; it++) {
+        uint8_t in[16 * 64], got[32], want[32];
+        uint32_t key[8], cv[8];
+        size_t blocks = 1 + rng() % 16;
+        random_bytes(in, sizeof(in));
+        random_bytes((uint8_t *)key, sizeof(key));
+        uint64_t counter = rng();
+        uint8_t flags = (uint8_t)rng(), fs = (uint8_t)rng(), fe = (uint8_t)rng();
+        const uint8_t *inputs[1] = { in };
+        blake3_hash1_sse41(inputs, blocks, key, counter, true, flags, fs, fe, got);
+        memcpy(cv, key, sizeof(cv));
+        for (size_t k = 0; k < blocks; k++)
+            blake3_compress_portable(cv, in + 64 * k, 64, counter,
+                                     (uint8_t)(flags | (k == 0 ? fs : 0) | (k + 1 == blocks ? fe : 0)));
+        for (int w = 0; w < 8; w++) {
+            for (int k = 0; k < 4; k++)
+                want[4 * w + k] = (uint8_t)(cv[w] >> (8 * k));
+        }
+        cr_assert_arr_eq(got, want, 32, "hash1, %zu blocks", blocks);
+    }
+#else
+    cr_skip_test("no x86");
+#endif
+}
+
+/* Whole hashes of random inputs, every mode and a long extended output, on
+ * both one-block paths. */
+Test(blake3, one_block_paths_agree_on_random_inputs)
+{
+    if (!blake3_one_supported(BLAKE3_ONE_SSE41))
+        cr_skip_test("CPU lacks SSE4.1");
+    enum { MAXLEN = 9000, OUT = 300 };
+    uint8_t *in = malloc(MAXLEN), key[32];
+    rng_state = 4242;
+    for (int it = 0; it < 300; it++) {
+        size_t len = (size_t)(rng() % MAXLEN);
+        size_t olen = 1 + (size_t)(rng() % OUT);
+        random_bytes(in, len);
+        random_bytes(key, sizeof(key));
+        uint8_t out[2][3][OUT];
+        for (int o = BLAKE3_ONE_PORTABLE; o <= BLAKE3_ONE_SSE41; o++) {
+            cr_assert_eq(blake3_set_one(o), 0);
+            struct blake3_hasher h;
+            blake3_init(&h);
+            blake3_update(&h, in, len);
+            blake3_finalize(&h, out[o][0], olen);
+            blake3_init_keyed(&h, key);
+            blake3_update(&h, in, len);
+            blake3_finalize(&h, out[o][1], olen);
+            blake3_init_derive_key(&h, "lmcd test 2026 one-block paths");
+            update_in_pieces(&h, in, len, (size_t)it);
+            blake3_finalize(&h, out[o][2], olen);
+        }
+        for (int m = 0; m < 3; m++)
+            cr_assert_arr_eq(out[0][m], out[1][m], olen, "mode %d len %zu out %zu", m, len, olen);
+    }
+    free(in);
+}
+
+/* The start-up choice: a short timing of both, or the environment. */
+Test(blake3, one_block_choice)
+{
+    double ns[2];
+    uint64_t t0 = clock_mono_ns();
+    enum blake3_one o = blake3_one_calibrate(ns);
+    uint64_t dt = clock_mono_ns() - t0;
+    cr_assert(blake3_one_supported(o));
+    cr_assert_gt(ns[0], 0);
+    cr_assert_eq(ns[1] > 0, blake3_one_supported(BLAKE3_ONE_SSE41) == 1);
+    if (ns[1] > 0)
+        cr_assert_eq(o, ns[1] < ns[0] ? BLAKE3_ONE_SSE41 : BLAKE3_ONE_PORTABLE, "%f %f", ns[0], ns[1]);
+    /* Well under a millisecond natively; the bound leaves room for sanitizers and valgrind. */
+    cr_assert_lt(dt, 200 * 1000 * 1000ull, "calibration took %llu ns", (unsigned long long)dt);
+
+    cr_assert_eq(setenv("LMCD_BLAKE3_ONE", "portable", 1), 0);
+    cr_assert_eq(blake3_one_detect(ns), BLAKE3_ONE_PORTABLE);
+    cr_assert(ns[0] == 0 && ns[1] == 0, "not timed when set");
+    if (blake3_one_supported(BLAKE3_ONE_SSE41)) {
+        cr_assert_eq(setenv("LMCD_BLAKE3_ONE", "sse41", 1), 0);
+        cr_assert_eq(blake3_one_detect(ns), BLAKE3_ONE_SSE41);
+    }
+    cr_assert_eq(setenv("LMCD_BLAKE3_ONE", "bogus", 1), 0);
+    blake3_one_detect(ns);
+    cr_assert_gt(ns[0], 0, "an unknown name falls back to timing");
+    unsetenv("LMCD_BLAKE3_ONE");
 }

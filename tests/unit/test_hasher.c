@@ -218,6 +218,44 @@ Test(hasher, update_many_matches_single_sessions)
     }
 }
 
+/* Chains (packed and streamed messages) and LMCache's vectors on each
+ * one-block compression. */
+Test(hasher, chains_agree_on_both_one_block_paths)
+{
+    struct hasher h;
+    uint32_t *t = iota_tokens(512);
+    uint32_t *r = malloc(40 * 300 * sizeof(uint32_t));
+    random_tokens(r, 40 * 300);
+    uint8_t (*want)[40][32] = malloc(2 * 40 * 32); /* [chunk size 256, 300] */
+    for (int o = BLAKE3_ONE_PORTABLE; o <= BLAKE3_ONE_SSE41; o++) {
+        if (blake3_set_one(o) != 0)
+            continue;
+        uint8_t d0[32], d1[32];
+        cr_assert_eq(hasher_init(&h, HASHER_BLAKE3, 256), 0);
+        assert_digest(h.none_hash, V_NONE, "NONE_HASH");
+        hasher_chunk(&h, NULL, t, d0);
+        assert_digest(d0, V_CHUNK0, blake3_one_name(o));
+        hasher_chunk(&h, d0, t + 256, d1);
+        assert_digest(d1, V_CHUNK1, blake3_one_name(o));
+        for (uint32_t cs = 256; cs <= 300; cs += 44) {
+            struct hasher_chain c;
+            cr_assert_eq(hasher_init(&h, HASHER_BLAKE3, cs), 0);
+            hasher_chain_init(&c);
+            cr_assert_eq(hasher_chain_update(&h, &c, r, 40 * (size_t)cs, 0), 0);
+            cr_assert_eq(c.len, 40);
+            if (o == BLAKE3_ONE_PORTABLE)
+                memcpy(want[cs == 300], c.hashes, 40 * 32);
+            else
+                cr_assert_arr_eq(c.hashes, want[cs == 300], 40 * 32, "chunk size %u on %s", cs,
+                                 blake3_one_name(o));
+            hasher_chain_free(&c);
+        }
+    }
+    free(want);
+    free(r);
+    free(t);
+}
+
 Test(hasher, chunk_many_xxh3_and_none_prev)
 {
     struct hasher h;
@@ -351,6 +389,9 @@ Test(hasher, logs_lmcache_startup_lines)
     fclose(f);
     unlink(path);
     cr_assert(strstr(text, "Using blake3 hash function"), "%s", text);
+    char want[128];
+    snprintf(want, sizeof(want), "BLAKE3 one-input compression: %s (", blake3_one_name(blake3_get_one()));
+    cr_assert(strstr(text, want), "%s", text);
     cr_assert(strstr(text, "Computed NONE_HASH=b\"~>\\xff\\x9e"), "%s", text);
     cr_assert(strstr(text, "\\xd5mG;\" using hash function"), "%s", text);
     cr_assert(strstr(text, "TokenHasher initialized: chunk_size=256, hash_algorithm=blake3"), "%s", text);
