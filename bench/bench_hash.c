@@ -221,7 +221,7 @@ int main(int argc, char **argv)
     blake3_one_measured(cal);
     printf("one-input compression picked at start: %s (portable %.1f ns, sse41 %.1f ns per block)\n",
            blake3_one_name(chosen), cal[0], cal[1]);
-    cfgs[nc++] = (struct cfg){ "memcpy", -1, HASHER_BLAKE3, run_memcpy, j.bytes, UINT64_MAX };
+    cfgs[nc++] = (struct cfg){ "memcpy", -1, HASHER_BLAKE3, run_memcpy, j.bytes, UINT64_MAX, -1 };
     for (int p = BLAKE3_PATH_PORTABLE; p <= BLAKE3_PATH_AVX2; p++) {
         if (!blake3_path_supported(p))
             continue;
@@ -249,9 +249,9 @@ int main(int argc, char **argv)
     cfgs[nc++] = (struct cfg){ "xxh3_128 batch x64", 0, HASHER_XXH3_128, run_batch, j.bytes, UINT64_MAX, (int)chosen };
 #ifdef LMCD_BENCH_B3_OFFICIAL
     int official_chain = nc;
-    cfgs[nc++] = (struct cfg){ "official C chain", -2, HASHER_BLAKE3, run_official_chain, j.bytes, UINT64_MAX };
+    cfgs[nc++] = (struct cfg){ "official C chain", -2, HASHER_BLAKE3, run_official_chain, j.bytes, UINT64_MAX, -1 };
     cfgs[nc++] = (struct cfg){ "official C 1 MB inputs", -2, HASHER_BLAKE3, run_official_long,
-                               j.bytes - j.bytes % (1 << 20), UINT64_MAX };
+                               j.bytes - j.bytes % (1 << 20), UINT64_MAX, -1 };
 #endif
 
     for (int r = 0; r < REPS; r++) {

@@ -269,14 +269,9 @@ static void hash_lanes_portable(const uint8_t *const *inputs, size_t blocks, con
 {
     uint32_t cv[8];
     memcpy(cv, key, sizeof(cv));
-    for (size_t b = 0; b < blocks; b++) {
-        uint8_t f = flags;
-        if (b == 0)
-            f |= flags_start;
-        if (b + 1 == blocks)
-            f |= flags_end;
-        blake3_compress_portable(cv, inputs[0] + b * BLAKE3_BLOCK_LEN, BLAKE3_BLOCK_LEN, counter, f);
-    }
+    for (size_t b = 0; b < blocks; b++)
+        blake3_compress_portable(cv, inputs[0] + b * BLAKE3_BLOCK_LEN, BLAKE3_BLOCK_LEN, counter,
+                                 blake3_block_flags(b, blocks, flags, flags_start, flags_end));
     (void)increment_counter;
     words_to_bytes(cv, out);
 }

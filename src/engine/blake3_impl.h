@@ -46,6 +46,13 @@ extern const uint8_t blake3_schedule[7][16];
  * flags go on every block, flags_start on the first, flags_end on the last.
  * The SIMD versions handle 4 (SSE4.1) or 8 (AVX2) inputs per call.
  */
+/* The flags of block b of an input of `blocks` blocks, for the functions below. */
+static inline uint8_t blake3_block_flags(size_t b, size_t blocks, uint8_t flags, uint8_t flags_start,
+                                         uint8_t flags_end)
+{
+    return (uint8_t)(flags | (b == 0 ? flags_start : 0) | (b + 1 == blocks ? flags_end : 0));
+}
+
 typedef void blake3_hash_lanes_fn(const uint8_t *const *inputs, size_t blocks,
                                   const uint32_t key[8], uint64_t counter,
                                   bool increment_counter, uint8_t flags,

@@ -44,11 +44,7 @@ LANES_TARGET void LANES_FN(const uint8_t *const *inputs, size_t blocks, const ui
     LANES_VEC ctr_hi = lanes_loadu_words(hi);
 
     for (size_t b = 0; b < blocks; b++) {
-        uint32_t f = flags;
-        if (b == 0)
-            f |= flags_start;
-        if (b + 1 == blocks)
-            f |= flags_end;
+        uint8_t f = blake3_block_flags(b, blocks, flags, flags_start, flags_end);
         lanes_load_msg(inputs, b * 64, m);
         for (int i = 0; i < 8; i++)
             v[i] = h[i];

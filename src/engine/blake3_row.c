@@ -27,34 +27,14 @@
 #include "engine/blake3_impl.h"
 
 #if BLAKE3_HAVE_X86
-#include <immintrin.h>
+#include "engine/blake3_sse41_ops.h"
 
-#define ROW_TARGET __attribute__((target("sse4.1")))
+#define ROW_TARGET SSE41_TARGET
 
 /* pshufd / shufps lane selectors: lane 0 gets word w, lane 1 x, lane 2 y, lane 3 z. */
 #define SEL(w, x, y, z) (((z) << 6) | ((y) << 4) | ((x) << 2) | (w))
 /* pblendw masks: the 32-bit lanes taken from the second operand. */
 #define LANES(l0, l1, l2, l3) ((l0) * 0x03 | (l1) * 0x0c | (l2) * 0x30 | (l3) * 0xc0)
-
-ROW_TARGET static inline __m128i rot16(__m128i x)
-{
-    return _mm_shuffle_epi8(x, _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-}
-
-ROW_TARGET static inline __m128i rot12(__m128i x)
-{
-    return _mm_or_si128(_mm_srli_epi32(x, 12), _mm_slli_epi32(x, 20));
-}
-
-ROW_TARGET static inline __m128i rot8(__m128i x)
-{
-    return _mm_shuffle_epi8(x, _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12));
-}
-
-ROW_TARGET static inline __m128i rot7(__m128i x)
-{
-    return _mm_or_si128(_mm_srli_epi32(x, 7), _mm_slli_epi32(x, 25));
-}
 
 /* a + m, computed before b is ready. The empty asm hides the sum from the
  * compiler, which would otherwise reassociate (a + m) + b into (m + b) + a
@@ -71,18 +51,18 @@ ROW_TARGET static inline __m128i add_early(__m128i a, __m128i m)
 ROW_TARGET static inline void g_half1(__m128i *a, __m128i *b, __m128i *c, __m128i *d, __m128i x)
 {
     *a = _mm_add_epi32(add_early(*a, x), *b);
-    *d = rot16(_mm_xor_si128(*d, *a));
+    *d = sse41_rot16(_mm_xor_si128(*d, *a));
     *c = _mm_add_epi32(*c, *d);
-    *b = rot12(_mm_xor_si128(*b, *c));
+    *b = sse41_rot12(_mm_xor_si128(*b, *c));
 }
 
 /* The second half (message word y). */
 ROW_TARGET static inline void g_half2(__m128i *a, __m128i *b, __m128i *c, __m128i *d, __m128i y)
 {
     *a = _mm_add_epi32(add_early(*a, y), *b);
-    *d = rot8(_mm_xor_si128(*d, *a));
+    *d = sse41_rot8(_mm_xor_si128(*d, *a));
     *c = _mm_add_epi32(*c, *d);
-    *b = rot7(_mm_xor_si128(*b, *c));
+    *b = sse41_rot7(_mm_xor_si128(*b, *c));
 }
 
 /*
@@ -207,12 +187,8 @@ ROW_TARGET void blake3_hash1_sse41(const uint8_t *const *inputs, size_t blocks, 
     __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(key + 4));
     (void)increment_counter;
     for (size_t i = 0; i < blocks; i++) {
-        uint8_t f = flags;
-        if (i == 0)
-            f |= flags_start;
-        if (i + 1 == blocks)
-            f |= flags_end;
-        __m128i c = row_iv(), d = row_params(counter, 64, f);
+        __m128i c = row_iv();
+        __m128i d = row_params(counter, 64, blake3_block_flags(i, blocks, flags, flags_start, flags_end));
         rounds(&a, &b, &c, &d, inputs[0] + 64 * i);
         a = _mm_xor_si128(a, c);
         b = _mm_xor_si128(b, d);

@@ -6,36 +6,21 @@
 #include "engine/blake3_impl.h"
 
 #if BLAKE3_HAVE_X86
-#include <immintrin.h>
+#include "engine/blake3_sse41_ops.h"
 
 #define LANES_N 4
 #define LANES_VEC __m128i
-#define LANES_TARGET __attribute__((target("sse4.1")))
+#define LANES_TARGET SSE41_TARGET
 #define LANES_FN blake3_hash4_sse41
 
 LANES_TARGET static inline __m128i lanes_add(__m128i a, __m128i b) { return _mm_add_epi32(a, b); }
 LANES_TARGET static inline __m128i lanes_xor(__m128i a, __m128i b) { return _mm_xor_si128(a, b); }
 LANES_TARGET static inline __m128i lanes_set1(uint32_t w) { return _mm_set1_epi32((int)w); }
 
-LANES_TARGET static inline __m128i lanes_rot16(__m128i x)
-{
-    return _mm_shuffle_epi8(x, _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-}
-
-LANES_TARGET static inline __m128i lanes_rot12(__m128i x)
-{
-    return _mm_or_si128(_mm_srli_epi32(x, 12), _mm_slli_epi32(x, 20));
-}
-
-LANES_TARGET static inline __m128i lanes_rot8(__m128i x)
-{
-    return _mm_shuffle_epi8(x, _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12));
-}
-
-LANES_TARGET static inline __m128i lanes_rot7(__m128i x)
-{
-    return _mm_or_si128(_mm_srli_epi32(x, 7), _mm_slli_epi32(x, 25));
-}
+#define lanes_rot16 sse41_rot16
+#define lanes_rot12 sse41_rot12
+#define lanes_rot8 sse41_rot8
+#define lanes_rot7 sse41_rot7
 
 LANES_TARGET static inline __m128i lanes_loadu_words(const uint32_t *w)
 {
