@@ -83,7 +83,7 @@ static void compress_rounds(uint32_t v[16], const uint32_t cv[8], const uint8_t 
     BLAKE3_ROUNDS(g, v, m);
 }
 
-void blake3_compress_portable(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
+void blake3_one_compress_portable(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
                               uint64_t counter, uint8_t flags)
 {
     uint32_t v[16];
@@ -92,7 +92,7 @@ void blake3_compress_portable(uint32_t cv[8], const uint8_t block[64], uint8_t b
         cv[i] = v[i] ^ v[i + 8];
 }
 
-void blake3_compress_xof_portable(const uint32_t cv[8], const uint8_t block[64],
+void blake3_one_compress_xof_portable(const uint32_t cv[8], const uint8_t block[64],
                                   uint8_t block_len, uint64_t counter, uint8_t flags,
                                   uint8_t out[64])
 {
@@ -151,10 +151,10 @@ static blake3_compress_fn *one_compress(enum blake3_one o)
 {
 #if BLAKE3_HAVE_X86
     if (o == BLAKE3_ONE_SSE41)
-        return blake3_compress_sse41;
+        return blake3_one_compress_sse41;
 #endif
     (void)o;
-    return blake3_compress_portable;
+    return blake3_one_compress_portable;
 }
 
 static uint64_t time_chain(blake3_compress_fn *fn)
@@ -244,11 +244,11 @@ static void compress_xof(const uint32_t cv[8], const uint8_t block[64], uint8_t 
 {
 #if BLAKE3_HAVE_X86
     if (blake3_get_one() == BLAKE3_ONE_SSE41) {
-        blake3_compress_xof_sse41(cv, block, block_len, counter, flags, out);
+        blake3_one_compress_xof_sse41(cv, block, block_len, counter, flags, out);
         return;
     }
 #endif
-    blake3_compress_xof_portable(cv, block, block_len, counter, flags, out);
+    blake3_one_compress_xof_portable(cv, block, block_len, counter, flags, out);
 }
 
 static void words_to_bytes(const uint32_t w[8], uint8_t out[32])
@@ -270,7 +270,7 @@ static void hash_lanes_portable(const uint8_t *const *inputs, size_t blocks, con
     uint32_t cv[8];
     memcpy(cv, key, sizeof(cv));
     for (size_t b = 0; b < blocks; b++)
-        blake3_compress_portable(cv, inputs[0] + b * BLAKE3_BLOCK_LEN, BLAKE3_BLOCK_LEN, counter,
+        blake3_one_compress_portable(cv, inputs[0] + b * BLAKE3_BLOCK_LEN, BLAKE3_BLOCK_LEN, counter,
                                  blake3_block_flags(b, blocks, flags, flags_start, flags_end));
     (void)increment_counter;
     words_to_bytes(cv, out);

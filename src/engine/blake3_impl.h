@@ -69,15 +69,15 @@ typedef void blake3_compress_fn(uint32_t cv[8], const uint8_t block[64], uint8_t
 typedef void blake3_compress_xof_fn(const uint32_t cv[8], const uint8_t block[64],
                                     uint8_t block_len, uint64_t counter, uint8_t flags,
                                     uint8_t out[64]);
-blake3_compress_fn blake3_compress_portable;
-blake3_compress_xof_fn blake3_compress_xof_portable;
+blake3_compress_fn blake3_one_compress_portable;
+blake3_compress_xof_fn blake3_one_compress_xof_portable;
 
 #if defined(__x86_64__) || defined(__i386__)
 #define BLAKE3_HAVE_X86 1
 blake3_hash_lanes_fn blake3_hash4_sse41;
 blake3_hash_lanes_fn blake3_hash8_avx2;
-blake3_compress_fn blake3_compress_sse41;
-blake3_compress_xof_fn blake3_compress_xof_sse41;
+blake3_compress_fn blake3_one_compress_sse41;
+blake3_compress_xof_fn blake3_one_compress_xof_sse41;
 /* One input through the SSE4.1 row compression (blake3_row.c). */
 blake3_hash_lanes_fn blake3_hash1_sse41;
 #else

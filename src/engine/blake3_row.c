@@ -151,7 +151,7 @@ ROW_TARGET static inline __m128i row_params(uint64_t counter, uint8_t block_len,
                           (int)flags);
 }
 
-ROW_TARGET void blake3_compress_sse41(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
+ROW_TARGET void blake3_one_compress_sse41(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
                                       uint64_t counter, uint8_t flags)
 {
     __m128i a = _mm_loadu_si128((const __m128i *)(const void *)cv);
@@ -162,7 +162,7 @@ ROW_TARGET void blake3_compress_sse41(uint32_t cv[8], const uint8_t block[64], u
     _mm_storeu_si128((__m128i *)(void *)(cv + 4), _mm_xor_si128(b, d));
 }
 
-ROW_TARGET void blake3_compress_xof_sse41(const uint32_t cv[8], const uint8_t block[64],
+ROW_TARGET void blake3_one_compress_xof_sse41(const uint32_t cv[8], const uint8_t block[64],
                                           uint8_t block_len, uint64_t counter, uint8_t flags,
                                           uint8_t out[64])
 {

@@ -116,7 +116,7 @@ def test_server_ready_fast_and_logs_in_lmcache_format(lmcd_factory):
     assert ready_s < 2.0, f"ready after {ready_s:.3f}s"
     log = srv.log()
     order = ["Starting L1EvictionController...", "Using blake3 hash function",
-             "Computed NONE_HASH=b\"~>\\xff\\x9e", "TokenHasher initialized: chunk_size=256, hash_algorithm=blake3",
+             "BLAKE3 one-input compression: ", "Computed NONE_HASH=b\"~>\\xff\\x9e", "TokenHasher initialized: chunk_size=256, hash_algorithm=blake3",
              "LMCache ZMQ cache server is running on", "Starting LMCache HTTP server on http://127.0.0.1",
              READY_LINE]
     pos = [log.find(x) for x in order]
@@ -125,6 +125,18 @@ def test_server_ready_fast_and_logs_in_lmcache_format(lmcd_factory):
     for line in log.splitlines():
         assert LOG_LINE.match(line), line
     assert "\x1b[" not in log, "no colour when stderr is not a terminal"
+    assert srv.stop() == 0
+
+
+def test_server_blake3_one_block_choice_logged_and_overridable(lmcd_factory):
+    # Timed at start by default (both measured on x86), named by the environment otherwise.
+    srv = lmcd_factory()
+    line = next(x for x in srv.log().splitlines() if "BLAKE3 one-input compression: " in x)
+    assert re.search(r"compression: (portable|sse41) \((timed at start: portable [0-9.]+ ns, sse41 [0-9.]+ ns "
+                     r"per block|no SSE4\.1)\); many inputs: \w+ lanes", line), line
+    assert srv.stop() == 0
+    srv = lmcd_factory(env={"LMCD_BLAKE3_ONE": "portable"})
+    assert "BLAKE3 one-input compression: portable (set, not timed)" in srv.log(), srv.log()
     assert srv.stop() == 0
 
 

@@ -260,11 +260,11 @@ Test(blake3, one_block_sse41_matches_portable)
         uint8_t len = (uint8_t)(rng() % 65), flags = (uint8_t)rng();
         memcpy(a, cv, sizeof(cv));
         memcpy(b, cv, sizeof(cv));
-        blake3_compress_portable(a, block, len, counter, flags);
-        blake3_compress_sse41(b, block, len, counter, flags);
+        blake3_one_compress_portable(a, block, len, counter, flags);
+        blake3_one_compress_sse41(b, block, len, counter, flags);
         cr_assert_arr_eq(a, b, sizeof(a), "in place, iteration %d", it);
-        blake3_compress_xof_portable(cv, block, len, counter, flags, xa);
-        blake3_compress_xof_sse41(cv, block, len, counter, flags, xb);
+        blake3_one_compress_xof_portable(cv, block, len, counter, flags, xa);
+        blake3_one_compress_xof_sse41(cv, block, len, counter, flags, xb);
         cr_assert_arr_eq(xa, xb, sizeof(xa), "xof, iteration %d", it);
     }
     /* One input of several blocks with the chaining value kept in registers. */
@@ -280,7 +280,7 @@ Test(blake3, one_block_sse41_matches_portable)
         blake3_hash1_sse41(inputs, blocks, key, counter, true, flags, fs, fe, got);
         memcpy(cv, key, sizeof(cv));
         for (size_t k = 0; k < blocks; k++)
-            blake3_compress_portable(cv, in + 64 * k, 64, counter,
+            blake3_one_compress_portable(cv, in + 64 * k, 64, counter,
                                      (uint8_t)(flags | (k == 0 ? fs : 0) | (k + 1 == blocks ? fe : 0)));
         for (int w = 0; w < 8; w++) {
             for (int k = 0; k < 4; k++)
