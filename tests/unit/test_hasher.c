@@ -256,6 +256,34 @@ Test(hasher, chains_agree_on_both_one_block_paths)
     free(t);
 }
 
+/* The BE32 packing (four tokens per shuffle, then one by one) against bytes
+ * laid out here, for chunk sizes that leave every remainder, packed and
+ * streamed (above 256 tokens). */
+Test(hasher, packs_any_chunk_size)
+{
+    static const uint32_t sizes[] = { 1, 2, 3, 5, 7, 255, 257, 259, 518 };
+    uint32_t *t = malloc(518 * sizeof(uint32_t));
+    uint8_t *msg = malloc(32 + 4 * 518);
+    random_tokens(t, 518);
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        struct hasher h;
+        uint8_t got[32], want[32];
+        cr_assert_eq(hasher_init(&h, HASHER_BLAKE3, sizes[k]), 0);
+        hasher_chunk(&h, NULL, t, got);
+        memcpy(msg, h.none_hash, 32);
+        for (uint32_t i = 0; i < sizes[k]; i++) {
+            msg[32 + 4 * i] = (uint8_t)(t[i] >> 24);
+            msg[33 + 4 * i] = (uint8_t)(t[i] >> 16);
+            msg[34 + 4 * i] = (uint8_t)(t[i] >> 8);
+            msg[35 + 4 * i] = (uint8_t)t[i];
+        }
+        blake3_hash(msg, 32 + 4 * (size_t)sizes[k], want);
+        cr_assert_arr_eq(got, want, 32, "chunk size %u", sizes[k]);
+    }
+    free(msg);
+    free(t);
+}
+
 Test(hasher, chunk_many_xxh3_and_none_prev)
 {
     struct hasher h;
