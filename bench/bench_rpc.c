@@ -1,7 +1,12 @@
 /*
  * bench_rpc: request round trips against a real lmcd, as ratios against a
- * raw ZeroMQ ROUTER echo server in this process (what ZeroMQ alone costs
- * for the same frames over the same loopback TCP).
+ * raw ZeroMQ ROUTER echo server (what ZeroMQ alone costs for the same
+ * frames over the same loopback TCP). The baseline of every ratio is an
+ * echo in a process of its own, with its own ZeroMQ context and I/O
+ * thread, as lmcd has; the latency figures are also given against an echo
+ * thread in this process, which shares the bench's context and I/O thread
+ * (the baseline of earlier runs: its wake-ups differ, see
+ * docs/performance.md).
  *
  *   latency     one DEALER, one request in flight: p50 and p99
  *               ping (a pool request in LMCache; lmcd's loop answers it when no
@@ -15,17 +20,21 @@
  *               part (on both targets)
  *   throughput  WINDOW requests kept in flight on one DEALER (best round)
  *
- * Each measurement alternates echo and lmcd in ROUNDS rounds.
+ * Each measurement alternates the echoes and lmcd in ROUNDS rounds.
  *
  * lmcd is $LMCD_BUILD/lmcd (default build/lmcd), started on free 127.0.0.1
  * ports and stopped at the end. Every loop is bounded by a count and by
  * seconds. Usage: bench_rpc [SECONDS per measurement, default 1].
  * Never asserts on speed; exits 1 only when something broke.
  */
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common.h"
@@ -114,6 +123,64 @@ static void echo_stop(struct echo *e)
     atomic_store(&e->stop, true);
     pthread_join(e->thread, NULL);
     zmq_close(e->sock);
+}
+
+/* The same echo in a child process of its own (forked before this process
+ * creates its ZeroMQ context): its endpoint comes back through a pipe; it
+ * dies with this process (PR_SET_PDEATHSIG) or at echo_proc_stop. */
+struct echo_proc {
+    pid_t pid;
+    char endpoint[256];
+};
+
+static void echo_proc_child(int wfd)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    void *ctx = zmq_ctx_new();
+    void *sock = ctx ? zmq_socket(ctx, ZMQ_ROUTER) : NULL;
+    char ep[256] = "";
+    size_t len = sizeof(ep);
+    if (!sock || zmq_bind(sock, "tcp://127.0.0.1:0") || zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, ep, &len))
+        _exit(1);
+    if (write(wfd, ep, sizeof(ep)) != (ssize_t)sizeof(ep))
+        _exit(1);
+    close(wfd);
+    for (;;) { /* blocking receive: forward each frame back as it came */
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, 0) < 0)
+            _exit(1);
+        zmq_msg_send(&m, sock, zmq_msg_more(&m) ? ZMQ_SNDMORE : 0);
+    }
+}
+
+static void echo_proc_start(struct echo_proc *e)
+{
+    int fds[2];
+    if (pipe(fds))
+        die("echo process pipe");
+    fflush(NULL);
+    e->pid = fork();
+    if (e->pid < 0)
+        die("echo process fork");
+    if (e->pid == 0) {
+        close(fds[0]);
+        echo_proc_child(fds[1]);
+    }
+    close(fds[1]);
+    ssize_t n = read(fds[0], e->endpoint, sizeof(e->endpoint));
+    close(fds[0]);
+    if (n != (ssize_t)sizeof(e->endpoint) || !e->endpoint[0]) {
+        fprintf(stderr, "bench_rpc: the echo process did not start\n");
+        exit(1);
+    }
+    e->endpoint[sizeof(e->endpoint) - 1] = 0;
+}
+
+static void echo_proc_stop(struct echo_proc *e)
+{
+    kill(e->pid, SIGKILL);
+    waitpid(e->pid, NULL, 0);
 }
 
 /* ---- requests ------------------------------------------------------------- */
@@ -301,26 +368,23 @@ static void lat_finish(struct lat_result *r)
     bench_lat_free(&r->lat);
 }
 
-/* Latency of fn on both targets, alternating in ROUNDS rounds so a burst
- * of load from elsewhere lands on both sides, not on one. */
-static void measure_latency(struct bench *b, const struct target *te, const struct target *tl, op_fn fn,
-                            struct lat_result *re, struct lat_result *rl)
+/* Latency of fn on n targets, alternating in ROUNDS rounds so a burst of
+ * load from elsewhere lands on all of them, not on one. */
+static void measure_latency(struct bench *b, const struct target *const *t, size_t n, op_fn fn,
+                            struct lat_result *r)
 {
-    memset(re, 0, sizeof(*re));
-    memset(rl, 0, sizeof(*rl));
     int64_t sink;
-    for (int i = 0; i < WARMUP; i++) {
-        fn(b, te, &sink);
-        end_session(b, te);
-        fn(b, tl, &sink);
-        end_session(b, tl);
-    }
-    for (int r = 0; r < ROUNDS; r++) {
-        sample_latency(b, te, fn, b->seconds / ROUNDS, re);
-        sample_latency(b, tl, fn, b->seconds / ROUNDS, rl);
-    }
-    lat_finish(re);
-    lat_finish(rl);
+    memset(r, 0, n * sizeof(*r));
+    for (int i = 0; i < WARMUP; i++)
+        for (size_t k = 0; k < n; k++) {
+            fn(b, t[k], &sink);
+            end_session(b, t[k]);
+        }
+    for (int round = 0; round < ROUNDS; round++)
+        for (size_t k = 0; k < n; k++)
+            sample_latency(b, t[k], fn, b->seconds / ROUNDS, &r[k]);
+    for (size_t k = 0; k < n; k++)
+        lat_finish(&r[k]);
 }
 
 /* Requests per second with WINDOW in flight (op answers exactly once). */
@@ -374,6 +438,8 @@ int main(int argc, char **argv)
         b.miss_tokens[i] = (x >> 3) % 152064;
     }
 
+    struct echo_proc echop;
+    echo_proc_start(&echop); /* before this process has a ZeroMQ context */
     struct bench_proc lmcd;
     int port;
     bench_lmcd_start(&lmcd, &port, NULL);
@@ -383,7 +449,8 @@ int main(int argc, char **argv)
     char lmcd_ep[64];
     snprintf(lmcd_ep, sizeof(lmcd_ep), "tcp://127.0.0.1:%d", port);
     struct target tl = { "lmcd", bench_dealer(ctx, lmcd_ep), false };
-    struct target te = { "echo", bench_dealer(ctx, echo.endpoint), true };
+    struct target te = { "echo", bench_dealer(ctx, echop.endpoint), true };
+    struct target tt = { "echo thread", bench_dealer(ctx, echo.endpoint), true };
 
     int64_t v;
     op_chunk_size(&b, &tl, &v);
@@ -394,9 +461,11 @@ int main(int argc, char **argv)
     }
     store_hit_prompt(&b, &tl);
 
-    printf("  lmcd %s (pid %d) vs a ZeroMQ ROUTER echo in-process; profile %s, loopback TCP\n",
-           bench_lmcd_path(), (int)lmcd.pid, wire_profile_name(PROFILE));
-    printf("  latency, 1 in flight           lmcd p50     p99 |   echo p50     p99 | p50 ratio  rtt/op\n");
+    printf("  lmcd %s (pid %d) vs a ZeroMQ ROUTER echo in a process of its own (pid %d), and an echo thread "
+           "in this process; profile %s, loopback TCP\n",
+           bench_lmcd_path(), (int)lmcd.pid, (int)echop.pid, wire_profile_name(PROFILE));
+    printf("  latency, 1 in flight           lmcd p50     p99 |   echo p50     p99 | p50 ratio  rtt/op | "
+           "echo thread p50  ratio\n");
     static const struct {
         const char *name;
         op_fn fn;
@@ -407,10 +476,12 @@ int main(int argc, char **argv)
         { "lookup+query 32K tok, 128 hit", op_lookup_hit },
     };
     for (size_t i = 0; i < sizeof(lat_ops) / sizeof(lat_ops[0]); i++) {
-        struct lat_result e, l;
-        measure_latency(&b, &te, &tl, lat_ops[i].fn, &e, &l);
-        printf("  %-30s %7.1f us %6.1f | %7.1f us %6.1f | %7.2fx  %6.2f", lat_ops[i].name, l.p50, l.p99, e.p50,
-               e.p99, l.p50 / e.p50, l.rtts);
+        const struct target *ts[] = { &te, &tl, &tt };
+        struct lat_result r[3];
+        measure_latency(&b, ts, 3, lat_ops[i].fn, r);
+        const struct lat_result e = r[0], l = r[1], et = r[2];
+        printf("  %-30s %7.1f us %6.1f | %7.1f us %6.1f | %7.2fx  %6.2f | %10.1f us %5.2fx", lat_ops[i].name, l.p50,
+               l.p99, e.p50, e.p99, l.p50 / e.p50, l.rtts, et.p50, l.p50 / et.p50);
         if (lat_ops[i].fn == op_lookup_miss || lat_ops[i].fn == op_lookup_hit)
             printf("  (%lld chunks found)", (long long)l.result);
         printf("\n");
@@ -424,6 +495,8 @@ int main(int argc, char **argv)
         bench_report(fig, "us", l.p50, "zmq echo", e.p50, false);
         snprintf(fig, sizeof(fig), "rpc %s p99", lat_ops[i].name);
         bench_report(fig, "us", l.p99, "zmq echo", e.p99, false);
+        snprintf(fig, sizeof(fig), "rpc %s p50 vs echo thread", lat_ops[i].name);
+        bench_report(fig, "us", l.p50, "zmq echo thread", et.p50, false);
     }
     printf("  throughput, %d in flight      lmcd req/s |  echo req/s | ratio\n", WINDOW);
     static const struct {
@@ -441,8 +514,10 @@ int main(int argc, char **argv)
 
     zmq_close(tl.sock);
     zmq_close(te.sock);
+    zmq_close(tt.sock);
     echo_stop(&echo);
     zmq_ctx_term(ctx);
+    echo_proc_stop(&echop);
     int st = bench_proc_stop(&lmcd, 10000);
     if (st != 0)
         fprintf(stderr, "bench_rpc: lmcd exited with status 0x%x on SIGTERM\n", st);
