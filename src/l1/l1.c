@@ -244,8 +244,8 @@ static void table_write(struct l1 *l1, const struct l1_obj *o, enum l1_seg_state
 
 /* ---- object lifecycle ----------------------------------------------------- */
 
-/* Takes o off its resv / locked / pending list and frees its record. */
-L1_INLINE void act_drop(struct l1 *l1, struct l1_obj *o)
+/* Takes o's record off its resv / locked / pending list and that list's count. */
+L1_INLINE void q_leave(struct l1 *l1, struct l1_obj *o)
 {
     if (o->state == L1_OBJ_RESERVED)
         l1->n_resv--;
@@ -254,6 +254,12 @@ L1_INLINE void act_drop(struct l1 *l1, struct l1_obj *o)
     else
         l1->n_pending--;
     list_del(l1, L_Q, o->act);
+}
+
+/* Takes o off its resv / locked / pending list and frees its record. */
+L1_INLINE void act_drop(struct l1 *l1, struct l1_obj *o)
+{
+    q_leave(l1, o);
     act_put(l1, o);
 }
 
@@ -326,15 +332,10 @@ static void obj_make_pending(struct l1 *l1, struct l1_obj *o)
     index_remove(l1, o);
     if (o->state == L1_OBJ_READY)
         list_del(l1, L_LRU, l1_slot_of(l1, o));
-    if (o->act == L1_NIL) {
+    if (o->act == L1_NIL)
         act_take(l1, o, 0, 0, 0); /* READY without holders: no expiry, no epoch */
-    } else {
-        list_del(l1, L_Q, o->act);
-        if (o->state == L1_OBJ_RESERVED)
-            l1->n_resv--;
-        else
-            l1->n_locked--;
-    }
+    else
+        q_leave(l1, o);
     if (o->state == L1_OBJ_RESERVED)
         o->flags |= L1_OBJ_WAS_RESERVED;
     else
