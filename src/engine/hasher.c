@@ -68,8 +68,9 @@ static void put_be32(uint8_t *p, uint32_t v)
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("ssse3"))) static void put_be32s_ssse3(uint8_t *out, const uint32_t *t,
-                                                             size_t n)
+/* The whole groups of four of n tokens; returns how many tokens it packed. */
+__attribute__((target("ssse3"))) static size_t put_be32s_ssse3(uint8_t *out, const uint32_t *t,
+                                                               size_t n)
 {
     const __m128i swap = _mm_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
     size_t i = 0;
@@ -77,8 +78,7 @@ __attribute__((target("ssse3"))) static void put_be32s_ssse3(uint8_t *out, const
         __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(t + i));
         _mm_storeu_si128((__m128i *)(void *)(out + 4 * i), _mm_shuffle_epi8(w, swap));
     }
-    for (; i < n; i++)
-        put_be32(out + 4 * i, t[i]);
+    return i;
 }
 #endif
 
@@ -88,13 +88,12 @@ __attribute__((target("ssse3"))) static void put_be32s_ssse3(uint8_t *out, const
  * Zen 3 than one bswap and store per token). */
 static void put_be32s(uint8_t *out, const uint32_t *t, size_t n)
 {
+    size_t i = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    if (__builtin_cpu_supports("ssse3")) {
-        put_be32s_ssse3(out, t, n);
-        return;
-    }
+    if (__builtin_cpu_supports("ssse3"))
+        i = put_be32s_ssse3(out, t, n);
 #endif
-    for (size_t i = 0; i < n; i++)
+    for (; i < n; i++)
         put_be32(out + 4 * i, t[i]);
 }
 
@@ -179,7 +178,8 @@ int hasher_init(struct hasher *h, enum hasher_algo algo, uint32_t chunk_size)
     h->chunk_size = chunk_size;
     /* Picks BLAKE3's one-block compression now, at start-up, rather than in
      * the first request (it times both, well under a millisecond). */
-    (void)blake3_get_one();
+    if (algo == HASHER_BLAKE3)
+        (void)blake3_get_one();
     /* LMCache's fallback: H(integer 0 as 8 bytes BE signed || token 0 as BE32). */
     hash_bytes(algo, zeros, sizeof(zeros), h->none_hash);
     return 0;
