@@ -1233,6 +1233,22 @@ static int scratch(struct transfer_backend *b, struct cu_reg *g, size_t need)
     return 0;
 }
 
+/* The queue slot the next queued piece takes. Under g->lock. */
+static unsigned q_tail(const struct cu_reg *g)
+{
+    return (g->q_head + g->q_n) % CU_QCAP;
+}
+
+/* Queues p (stamped now, for the watchdog's stuck test) and wakes the
+ * completion thread. Under g->lock, with room in the queue. */
+static void q_push(struct cu_reg *g, struct cu_pending p)
+{
+    p.t_ns = now_ns();
+    g->q[q_tail(g)] = p;
+    g->q_n++;
+    pthread_cond_broadcast(&g->cv);
+}
+
 /* Records the reply event after what the stream holds and queues it
  * without a callback (every record is queued: see CU_QCAP). Under g->lock,
  * with room in the queue. */
@@ -1243,9 +1259,7 @@ static int record_event_only(struct transfer_backend *b, struct cu_reg *g, uint8
     int rc = record_event(b, g, event, &ev, why, why_len);
     if (rc)
         return rc; /* no valid event: the caller drops what it reserved */
-    g->q[(g->q_head + g->q_n) % CU_QCAP] = (struct cu_pending){.ev = ev, .t_ns = now_ns()};
-    g->q_n++;
-    pthread_cond_broadcast(&g->cv);
+    q_push(g, (struct cu_pending){.ev = ev});
     return 0;
 }
 
@@ -1635,7 +1649,7 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         }
         /* The piece's block table: the pinned buffer of the queue slot it
          * takes (free: its last piece left the queue after completing). */
-        unsigned qi = (g->q_head + g->q_n) % CU_QCAP;
+        unsigned qi = q_tail(g);
         if (!rc && !g->tbl_h[qi] &&
             (r = b->cu.MemHostAlloc(&g->tbl_h[qi], CU_TABLE_BYTES, CU_MEMHOSTALLOC_PORTABLE)) != CUDA_SUCCESS) {
             g->tbl_h[qi] = NULL;
@@ -1648,11 +1662,8 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         if (rc && ran) { /* part of it may be on the stream: queued as a fence, holding its slots */
             p.fence = true;
             p.nb = nbounce;
-            p.t_ns = now_ns();
-            g->q[(g->q_head + g->q_n) % CU_QCAP] = p;
-            g->q_n++;
             grp->pending++;
-            pthread_cond_broadcast(&g->cv);
+            q_push(g, p);
             break;
         }
         if (rc) {
@@ -1664,11 +1675,8 @@ static int cu_copy(struct transfer_backend *b, const struct transfer_copy *c, ui
         p.nb = nbounce;
         atomic_fetch_add(staging ? &b->obj_staged : &b->obj_direct, n - nbounce);
         atomic_fetch_add(&b->obj_bounced, nbounce);
-        p.t_ns = now_ns();
-        g->q[(g->q_head + g->q_n) % CU_QCAP] = p;
-        g->q_n++;
         grp->pending++;
-        pthread_cond_broadcast(&g->cv);
+        q_push(g, p);
         k += n;
     }
     if (grp->pending) {
