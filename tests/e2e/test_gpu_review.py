@@ -9,8 +9,9 @@ import urllib.request
 import pytest
 
 from conftest import wait_for
-from test_gpu_emulated import (CHUNK, FAKE_DIR, Cache, Event, _cuda_build, event_done, fake_errors, key_of, lookup,
-                               register, retrieve, store, wait_reply_event)
+from test_gpu_emulated import (CHUNK, Cache, Event, _cuda_build, event_done, fake_errors, key_of, lookup, register,
+                               retrieve, store, wait_reply_event)
+from test_gpu_emulated import gpu_lmcd  # noqa: F401 (the fixture)
 from test_gpu_lifecycle import Pinger, mappings_open
 from test_protocol import clients  # noqa: F401
 
@@ -23,17 +24,14 @@ def http_get(s, path):
         return r.read().decode()
 
 
-def test_a_copy_failing_after_its_kernel_was_queued_keeps_its_bounce_slot(lmcd_factory, clients):  # noqa: F811
+def test_a_copy_failing_after_its_kernel_was_queued_keeps_its_bounce_slot(gpu_lmcd, clients):  # noqa: F811
     """A STORE whose piece fails after its gather was queued behind the
     worker's event (here: the reply event's handle cannot be had) must keep
     what that gather writes to (bounce slot or L1 object) until the stream
     ran it: a RETRIEVE given the same slot meanwhile would hand the worker
     the failed STORE's bytes."""
     # every copy bounces (no pinning); the 2nd cuIpcGetEventHandle fails: STORE a's
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_PIN_FAIL": "1",
-           "FAKECUDA_FAIL_EVENT_HANDLE": "2"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(env={"FAKECUDA_PIN_FAIL": "1", "FAKECUDA_FAIL_EVENT_HANDLE": "2"})
     c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=2)
     register(c, 81, cache)
@@ -66,15 +64,13 @@ def test_a_copy_failing_after_its_kernel_was_queued_keeps_its_bounce_slot(lmcd_f
     ev2.close()
 
 
-def test_a_larger_block_table_does_not_wait_for_queued_copies(lmcd_factory, clients):  # noqa: F811
+def test_a_larger_block_table_does_not_wait_for_queued_copies(gpu_lmcd, clients):  # noqa: F811
     """A copy whose block table outgrows the registration's device scratch
     must not free the old one while an earlier copy (waiting on its worker's
     event) may still read it: freeing device memory waits for the device in
     practice (the emulated driver drains the context's streams), so the
     STORE's reply would wait on the GPU, and on a stuck event forever."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_PIN_FAIL": "1"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(env={"FAKECUDA_PIN_FAIL": "1"})
     c, sched = clients(s.url, timeout=60.0), clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=1, nb=600, bs=4)
     register(c, 82, cache)
@@ -105,16 +101,14 @@ def test_a_larger_block_table_does_not_wait_for_queued_copies(lmcd_factory, clie
     ev2.close()
 
 
-def test_unregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, clients):  # noqa: F811
+def test_unregister_does_not_wait_for_another_workers_stuck_copy(gpu_lmcd, clients):  # noqa: F811
     """Two workers on one GPU (TP ranks, two engines): UNREGISTER of one with
     nothing queued answers at once while the other's copy waits on an event
     that never completes. Freeing device memory (cuMemFree, cuMemFreeHost)
     waits for the device in practice, which the emulated driver models by
     draining the context's streams: the backend's reaper thread frees it,
     never the thread that answers the UNREGISTER."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd()
     a, b = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
     ca, cb = Cache("fa_nhd", "bf16", layers=1), Cache("fa_nhd", "bf16", layers=1, seed=2)
     register(a, 93, ca)
@@ -172,16 +166,14 @@ def _ends_clean(s, h, ev, mappings, what):
     assert fake_errors(s) == [], s.log()
 
 
-def test_reregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, clients):  # noqa: F811
+def test_reregister_does_not_wait_for_another_workers_stuck_copy(gpu_lmcd, clients):  # noqa: F811
     """A re-REGISTER replaces the worker's registration: the old one's
     device memory and mappings are freed by the reaper, which waits for the
     device (here: another worker's copy stuck on its event). The REGISTER
     answers at once, the new registration serves (its handle, reopened while
     the old mapping is still open, only counts a reference), and the old
     resources are freed once the device drains."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_TRACE": "1"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(env={"FAKECUDA_TRACE": "1"})
     a, b, ca, ev, h = _two_workers_one_stuck(s, clients, 151, 152)
     sched = clients(s.url, timeout=30.0)
     bpc = CHUNK // ca.bs
@@ -204,15 +196,13 @@ def test_reregister_does_not_wait_for_another_workers_stuck_copy(lmcd_factory, c
     _ends_clean(s, h, ev, 2, "the old registration's mapping closed")
 
 
-def test_reaping_a_worker_while_another_is_stuck_leaves_status_answering(lmcd_factory, clients):  # noqa: F811
+def test_reaping_a_worker_while_another_is_stuck_leaves_status_answering(gpu_lmcd, clients):  # noqa: F811
     """The sweeper reaps a silent GPU worker while another worker's copy is
     stuck on its event. The reap hook runs under the lock /status and
     /metrics take for the backend's counters: it hands the registration to
     the reaper and returns, so both answer at once, and the reaped worker's
     resources are freed once the device drains."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_TRACE": "1"}
-    s = lmcd_factory(["--l1-size-gb", "0.1", "--worker-reap-timeout-seconds", "1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(["--worker-reap-timeout-seconds", "1"], env={"FAKECUDA_TRACE": "1"})
     _, b, _, ev, h = _two_workers_one_stuck(s, clients, 161, 162)
     pinger = Pinger(clients(s.url, timeout=30.0), 162)  # the stuck worker stays alive
     try:
@@ -233,16 +223,14 @@ def test_reaping_a_worker_while_another_is_stuck_leaves_status_answering(lmcd_fa
     _ends_clean(s, h, ev, 1, "the reaped worker's mapping closed")
 
 
-def test_shutdown_while_a_free_waits_on_another_workers_stuck_copy_is_bounded(lmcd_factory, clients):  # noqa: F811
+def test_shutdown_while_a_free_waits_on_another_workers_stuck_copy_is_bounded(gpu_lmcd, clients):  # noqa: F811
     """SIGTERM while the reaper is blocked freeing an unregistered worker's
     resources (the device never drains: another worker's copy is stuck on
     its event): the stop abandons both within its bound, exits 0, removes
     its L1 segment and leaves no process behind. Leak checking off for this
     server (the abandoned threads stay blocked, as in the other stuck
     shutdowns)."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "ASAN_OPTIONS": "detect_leaks=0"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(env={"ASAN_OPTIONS": "detect_leaks=0"})
     a, _, _, ev, _ = _two_workers_one_stuck(s, clients, 171, 172)
     assert a.call("unregister_kv_cache", 171, timeout=10.0) is None  # its free now waits for the device
     _stop_bounded(s, ev)
@@ -265,26 +253,22 @@ def _stop_bounded(s, ev):
     assert not os.path.exists(f"/proc/{pid}"), "lmcd's process is still there"
 
 
-def test_shutdown_with_another_workers_stuck_copy_is_bounded(lmcd_factory, clients):  # noqa: F811
+def test_shutdown_with_another_workers_stuck_copy_is_bounded(gpu_lmcd, clients):  # noqa: F811
     """A stop with two workers on one GPU, one of them with a copy stuck on
     its event: closing the idle one must not free device memory while the
     stuck stream waits (the free waits for the device), or the stop hangs.
     Leak checking off for this server, as in test_gpu_lifecycle's stuck
     shutdown (the abandoned copy's threads stay blocked)."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "ASAN_OPTIONS": "detect_leaks=0"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(env={"ASAN_OPTIONS": "detect_leaks=0"})
     _, _, _, ev, _ = _two_workers_one_stuck(s, clients, 95, 96)  # 95 first in the backend's table: closed first
     _stop_bounded(s, ev)
 
 
-def test_a_client_event_that_cannot_be_opened_copies_nothing(lmcd_factory, clients):  # noqa: F811
+def test_a_client_event_that_cannot_be_opened_copies_nothing(gpu_lmcd, clients):  # noqa: F811
     """A STORE whose event handle cannot be opened (a dead worker's, a
     forged one) must not copy without waiting: the blocks may still be
     being written, and publishing them would serve wrong bytes."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd()
     c, sched = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=1)
     register(c, 97, cache)
@@ -298,14 +282,12 @@ def test_a_client_event_that_cannot_be_opened_copies_nothing(lmcd_factory, clien
     assert lookup(sched, toks, CHUNK, "bogl") == 0, "stored without waiting for the worker's event"
 
 
-def test_a_retrieve_queued_only_in_part_answers_false(lmcd_factory, clients):  # noqa: F811
+def test_a_retrieve_queued_only_in_part_answers_false(gpu_lmcd, clients):  # noqa: F811
     """A RETRIEVE whose first piece is queued but whose next cannot be (its
     bounce slots are held behind a copy stuck on the worker's event) must
     not answer true: the worker would use blocks lmcd never wrote."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_PIN_FAIL": "1",
-           "ASAN_OPTIONS": "detect_leaks=0"}
-    s = lmcd_factory(["--l1-size-gb", "0.1", "--gpu-event-timeout-seconds", "1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(["--gpu-event-timeout-seconds", "1"],
+                 env={"FAKECUDA_PIN_FAIL": "1", "ASAN_OPTIONS": "detect_leaks=0"})
     c, sched = clients(s.url, timeout=30.0), clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=1, nb=330)  # 256 KiB objects: 16 bounce slots
     register(c, 98, cache)
@@ -330,7 +312,7 @@ def test_a_retrieve_queued_only_in_part_answers_false(lmcd_factory, clients):  #
         ev.close()
 
 
-def test_a_failed_event_record_does_not_use_up_a_pool_event(lmcd_factory, clients):  # noqa: F811
+def test_a_failed_event_record_does_not_use_up_a_pool_event(gpu_lmcd, clients):  # noqa: F811
     """A reply's event comes from the registration's pool of 64, reused
     round-robin, which relies on an event being recorded again only 64
     records later, when its earlier reply is long done. A record that fails
@@ -338,9 +320,7 @@ def test_a_failed_event_record_does_not_use_up_a_pool_event(lmcd_factory, client
     use up a slot: after 63 failures the next reply would otherwise carry
     the very event of a reply still pending, and the worker waiting on that
     earlier one would wait for the later record instead."""
-    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKECUDA_DEVICES": "1", "FAKECUDA_FAIL_EVENT_HANDLE": "2-64"}
-    s = lmcd_factory(["--l1-size-gb", "0.1"], env=env)
-    wait_for(lambda: "GPU path: CUDA driver loaded" in s.log(), 10.0, what="the GPU path line")
+    s = gpu_lmcd(env={"FAKECUDA_FAIL_EVENT_HANDLE": "2-64"})
     c = clients(s.url, timeout=30.0)
     cache = Cache("fa_nhd", "bf16", layers=1)
     register(c, 181, cache)
