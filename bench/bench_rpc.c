@@ -82,25 +82,31 @@ struct echo {
     char endpoint[256];
 };
 
+/* Forwards one message back, each frame as it came, identity first. False
+ * when no frame could be received (recv_flags ZMQ_DONTWAIT: none there). */
+static bool echo_one(void *sock, int recv_flags)
+{
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, recv_flags) < 0) {
+            zmq_msg_close(&m);
+            return false;
+        }
+        bool more = zmq_msg_more(&m);
+        zmq_msg_send(&m, sock, more ? ZMQ_SNDMORE : 0);
+        if (!more)
+            return true;
+    }
+}
+
 static void *echo_run(void *arg)
 {
     struct echo *e = arg;
     zmq_pollitem_t it = { .socket = e->sock, .events = ZMQ_POLLIN };
     while (!atomic_load(&e->stop)) {
-        if (zmq_poll(&it, 1, 100) <= 0)
-            continue;
-        for (;;) { /* forward each frame back as it came, identity first */
-            zmq_msg_t m;
-            zmq_msg_init(&m);
-            if (zmq_msg_recv(&m, e->sock, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(&m);
-                break;
-            }
-            bool more = zmq_msg_more(&m);
-            zmq_msg_send(&m, e->sock, more ? ZMQ_SNDMORE : 0);
-            if (!more)
-                break;
-        }
+        if (zmq_poll(&it, 1, 100) > 0)
+            echo_one(e->sock, ZMQ_DONTWAIT);
     }
     return NULL;
 }
@@ -145,13 +151,9 @@ static void echo_proc_child(int wfd)
     if (write(wfd, ep, sizeof(ep)) != (ssize_t)sizeof(ep))
         _exit(1);
     close(wfd);
-    for (;;) { /* blocking receive: forward each frame back as it came */
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, sock, 0) < 0)
-            _exit(1);
-        zmq_msg_send(&m, sock, zmq_msg_more(&m) ? ZMQ_SNDMORE : 0);
-    }
+    while (echo_one(sock, 0)) /* blocking receive */
+        ;
+    _exit(1);
 }
 
 static void echo_proc_start(struct echo_proc *e)
