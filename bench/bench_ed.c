@@ -17,8 +17,9 @@
  * time: each call waits for its answer. The "pipelined" figures (1 and
  * 32 MiB, one chunk per request) are what liblmcd's asynchronous API lets a
  * worker do: request i+1's PREPARE in flight while it copies request i,
- * COMMITs answered in the background, the scheduler's LOOKUPs from a
- * thread and client of their own, ahead of the workers.
+ * COMMITs answered in the background, the scheduler's LOOKUPs and
+ * WAIT_PREFETCH_STATUS calls from a thread and client of their own, several
+ * requests in flight, ahead of the workers.
  *
  * The baseline does the same copies with plain memcpy in this process:
  * each thread copies its source into a pre-faulted destination area of the
@@ -237,47 +238,83 @@ static bool store_piped(struct worker *wk, uint32_t *t, uint64_t *cu, uint64_t *
     return true;
 }
 
-/* The scheduler: LOOKUP + WAIT of every request of the round, in order,
- * once every worker's stores are committed. */
+/* The scheduler: LOOKUP + WAIT_PREFETCH_STATUS of every request of the
+ * round, once every worker's stores are committed. Both stay in flight, as
+ * vLLM's scheduler keeps a request's status call in flight across
+ * scheduling steps (LMCache #5053) while it looks up the next requests: up
+ * to depth+1 requests ahead of the oldest unanswered WAIT, each request's
+ * WAIT sent once its LOOKUP has answered (a WAIT for a lookup the server has
+ * not seen yet would find no such request). Workers are released in order. */
+static int sched_submit(struct shared *sh, enum lmcd_op op, int i, uint32_t *t, uint64_t *uid)
+{
+    const struct config *cfg = sh->cfg;
+    char rid[64];
+    snprintf(rid, sizeof(rid), "ed-%lld-%d-%d", (long long)sh->base_id, sh->round, i);
+    struct lmcd_request rq = { .op = op, .tp_size = cfg->workers, .request_id = rid, .timeout_s = 5.0 };
+    if (op == LMCD_OP_LOOKUP) {
+        tokens_of(sh->round, i, cfg->per, t);
+        key_of(&rq.key, cfg, 0, t, rid);
+        rq.key.has_worker_id = false;
+    }
+    return lmcd_submit(sh->sched, &rq, uid);
+}
+
+/* A LOOKUP's (want < 0) or a WAIT's answer: 0, -EAGAIN (not yet: only when
+ * !block), or an error (a WAIT that did not find every chunk is -ENOENT). */
+static int sched_collect(struct shared *sh, uint64_t uid, bool block, int64_t want)
+{
+    struct lmcd_reply rep;
+    int rc = block ? lmcd_wait(sh->sched, uid, 20000, &rep) : lmcd_poll(sh->sched, uid, &rep);
+    if (!rc && want >= 0 && (rep.is_nil || rep.value != want))
+        rc = -ENOENT;
+    lmcd_reply_free(&rep);
+    return rc;
+}
+
 static void *sched_start(void *arg)
 {
     struct shared *sh = arg;
     pthread_barrier_wait(&sh->stored);
     const struct config *cfg = sh->cfg;
     uint32_t *t = malloc(sizeof(uint32_t) * CHUNK * (size_t)cfg->per);
-    /* LOOKUPs up to request i+depth in flight, each one's WAIT in order */
     uint64_t *lu = malloc(sizeof(uint64_t) * (size_t)cfg->requests);
-    int n = cfg->requests, sent = 0;
-    for (int i = 0; t && lu && i < n && !sh->failed; i++) {
-        char rid[64];
-        struct lmcd_request rq = { .op = LMCD_OP_LOOKUP, .tp_size = cfg->workers };
-        int rc = 0;
-        for (; !rc && sent < n && sent <= i + cfg->depth; sent++) {
-            tokens_of(sh->round, sent, cfg->per, t);
-            snprintf(rid, sizeof(rid), "ed-%lld-%d-%d", (long long)sh->base_id, sh->round, sent);
-            key_of(&rq.key, cfg, 0, t, rid);
-            rq.key.has_worker_id = false;
-            rc = lmcd_submit(sh->sched, &rq, &lu[sent]);
+    uint64_t *wu = malloc(sizeof(uint64_t) * (size_t)cfg->requests);
+    int n = cfg->requests, looked = 0, waited = 0, done = 0, rc = 0;
+    if (!t || !lu || !wu)
+        rc = -ENOMEM;
+    while (!rc && done < n && !sh->failed) {
+        for (; !rc && looked < n && looked <= done + cfg->depth; looked++)
+            rc = sched_submit(sh, LMCD_OP_LOOKUP, looked, t, &lu[looked]);
+        bool moved = false;
+        /* answered LOOKUPs get their WAIT; answered WAITs release the workers */
+        while (!rc && waited < looked && !(rc = sched_collect(sh, lu[waited], false, -1)))
+            if (!(rc = sched_submit(sh, LMCD_OP_WAIT_PREFETCH_STATUS, waited, t, &wu[waited])))
+                waited++, moved = true;
+        if (rc == -EAGAIN)
+            rc = 0;
+        int before = done;
+        while (!rc && done < waited && !(rc = sched_collect(sh, wu[done], false, cfg->per)))
+            done++;
+        if (rc == -EAGAIN)
+            rc = 0;
+        if (!rc && done == before && !moved) { /* nothing answered yet: block on the oldest */
+            if (done < waited)
+                rc = sched_collect(sh, wu[done], true, cfg->per), done += !rc;
+            else if (!(rc = sched_collect(sh, lu[waited], true, -1)) &&
+                     !(rc = sched_submit(sh, LMCD_OP_WAIT_PREFETCH_STATUS, waited, t, &wu[waited])))
+                waited++;
         }
-        struct lmcd_reply rep;
-        if (!rc && !(rc = lmcd_wait(sh->sched, lu[i], 20000, &rep)))
-            lmcd_reply_free(&rep);
-        snprintf(rid, sizeof(rid), "ed-%lld-%d-%d", (long long)sh->base_id, sh->round, i);
-        int64_t hits = -1;
-        if (!rc)
-            rc = lmcd_wait_prefetch_status(sh->sched, rid, 5.0, &hits);
-        if (rc || hits != cfg->per) {
-            fail(sh, "lookup did not find every chunk (pipelined)", rc);
-            break;
+        if (done > before) {
+            pthread_mutex_lock(&sh->mu);
+            sh->looked_up = done;
+            pthread_cond_broadcast(&sh->cv);
+            pthread_mutex_unlock(&sh->mu);
         }
-        pthread_mutex_lock(&sh->mu);
-        sh->looked_up = i + 1;
-        pthread_cond_broadcast(&sh->cv);
-        pthread_mutex_unlock(&sh->mu);
     }
+    if (rc)
+        fail(sh, "lookup did not find every chunk (pipelined)", rc);
+    free(wu);
     free(lu);
-    if (!t)
-        fail(sh, "out of memory", 0);
     free(t);
     return NULL;
 }

@@ -20,7 +20,8 @@
  *               part (on both targets)
  *   throughput  WINDOW requests kept in flight on one DEALER (best round)
  *
- * Each measurement alternates the echoes and lmcd in ROUNDS rounds.
+ * Latency alternates the targets one operation at a time; throughput
+ * alternates them in ROUNDS rounds.
  *
  * lmcd is $LMCD_BUILD/lmcd (default build/lmcd), started on free 127.0.0.1
  * ports and stopped at the end. Every loop is bounded by a count and by
@@ -348,18 +349,14 @@ struct lat_result {
     long ops, rtt_sum;
 };
 
-/* Adds samples of fn against t for `seconds` (at least 10 operations). */
-static void sample_latency(struct bench *b, const struct target *t, op_fn fn, double seconds,
-                           struct lat_result *r)
+/* One timed operation of fn against t, its session then ended (untimed). */
+static void sample_one(struct bench *b, const struct target *t, op_fn fn, struct lat_result *r)
 {
-    uint64_t end = clock_mono_ns() + (uint64_t)(seconds * 1e9);
-    for (int i = 0; i < MAX_OPS && (i < 10 || clock_mono_ns() < end); i++) {
-        uint64_t t0 = clock_mono_ns();
-        r->rtt_sum += fn(b, t, &r->result);
-        bench_lat_add(&r->lat, clock_mono_ns() - t0);
-        r->ops++;
-        end_session(b, t);
-    }
+    uint64_t t0 = clock_mono_ns();
+    r->rtt_sum += fn(b, t, &r->result);
+    bench_lat_add(&r->lat, clock_mono_ns() - t0);
+    r->ops++;
+    end_session(b, t);
 }
 
 static void lat_finish(struct lat_result *r)
@@ -370,8 +367,13 @@ static void lat_finish(struct lat_result *r)
     bench_lat_free(&r->lat);
 }
 
-/* Latency of fn on n targets, alternating in ROUNDS rounds so a burst of
- * load from elsewhere lands on all of them, not on one. */
+/* Latency of fn on n targets, one operation on each in turn for
+ * b->seconds (at least 10 each), so that a burst of load from elsewhere
+ * lands on all of them, and every target has been idle for about the same
+ * time (the other targets' round trips) when its request comes: an idle
+ * vCPU's wake-up differs from that of one still spinning down (a bimodal
+ * echo, docs/performance.md), and alternating whole rounds handed the
+ * fast mode to whichever target ran first. */
 static void measure_latency(struct bench *b, const struct target *const *t, size_t n, op_fn fn,
                             struct lat_result *r)
 {
@@ -382,9 +384,10 @@ static void measure_latency(struct bench *b, const struct target *const *t, size
             fn(b, t[k], &sink);
             end_session(b, t[k]);
         }
-    for (int round = 0; round < ROUNDS; round++)
+    uint64_t end = clock_mono_ns() + (uint64_t)(b->seconds * 1e9);
+    for (int i = 0; i < MAX_OPS && (i < 10 || clock_mono_ns() < end); i++)
         for (size_t k = 0; k < n; k++)
-            sample_latency(b, t[k], fn, b->seconds / ROUNDS, &r[k]);
+            sample_one(b, t[k], fn, &r[k]);
     for (size_t k = 0; k < n; k++)
         lat_finish(&r[k]);
 }
