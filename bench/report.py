@@ -55,6 +55,7 @@ GROUPS = [
     ("control_path", "control path p50, lmcd / ZeroMQ echo (lower is better)", ("rpc ",)),
     ("plugins_hash", "plugin launch and hashing, lmcd / baseline", ("plugins ", "hash ")),
     ("data_baselines", "inline ops vs Redis, L2 adapter vs hiredis (higher is better)", ("inline ", "l2 ")),
+    ("metrics", "counting on the request path, lmcd / a shared counter or lock (lower is better)", ("metrics ",)),
 ]
 
 
