@@ -629,21 +629,25 @@ static void baseline_free(const struct config *cfg, struct base_worker *b)
     }
 }
 
-/* CPU time of every live thread of process pid, ns (from schedstat). */
-static uint64_t proc_cpu_ns(pid_t pid)
+/* CPU time of every live thread of process pid, ns, and how many times
+ * they were put on a CPU (*slices: wake-ups and preemptions; schedstat). */
+static uint64_t proc_cpu_ns(pid_t pid, uint64_t *slices)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
     uint64_t sum = 0;
+    *slices = 0;
     struct dirent *de;
     while (d && (de = readdir(d))) {
         char f[384];
-        unsigned long long ns = 0;
+        unsigned long long ns = 0, wait_ns = 0, n = 0;
         snprintf(f, sizeof(f), "%s/%s/schedstat", path, de->d_name);
         FILE *fp = de->d_name[0] != '.' ? fopen(f, "r") : NULL;
-        if (fp && fscanf(fp, "%llu", &ns) == 1)
+        if (fp && fscanf(fp, "%llu %llu %llu", &ns, &wait_ns, &n) == 3) {
             sum += ns;
+            *slices += n;
+        }
         if (fp)
             fclose(fp);
     }
@@ -750,7 +754,7 @@ static void run_config(const struct config *cfg)
     double fresh = 0, store = 0, retrieve = 0, bs = 0, br = 0;
     struct phases store_ph = { 0 }, retrieve_ph = { 0 }; /* worker 0's, in the best rounds */
     bool verbose = getenv("LMCD_BENCH_VERBOSE") != NULL;
-    uint64_t cpu_lmcd = 0, cpu_self = 0; /* CPU time at the start of round STEADY */
+    uint64_t cpu_lmcd = 0, cpu_self = 0, slices_lmcd = 0; /* CPU time (and slices) at the start of round STEADY */
     struct base_worker bw[MAX_WORKERS];
     baseline_setup(cfg, bw);
     for (int r = 0; r < cfg->rounds; r++) {
@@ -760,7 +764,7 @@ static void run_config(const struct config *cfg)
         sh.round = r;
         sh.looked_up = 0;
         if (r == STEADY) {
-            cpu_lmcd = proc_cpu_ns(lmcd.pid);
+            cpu_lmcd = proc_cpu_ns(lmcd.pid, &slices_lmcd);
             cpu_self = self_cpu_ns();
         }
         for (int w = 0; w < cfg->workers; w++)
@@ -798,7 +802,9 @@ static void run_config(const struct config *cfg)
      * lmcd's threads, and this process's (workers with their copies and
      * checks, ZeroMQ I/O threads, the baseline rounds' copies) */
     double reqs = (double)(cfg->rounds - STEADY) * cfg->requests * cfg->workers;
-    double cpu_l = (double)(proc_cpu_ns(lmcd.pid) - cpu_lmcd) / reqs / 1e3;
+    uint64_t slices_end;
+    double cpu_l = (double)(proc_cpu_ns(lmcd.pid, &slices_end) - cpu_lmcd) / reqs / 1e3;
+    double slices_l = (double)(slices_end - slices_lmcd) / reqs;
     double cpu_s = (double)(self_cpu_ns() - cpu_self) / reqs / 1e3;
     for (int w = 0; w < cfg->workers; w++) {
         lmcd_unregister_ed(wk[w].c, sh.base_id + w);
@@ -823,8 +829,9 @@ static void run_config(const struct config *cfg)
            cfg->requests, cfg->rounds);
     printf("    store, fresh L1 %7.2f (%6.2f) %5.2fx   store %7.2f (%6.2f) %5.2fx   retrieve %7.2f (%6.2f) %5.2fx\n",
            fresh, bs, fresh / bs, store, bs, store / bs, retrieve, br, retrieve / br);
-    printf("    CPU per request (a store and a retrieve) from round %d on: lmcd %.1f us, bench process %.1f us\n",
-           STEADY, cpu_l, cpu_s);
+    printf("    CPU per request (a store and a retrieve) from round %d on: lmcd %.1f us (its threads put on a CPU "
+           "%.1f times), bench process %.1f us\n",
+           STEADY, cpu_l, slices_l, cpu_s);
     printf("    best store round, worker 0:");
     phases_print(cfg, &store_ph);
     printf("    best retrieve round, worker 0:");

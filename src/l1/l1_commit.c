@@ -39,6 +39,7 @@ struct l1_commit {
     bool stop;                   /* guarded by mu */
     uint64_t epoch;              /* guarded by mu: +1 at each reset (the pages went away) */
     uint64_t failed_ns;          /* committer thread only: last failure, 0 = none */
+    uint64_t wakes;              /* guarded by mu: times the committer was given work */
 };
 
 static bool is_backed(const struct l1_commit *c, uint64_t r)
@@ -112,6 +113,15 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
     uint64_t ahead = len * 4;
     ahead = ahead < AHEAD_MIN ? AHEAD_MIN : ahead > AHEAD_MAX ? AHEAD_MAX : ahead;
     uint64_t from = (r1 + 1) << REGION_SHIFT;
+    uint64_t to = from + ahead > c->size ? c->size : from + ahead;
+    /* In space used before (a running server's steady state) everything
+     * ahead is backed already: waking the committer then would only cost
+     * this thread a futex wake and the machine a context switch per
+     * reservation, for a scan that finds nothing to do. */
+    bool ahead_work = false;
+    for (uint64_t r = r1 + 1; from < to && r <= (to - 1) >> REGION_SHIFT && !ahead_work; r++)
+        ahead_work = !is_backed(c, r);
+    bool added = false;
     pthread_mutex_lock(&c->mu);
     /* The reservation's partial end regions (shared with the header, or
      * with the next object, which usually lands right after) are backed
@@ -126,14 +136,19 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len)
         unsigned h = 0;
         while (h < c->n_holes && c->holes[h] != ends[i])
             h++;
-        if (h == c->n_holes && c->n_holes < HOLES)
+        if (h == c->n_holes && c->n_holes < HOLES) {
             c->holes[c->n_holes++] = ends[i];
+            added = true;
+        }
     }
-    if (from < c->size) {
+    if (ahead_work) {
         c->want_from = from;
-        c->want_to = from + ahead > c->size ? c->size : from + ahead;
+        c->want_to = to;
     }
-    pthread_cond_signal(&c->cv);
+    if (ahead_work || added) {
+        c->wakes++;
+        pthread_cond_signal(&c->cv);
+    }
     pthread_mutex_unlock(&c->mu);
     return 0;
 }
@@ -227,6 +242,14 @@ static void *committer(void *arg)
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
+}
+
+uint64_t l1_commit_wakes(struct l1_commit *c)
+{
+    pthread_mutex_lock(&c->mu);
+    uint64_t n = c->wakes;
+    pthread_mutex_unlock(&c->mu);
+    return n;
 }
 
 int l1_commit_start(int fd, uint64_t size, struct l1_commit **out)

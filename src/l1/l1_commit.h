@@ -52,6 +52,9 @@ int l1_commit_back(struct l1_commit *c, uint64_t off, uint64_t len);
 void l1_commit_mark(struct l1_commit *c, uint64_t off, uint64_t len);
 /* Whether every region [off, off+len) touches is marked backed. Any thread. */
 bool l1_commit_backed(const struct l1_commit *c, uint64_t off, uint64_t len);
+/* How many reservations handed the committer work (space ahead not yet
+ * backed, or a partial end region): one with nothing to do wakes nobody. */
+uint64_t l1_commit_wakes(struct l1_commit *c);
 /* Forgets every backed region (after the segment was truncated and
  * restored). NULL-safe. */
 void l1_commit_reset(struct l1_commit *c);

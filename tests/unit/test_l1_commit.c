@@ -103,3 +103,47 @@ Test(l1_commit, backed_says_whether_a_range_would_need_a_fallocate, .timeout = 3
     l1_commit_stop(c);
     close(fd);
 }
+
+/* A reservation in space whose regions and the space ahead are all backed
+ * (a running server reusing its segment) hands the committer nothing, so it
+ * wakes nobody; one with unbacked space ahead does, and that space gets
+ * backed. */
+Test(l1_commit, reservations_in_backed_space_wake_nobody, .timeout = 30)
+{
+    int fd = memfd_create("l1_commit_wakes", MFD_CLOEXEC);
+    cr_assert(fd >= 0);
+    uint64_t size = 64 * MIB;
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    struct l1_commit *c;
+    cr_assert_eq(l1_commit_start(fd, size, &c), 0);
+    cr_assert_eq(l1_commit_wakes(c), 0);
+    cr_assert_eq(l1_commit_back(c, 0, 2 * MIB), 0);
+    cr_assert_eq(l1_commit_wakes(c), 1, "space ahead not backed: the committer is asked");
+    /* each asks for the 16 MiB after it (a later reservation replaces a
+     * range not yet taken, so each is awaited): together all of the segment */
+    for (uint64_t off = 18 * MIB; off < size; off += 18 * MIB) {
+        for (int i = 0; i < 500 && !l1_commit_backed(c, 0, off); i++)
+            usleep(10000);
+        cr_assert_eq(l1_commit_back(c, off, 2 * MIB), 0);
+    }
+    for (int i = 0; i < 500 && !l1_commit_backed(c, 0, size); i++)
+        usleep(10000);
+    cr_assert(l1_commit_backed(c, 0, size), "commit-ahead backed the whole segment");
+    cr_assert_eq(backed_bytes(fd), size);
+    uint64_t w = l1_commit_wakes(c);
+    cr_assert_leq(w, 4);
+    for (uint64_t off = 0; off + MIB <= size; off += MIB)
+        cr_assert_eq(l1_commit_back(c, off, MIB), 0);
+    cr_assert_eq(l1_commit_back(c, 4096, 3 * MIB), 0, "partial regions, already backed");
+    cr_assert_eq(l1_commit_wakes(c), w, "nothing to do ahead: nobody was woken");
+
+    /* after a reset every region is unbacked again: the next reservation wakes it */
+    l1_commit_reset(c);
+    cr_assert_eq(l1_commit_back(c, 0, MIB), 0);
+    cr_assert_eq(l1_commit_wakes(c), w + 1);
+    for (int i = 0; i < 500 && !l1_commit_backed(c, 2 * MIB, 16 * MIB); i++)
+        usleep(10000);
+    cr_assert(l1_commit_backed(c, 2 * MIB, 16 * MIB), "the space ahead is backed again");
+    l1_commit_stop(c);
+    close(fd);
+}
