@@ -51,7 +51,7 @@ def check(cond, what):
 
 # ---------------------------------------------------------------- the wrapper LMCache pickles
 
-from ipc_wrapper import CudaIPCWrapper  # noqa: E402  (shared with tests/e2e/test_gpu_emulated.py)
+from ipc_wrapper import CudaIPCWrapper, torch_dtype  # noqa: E402  (shared with tests/e2e/test_gpu_emulated.py)
 
 
 def wrap(tensor):
@@ -112,7 +112,8 @@ def stop_lmcd(proc):
 # ---------------------------------------------------------------- dry run (no GPU)
 
 def dry_run(lmcd):
-    import torch
+    # no torch here: the dry run runs where the tests do (Debian's python3);
+    # the bytes of a bf16 chunk are any bytes, and the dtype pickles the same
     proc, url, log = start_lmcd(lmcd)
     try:
         c = Client(url, timeout=5.0)
@@ -127,8 +128,7 @@ def dry_run(lmcd):
             ctx = c.prepare_store(key, 11)["context"]
             chunks = {}
             for idx, slot in zip(ctx["chunk_indices"], ctx["slots"]):
-                t = torch.randn(2, layers, CHUNK, hidden).to(torch.bfloat16)
-                chunks[idx] = t.view(torch.uint8).numpy().tobytes()
+                chunks[idx] = os.urandom(2 * layers * CHUNK * hidden * 2)  # [2, L, T, H] bf16
                 check(len(chunks[idx]) == slot["length"], f"slot {idx} holds one [2,L,T,H] bf16 chunk")
                 seg.write(slot["offset"], chunks[idx])
             check(c.commit_store(key, 11) is True, "COMMIT_STORE")
@@ -144,7 +144,7 @@ def dry_run(lmcd):
             seg.close()
         # a GPU registration on a driverless lmcd: unanswered (spec 9.3), one log line
         w = types.SimpleNamespace(handle=(0, b"\x02c" + bytes(64), 1 << 20, 0, b"", 0, bytes(64), False))
-        fake = CudaIPCWrapper(w.handle, torch.bfloat16, (2, 16, 16, 8, 128),
+        fake = CudaIPCWrapper(w.handle, torch_dtype("bfloat16"), (2, 16, 16, 8, 128),
                               (16 * 16 * 8 * 128, 16 * 8 * 128, 8 * 128, 128, 1), 0,
                               "00000000-0000-0000-0000-000000000000")
         uid = c.submit("register_kv_cache", 12, [msgpack.ExtType(1, pickle.dumps(fake))], "m", 1, "vllm",

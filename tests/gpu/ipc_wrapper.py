@@ -59,14 +59,17 @@ _DType.__module__ = "torch"
 
 
 def torch_dtype(name):
+    """torch.<name>: the real dtype, or a stand-in. Once a stand-in module is
+    registered, `import torch` finds it, so a second dtype must be added to
+    it too (not looked up as if torch were real)."""
     try:
         import torch
-        return getattr(torch, name)
     except ImportError:
-        t = module("torch")
-        if not hasattr(t, name):
-            setattr(t, name, _DType(name))
-        return getattr(t, name)
+        torch = module("torch")
+        torch.__lmcd_stand_in__ = True
+    if getattr(torch, "__lmcd_stand_in__", False) and not hasattr(torch, name):
+        setattr(torch, name, _DType(name))
+    return getattr(torch, name)
 
 
 def share_handle(device_index, storage_handle, storage_size_bytes, storage_offset_bytes,
