@@ -754,7 +754,7 @@ static void run_config(const struct config *cfg)
     double fresh = 0, store = 0, retrieve = 0, bs = 0, br = 0;
     struct phases store_ph = { 0 }, retrieve_ph = { 0 }; /* worker 0's, in the best rounds */
     bool verbose = getenv("LMCD_BENCH_VERBOSE") != NULL;
-    uint64_t cpu_lmcd = 0, cpu_self = 0, slices_lmcd = 0; /* CPU time (and slices) at the start of round STEADY */
+    uint64_t cpu_lmcd = 0, cpu_self = 0, slices_lmcd = 0, wall0 = 0; /* at the start of round STEADY */
     struct base_worker bw[MAX_WORKERS];
     baseline_setup(cfg, bw);
     for (int r = 0; r < cfg->rounds; r++) {
@@ -766,6 +766,7 @@ static void run_config(const struct config *cfg)
         if (r == STEADY) {
             cpu_lmcd = proc_cpu_ns(lmcd.pid, &slices_lmcd);
             cpu_self = self_cpu_ns();
+            wall0 = clock_mono_ns();
         }
         for (int w = 0; w < cfg->workers; w++)
             if (pthread_create(&wk[w].th, NULL, worker_run, &wk[w]))
@@ -806,6 +807,11 @@ static void run_config(const struct config *cfg)
     double cpu_l = (double)(proc_cpu_ns(lmcd.pid, &slices_end) - cpu_lmcd) / reqs / 1e3;
     double slices_l = (double)(slices_end - slices_lmcd) / reqs;
     double cpu_s = (double)(self_cpu_ns() - cpu_self) / reqs / 1e3;
+    /* how busy the machine's CPUs were over those rounds (lmcd and this
+     * process only): near 100% the figures are bound by CPU time, not by
+     * waiting */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    double busy = 100.0 * (cpu_l + cpu_s) * reqs * 1e3 / ((double)(clock_mono_ns() - wall0) * (double)(ncpu > 0 ? ncpu : 1));
     for (int w = 0; w < cfg->workers; w++) {
         lmcd_unregister_ed(wk[w].c, sh.base_id + w);
         lmcd_client_close(wk[w].c);
@@ -830,8 +836,8 @@ static void run_config(const struct config *cfg)
     printf("    store, fresh L1 %7.2f (%6.2f) %5.2fx   store %7.2f (%6.2f) %5.2fx   retrieve %7.2f (%6.2f) %5.2fx\n",
            fresh, bs, fresh / bs, store, bs, store / bs, retrieve, br, retrieve / br);
     printf("    CPU per request (a store and a retrieve) from round %d on: lmcd %.1f us (its threads put on a CPU "
-           "%.1f times), bench process %.1f us\n",
-           STEADY, cpu_l, slices_l, cpu_s);
+           "%.1f times), bench process %.1f us; the %ld CPUs %.0f%% busy with both\n",
+           STEADY, cpu_l, slices_l, cpu_s, ncpu, busy);
     printf("    best store round, worker 0:");
     phases_print(cfg, &store_ph);
     printf("    best retrieve round, worker 0:");
