@@ -59,7 +59,10 @@ def test_one_peers_backlog_does_not_stall_another_peer(lmcd_factory):
         payloads = heavy_lookups("fair/m", toks, n, "heavy")
         uids = [a.submit_frames("lookup", p) for p in payloads]
         # every one of A's LOOKUPs is in lmcd (decoded), most still queued
-        wait_for(lambda: status(s)["server"]["requests"].get("lookup", 0) >= n, 30, what="A's LOOKUPs read")
+        # polled every millisecond: in wait_for's default 20 ms sleep one
+        # pool thread gets through a third of the backlog on a fast machine
+        wait_for(lambda: status(s)["server"]["requests"].get("lookup", 0) >= n, 30, interval=0.001,
+                 what="A's LOOKUPs read")
         started = lookups_done(s) - base
         assert b.noop() == "OK"
         at_noop = lookups_done(s) - base
