@@ -129,13 +129,10 @@ int blake3_one_supported(enum blake3_one o)
     switch (o) {
     case BLAKE3_ONE_PORTABLE:
         return 1;
-#if BLAKE3_HAVE_X86
-    case BLAKE3_ONE_SSE41:
-        return __builtin_cpu_supports("sse4.1") ? 1 : 0;
-#endif
-    default:
-        return 0;
+    case BLAKE3_ONE_SSE41: /* the row compression needs what the SSE4.1 lanes need */
+        return blake3_path_supported(BLAKE3_PATH_SSE41);
     }
+    return 0;
 }
 
 const char *blake3_one_name(enum blake3_one o)
@@ -147,14 +144,27 @@ const char *blake3_one_name(enum blake3_one o)
     return "unknown";
 }
 
-static blake3_compress_fn *one_compress(enum blake3_one o)
-{
+static blake3_hash_lanes_fn hash_lanes_portable; /* below */
+
+/* Each one-block compression: the compression, its 64-byte-output form, and
+ * a whole single input (its blocks in sequence) on it. */
+struct one_impl {
+    blake3_compress_fn *compress;
+    blake3_compress_xof_fn *xof;
+    blake3_hash_lanes_fn *hash1;
+};
+static const struct one_impl one_impls[] = {
+    [BLAKE3_ONE_PORTABLE] = { blake3_one_compress_portable, blake3_one_compress_xof_portable, hash_lanes_portable },
 #if BLAKE3_HAVE_X86
-    if (o == BLAKE3_ONE_SSE41)
-        return blake3_one_compress_sse41;
+    [BLAKE3_ONE_SSE41] = { blake3_one_compress_sse41, blake3_one_compress_xof_sse41, blake3_hash1_sse41 },
 #endif
-    (void)o;
-    return blake3_one_compress_portable;
+};
+
+/* o's implementation; the portable one where this build has none. */
+static const struct one_impl *one_impl(enum blake3_one o)
+{
+    size_t i = (size_t)o;
+    return i < sizeof(one_impls) / sizeof(one_impls[0]) && one_impls[i].compress ? &one_impls[i] : &one_impls[0];
 }
 
 static uint64_t time_chain(blake3_compress_fn *fn)
@@ -178,7 +188,7 @@ enum blake3_one blake3_one_calibrate(double ns[2])
     int n = blake3_one_supported(BLAKE3_ONE_SSE41) ? 2 : 1;
     for (int t = 0; t < B3_CAL_TRIES; t++) {
         for (int o = 0; o < n; o++) {
-            uint64_t dt = time_chain(one_compress((enum blake3_one)o));
+            uint64_t dt = time_chain(one_impl((enum blake3_one)o)->compress);
             if (dt < best[o])
                 best[o] = dt;
         }
@@ -235,20 +245,14 @@ void blake3_one_measured(double ns[2])
 static void compress_in_place(uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
                               uint64_t counter, uint8_t flags)
 {
-    one_compress(blake3_get_one())(cv, block, block_len, counter, flags);
+    one_impl(blake3_get_one())->compress(cv, block, block_len, counter, flags);
 }
 
 /* The full 64-byte output of one compression (extended output blocks). */
 static void compress_xof(const uint32_t cv[8], const uint8_t block[64], uint8_t block_len,
                          uint64_t counter, uint8_t flags, uint8_t out[64])
 {
-#if BLAKE3_HAVE_X86
-    if (blake3_get_one() == BLAKE3_ONE_SSE41) {
-        blake3_one_compress_xof_sse41(cv, block, block_len, counter, flags, out);
-        return;
-    }
-#endif
-    blake3_one_compress_xof_portable(cv, block, block_len, counter, flags, out);
+    one_impl(blake3_get_one())->xof(cv, block, block_len, counter, flags, out);
 }
 
 static void words_to_bytes(const uint32_t w[8], uint8_t out[32])
@@ -365,11 +369,7 @@ static void hash_many(const uint8_t *const *inputs, size_t n, size_t blocks, con
 #else
     (void)p;
 #endif
-    blake3_hash_lanes_fn *one = hash_lanes_portable;
-#if BLAKE3_HAVE_X86
-    if (n > 0 && blake3_get_one() == BLAKE3_ONE_SSE41)
-        one = blake3_hash1_sse41;
-#endif
+    blake3_hash_lanes_fn *one = n > 0 ? one_impl(blake3_get_one())->hash1 : hash_lanes_portable;
     for (; n > 0; n--, inputs++, out += 32, counter += inc ? 1 : 0)
         one(inputs, blocks, key, counter, inc, flags, flags_start, flags_end, out);
 }
