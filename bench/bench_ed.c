@@ -271,6 +271,13 @@ static int sched_collect(struct shared *sh, uint64_t uid, bool block, int64_t wa
     return rc;
 }
 
+/* Request i's LOOKUP answered (waiting for it when block): its WAIT is sent. */
+static int sched_lookup_done(struct shared *sh, int i, uint32_t *t, const uint64_t *lu, uint64_t *wu, bool block)
+{
+    int rc = sched_collect(sh, lu[i], block, -1);
+    return rc ? rc : sched_submit(sh, LMCD_OP_WAIT_PREFETCH_STATUS, i, t, &wu[i]);
+}
+
 static void *sched_start(void *arg)
 {
     struct shared *sh = arg;
@@ -287,9 +294,8 @@ static void *sched_start(void *arg)
             rc = sched_submit(sh, LMCD_OP_LOOKUP, looked, t, &lu[looked]);
         bool moved = false;
         /* answered LOOKUPs get their WAIT; answered WAITs release the workers */
-        while (!rc && waited < looked && !(rc = sched_collect(sh, lu[waited], false, -1)))
-            if (!(rc = sched_submit(sh, LMCD_OP_WAIT_PREFETCH_STATUS, waited, t, &wu[waited])))
-                waited++, moved = true;
+        while (!rc && waited < looked && !(rc = sched_lookup_done(sh, waited, t, lu, wu, false)))
+            waited++, moved = true;
         if (rc == -EAGAIN)
             rc = 0;
         int before = done;
@@ -300,8 +306,7 @@ static void *sched_start(void *arg)
         if (!rc && done == before && !moved) { /* nothing answered yet: block on the oldest */
             if (done < waited)
                 rc = sched_collect(sh, wu[done], true, cfg->per), done += !rc;
-            else if (!(rc = sched_collect(sh, lu[waited], true, -1)) &&
-                     !(rc = sched_submit(sh, LMCD_OP_WAIT_PREFETCH_STATUS, waited, t, &wu[waited])))
+            else if (!(rc = sched_lookup_done(sh, waited, t, lu, wu, true)))
                 waited++;
         }
         if (done > before) {
